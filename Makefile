@@ -1,0 +1,29 @@
+# Setup is idempotent: a virtual environment in .venv that sees the system's packages, so a GPU
+# machine keeps the torch it already has; a machine without torch gets the CPU build 2.13.0
+# (an unpinned torch would pull gigabytes of CUDA packages).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.radixrt-installed
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# The main job. Until the engine lands this is the radix cache benchmark.
+run: setup
+	$(PY) bench/bench_radix.py
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: run
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,233 @@
+"""The radix cache against a naive model, driven by random request streams (hypothesis).
+
+The model keeps one dict entry per cached page prefix: ``(namespace, tokens of k whole pages)``
+maps to the page holding page k, its last-access tick and its lock count. Matching is a longest
+key lookup, eviction removes the least recently used unlocked page that no other entry extends,
+one page at a time. After every step the tree must hold exactly the model's entries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from radixrt.cache import MatchResult, PageAllocator, RadixCache
+
+NAMESPACES = (None, "tenant-b")
+
+
+@dataclass
+class Entry:
+    page: int
+    tick: int
+    locks: int = 0
+
+
+@dataclass
+class NaiveCache:
+    page_size: int
+    entries: dict[tuple, Entry] = field(default_factory=dict)
+    tick: int = 0
+
+    def _prefixes(self, tokens: list[int], namespace, pages: int):
+        return [(namespace, tuple(tokens[: k * self.page_size])) for k in range(1, pages + 1)]
+
+    def match(self, tokens: list[int], namespace) -> tuple[list[int], int]:
+        self.tick += 1
+        hit = []
+        for key in self._prefixes(tokens, namespace, len(tokens) // self.page_size):
+            if key not in self.entries:
+                break
+            self.entries[key].tick = self.tick
+            hit.append(self.entries[key].page)
+        return hit, len(hit) * self.page_size
+
+    def insert(self, tokens: list[int], pages: list[int], namespace) -> int:
+        self.tick += 1
+        cached = None
+        for k, key in enumerate(self._prefixes(tokens, namespace, len(pages))):
+            if key in self.entries:
+                self.entries[key].tick = self.tick
+            else:
+                cached = k if cached is None else cached
+                self.entries[key] = Entry(pages[k], self.tick)
+        return (len(pages) if cached is None else cached) * self.page_size
+
+    def lock(self, tokens: list[int], namespace, length: int, delta: int) -> None:
+        for key in self._prefixes(tokens, namespace, length // self.page_size):
+            self.entries[key].locks += delta
+
+    def evict(self, num_pages: int) -> list[int]:
+        freed = []
+        for _ in range(num_pages):
+            extended = {(ns, toks[: -self.page_size]) for ns, toks in self.entries}
+            leaves = [(e.tick, key) for key, e in self.entries.items() if e.locks == 0 and key not in extended]
+            if not leaves:
+                break
+            leaves.sort()
+            assert len(leaves) == 1 or leaves[0][0] != leaves[1][0], "two evictable leaves share a tick"
+            freed.append(self.entries.pop(leaves[0][1]).page)
+        return freed
+
+
+@dataclass
+class Running:
+    tokens: list[int]
+    namespace: object
+    match: MatchResult
+    own_pages: np.ndarray
+
+
+def token_streams(page_size: int):
+    """Prompts built from a few page-sized pieces, so that prefixes collide often. Pieces 0 and 1
+    differ only in their last token (a split inside a page); a ragged tail tests page alignment."""
+    rng = np.random.default_rng(page_size)
+    pieces = [rng.integers(0, 1000, page_size).tolist() for _ in range(4)]
+    pieces.append(pieces[0][:-1] + [pieces[0][-1] + 1])
+    return st.builds(
+        lambda ids, tail: [t for i in ids for t in pieces[i]] + tail,
+        st.lists(st.integers(0, len(pieces) - 1), max_size=6),
+        st.lists(st.integers(0, 999), max_size=page_size - 1),
+    )
+
+
+class RadixCacheMachine(RuleBasedStateMachine):
+    page_size = 1
+    num_pages = 16  # small enough that requests often have to evict
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.allocator = PageAllocator(self.num_pages)
+        self.cache = RadixCache(self.page_size, self.allocator)
+        self.model = NaiveCache(self.page_size)
+        self.running: list[Running] = []
+
+    def _alloc(self, n: int, locked: list[int]) -> np.ndarray | None:
+        pages = self.allocator.alloc(n)
+        if pages is None:
+            self._evict(n - self.allocator.available(), locked)
+            pages = self.allocator.alloc(n)
+        return pages
+
+    def _evict(self, n: int, locked: list[int] = ()) -> None:
+        before = set(self.cache.cached_pages().tolist())
+        freed = self.cache.evict(n)
+        gone = before - set(self.cache.cached_pages().tolist())
+        expected = self.model.evict(n)
+        assert freed == len(expected) == len(gone)
+        assert gone == set(expected)
+        assert not gone & set(locked), "evicted a locked page"
+
+    def _locked_pages(self) -> list[int]:
+        return [p for r in self.running for p in r.match.pages.tolist()]
+
+    def _check_match(self, tokens: list[int], namespace) -> MatchResult:
+        got = self.cache.match_prefix(np.array(tokens, dtype=np.int64), namespace)
+        pages, length = self.model.match(tokens, namespace)
+        assert got.length == length and got.pages.tolist() == pages
+        return got
+
+    @rule(data=st.data(), namespace=st.sampled_from(NAMESPACES))
+    def match(self, data, namespace) -> None:
+        self._check_match(data.draw(token_streams(self.page_size)), namespace)
+
+    @rule(data=st.data(), namespace=st.sampled_from(NAMESPACES))
+    def begin_request(self, data, namespace) -> None:
+        """Match and lock a prompt, then take pages for its uncached tail."""
+        tokens = data.draw(token_streams(self.page_size))
+        m = self._check_match(tokens, namespace)
+        self.cache.lock(m.last_node)
+        self.model.lock(tokens, namespace, m.length, +1)
+        own = self._alloc(len(tokens) // self.page_size - m.pages.size, self._locked_pages() + m.pages.tolist())
+        if own is None:
+            self.cache.unlock(m.last_node)
+            self.model.lock(tokens, namespace, m.length, -1)
+            return
+        self.running.append(Running(tokens, namespace, m, own))
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data(), abort=st.booleans())
+    def finish_request(self, data, abort) -> None:
+        """Insert the request's prompt (or abort it), free duplicate pages, unlock."""
+        r = self.running.pop(data.draw(st.integers(0, len(self.running) - 1)))
+        if abort:
+            self.allocator.free(r.own_pages)
+        else:
+            cached = self.cache.insert(r.tokens, np.concatenate([r.match.pages, r.own_pages]), r.namespace)
+            assert cached == self.model.insert(r.tokens, r.match.pages.tolist() + r.own_pages.tolist(), r.namespace)
+            assert cached >= r.match.length
+            self.allocator.free(r.own_pages[: (cached - r.match.length) // self.page_size])
+        self.cache.unlock(r.match.last_node)
+        self.model.lock(r.tokens, r.namespace, r.match.length, -1)
+
+    @rule(data=st.data(), namespace=st.sampled_from(NAMESPACES))
+    def insert_unlocked(self, data, namespace) -> None:
+        tokens = data.draw(token_streams(self.page_size))
+        pages = self._alloc(len(tokens) // self.page_size, self._locked_pages())
+        if pages is None:
+            return
+        cached = self.cache.insert(tokens, pages, namespace)
+        assert cached == self.model.insert(tokens, pages.tolist(), namespace)
+        self.allocator.free(pages[: cached // self.page_size])
+
+    @rule(n=st.integers(0, 20))
+    def evict(self, n) -> None:
+        self._evict(n, self._locked_pages())
+
+    @precondition(lambda self: not self.running)
+    @rule()
+    def reset(self) -> None:
+        self.cache.reset()
+        self.model.entries.clear()
+        assert self.allocator.used() == 0
+
+    @invariant()
+    def tree_equals_model(self) -> None:
+        seen = {}
+        for node in self.cache.nodes():
+            assert node.lock_ref >= 0
+            path, up = [], node
+            while not up.is_root:
+                path.append(up.tokens.tolist())
+                up = up.parent
+            prefix = [t for part in reversed(path[1:]) for t in part]
+            for j, page in enumerate(node.pages.tolist()):
+                prefix += node.tokens[j * self.page_size : (j + 1) * self.page_size].tolist()
+                key = (up.namespace, tuple(prefix))
+                assert key not in seen
+                seen[key] = page
+                assert node.lock_ref == self.model.entries[key].locks
+        assert seen == {key: e.page for key, e in self.model.entries.items()}
+
+    @invariant()
+    def pages_are_accounted(self) -> None:
+        cached = self.cache.cached_pages().tolist()
+        held = [p for r in self.running for p in r.own_pages.tolist()]
+        assert len(set(cached)) == len(cached), "a page is owned twice by the tree"
+        assert not set(cached) & set(held), "a page is owned by the tree and a request"
+        assert len(set(held)) == len(held)
+        assert self.allocator.used() == len(cached) + len(held)
+        assert all(not self.allocator.is_free(p) for p in cached + held)
+
+    @invariant()
+    def sizes_add_up(self) -> None:
+        c = self.cache
+        assert c.evictable_size() >= 0 and c.protected_size() >= 0
+        assert c.evictable_size() + c.protected_size() == c.total_size() == len(self.model.entries)
+        assert c.protected_size() == sum(e.locks > 0 for e in self.model.entries.values())
+
+
+class RadixCachePage16Machine(RadixCacheMachine):
+    page_size = 16
+    num_pages = 24
+
+
+_settings = settings(max_examples=150, stateful_step_count=40, deadline=None, derandomize=True,
+                     suppress_health_check=[HealthCheck.too_slow])
+TestRadixCachePage1 = RadixCacheMachine.TestCase
+TestRadixCachePage1.settings = _settings
+TestRadixCachePage16 = RadixCachePage16Machine.TestCase
+TestRadixCachePage16.settings = _settings
