@@ -5,11 +5,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-PageIds = np.ndarray  # 1-D int64 array of physical page ids
-
-
-def as_page_ids(pages: Sequence[int] | np.ndarray) -> PageIds:
-    return np.asarray(pages, dtype=np.int64).reshape(-1)
+from radixrt.cache.ids import ID_DTYPE, IdArray, as_ids
 
 
 class PageAllocator:
@@ -33,7 +29,7 @@ class PageAllocator:
     def used(self) -> int:
         return self.num_pages - self._top
 
-    def alloc(self, n: int) -> PageIds | None:
+    def alloc(self, n: int) -> IdArray | None:
         """``n`` free page ids, or None (and nothing taken) when fewer than ``n`` are free."""
         if n < 0:
             raise ValueError(f"cannot allocate a negative number of pages ({n})")
@@ -45,7 +41,7 @@ class PageAllocator:
         return pages
 
     def free(self, pages: Sequence[int] | np.ndarray) -> None:
-        pages = as_page_ids(pages)
+        pages = as_ids(pages, "page ids")
         if pages.size == 0:
             return
         self._check_in_pool(pages)
@@ -64,16 +60,7 @@ class PageAllocator:
     def is_free(self, page: int) -> bool:
         return bool(self._is_free[page])
 
-    def check_allocated(self, pages: PageIds) -> None:
-        """Raise unless every page is one this allocator handed out and nobody freed."""
-        if pages.size == 0:
-            return
-        self._check_in_pool(pages)
-        free = self._is_free[pages]
-        if free.any():
-            raise ValueError(f"page(s) {pages[free][:8].tolist()} are not allocated")
-
-    def _check_in_pool(self, pages: PageIds) -> None:
+    def _check_in_pool(self, pages: IdArray) -> None:
         lo, hi = int(pages.min()), int(pages.max())
         if lo < 0 or hi >= self.num_pages:
             bad = lo if lo < 0 else hi
@@ -81,6 +68,6 @@ class PageAllocator:
 
     def reset(self) -> None:
         """Every page free again (the caller guarantees nobody holds one)."""
-        self._stack = np.arange(self.num_pages - 1, -1, -1, dtype=np.int64)
+        self._stack = np.arange(self.num_pages - 1, -1, -1, dtype=ID_DTYPE)
         self._top = self.num_pages
         self._is_free = np.ones(self.num_pages, dtype=bool)

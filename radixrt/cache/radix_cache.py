@@ -4,16 +4,23 @@ Each edge holds a run of whole pages: its token ids and the physical page ids th
 K/V. A node's children are keyed by the tokens of their first page, so two children never share
 a first page and a lookup is one dict probe per edge.
 
-Keys are kept as the raw bytes of int64 token ids. Checking that a prompt continues along an edge
+Keys are kept as the raw bytes of int32 token ids. Checking that a prompt continues along an edge
 is then a single ``bytes.startswith`` (a memcmp); only on the one edge where the prompt diverges
 does numpy locate the first differing token. No token is compared in a Python loop.
 
 Eviction order is least recently used. Every match or insert is one tick of a logical clock and
 stamps each node on its path with that tick, so a parent is never older than its children and
-evicting leaves oldest-first frees the least recently used pages first. Only unlocked leaves can
-go; they are kept in a ``SortedList`` by (tick, id), so evicting k leaves costs O(k log n) and
-never scans the tree. ``evict(n)`` frees exactly ``n`` pages when that many are evictable: the
-last leaf it reaches is trimmed from its tail rather than dropped whole.
+evicting leaves oldest-first frees the least recently used pages first. ``evict(n)`` frees exactly
+``n`` pages when that many are evictable: the last leaf it reaches is trimmed from its tail rather
+than dropped whole.
+
+Candidate leaves are kept in a ``SortedList`` of (tick, id, node) entries, updated lazily so that
+the hot path (match, insert, lock, unlock) touches it at most once per call: a touch only moves
+the node's clock, and locking or growing a child leaves the entry where it is. ``evict`` pops the
+oldest entry and re-files it if its node was touched since, drops it if the node is locked or no
+longer a leaf, and frees it otherwise. An entry's tick is never newer than its node's, so the
+first entry that survives these checks is the true least recently used leaf. Each node has at
+most one entry, and evicting k leaves costs O(k log n) plus the deferred work of earlier calls.
 
 All sizes count pages. Not thread-safe: one scheduler owns a cache.
 """
@@ -21,22 +28,23 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from sortedcontainers import SortedList
 
-from radixrt.cache.allocator import PageAllocator, PageIds, as_page_ids
+from radixrt.cache.allocator import PageAllocator
+from radixrt.cache.ids import ID_DTYPE, IdArray, as_ids
 
-TOKEN_BYTES = 8  # token ids are stored as int64
-_NO_PAGES = np.zeros(0, dtype=np.int64)
+TOKEN_BYTES = ID_DTYPE.itemsize
+_NO_PAGES = np.zeros(0, dtype=ID_DTYPE)
 _NO_PAGES.flags.writeable = False
 
 
 class Node:
     __slots__ = ("key", "pages", "children", "parent", "lock_ref", "tick", "id", "lru_entry", "namespace")
 
-    def __init__(self, key: bytes, pages: PageIds, parent: Node | None, tick: int, id: int, lock_ref: int = 0):
+    def __init__(self, key: bytes, pages: IdArray, parent: Node | None, tick: int, id: int, lock_ref: int = 0):
         self.key = key
         self.pages = pages
         self.children: dict[bytes, Node] = {}
@@ -49,7 +57,7 @@ class Node:
 
     @property
     def tokens(self) -> np.ndarray:
-        return np.frombuffer(self.key, dtype=np.int64)
+        return np.frombuffer(self.key, dtype=ID_DTYPE)
 
     @property
     def is_root(self) -> bool:
@@ -59,23 +67,10 @@ class Node:
         return f"Node(id={self.id}, tokens={len(self.key) // TOKEN_BYTES}, pages={self.pages.size}, lock_ref={self.lock_ref})"
 
 
-@dataclass(frozen=True, slots=True)
-class MatchResult:
-    pages: PageIds  # the cached prefix's page ids, in order (a copy the caller may keep)
+class MatchResult(NamedTuple):
+    pages: IdArray  # the cached prefix's page ids, in order (a copy the caller may keep)
     last_node: Node  # lock this to keep the prefix cached; a root when nothing matched
     length: int  # matched tokens, a multiple of page_size
-
-
-def as_token_ids(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
-    """A 1-D int64 array of token ids (zero-copy for an int64 array or CPU tensor)."""
-    arr = np.asarray(tokens)
-    if arr.dtype != np.int64:
-        if arr.size and arr.dtype.kind not in "iu":
-            raise TypeError(f"token ids must be integers, got an array of {arr.dtype}")
-        arr = arr.astype(np.int64)
-    if arr.ndim != 1:
-        raise ValueError(f"token ids must be a 1-D sequence, got shape {arr.shape}")
-    return arr
 
 
 class RadixCache:
@@ -115,18 +110,8 @@ class RadixCache:
         root = self._roots.get(namespace)
         if root is None:
             return MatchResult(_NO_PAGES, self._roots[None], 0)
-        tick = self._next_tick()
-        node, off, parts = root, 0, []
-        while off < len(key):
-            child = node.children.get(key[off : off + self._page_bytes])
-            if child is None:
-                break
-            n = self._common_bytes(child.key, key, off)
-            if n < len(child.key):
-                child = self._split(child, n)
-            self._touch(child, tick)
-            parts.append(child.pages)
-            node, off = child, off + n
+        parts: list[IdArray] = []
+        node, off = self._walk(root, key, parts)
         pages = np.concatenate(parts) if parts else _NO_PAGES
         return MatchResult(pages, node, off // TOKEN_BYTES)
 
@@ -141,7 +126,7 @@ class RadixCache:
     def total_size(self) -> int:
         return self._evictable + self._protected
 
-    def cached_pages(self) -> PageIds:
+    def cached_pages(self) -> IdArray:
         """Every page the tree owns (a full walk: for checks and accounting, not the hot path)."""
         parts = [node.pages for node in self.nodes()]
         return np.concatenate(parts) if parts else _NO_PAGES
@@ -164,34 +149,25 @@ class RadixCache:
         """Cache ``tokens`` (whole pages; a partial last page is ignored) held in ``pages``.
 
         Returns how many leading tokens were cached already: those pages stay the tree's, and
-        the caller's own pages for them are duplicates to free. The tree takes the rest.
+        the caller's own pages for them are duplicates to free. The tree takes the rest. Page ids
+        are trusted (checking each against the allocator would double the cost of an insert); a
+        page handed in twice surfaces as a double free when it is evicted.
         """
         key = self._key(tokens)
-        pages = as_page_ids(pages)
+        pages = as_ids(pages, "page ids")
         if pages.size != len(key) // self._page_bytes:
             raise ValueError(
                 f"insert of {len(key) // TOKEN_BYTES} page-aligned tokens needs {len(key) // self._page_bytes} "
                 f"page ids at page_size {self.page_size}, got {pages.size}"
             )
-        tick = self._next_tick()
-        node, off = self._root(namespace), 0
-        while off < len(key):
-            child = node.children.get(key[off : off + self._page_bytes])
-            if child is None:
-                self._add_leaf(node, key[off:], pages[off // self._page_bytes :], tick)
-                break
-            n = self._common_bytes(child.key, key, off)
-            if n < len(child.key):
-                child = self._split(child, n)
-            self._touch(child, tick)
-            node, off = child, off + n
+        node, off = self._walk(self._root(namespace), key, None)
+        if off < len(key):
+            self._add_leaf(node, key[off:], pages[off // self._page_bytes :])
         return off // TOKEN_BYTES
 
     def lock(self, node: Node) -> None:
         """Pin ``node`` and its ancestors: none of them can be evicted until ``unlock``."""
         self._check_live(node)
-        if node.lru_entry is not None:
-            self._lru_remove(node)
         while node.parent is not None:
             if node.lock_ref == 0:
                 self._evictable -= node.pages.size
@@ -212,7 +188,7 @@ class RadixCache:
                 self._evictable += node.pages.size
                 self._protected -= node.pages.size
             node = node.parent
-        if leaf.lock_ref == 0 and not leaf.children:
+        if leaf.lock_ref == 0 and not leaf.children and leaf.lru_entry is None:
             self._lru_add(leaf)
 
     def evict(self, num_pages: int) -> int:
@@ -221,10 +197,15 @@ class RadixCache:
         if num_pages < 0:
             raise ValueError(f"cannot evict a negative number of pages ({num_pages})")
         remaining = num_pages
-        freed: list[PageIds] = []
+        freed: list[IdArray] = []
         while remaining > 0 and self._lru:
-            leaf = self._lru.pop(0)[2]
+            tick, _, leaf = self._lru.pop(0)
             leaf.lru_entry = None
+            if leaf.children or leaf.lock_ref:
+                continue  # no longer a candidate; unlock or eviction of its children files it again
+            if tick != leaf.tick:
+                self._lru_add(leaf)  # touched since it was filed
+                continue
             n = leaf.pages.size
             if n > remaining:
                 keep = n - remaining
@@ -253,7 +234,7 @@ class RadixCache:
     # ---- internals -----------------------------------------------------------------------
 
     def _key(self, tokens: Sequence[int] | np.ndarray) -> bytes:
-        arr = as_token_ids(tokens)
+        arr = as_ids(tokens, "token ids")
         return arr[: arr.size - arr.size % self.page_size].tobytes()
 
     def _next_tick(self) -> int:
@@ -268,15 +249,36 @@ class RadixCache:
             self._roots[namespace] = root
         return root
 
+    def _walk(self, root: Node, key: bytes, parts: list[IdArray] | None) -> tuple[Node, int]:
+        """Follow ``key`` down from ``root`` as far as the tree holds it, splitting the edge where
+        it leaves the tree and stamping the path with a new tick. Returns the deepest node reached
+        and the bytes of ``key`` matched; appends the pages along the way to ``parts``."""
+        tick = self._next_tick()
+        node, off, end, page_bytes = root, 0, len(key), self._page_bytes
+        while off < end:
+            child = node.children.get(key[off : off + page_bytes])
+            if child is None:
+                break
+            edge = child.key
+            n = len(edge) if key.startswith(edge, off) else self._common_bytes(edge, key, off)
+            if n < len(edge):
+                child = self._split(child, n)
+            child.tick = tick
+            if parts is not None:
+                parts.append(child.pages)
+            node, off = child, off + n
+            if n < len(edge):
+                break
+        return node, off
+
     def _common_bytes(self, edge: bytes, key: bytes, off: int) -> int:
-        """Bytes of ``edge`` that ``key[off:]`` repeats, rounded down to whole pages."""
-        if key.startswith(edge, off):
-            return len(edge)
+        """Bytes of ``edge`` that ``key[off:]`` repeats, rounded down to whole pages, for an edge
+        that ``key`` does not contain whole."""
         m = min(len(edge), len(key) - off)
         if m < len(edge) and edge.startswith(key[off:]):
             return m
-        a = np.frombuffer(edge, dtype=np.int64, count=m // TOKEN_BYTES)
-        b = np.frombuffer(key, dtype=np.int64, count=m // TOKEN_BYTES, offset=off)
+        a = np.frombuffer(edge, dtype=ID_DTYPE, count=m // TOKEN_BYTES)
+        b = np.frombuffer(key, dtype=ID_DTYPE, count=m // TOKEN_BYTES, offset=off)
         first = int(np.argmax(a != b))
         return first // self.page_size * self._page_bytes
 
@@ -290,12 +292,8 @@ class RadixCache:
         head.children[child.key[: self._page_bytes]] = child
         return head
 
-    def _add_leaf(self, parent: Node, key: bytes, pages: PageIds, tick: int) -> None:
-        if self.allocator is not None:
-            self.allocator.check_allocated(pages)
-        if parent.lru_entry is not None:
-            self._lru_remove(parent)
-        leaf = Node(key, pages.copy(), parent, tick, next(self._ids))
+    def _add_leaf(self, parent: Node, key: bytes, pages: IdArray) -> None:
+        leaf = Node(key, pages.copy(), parent, self._tick, next(self._ids))
         parent.children[key[: self._page_bytes]] = leaf
         self._evictable += pages.size
         self._lru_add(leaf)
@@ -310,24 +308,12 @@ class RadixCache:
         if parent.is_root:
             if parent.namespace is not None:
                 del self._roots[parent.namespace]
-        elif parent.lock_ref == 0:
+        elif parent.lock_ref == 0 and parent.lru_entry is None:
             self._lru_add(parent)
-
-    def _touch(self, node: Node, tick: int) -> None:
-        if node.lru_entry is None:
-            node.tick = tick
-        else:
-            self._lru_remove(node)
-            node.tick = tick
-            self._lru_add(node)
 
     def _lru_add(self, node: Node) -> None:
         node.lru_entry = (node.tick, node.id, node)
         self._lru.add(node.lru_entry)
-
-    def _lru_remove(self, node: Node) -> None:
-        self._lru.remove(node.lru_entry)
-        node.lru_entry = None
 
     @staticmethod
     def _check_live(node: Node) -> None:
