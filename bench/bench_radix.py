@@ -18,16 +18,13 @@ Prints tables, then one JSON line of all figures.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +33,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workloads import SYNTHETIC  # noqa: E402
 
-from radixrt.cache import PageAllocator, RadixCache  # noqa: E402
+from radixrt.replay.cache_sim import CacheReplay, simulate  # noqa: E402
 from radixrt.replay.mooncake import BLOCK_SIZE, block_tokens, load_mooncake  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -45,91 +42,7 @@ MOONCAKE_TOLERANCE = 0.002
 PEER_MOONCAKE_REQUESTS = 2000  # the peer reads JSON: the whole trace would be ~1 GB of it
 
 
-@dataclass
-class Replay:
-    requests: int = 0
-    tokens: int = 0
-    hit_tokens: int = 0
-    uncacheable: int = 0  # requests larger than the whole pool: served, not cached
-    evict_calls: int = 0
-    evicted_pages: int = 0
-    match_s: float = 0.0
-    lock_s: float = 0.0
-    insert_s: float = 0.0
-    evict_s: float = 0.0
-
-    @property
-    def cache_s(self) -> float:
-        return self.match_s + self.lock_s + self.insert_s + self.evict_s
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hit_tokens / self.tokens if self.tokens else 0.0
-
-    def figures(self) -> dict:
-        rate = lambda n, s: round(n / s, 1) if s else None  # noqa: E731
-        return {
-            "requests": self.requests,
-            "hit_rate": round(self.hit_rate, 4),
-            "requests_per_s": rate(self.requests, self.cache_s),
-            "match_ops_per_s": rate(self.requests, self.match_s),
-            "insert_ops_per_s": rate(self.requests - self.uncacheable, self.insert_s),
-            "evict_ops_per_s": rate(self.evict_calls, self.evict_s),
-            "evicted_pages_per_s": rate(self.evicted_pages, self.evict_s),
-            "match_tokens_per_s": rate(self.tokens, self.match_s),
-            "evict_calls": self.evict_calls,
-            "uncacheable": self.uncacheable,
-        }
-
-
-def replay(prompts: Iterable[np.ndarray], page_size: int, capacity_pages: int) -> Replay:
-    """One pass of the admission loop over ``prompts``; only the cache calls are timed."""
-    allocator = PageAllocator(capacity_pages)
-    cache = RadixCache(page_size, allocator)
-    r = Replay()
-    clock = time.perf_counter
-    gc.collect()
-    gc.disable()
-    try:
-        for tokens in prompts:
-            n_pages = len(tokens) // page_size
-            r.requests += 1
-            r.tokens += n_pages * page_size
-            t0 = clock()
-            m = cache.match_prefix(tokens)
-            t1 = clock()
-            cache.lock(m.last_node)
-            r.lock_s += clock() - t1
-            r.match_s += t1 - t0
-            r.hit_tokens += m.length
-            need = n_pages - m.pages.size
-            own = allocator.alloc(need)
-            if own is None:
-                t0 = clock()
-                r.evicted_pages += cache.evict(need - allocator.available())
-                r.evict_s += clock() - t0
-                r.evict_calls += 1
-                own = allocator.alloc(need)
-            if own is None:
-                r.uncacheable += 1
-                t0 = clock()
-                cache.unlock(m.last_node)
-                r.lock_s += clock() - t0
-                continue
-            pages = np.concatenate([m.pages, own])
-            t0 = clock()
-            cached = cache.insert(tokens, pages)
-            t1 = clock()
-            cache.unlock(m.last_node)
-            r.lock_s += clock() - t1
-            r.insert_s += t1 - t0
-            allocator.free(own[: (cached - m.length) // page_size])
-    finally:
-        gc.enable()
-    return r
-
-
-def best_of(repeats: int, run: Callable[[], Replay]) -> Replay:
+def best_of(repeats: int, run: Callable[[], CacheReplay]) -> CacheReplay:
     """Hit rates are deterministic; speed is the median run's."""
     runs = [run() for _ in range(repeats)]
     return sorted(runs, key=lambda r: r.cache_s)[len(runs) // 2]
@@ -195,7 +108,7 @@ def main() -> None:
     for name, page_size, cap in tqdm(configs, desc="synthetic streams", file=sys.stderr, leave=False):
         prompts = streams[name]
         pages = CAPACITIES[cap] or sum(len(t) // page_size for t in prompts)
-        r = best_of(args.repeats, lambda: replay(prompts, page_size, pages))
+        r = best_of(args.repeats, lambda: simulate(prompts, page_size, pages))
         results.append({"stream": name, "page_size": page_size, "capacity": cap, **r.figures()})
 
     mooncake = None if args.no_mooncake or not args.mooncake.exists() else load_mooncake(args.mooncake)
@@ -203,7 +116,7 @@ def main() -> None:
     if mooncake:
         for cap in tqdm(CAPACITIES, desc="mooncake trace", file=sys.stderr, leave=False):
             pages = CAPACITIES[cap] or sum(len(q.hash_ids) for q in mooncake)
-            r = replay((block_tokens(q.hash_ids) for q in mooncake), BLOCK_SIZE, pages)
+            r = simulate((block_tokens(q.hash_ids) for q in mooncake), BLOCK_SIZE, pages)
             results.append({"stream": "mooncake", "page_size": BLOCK_SIZE, "capacity": cap, **r.figures()})
             mooncake_hits[cap] = round(r.hit_rate, 4)
 
@@ -242,7 +155,7 @@ def main() -> None:
                 capacity = sum(len(t) // page_size for t in prompts)
                 ours, theirs = [], []
                 for _ in range(args.repeats):  # adjacent pairs, so both sides see the same machine
-                    ours.append(replay(prompts, page_size, capacity))
+                    ours.append(simulate(prompts, page_size, capacity))
                     theirs.append(run_peer(python, path, page_size, 0))
                 ratios[name] = round(statistics.median(o.requests / o.cache_s / t["requests_per_s"] for o, t in zip(ours, theirs)), 2)
                 rows.append({"stream": name, "requests": len(prompts), "page_size": page_size,

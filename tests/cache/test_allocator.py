@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from radixrt.cache import PageAllocator
