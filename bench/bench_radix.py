@@ -87,6 +87,30 @@ def run_peer(python: str, requests: Path, page_size: int, capacity_tokens: int) 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def side_by_side(python: str, runs: list[tuple[str, list[np.ndarray], int, int | None]], repeats: int) -> list[dict]:
+    """Each run through our cache and the peer's, alternating so that each pair sees the same
+    machine; the ratio is the median over pairs of requests/s of cache-call time."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, prompts, page_size, capacity in tqdm(runs, desc="sglang side by side", file=sys.stderr, leave=False):
+            path = Path(tmp) / f"{name}.jsonl"
+            write_requests(path, prompts)
+            pages = capacity or sum(len(t) // page_size for t in prompts)
+            ours, theirs = [], []
+            for _ in range(repeats):
+                ours.append(simulate(prompts, page_size, pages))
+                theirs.append(run_peer(python, path, page_size, (capacity or 0) * page_size))
+            rows.append({
+                "stream": name, "requests": len(prompts), "page_size": page_size,
+                "capacity": capacity or "unlimited",
+                "radixrt_req_per_s": round(statistics.median(o.requests / o.cache_s for o in ours), 1),
+                "sglang_req_per_s": statistics.median(t["requests_per_s"] for t in theirs),
+                "ratio": round(statistics.median(o.requests / o.cache_s / t["requests_per_s"] for o, t in zip(ours, theirs)), 2),
+                "radixrt_hit": round(ours[0].hit_rate, 4), "sglang_hit": theirs[0]["token_hit_rate"],
+            })
+    return rows
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     cells = [[("" if row.get(c) is None else f"{row[c]:,}" if isinstance(row[c], (int, float)) and not isinstance(row[c], bool) and c != "hit_rate" else str(row[c])) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
@@ -144,27 +168,15 @@ def main() -> None:
 
     python = None if args.no_peer else peer_python()
     if python:
-        peer_streams = {name: (prompts, 1) for name, prompts in streams.items()}
+        runs = [(name, prompts, 1, None) for name, prompts in streams.items()]
+        runs.append(("agent_evicting_16k_pages", streams["agent"], 1, CAPACITIES["16k"]))
+        runs.append(("agent_page16_evicting_4k_pages", streams["agent"], 16, CAPACITIES["4k"]))
         if mooncake:
-            peer_streams["mooncake"] = ([block_tokens(q.hash_ids) for q in mooncake[:PEER_MOONCAKE_REQUESTS]], BLOCK_SIZE)
-        rows, ratios = [], {}
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, (prompts, page_size) in tqdm(peer_streams.items(), desc="sglang side by side", file=sys.stderr, leave=False):
-                path = Path(tmp) / f"{name}.jsonl"
-                write_requests(path, prompts)
-                capacity = sum(len(t) // page_size for t in prompts)
-                ours, theirs = [], []
-                for _ in range(args.repeats):  # adjacent pairs, so both sides see the same machine
-                    ours.append(simulate(prompts, page_size, capacity))
-                    theirs.append(run_peer(python, path, page_size, 0))
-                ratios[name] = round(statistics.median(o.requests / o.cache_s / t["requests_per_s"] for o, t in zip(ours, theirs)), 2)
-                rows.append({"stream": name, "requests": len(prompts), "page_size": page_size,
-                             "radixrt_req_per_s": round(statistics.median(o.requests / o.cache_s for o in ours), 1),
-                             "sglang_req_per_s": statistics.median(t["requests_per_s"] for t in theirs),
-                             "ratio": ratios[name], "radixrt_hit": round(ours[0].hit_rate, 4), "sglang_hit": theirs[0]["token_hit_rate"]})
-        print("\nSide by side with SGLang's RadixCache: same request files, unlimited capacity, median of adjacent pairs\n")
+            runs.append(("mooncake", [block_tokens(q.hash_ids) for q in mooncake[:PEER_MOONCAKE_REQUESTS]], BLOCK_SIZE, None))
+        rows = side_by_side(python, runs, args.repeats)
+        print("\nSide by side with SGLang's RadixCache: same request files, median of adjacent pairs\n")
         print(table(rows, list(rows[0])))
-        summary["vs_sglang"] = ratios
+        summary["vs_sglang"] = {row["stream"]: row["ratio"] for row in rows}
         summary["vs_sglang_detail"] = rows
     print()
     print(json.dumps(summary))
