@@ -1,5 +1,57 @@
-"""Triton paged-attention kernels, installed as ``radixrt.kernels``.
+"""Paged attention over the KV pool: Triton kernels on a GPU, a vectorised PyTorch path on a CPU.
 
-Kept outside ``radixrt/`` so it knows nothing of the rest of the runtime, and installed under
-``radixrt.`` so it never shadows the unrelated PyPI package ``kernels`` that transformers probes for.
+Installed as ``radixrt.kernels``: kept outside ``radixrt/`` so it knows nothing of the rest of the
+runtime, and under ``radixrt.`` so it never shadows the unrelated PyPI package ``kernels`` that
+transformers probes for.
+
+Page table layout: CSR. Sequence b's pages are ``kv_indices[kv_indptr[b]:kv_indptr[b+1]]`` (int32
+physical page ids, in order), and token t of the sequence lives at page ``t // page_size``,
+offset ``t % page_size``. Chosen over a ``[batch, max_pages]`` table because:
+- it is exactly what the radix cache hands out: a request's page list is the matched prefix's
+  pages followed by its own, so building the batch table is one concatenation, with no padding;
+- its size follows the pages actually used, so a batch that mixes a 1-token and a 32k-token
+  sequence does not pay ``batch x max_pages`` to build, copy or read;
+- a kernel still finds page t of sequence b with one load, ``kv_indices[kv_indptr[b] + t // page_size]``.
+
+Operations (each takes one layer's pools ``[num_pages, page_size, kv_heads, head_dim]``):
+- ``decode_attention``: one new token per sequence over its cached tokens (flash-decoding).
+- ``extend_attention``: the new tokens of a ragged batch over their cached prefix and, causally,
+  each other.
+- ``write_kv``: store new tokens' K/V at their slots ``page * page_size + offset``.
+An fp8 (e4m3) pool holds ``value / scale`` with a float32 scale per KV head.
+``radixrt.kernels.reference`` has the same operations written plainly: the ground truth.
 """
+from __future__ import annotations
+
+import torch
+
+from radixrt.kernels import cpu
+from radixrt.kernels.layout import PagedKV
+
+
+def _triton():
+    from radixrt.kernels import decode, extend, kv_write  # triton is only needed on a GPU
+
+    return decode, extend, kv_write
+
+
+def decode_attention(q: torch.Tensor, kv: PagedKV, seq_lens: torch.Tensor, **options) -> torch.Tensor:
+    if q.is_cuda:
+        return _triton()[0].decode_attention(q, kv, seq_lens, **options)
+    return cpu.decode_attention(q, kv, seq_lens, **options)
+
+
+def extend_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv: PagedKV, qo_indptr: torch.Tensor,
+                     prefix_lens: torch.Tensor, **options) -> torch.Tensor:
+    if q.is_cuda:
+        return _triton()[1].extend_attention(q, k_new, v_new, kv, qo_indptr, prefix_lens, **options)
+    return cpu.extend_attention(q, k_new, v_new, kv, qo_indptr, prefix_lens, **options)
+
+
+def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+             k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> None:
+    impl = _triton()[2].write_kv if k_pool.is_cuda else cpu.write_kv
+    impl(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
+
+
+__all__ = ["PagedKV", "decode_attention", "extend_attention", "write_kv"]

@@ -1,0 +1,123 @@
+"""Decode attention in Triton: one query token per sequence over its paged KV (flash-decoding).
+
+Stage 1 splits each sequence's tokens into ``num_splits`` chunks; program (sequence, KV head,
+split) runs an online softmax over its chunk for all the query heads of that KV head at once (GQA:
+each K/V tile is loaded once for the whole group, padded to 16 rows for ``tl.dot``) and writes a
+partial output with its log-sum-exp. Stage 2 merges the partials of each (sequence, head).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from radixrt.kernels.layout import PagedKV
+from radixrt.kernels.tiles import attend_tile, load_paged_tile
+
+MAX_SPLITS = 32
+MIN_TOKENS_PER_SPLIT = 256
+
+
+@triton.jit
+def _decode_partial(
+    Q, K, V, KV_INDPTR, KV_INDICES, SEQ_LENS, K_SCALE, V_SCALE, PART_O, PART_LSE,
+    stride_qb, stride_qh, sm_scale, num_splits,
+    Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+    QUANTIZED: tl.constexpr, IEEE: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(SEQ_LENS + b)
+    chunk = tl.cdiv(seq_len, num_splits)
+    start = split * chunk
+    end = tl.minimum(start + chunk, seq_len)
+
+    rows = tl.arange(0, BLOCK_H)
+    row_ok = rows < GROUP
+    heads = kv_head * GROUP + rows
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=row_ok[:, None], other=0.0)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    first_page = tl.load(KV_INDPTR + b)
+    for n0 in range(start, end, BLOCK_N):
+        t = n0 + tl.arange(0, BLOCK_N)
+        t_ok = t < end
+        k, v = load_paged_tile(K, V, KV_INDICES, first_page, t, t_ok, kv_head, d, K_SCALE, V_SCALE, q.dtype,
+                               KV_HEADS, HEAD_DIM, PAGE_SIZE, QUANTIZED)
+        m_i, l_i, acc = attend_tile(q, k, v, t_ok[None, :], m_i, l_i, acc, sm_scale, IEEE)
+
+    has_tokens = l_i > 0
+    out = acc / tl.where(has_tokens, l_i, 1.0)[:, None]
+    lse = tl.where(has_tokens, m_i + tl.log(tl.where(has_tokens, l_i, 1.0)), float("-inf"))
+    part = (b * Q_HEADS + heads) * num_splits + split
+    tl.store(PART_O + part[:, None] * HEAD_DIM + d[None, :], out, mask=row_ok[:, None])
+    tl.store(PART_LSE + part, lse, mask=row_ok)
+
+
+@triton.jit
+def _decode_merge(
+    PART_O, PART_LSE, O, stride_ob, stride_oh, num_splits,
+    Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.arange(0, BLOCK_S)
+    s_ok = s < num_splits
+    d = tl.arange(0, HEAD_DIM)
+    part = (b * Q_HEADS + h) * num_splits + s
+    lse = tl.load(PART_LSE + part, mask=s_ok, other=float("-inf"))
+    weight = tl.exp(lse - tl.max(lse, 0))
+    weight = weight / tl.sum(weight, 0)
+    o = tl.load(PART_O + part[:, None] * HEAD_DIM + d[None, :], mask=s_ok[:, None], other=0.0)
+    out = tl.sum(o * weight[:, None], 0)
+    tl.store(O + b * stride_ob + h * stride_oh + d, out.to(O.dtype.element_ty))
+
+
+def choose_num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device) -> int:
+    """Enough (sequence, KV head, split) programs to fill the GPU about twice over, but no split
+    shorter than ``MIN_TOKENS_PER_SPLIT`` tokens: a small batch with long contexts gets many
+    splits, a large batch gets one."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    wanted = triton.cdiv(2 * sms, batch * kv_heads)
+    return max(1, min(wanted, triton.cdiv(max_seq_len, MIN_TOKENS_PER_SPLIT), MAX_SPLITS))
+
+
+def decode_attention(
+    q: torch.Tensor,
+    kv: PagedKV,
+    seq_lens: torch.Tensor,
+    *,
+    sm_scale: float | None = None,
+    max_seq_len: int | None = None,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``q [batch, q_heads, head_dim]`` -> ``[batch, q_heads, head_dim]``; sequence b attends to
+    its first ``seq_lens[b]`` (>= 1) tokens in ``kv``. ``max_seq_len`` saves a device sync."""
+    batch, q_heads, head_dim = q.shape
+    kv.check(q, batch)
+    sm_scale = head_dim**-0.5 if sm_scale is None else sm_scale
+    if num_splits is None:
+        max_seq_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len
+        num_splits = choose_num_splits(batch, kv.kv_heads, max_seq_len, q.device)
+    part_o = torch.empty(batch, q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(batch, q_heads, num_splits, dtype=torch.float32, device=q.device)
+    group = q_heads // kv.kv_heads
+    k_scale, v_scale = kv.scales()
+    _decode_partial[(batch, kv.kv_heads, num_splits)](
+        q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens, k_scale, v_scale, part_o, part_lse,
+        q.stride(0), q.stride(1), sm_scale, num_splits,
+        Q_HEADS=q_heads, KV_HEADS=kv.kv_heads, GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=kv.page_size,
+        BLOCK_N=64 if q.element_size() < 4 else 32, BLOCK_H=max(16, triton.next_power_of_2(group)),
+        QUANTIZED=kv.quantized, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
+    )
+    out = torch.empty_like(q) if out is None else out
+    _decode_merge[(batch, q_heads)](
+        part_o, part_lse, out, out.stride(0), out.stride(1), num_splits,
+        Q_HEADS=q_heads, HEAD_DIM=head_dim, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4,
+    )
+    return out

@@ -1,0 +1,45 @@
+"""Random paged batches for the kernel tests."""
+import numpy as np
+import torch
+
+from radixrt.kernels import PagedKV
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not torch.isnan(out).any(), "NaN in the output (an element was never written?)"
+    return float((out.double() - ref).norm() / ref.norm())
+
+
+def random_pages(gen: torch.Generator, lens: list[int], page_size: int) -> tuple[list[torch.Tensor], int]:
+    """Each sequence's page ids: even ids in random order, so no two are ever adjacent."""
+    counts = [-(-n // page_size) for n in lens]
+    ids = torch.randperm(sum(counts) + 1, generator=gen) * 2
+    out, at = [], 0
+    for c in counts:
+        out.append(ids[at : at + c].to(torch.int32))
+        at += c
+    return out, 2 * (sum(counts) + 1)
+
+
+def make_paged(gen, lens, page_size, kv_heads, head_dim, dtype, fp8=False) -> PagedKV:
+    """A pool whose unused pages hold NaN, so reading a wrong page fails the comparison."""
+    pages, num_pages = random_pages(gen, lens, page_size)
+    shape = (num_pages, page_size, kv_heads, head_dim)
+    k = torch.full(shape, float("nan"), dtype=torch.float32)
+    v = torch.full(shape, float("nan"), dtype=torch.float32)
+    for p in pages:
+        k[p.long()] = torch.randn(len(p), *shape[1:], generator=gen)
+        v[p.long()] = torch.randn(len(p), *shape[1:], generator=gen)
+    scales = {}
+    if fp8:
+        scales = dict(k_scale=torch.rand(kv_heads, generator=gen) * 0.02 + 0.01,
+                      v_scale=torch.rand(kv_heads, generator=gen) * 0.02 + 0.01)
+        k = (k / scales["k_scale"][:, None]).to(torch.float8_e4m3fn)
+        v = (v / scales["v_scale"][:, None]).to(torch.float8_e4m3fn)
+    else:
+        k, v = k.to(dtype), v.to(dtype)
+    indptr = torch.tensor([0] + np.cumsum([len(p) for p in pages]).tolist(), dtype=torch.int32)
+    indices = torch.cat(pages) if pages else torch.zeros(0, dtype=torch.int32)
+    return PagedKV(k, v, indptr, indices, **scales)

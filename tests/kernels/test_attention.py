@@ -1,0 +1,143 @@
+"""Decode and extend attention, Triton (interpreted on a CPU) and the CPU path, against the
+float64 reference."""
+import pytest
+import torch
+
+from radixrt.kernels import PagedKV, cpu, reference
+from radixrt.kernels import decode as triton_decode
+from radixrt.kernels import extend as triton_extend
+
+from kernel_cases import TOLERANCE, make_paged, rel_err
+
+IMPLS = {"triton": (triton_decode.decode_attention, triton_extend.extend_attention),
+         "cpu": (cpu.decode_attention, cpu.extend_attention)}
+
+# (lens, page_size, kv_heads, group, head_dim, dtype): every page size, head dim, GQA ratio and
+# dtype appears, without the full cross product (the interpreter is slow).
+DECODE_CASES = {
+    "one_token": ([1], 16, 2, 2, 64, torch.float32),
+    "page_boundaries": ([16, 17, 32, 33], 16, 2, 1, 64, torch.float32),
+    "mixed_1_and_2000": ([1, 2000, 1], 16, 1, 4, 64, torch.float16),
+    "page1_fp32": ([37, 5], 1, 2, 2, 64, torch.float32),
+    "page1_bf16": ([37, 5], 1, 2, 2, 64, torch.bfloat16),
+    "page16_fp16": ([130, 7], 16, 2, 3, 64, torch.float16),
+    "page16_bf16": ([130, 7], 16, 2, 3, 64, torch.bfloat16),
+    "page64_fp32": ([130, 64, 65], 64, 1, 2, 64, torch.float32),
+    "page64_fp16": ([130, 64, 65], 64, 1, 2, 64, torch.float16),
+    "dim128_gqa1": ([40, 90], 16, 4, 1, 128, torch.float16),
+    "dim128_gqa2": ([40, 90], 16, 2, 2, 128, torch.bfloat16),
+    "dim64_gqa4": ([40, 90], 16, 2, 4, 64, torch.float32),
+    "dim128_gqa8": ([40, 90], 16, 1, 8, 128, torch.float16),
+}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", DECODE_CASES)
+def test_decode(impl, case, gen):
+    lens, page_size, kv_heads, group, head_dim, dtype = DECODE_CASES[case]
+    kv = make_paged(gen, lens, page_size, kv_heads, head_dim, dtype)
+    q = torch.randn(len(lens), kv_heads * group, head_dim, generator=gen).to(dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    out = IMPLS[impl][0](q, kv, seq_lens, out=torch.full_like(q, float("nan")))
+    ref = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert rel_err(out, ref) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("num_splits", [1, 3, 8])
+def test_decode_splits_merge_exactly(num_splits, gen):
+    """More splits than a short sequence has blocks leaves some splits empty."""
+    lens = [1, 100, 300]
+    kv = make_paged(gen, lens, 16, 2, 64, torch.float32)
+    q = torch.randn(3, 4, 64, generator=gen)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    out = triton_decode.decode_attention(q, kv, seq_lens, num_splits=num_splits, out=torch.full_like(q, float("nan")))
+    ref = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_more_splits_for_small_batches_with_long_contexts():
+    device = torch.device("cpu")
+    assert triton_decode.choose_num_splits(1, 1, 32768, device) > triton_decode.choose_num_splits(64, 8, 32768, device) == 1
+    assert triton_decode.choose_num_splits(1, 1, 100, device) == 1
+
+
+# (prefix_lens, new_lens, page_size, kv_heads, group, head_dim, dtype)
+EXTEND_CASES = {
+    "empty_prefix": ([0], [17], 16, 2, 2, 64, torch.float32),
+    "several_page_prefix": ([48], [20], 16, 2, 1, 64, torch.float32),
+    "ragged_batch": ([0, 33, 64, 5], [1, 40, 7, 70], 16, 1, 2, 64, torch.float16),
+    "page1_bf16": ([30], [25], 1, 2, 2, 64, torch.bfloat16),
+    "page16_bf16": ([30, 0], [25, 3], 16, 2, 2, 64, torch.bfloat16),
+    "page64_fp32": ([64, 65], [9, 40], 64, 1, 3, 64, torch.float32),
+    "page64_fp16": ([64, 65], [9, 40], 64, 1, 3, 64, torch.float16),
+    "dim128_gqa1": ([20], [33], 16, 2, 1, 128, torch.float32),
+    "dim128_gqa4": ([20], [33], 16, 1, 4, 128, torch.bfloat16),
+    "dim64_gqa8": ([20, 3], [33, 70], 16, 1, 8, 64, torch.float16),
+}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", EXTEND_CASES)
+def test_extend(impl, case, gen):
+    prefix_lens, new_lens, page_size, kv_heads, group, head_dim, dtype = EXTEND_CASES[case]
+    kv = make_paged(gen, [p + n for p, n in zip(prefix_lens, new_lens)], page_size, kv_heads, head_dim, dtype)
+    total = sum(new_lens)
+    q = torch.randn(total, kv_heads * group, head_dim, generator=gen).to(dtype)
+    k_new = torch.randn(total, kv_heads, head_dim, generator=gen).to(dtype)
+    v_new = torch.randn(total, kv_heads, head_dim, generator=gen).to(dtype)
+    qo_indptr = torch.tensor([0, *torch.tensor(new_lens).cumsum(0).tolist()], dtype=torch.int32)
+    prefix = torch.tensor(prefix_lens, dtype=torch.int32)
+    out = IMPLS[impl][1](q, k_new, v_new, kv, qo_indptr, prefix, out=torch.full_like(q, float("nan")))
+    ref = reference.extend_attention(q, k_new, v_new, kv.k, kv.v, qo_indptr, kv.indptr, kv.indices, prefix)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert rel_err(out, ref) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_kv_cache(impl, dtype, gen):
+    """An fp8 (e4m3) pool with a scale per KV head, dequantised on load: the reference reads the
+    same fp8 values, so only the compute dtype's error remains."""
+    decode, extend = IMPLS[impl]
+    lens = [70, 3]
+    kv = make_paged(gen, lens, 16, 2, 64, dtype, fp8=True)
+    q = torch.randn(2, 4, 64, generator=gen).to(dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    out = decode(q, kv, seq_lens, out=torch.full_like(q, float("nan")))
+    ref = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens, k_scale=kv.k_scale, v_scale=kv.v_scale)
+    assert rel_err(out, ref) < TOLERANCE[dtype]
+
+    prefix, new = torch.tensor([50, 0], dtype=torch.int32), [20, 3]
+    qe = torch.randn(sum(new), 4, 64, generator=gen).to(dtype)
+    k_new, v_new = (torch.randn(sum(new), 2, 64, generator=gen).to(dtype) for _ in range(2))
+    qo_indptr = torch.tensor([0, 20, 23], dtype=torch.int32)
+    out = extend(qe, k_new, v_new, kv, qo_indptr, prefix, out=torch.full_like(qe, float("nan")))
+    ref = reference.extend_attention(qe, k_new, v_new, kv.k, kv.v, qo_indptr, kv.indptr, kv.indices, prefix,
+                                     k_scale=kv.k_scale, v_scale=kv.v_scale)
+    assert rel_err(out, ref) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(q_heads=5), "do not divide"),
+        (dict(head_dim=48), "power of two"),
+        (dict(q_dtype=torch.float64), "float32, float16 or bfloat16"),
+        (dict(pool_dtype=torch.float16), "does not match"),
+        (dict(indptr_dtype=torch.int64), "int32"),
+        (dict(fp8_without_scales=True), "needs k_scale"),
+    ],
+)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_inputs_are_named(impl, change, message, gen):
+    head_dim = change.get("head_dim", 64)
+    pool_dtype = change.get("pool_dtype", torch.float32)
+    k = torch.zeros(4, 16, 2, head_dim, dtype=pool_dtype)
+    if change.get("fp8_without_scales"):
+        k = k.to(torch.float8_e4m3fn)
+    kv = PagedKV(k, k.clone(), torch.tensor([0, 1], dtype=change.get("indptr_dtype", torch.int32)),
+                 torch.tensor([2], dtype=torch.int32))
+    q = torch.zeros(1, change.get("q_heads", 4), head_dim, dtype=change.get("q_dtype", torch.float32))
+    with pytest.raises(ValueError, match=message):
+        IMPLS[impl][0](q, kv, torch.tensor([5], dtype=torch.int32))
