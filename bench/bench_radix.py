@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import table  # noqa: E402
 from workloads import SYNTHETIC  # noqa: E402
 
 from radixrt.replay.cache_sim import CacheReplay, simulate  # noqa: E402
@@ -109,14 +110,6 @@ def side_by_side(python: str, runs: list[tuple[str, list[np.ndarray], int, int |
                 "radixrt_hit": round(ours[0].hit_rate, 4), "sglang_hit": theirs[0]["token_hit_rate"],
             })
     return rows
-
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    cells = [[("" if row.get(c) is None else f"{row[c]:,}" if isinstance(row[c], (int, float)) and not isinstance(row[c], bool) and c != "hit_rate" else str(row[c])) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
 
 
 def main() -> None:
