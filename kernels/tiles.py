@@ -6,7 +6,7 @@ import triton.language as tl
 
 
 @triton.jit
-def load_paged_tile(K, V, KV_INDICES, first_page, t, t_ok, kv_head, d, K_SCALE, V_SCALE, dtype,
+def load_paged_tile(K, V, KV_INDICES, first_page, t, t_ok, kv_head, d, K_SCALE, V_SCALE, dtype: tl.constexpr,
                     KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
                     QUANTIZED: tl.constexpr):
     """K and V ``[len(t), HEAD_DIM]`` of tokens ``t`` of a sequence whose pages start at

@@ -1,0 +1,64 @@
+"""Compile every kernel for an H100 (sm90) without a GPU, with the ptxas that ships in the triton
+wheel: the interpreter accepts code the GPU compiler rejects (a tl.dot under 16, a bad cast), and
+this is where such code fails on a CPU-only machine. Prints one line per variant: OK or FAIL."""
+import os
+
+os.environ.pop("TRITON_INTERPRET", None)  # noqa: E402  (must precede the kernels' import)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from radixrt.kernels import decode, extend, kv_write  # noqa: E402
+
+INT32_POINTERS = {"KV_INDPTR", "KV_INDICES", "SEQ_LENS", "QO_INDPTR", "PREFIX_LENS"}
+FP32_POINTERS = {"K_SCALE", "V_SCALE", "PART_O", "PART_LSE"}
+
+
+def signature(fn, q_dtype: str, kv_dtype: str) -> dict[str, str]:
+    """Pointer types by parameter name: the pool (K, V) in ``kv_dtype``, activations in ``q_dtype``."""
+    sig = {}
+    for p in fn.params:
+        name = p.name
+        if p.is_constexpr:
+            sig[name] = "constexpr"
+        elif name in ("K", "V"):
+            sig[name] = f"*{kv_dtype}"
+        elif name in INT32_POINTERS:
+            sig[name] = "*i32"
+        elif name in FP32_POINTERS:
+            sig[name] = "*fp32"
+        elif name == "SLOTS":
+            sig[name] = "*i64"
+        elif name.isupper():
+            sig[name] = f"*{q_dtype}"
+        else:
+            sig[name] = "fp32" if name == "sm_scale" else "i32"
+    return sig
+
+
+def main() -> None:
+    target = GPUTarget("cuda", 90, 32)
+    for q_dtype, kv_dtype in (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"), ("bf16", "fp8e4nv")):
+        block = 32 if q_dtype == "fp32" else 64
+        for head_dim in (64, 128):
+            common = dict(KV_HEADS=8, HEAD_DIM=head_dim, QUANTIZED=kv_dtype == "fp8e4nv")
+            attention = dict(common, GROUP=4, PAGE_SIZE=16, IEEE=q_dtype == "fp32")
+            variants = [
+                (decode._decode_partial, dict(attention, Q_HEADS=32, BLOCK_N=block, BLOCK_H=16)),
+                (extend._extend, dict(attention, BLOCK_M=block, BLOCK_N=block)),
+                (kv_write._write_kv, dict(common, BLOCK_H=8)),
+                (decode._decode_merge, dict(Q_HEADS=32, HEAD_DIM=head_dim, BLOCK_S=8)),
+            ]
+            for fn, constexprs in variants:
+                name = f"{fn.__name__} q={q_dtype} kv={kv_dtype} head_dim={head_dim}"
+                try:
+                    src = ASTSource(fn=fn, signature=signature(fn, q_dtype, kv_dtype), constexprs=constexprs)
+                    triton.compile(src, target=target, options={"num_warps": 4, "num_stages": 2})
+                    print("OK", name)
+                except Exception as e:  # the compiler's own error, reported per variant
+                    print("FAIL", name, f"{type(e).__name__}: {e}"[:2000])
+
+
+if __name__ == "__main__":
+    main()

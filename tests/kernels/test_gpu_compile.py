@@ -1,0 +1,15 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernel tests compile and run the kernels for real")
+def test_kernels_compile_for_sm90():
+    script = Path(__file__).with_name("gpu_compile.py")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 32 and all(line.startswith("OK") for line in lines), "\n".join(l for l in lines if not l.startswith("OK"))
