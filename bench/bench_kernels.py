@@ -116,16 +116,18 @@ def gpu_extend_rows(q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dty
         qo_indptr = torch.tensor([0, new], dtype=torch.int32, device="cuda")
         prefix_lens = torch.tensor([prefix], dtype=torch.int32, device="cuda")
         ours = gpu_time(lambda: extend_attention(q, k_new, v_new, kv, qo_indptr, prefix_lens, max_extend_len=new))
-        # The same keys and values laid out contiguously, for SDPA.
+        # The same keys and values laid out contiguously for SDPA, KV heads already repeated for
+        # GQA so that SDPA may pick its flash (causal) or memory-efficient (masked) kernel.
         slots, _ = cpu.token_slots(kv, kv.indptr[:1].long(), prefix_lens.long(), prefix)
-        k_all = torch.cat([kv.k.view(-1, kv_heads, head_dim)[slots[0]], k_new]).transpose(0, 1)[None]
-        v_all = torch.cat([kv.v.view(-1, kv_heads, head_dim)[slots[0]], v_new]).transpose(0, 1)[None]
-        q4 = q.transpose(0, 1)[None]
+        group = q_heads // kv_heads
+        k_all = torch.cat([kv.k.view(-1, kv_heads, head_dim)[slots[0]], k_new]).repeat_interleave(group, 1).transpose(0, 1)[None].contiguous()
+        v_all = torch.cat([kv.v.view(-1, kv_heads, head_dim)[slots[0]], v_new]).repeat_interleave(group, 1).transpose(0, 1)[None].contiguous()
+        q4 = q.transpose(0, 1)[None].contiguous()
         if prefix:
             mask = torch.arange(prefix + new, device="cuda")[None, :] <= prefix + torch.arange(new, device="cuda")[:, None]
-            sdpa = gpu_time(lambda: F.scaled_dot_product_attention(q4, k_all, v_all, attn_mask=mask, enable_gqa=True))
+            sdpa = gpu_time(lambda: F.scaled_dot_product_attention(q4, k_all, v_all, attn_mask=mask))
         else:
-            sdpa = gpu_time(lambda: F.scaled_dot_product_attention(q4, k_all, v_all, is_causal=True, enable_gqa=True))
+            sdpa = gpu_time(lambda: F.scaled_dot_product_attention(q4, k_all, v_all, is_causal=True))
         flops = causal_flops(new, prefix, q_heads, head_dim)
         rows.append({"new_tokens": new, "prefix": prefix, "radixrt_TFLOPs": round(flops / ours / 1e12, 1),
                      "sdpa_TFLOPs": round(flops / sdpa / 1e12, 1), "pct_of_sdpa": round(100 * sdpa / ours, 1)})

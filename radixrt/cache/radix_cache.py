@@ -15,8 +15,9 @@ evicting leaves oldest-first frees the least recently used pages first. ``evict(
 than dropped whole.
 
 Candidate leaves are kept in a ``SortedList`` of (tick, id, node) entries, updated lazily so that
-the hot path (match, insert, lock, unlock) touches it at most once per call: a touch only moves
-the node's clock, and locking or growing a child leaves the entry where it is. ``evict`` pops the
+the hot path (match, insert, lock, unlock) never sorts: a touch only moves the node's clock,
+locking or growing a child leaves the entry where it is, and a new entry waits in a list until
+the next eviction sorts it in. ``evict`` pops the
 oldest entry and re-files it if its node was touched since, drops it if the node is locked or no
 longer a leaf, and frees it otherwise. An entry's tick is never newer than its node's, so the
 first entry that survives these checks is the true least recently used leaf. Each node has at
@@ -98,6 +99,7 @@ class RadixCache:
         self._roots: dict[Hashable, Node] = {}
         self._root(None)
         self._lru: SortedList = SortedList()
+        self._unfiled: list[tuple[int, int, Node]] = []  # new entries, sorted into _lru when evicting
         self._tick = 0
         self._evictable = 0
         self._protected = 0
@@ -112,7 +114,10 @@ class RadixCache:
             return MatchResult(_NO_PAGES, self._roots[None], 0)
         parts: list[IdArray] = []
         node, off = self._walk(root, key, parts)
-        pages = np.concatenate(parts) if parts else _NO_PAGES
+        if len(parts) > 1:
+            pages = np.concatenate(parts)
+        else:
+            pages = parts[0].copy() if parts else _NO_PAGES
         return MatchResult(pages, node, off // TOKEN_BYTES)
 
     def evictable_size(self) -> int:
@@ -198,7 +203,12 @@ class RadixCache:
             raise ValueError(f"cannot evict a negative number of pages ({num_pages})")
         remaining = num_pages
         freed: list[IdArray] = []
-        while remaining > 0 and self._lru:
+        while remaining > 0:
+            if self._unfiled:
+                self._lru.update(self._unfiled)
+                self._unfiled.clear()
+            if not self._lru:
+                break
             tick, _, leaf = self._lru.pop(0)
             leaf.lru_entry = None
             if leaf.children or leaf.lock_ref:
@@ -235,7 +245,9 @@ class RadixCache:
 
     def _key(self, tokens: Sequence[int] | np.ndarray) -> bytes:
         arr = as_ids(tokens, "token ids")
-        return arr[: arr.size - arr.size % self.page_size].tobytes()
+        if arr.size % self.page_size:
+            arr = arr[: arr.size - arr.size % self.page_size]
+        return arr.tobytes()
 
     def _next_tick(self) -> int:
         self._tick += 1
@@ -313,7 +325,7 @@ class RadixCache:
 
     def _lru_add(self, node: Node) -> None:
         node.lru_entry = (node.tick, node.id, node)
-        self._lru.add(node.lru_entry)
+        self._unfiled.append(node.lru_entry)
 
     @staticmethod
     def _check_live(node: Node) -> None:
