@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from radixrt.model.llama import LlamaForCausalLM
@@ -77,7 +77,12 @@ def converted_dir(gguf: Path) -> Path:
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    hf.save_pretrained(tmp)
+    tmp.mkdir(parents=True)
+    state = {name: t.contiguous() for name, t in hf.state_dict().items()}
+    if hf.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # the embedding, shared
+    save_file(state, tmp / "model.safetensors")  # transformers will not save a model it read from GGUF
+    hf.config.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
     tmp.rename(out)  # atomic: a half-written cache is never taken for a whole one
     return out
