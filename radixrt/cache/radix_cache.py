@@ -271,15 +271,15 @@ class RadixCache:
             child = node.children.get(key[off : off + page_bytes])
             if child is None:
                 break
-            edge = child.key
-            n = len(edge) if key.startswith(edge, off) else self._common_bytes(edge, key, off)
-            if n < len(edge):
+            diverges = not key.startswith(child.key, off)
+            n = self._common_bytes(child.key, key, off) if diverges else len(child.key)
+            if diverges:
                 child = self._split(child, n)
             child.tick = tick
             if parts is not None:
                 parts.append(child.pages)
             node, off = child, off + n
-            if n < len(edge):
+            if diverges:
                 break
         return node, off
 
