@@ -1,0 +1,185 @@
+"""Continuous batching over the radix cache: who runs this step, with how many tokens, on which pages.
+
+Each step first gives every running request the pages for its next tokens (one for decoding, a
+chunk for a prompt still being prefilled), evicting cached prefixes and then retracting the
+latest-arrived requests when memory runs out. Then it admits waiting requests, longest cached
+prefix first (SGLang's LPM) with an age credit so that nobody starves, while the step's token
+budget and free + evictable pages allow. A retracted request keeps what it generated, gives its
+computed K/V to the cache and is re-queued; it is recomputed mostly from the cache.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from radixrt.cache import PageAllocator, RadixCache
+from radixrt.engine.request import Request, State
+
+AGE_CREDIT_TOKENS_PER_S = 1000.0  # a request waiting 1 s ranks as if 1000 more of its tokens were cached
+
+
+@dataclass
+class SchedulerStats:
+    prompt_tokens: int = 0  # prompt tokens of admitted requests (first admission)
+    cached_tokens: int = 0  # of those, served from the radix cache
+    computed_tokens: int = 0  # prompt and re-prefill tokens computed (not decode steps)
+    decode_tokens: int = 0
+    retractions: int = 0
+    evicted_pages: int = 0
+
+
+class Scheduler:
+    def __init__(self, cache: RadixCache, allocator: PageAllocator, *, max_batch_tokens: int, chunk_size: int,
+                 max_running: int, enable_cache: bool = True) -> None:
+        self.cache, self.allocator = cache, allocator
+        self.page_size = cache.page_size
+        self.max_batch_tokens, self.chunk_size, self.max_running = max_batch_tokens, chunk_size, max_running
+        self.enable_cache = enable_cache
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.stats = SchedulerStats()
+
+    def pages_for(self, tokens: int) -> int:
+        return -(-tokens // self.page_size)
+
+    # ---- one step --------------------------------------------------------------------------
+
+    def schedule(self) -> list[tuple[Request, int]]:
+        """The requests that run this step and how many new tokens each feeds."""
+        batch, budget = [], self.max_batch_tokens
+        for req in list(self.running):
+            if req.state is not State.RUNNING or budget <= 0:
+                continue
+            n = min(len(req.tokens) - req.computed, budget, self.chunk_size)
+            if not self._grow(req, req.computed + n):
+                continue  # it was retracted or failed
+            batch.append((req, n))
+            budget -= n
+        batch = [(r, n) for r, n in batch if r.state is State.RUNNING]  # drop any retracted meanwhile
+        budget = self.max_batch_tokens - sum(n for _, n in batch)
+        for req in self._by_priority():
+            if budget <= 0 or len(self.running) >= self.max_running:
+                break
+            n = self._admit(req, budget)
+            if n == 0:
+                break
+            batch.append((req, n))
+            budget -= n
+        return batch
+
+    def progress(self, req: Request, n: int) -> None:
+        """``n`` more tokens of ``req`` have K/V now; a prompt still being prefilled hands what is
+        done to the cache, so that others can share it before it finishes."""
+        if req.computed < req.prompt_len:
+            self.stats.computed_tokens += n
+        else:
+            self.stats.decode_tokens += n
+        req.computed += n
+        if self.enable_cache and req.computed < len(req.tokens):
+            self._cache_progress(req)
+
+    def release(self, req: Request) -> None:
+        """Give a request's computed K/V to the cache (whole pages), free the rest, unpin."""
+        if req.node is not None:
+            if self.enable_cache:
+                aligned = req.computed // self.page_size
+                cached = self.cache.insert(req.tokens[: aligned * self.page_size], req.pages[:aligned], req.namespace)
+                self.allocator.free(req.pages[req.in_tree // self.page_size : cached // self.page_size])
+                self.allocator.free(req.pages[aligned:])
+            self.cache.unlock(req.node)
+        else:
+            self.allocator.free(req.pages)
+        req.pages, req.node, req.in_tree = req.pages[:0], None, 0
+
+    def remove(self, req: Request) -> None:
+        if req in self.running:
+            self.running.remove(req)
+            self.release(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _by_priority(self) -> list[Request]:
+        now = time.perf_counter()
+
+        def score(req: Request) -> float:
+            matched = self.cache.match_prefix(req.tokens[:-1], req.namespace).length if self.enable_cache else 0
+            return matched + AGE_CREDIT_TOKENS_PER_S * (now - req.arrival)
+
+        return sorted(self.waiting, key=score, reverse=True)
+
+    def _admit(self, req: Request, budget: int) -> int:
+        """Match, pin and give pages to ``req``'s first chunk; 0 when memory does not allow."""
+        if self.enable_cache:
+            m = self.cache.match_prefix(req.tokens[:-1], req.namespace)  # the last token is always computed
+            self.cache.lock(m.last_node)
+            node, prefix_pages, matched = m.last_node, m.pages, m.length
+        else:
+            node, prefix_pages, matched = None, req.pages[:0], 0
+        n = min(len(req.tokens) - matched, budget, self.chunk_size)
+        reserve = sum(1 for r in self.running if r.computed >= r.prompt_len)  # a page each for decoders' next tokens
+        own = self._alloc(self.pages_for(matched + n) - prefix_pages.size, reserve)
+        if own is None:
+            if node is not None:
+                self.cache.unlock(node)
+            return 0
+        if req.retractions == 0:
+            self.stats.prompt_tokens += req.prompt_len
+            self.stats.cached_tokens += min(matched, req.prompt_len)
+            req.cached_tokens = matched
+        req.pages, req.node, req.in_tree, req.computed = np.concatenate([prefix_pages, own]), node, matched, matched
+        req.state = State.RUNNING
+        self.waiting.remove(req)
+        self.running.append(req)
+        return n
+
+    def _grow(self, req: Request, tokens: int) -> bool:
+        """Pages for ``req``'s first ``tokens`` tokens: evict, then retract others, then give up."""
+        need = self.pages_for(tokens) - req.pages.size
+        if need <= 0:
+            return True
+        while True:
+            own = self._alloc(need, 0)
+            if own is not None:
+                req.pages = np.concatenate([req.pages, own])
+                return True
+            victim = next((r for r in reversed(self.running) if r is not req), None)
+            if victim is None:
+                req.state, req.finish_reason = State.FAILED, "error"
+                req.error = f"out of KV cache memory: {tokens} tokens need more than the {self.allocator.num_pages} pages of the pool"
+                self.remove(req)
+                return False
+            self._retract(victim)
+
+    def _retract(self, req: Request) -> None:
+        self.running.remove(req)
+        self.release(req)
+        req.computed, req.state = 0, State.WAITING
+        req.retractions += 1
+        self.stats.retractions += 1
+        self.waiting.insert(0, req)
+
+    def _alloc(self, n: int, reserve: int) -> np.ndarray | None:
+        """``n`` pages, evicting cached prefixes if needed, keeping ``reserve`` pages obtainable."""
+        short = n + reserve - self.allocator.available()
+        if short > 0:
+            if short > self.cache.evictable_size():
+                return None
+            self.stats.evicted_pages += self.cache.evict(short)
+        return self.allocator.alloc(n)
+
+    def _cache_progress(self, req: Request) -> None:
+        aligned = req.computed // self.page_size
+        if aligned * self.page_size <= req.in_tree:
+            return
+        done = req.tokens[: aligned * self.page_size]
+        cached = self.cache.insert(done, req.pages[:aligned], req.namespace)
+        self.allocator.free(req.pages[req.in_tree // self.page_size : cached // self.page_size])
+        m = self.cache.match_prefix(done, req.namespace)  # the tree's pages for what is done
+        self.cache.lock(m.last_node)
+        self.cache.unlock(req.node)
+        req.node, req.in_tree = m.last_node, m.length
+        req.pages = np.concatenate([m.pages, req.pages[aligned:]])
