@@ -4,7 +4,9 @@ Each step first gives every running request the pages for its next tokens (one f
 chunk for a prompt still being prefilled), evicting cached prefixes and then retracting the
 latest-arrived requests when memory runs out. Then it admits waiting requests, longest cached
 prefix first (SGLang's LPM) with an age credit so that nobody starves, while the step's token
-budget and free + evictable pages allow. A retracted request keeps what it generated, gives its
+budget and free + evictable pages allow. A waiting request whose prompt shares a long uncached
+prefix with one admitted in the same step waits a step, then finds that prefix in the cache: a
+prefix shared by a burst of requests is computed once. A retracted request keeps what it generated, gives its
 computed K/V to the cache and is re-queued; it is recomputed mostly from the cache.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from radixrt.cache import PageAllocator, RadixCache
 from radixrt.engine.request import Request, State
 
 AGE_CREDIT_TOKENS_PER_S = 1000.0  # a request waiting 1 s ranks as if 1000 more of its tokens were cached
+SHARED_PREFIX_WAIT = 32  # wait a step rather than compute this many tokens that a request admitted now computes
 
 
 @dataclass
@@ -59,25 +62,30 @@ class Scheduler:
             budget -= n
         batch = [(r, n) for r, n in batch if r.state is State.RUNNING]  # drop any retracted meanwhile
         budget = self.max_batch_tokens - sum(n for _, n in batch)
-        for req in self._by_priority():
+        admitted_now = RadixCache(self.page_size)  # prompts admitted this step, without pages
+        for req, cached in self._by_priority():
             if budget <= 0 or len(self.running) >= self.max_running:
                 break
+            if self.enable_cache and admitted_now.match_prefix(req.tokens[:-1], req.namespace).length >= cached + SHARED_PREFIX_WAIT:
+                continue
             n = self._admit(req, budget)
             if n == 0:
                 break
             batch.append((req, n))
             budget -= n
+            prompt = req.tokens[: len(req.tokens) - 1]
+            admitted_now.insert(prompt, np.zeros(len(prompt) // self.page_size, dtype=np.int32), req.namespace)
         return batch
 
     def progress(self, req: Request, n: int) -> None:
-        """``n`` more tokens of ``req`` have K/V now; a prompt still being prefilled hands what is
-        done to the cache, so that others can share it before it finishes."""
+        """``n`` more tokens of ``req`` have K/V now; prompt tokens go to the cache at once, so
+        that others share them before this request finishes."""
         if req.computed < req.prompt_len:
             self.stats.computed_tokens += n
         else:
             self.stats.decode_tokens += n
         req.computed += n
-        if self.enable_cache and req.computed < len(req.tokens):
+        if self.enable_cache and req.computed - n < req.prompt_len:
             self._cache_progress(req)
 
     def release(self, req: Request) -> None:
@@ -102,14 +110,12 @@ class Scheduler:
 
     # ---- internals -------------------------------------------------------------------------
 
-    def _by_priority(self) -> list[Request]:
+    def _by_priority(self) -> list[tuple[Request, int]]:
+        """Waiting requests with their cached prefix lengths, best first."""
         now = time.perf_counter()
-
-        def score(req: Request) -> float:
-            matched = self.cache.match_prefix(req.tokens[:-1], req.namespace).length if self.enable_cache else 0
-            return matched + AGE_CREDIT_TOKENS_PER_S * (now - req.arrival)
-
-        return sorted(self.waiting, key=score, reverse=True)
+        cached = [(req, self.cache.match_prefix(req.tokens[:-1], req.namespace).length if self.enable_cache else 0)
+                  for req in self.waiting]
+        return sorted(cached, key=lambda rc: rc[1] + AGE_CREDIT_TOKENS_PER_S * (now - rc[0].arrival), reverse=True)
 
     def _admit(self, req: Request, budget: int) -> int:
         """Match, pin and give pages to ``req``'s first chunk; 0 when memory does not allow."""

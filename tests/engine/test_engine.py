@@ -114,3 +114,11 @@ def test_sampling_is_seeded(tiny):
     params = SamplingParams(max_new_tokens=16, temperature=0.8, top_k=20, top_p=0.9, seed=7, ignore_eos=True)
     a, b = engine.generate([3, 4, 5], params), engine.generate([3, 4, 5], params)
     assert a.token_ids == b.token_ids and len(a.logprobs or [1]) > 0
+
+
+def test_a_burst_sharing_an_uncached_prefix_computes_it_once(tiny):
+    burst = prompts(4, shared=64, own=8, seed=3)
+    engine = Engine(tiny, page_size=16, kv_cache_bytes=4 << 20)
+    outs = engine.generate(burst, GREEDY)
+    assert engine.stats()["computed_tokens"] == 64 + 4 * 8
+    assert [o.cached_tokens for o in outs] == [0, 64, 64, 64]
