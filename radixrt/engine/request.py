@@ -76,3 +76,13 @@ class GenerateOutput:
         decode = None if r.first_token_at is None or r.finished_at is None else r.finished_at - r.first_token_at
         return cls(r.id, r.text, list(r.output), r.finish_reason, r.prompt_len, r.cached_tokens, ttft, decode,
                    list(r.logprobs) if r.params.logprobs else None, r.error)
+
+
+@dataclass(frozen=True)
+class ChoiceScore:
+    logprob: float  # sum over the choice's tokens
+    num_tokens: int
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.logprob / self.num_tokens

@@ -127,7 +127,7 @@ class Scheduler:
             node, prefix_pages, matched = None, req.pages[:0], 0
         n = min(len(req.tokens) - matched, budget, self.chunk_size)
         reserve = sum(1 for r in self.running if r.computed >= r.prompt_len)  # a page each for decoders' next tokens
-        own = self._alloc(self.pages_for(matched + n) - prefix_pages.size, reserve)
+        own = self.alloc(self.pages_for(matched + n) - prefix_pages.size, reserve)
         if own is None:
             if node is not None:
                 self.cache.unlock(node)
@@ -148,7 +148,7 @@ class Scheduler:
         if need <= 0:
             return True
         while True:
-            own = self._alloc(need, 0)
+            own = self.alloc(need, 0)
             if own is not None:
                 req.pages = np.concatenate([req.pages, own])
                 return True
@@ -168,7 +168,7 @@ class Scheduler:
         self.stats.retractions += 1
         self.waiting.insert(0, req)
 
-    def _alloc(self, n: int, reserve: int) -> np.ndarray | None:
+    def alloc(self, n: int, reserve: int = 0) -> np.ndarray | None:
         """``n`` pages, evicting cached prefixes if needed, keeping ``reserve`` pages obtainable."""
         short = n + reserve - self.allocator.available()
         if short > 0:

@@ -5,6 +5,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from radixrt import Engine, SamplingParams
 from radixrt.model import ModelNotFoundError
+from radixrt.model.loader import converted_dir, default_gguf
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
 
@@ -122,3 +123,40 @@ def test_a_burst_sharing_an_uncached_prefix_computes_it_once(tiny):
     outs = engine.generate(burst, GREEDY)
     assert engine.stats()["computed_tokens"] == 64 + 4 * 8
     assert [o.cached_tokens for o in outs] == [0, 64, 64, 64]
+
+
+def test_score_choices_match_transformers(tiny):
+    engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
+    hf = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    prompt = prompts(1, shared=30, own=0, seed=4)[0]
+    choices = [[7], [8, 9, 10], [11, 12]]
+    scores = engine.score_choices(prompt, choices)
+    for choice, score in zip(choices, scores):
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(torch.tensor([prompt + choice])).logits[0].float(), -1)
+        expected = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(choice))
+        assert score.num_tokens == len(choice) and abs(score.logprob - expected) < 1e-3
+    assert engine.stats()["computed_tokens"] == len(prompt)  # the prompt once; the choices are not prompt tokens
+    check_pages(engine)
+
+
+@pytest.fixture(scope="module")
+def default_engine():
+    return Engine(page_size=16)
+
+
+def test_default_model_greedy_equals_transformers(default_engine):
+    hf = AutoModelForCausalLM.from_pretrained(converted_dir(default_gguf()), dtype=torch.float32).eval()
+    questions = ["What is the capital of France?", "Name three colours.", "What is 12 times 12?"]
+    prompts_ = [default_engine.apply_chat_template([{"role": "user", "content": q}]) for q in questions]
+    outs = default_engine.generate(prompts_, SamplingParams(max_new_tokens=32, temperature=0))
+    for p, out in zip(prompts_, outs):
+        with torch.no_grad():
+            expected = hf.generate(torch.tensor([p]), max_new_tokens=32, do_sample=False)[0, len(p):].tolist()
+        assert out.token_ids == expected
+
+
+def test_stop_strings_cut_the_text(default_engine):
+    prompt = default_engine.apply_chat_template([{"role": "user", "content": "Count from 1 to 10, separated by commas."}])
+    out = default_engine.generate(prompt, SamplingParams(max_new_tokens=40, temperature=0, stop=("5",)))
+    assert out.finish_reason == "stop" and "5" not in out.text and "4" in out.text

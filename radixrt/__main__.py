@@ -1,0 +1,5 @@
+import sys
+
+from radixrt.cli import main
+
+sys.exit(main())
