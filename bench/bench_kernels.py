@@ -47,6 +47,12 @@ def paged_batch(lens: list[int], page_size: int, kv_heads: int, head_dim: int, d
     return PagedKV(k, v, indptr, indices)
 
 
+def contiguous(kv: PagedKV, pool: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """The sequences' K or V laid out contiguously ``[batch, max len, kv_heads, head_dim]``, for
+    the baselines that take it that way (equal lengths, as in every shape here)."""
+    return cpu.gather(pool, cpu.page_table(kv, lens), None, pool.dtype)[:, : int(lens.max()) if lens.numel() else 0]
+
+
 def gpu_time(fn: Callable[[], object], iters: int = 20) -> float:
     """Median seconds of ``fn`` by CUDA events, after warm-up."""
     for _ in range(3):
@@ -118,10 +124,9 @@ def gpu_extend_rows(q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dty
         ours = gpu_time(lambda: extend_attention(q, k_new, v_new, kv, qo_indptr, prefix_lens, max_extend_len=new))
         # The same keys and values laid out contiguously for SDPA, KV heads already repeated for
         # GQA so that SDPA may pick its flash (causal) or memory-efficient (masked) kernel.
-        slots, _ = cpu.token_slots(kv, kv.indptr[:1].long(), prefix_lens.long(), prefix)
         group = q_heads // kv_heads
-        k_all = torch.cat([kv.k.view(-1, kv_heads, head_dim)[slots[0]], k_new]).repeat_interleave(group, 1).transpose(0, 1)[None].contiguous()
-        v_all = torch.cat([kv.v.view(-1, kv_heads, head_dim)[slots[0]], v_new]).repeat_interleave(group, 1).transpose(0, 1)[None].contiguous()
+        k_all = torch.cat([contiguous(kv, kv.k, prefix_lens)[0], k_new]).repeat_interleave(group, 1).transpose(0, 1)[None].contiguous()
+        v_all = torch.cat([contiguous(kv, kv.v, prefix_lens)[0], v_new]).repeat_interleave(group, 1).transpose(0, 1)[None].contiguous()
         q4 = q.transpose(0, 1)[None].contiguous()
         if prefix:
             mask = torch.arange(prefix + new, device="cuda")[None, :] <= prefix + torch.arange(new, device="cuda")[:, None]
@@ -149,9 +154,8 @@ def cpu_rows(q_heads: int, kv_heads: int, head_dim: int, iters: int) -> list[dic
         kv = paged_batch([context] * batch, 16, kv_heads, head_dim, torch.float32, "cpu")
         q = torch.randn(batch, q_heads, head_dim)
         seq_lens = torch.full((batch,), context, dtype=torch.int32)
-        slots, _ = cpu.token_slots(kv, kv.indptr[:-1].long(), seq_lens.long(), context)
-        k4 = kv.k.view(-1, kv_heads, head_dim)[slots].transpose(1, 2).contiguous()
-        v4 = kv.v.view(-1, kv_heads, head_dim)[slots].transpose(1, 2).contiguous()
+        k4 = contiguous(kv, kv.k, seq_lens).transpose(1, 2).contiguous()
+        v4 = contiguous(kv, kv.v, seq_lens).transpose(1, 2).contiguous()
         ours = cpu_time(lambda: cpu.decode_attention(q, kv, seq_lens, max_seq_len=context), iters)
         eager = cpu_time(lambda: eager_attention(q[:, :, None], k4, v4, None, group), iters)
         ref = cpu_time(lambda: reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens), 1)
@@ -161,9 +165,8 @@ def cpu_rows(q_heads: int, kv_heads: int, head_dim: int, iters: int) -> list[dic
         kv = paged_batch([prefix + new], 16, kv_heads, head_dim, torch.float32, "cpu")
         q, k_new, v_new = torch.randn(new, q_heads, head_dim), torch.randn(new, kv_heads, head_dim), torch.randn(new, kv_heads, head_dim)
         qo_indptr, prefix_lens = torch.tensor([0, new], dtype=torch.int32), torch.tensor([prefix], dtype=torch.int32)
-        slots, _ = cpu.token_slots(kv, kv.indptr[:1].long(), prefix_lens.long(), prefix)
-        k4 = torch.cat([kv.k.view(-1, kv_heads, head_dim)[slots[0]], k_new]).transpose(0, 1)[None].contiguous()
-        v4 = torch.cat([kv.v.view(-1, kv_heads, head_dim)[slots[0]], v_new]).transpose(0, 1)[None].contiguous()
+        k4 = torch.cat([contiguous(kv, kv.k, prefix_lens)[0], k_new]).transpose(0, 1)[None].contiguous()
+        v4 = torch.cat([contiguous(kv, kv.v, prefix_lens)[0], v_new]).transpose(0, 1)[None].contiguous()
         visible = torch.arange(prefix + new)[None, :] <= prefix + torch.arange(new)[:, None]
         mask = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[None, None]
         ours = cpu_time(lambda: cpu.extend_attention(q, k_new, v_new, kv, qo_indptr, prefix_lens), iters)

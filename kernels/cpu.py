@@ -1,8 +1,8 @@
 """The CPU path: the same operations as the Triton kernels, vectorised in PyTorch.
 
-Decode gathers every sequence's K/V once per call into a padded batch and runs one batched
-``scaled_dot_product_attention`` with a length mask; extend gathers each sequence's prefix once
-and runs SDPA per sequence with a causal mask shifted by the prefix length.
+K/V are gathered a page at a time (``index_select`` of page-sized rows). Decode runs two batched
+matmuls per KV head over a padded batch with a length mask; extend runs SDPA per sequence with a
+causal mask shifted by the prefix length.
 """
 from __future__ import annotations
 
@@ -12,19 +12,23 @@ import torch.nn.functional as F
 from radixrt.kernels.layout import PagedKV, check_write
 
 
-def token_slots(kv: PagedKV, first: torch.Tensor, lens: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pool slots ``[batch, max_len]`` of tokens ``0 .. lens[b]-1`` of each sequence, whose pages
-    start at ``kv.indices[first[b]]``, and the mask of which positions are real."""
-    pos = torch.arange(max_len, device=kv.k.device)
-    valid = pos[None, :] < lens[:, None]
-    page_at = (first[:, None] + pos[None, :] // kv.page_size).masked_fill(~valid, 0)
-    pages = kv.indices.long()[page_at] if kv.indices.numel() else torch.zeros_like(page_at)
-    return pages * kv.page_size + pos % kv.page_size, valid
+def page_table(kv: PagedKV, lens: torch.Tensor) -> torch.Tensor:
+    """``[batch, max pages]`` page ids of sequences of ``lens`` tokens; rows are padded with a real
+    page (masked out later), so every entry can be gathered."""
+    counts = -(-lens.long() // kv.page_size)
+    width = int(counts.max()) if counts.numel() else 0
+    at = kv.indptr[:-1, None].long() + torch.arange(width, device=lens.device)[None, :]
+    at = at.masked_fill(torch.arange(width, device=lens.device)[None, :] >= counts[:, None], 0)
+    return kv.indices.long()[at] if kv.indices.numel() else at
 
 
-def gather(pool: torch.Tensor, slots: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """``pool`` rows at ``slots [...]`` -> ``[..., kv_heads, head_dim]`` in ``dtype``, dequantised."""
-    rows = pool.view(-1, *pool.shape[2:])[slots]
+def gather(pool: torch.Tensor, table: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Whole pages ``table [batch, pages]`` of ``pool`` -> ``[batch, pages * page_size, kv_heads,
+    head_dim]`` in ``dtype``, dequantised. One ``index_select`` of page-sized rows: an order of
+    magnitude faster than gathering token slots."""
+    num_pages, page_size, kv_heads, head_dim = pool.shape
+    rows = pool.view(num_pages, -1).index_select(0, table.flatten())
+    rows = rows.view(*table.shape[:-1], table.shape[-1] * page_size, kv_heads, head_dim)
     if scale is None:
         return rows
     return (rows.float() * scale[:, None]).to(dtype)
@@ -43,37 +47,44 @@ def _scales(kv: PagedKV) -> tuple[torch.Tensor | None, torch.Tensor | None]:
 def decode_attention(q: torch.Tensor, kv: PagedKV, seq_lens: torch.Tensor, *, sm_scale: float | None = None,
                      max_seq_len: int | None = None, num_splits: int | None = None,
                      out: torch.Tensor | None = None) -> torch.Tensor:
-    batch = q.shape[0]
+    """Per KV head, two batched matmuls over the gathered pages, reading them in place (the
+    query heads of a KV head are the rows of one product)."""
+    batch, q_heads, head_dim = q.shape
     kv.check(q, batch)
-    lens = seq_lens.long()
-    max_len = int(lens.max()) if max_seq_len is None else max_seq_len
-    slots, valid = token_slots(kv, kv.indptr[:-1].long(), lens, max_len)
     k_scale, v_scale = _scales(kv)
-    k = gather(kv.k, slots, k_scale, q.dtype).transpose(1, 2).contiguous()  # [batch, kv_heads, len, dim]
-    v = gather(kv.v, slots, v_scale, q.dtype).transpose(1, 2).contiguous()
-    attended = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=valid[:, None, None, :], scale=sm_scale,
-                                              enable_gqa=True)[:, :, 0, :]
-    if out is None:
-        return attended
-    out.copy_(attended)
+    table = page_table(kv, seq_lens)
+    k = gather(kv.k, table, k_scale, q.dtype)  # [batch, tokens, kv_heads, head_dim]
+    v = gather(kv.v, table, v_scale, q.dtype)
+    hidden = torch.arange(k.shape[1], device=q.device)[None, None, :] >= seq_lens.long()[:, None, None]
+    group = q_heads // kv.kv_heads
+    qg = q.view(batch, kv.kv_heads, group, head_dim)
+    out = torch.empty_like(q) if out is None else out
+    og = out.view(batch, kv.kv_heads, group, head_dim)
+    scale = head_dim**-0.5 if sm_scale is None else sm_scale
+    for h in range(kv.kv_heads):
+        scores = torch.bmm(qg[:, h], k[:, :, h].transpose(1, 2)).mul_(scale).masked_fill_(hidden, float("-inf"))
+        og[:, h] = torch.bmm(torch.softmax(scores, -1), v[:, :, h])
     return out
 
 
 def extend_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv: PagedKV, qo_indptr: torch.Tensor,
                      prefix_lens: torch.Tensor, *, sm_scale: float | None = None,
                      max_extend_len: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per sequence: its prefix pages gathered once, then SDPA with the causal mask shifted by
+    the prefix length."""
     batch = prefix_lens.shape[0]
     kv.check(q, batch)
     out = torch.empty_like(q) if out is None else out
     k_scale, v_scale = _scales(kv)
-    bounds, prefixes, firsts = qo_indptr.tolist(), prefix_lens.tolist(), kv.indptr.tolist()
+    bounds, prefixes = qo_indptr.tolist(), prefix_lens.tolist()
+    tables = page_table(kv, prefix_lens)
     for b in range(batch):
         lo, hi, p = bounds[b], bounds[b + 1], prefixes[b]
         if hi == lo:
             continue
-        slots, _ = token_slots(kv, torch.tensor([firsts[b]]), torch.tensor([p]), p)
-        k = heads_first(torch.cat([gather(kv.k, slots[0], k_scale, q.dtype), k_new[lo:hi]]))
-        v = heads_first(torch.cat([gather(kv.v, slots[0], v_scale, q.dtype), v_new[lo:hi]]))
+        pages = tables[b : b + 1, : -(-p // kv.page_size)]
+        k = heads_first(torch.cat([gather(kv.k, pages, k_scale, q.dtype)[0, :p], k_new[lo:hi]]))
+        v = heads_first(torch.cat([gather(kv.v, pages, v_scale, q.dtype)[0, :p], v_new[lo:hi]]))
         if p == 0:
             causal = dict(is_causal=True)
         else:
