@@ -62,6 +62,8 @@ class Scheduler:
             budget -= n
         batch = [(r, n) for r, n in batch if r.state is State.RUNNING]  # drop any retracted meanwhile
         budget = self.max_batch_tokens - sum(n for _, n in batch)
+        if budget <= 0 or len(self.running) >= self.max_running or not self.waiting:
+            return batch
         admitted_now = RadixCache(self.page_size)  # prompts admitted this step, without pages
         for req, cached in self._by_priority():
             if budget <= 0 or len(self.running) >= self.max_running:
