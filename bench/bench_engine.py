@@ -4,7 +4,7 @@
 8 sessions share a ~1.5k-token system prompt with tool descriptions; each runs a ReAct loop of 4
 turns whose prompt grows by the previous answer and a tool result; on the third turn half of the
 sessions fork 3 ways (three different tool results). Outputs are 32-64 tokens (greedy, fixed
-lengths). All sessions' requests of a turn are submitted together.
+lengths). The sessions start together; each submits its next turn as soon as its answer is in.
 
 Systems: radixrt with the radix cache, radixrt with it off, and transformers' ``generate`` called
 per request on the same weights. Reported: output tokens/s, prompt tokens computed vs. total vs.
@@ -15,6 +15,7 @@ Prints a table, then one JSON line.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -57,37 +58,45 @@ def tool_result(session: int, turn: int, variant: int) -> str:
 
 
 class Workload:
-    """Runs the agent loop through ``serve(list of token-id prompts, list of output lengths)``
-    and records every prompt (for the unique-token count)."""
+    """The agent sessions, each moving to its next turn as soon as its answer is in (a fork waits
+    for all three branches, then continues from the first). A system serves it through
+    ``submit(prompt, output_len) -> key`` and ``poll() -> [(key, result)]``."""
 
     def __init__(self, tokenizer, system: str) -> None:
         self.tokenizer, self.system = tokenizer, system
         self.prompts: list[list[int]] = []
 
-    def run(self, serve) -> list[dict]:
-        rng = np.random.default_rng(7)
+    def run(self, system) -> list[dict]:
         history = [[{"role": "system", "content": self.system},
                     {"role": "user", "content": f"Task {s}: plan a {3 + s}-day trip for a customer from city {s}."}]
                    for s in range(SESSIONS)]
-        results = []
-        for turn in range(TURNS):
-            batch, owners = [], []
-            for s in range(SESSIONS):
-                variants = FORKS if turn == FORK_TURN and s % 2 == 0 else 1
-                for v in range(variants):
-                    messages = history[s] if turn == 0 else history[s] + [{"role": "user", "content": tool_result(s, turn, v)}]
-                    batch.append(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-                    owners.append((s, v))
-            batch = [list(p["input_ids"] if hasattr(p, "keys") else p) for p in batch]
-            lengths = [int(n) for n in rng.integers(32, 65, len(batch))]
-            self.prompts += batch
-            outs = serve(batch, lengths)
-            results += outs
-            for (s, v), out in zip(owners, outs):
-                if v == 0:
-                    if turn:
-                        history[s].append({"role": "user", "content": tool_result(s, turn, 0)})
-                    history[s].append({"role": "assistant", "content": out["text"]})
+        turn, answers, owner, results = [0] * SESSIONS, [{} for _ in range(SESSIONS)], {}, []
+
+        def submit_turn(s: int) -> None:
+            t = turn[s]
+            for v in range(FORKS if t == FORK_TURN and s % 2 == 0 else 1):
+                messages = history[s] if t == 0 else history[s] + [{"role": "user", "content": tool_result(s, t, v)}]
+                ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+                prompt = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+                self.prompts.append(prompt)
+                length = int(np.random.default_rng(100 * s + 10 * t + v).integers(32, 65))
+                owner[system.submit(prompt, length)] = (s, v)
+
+        for s in range(SESSIONS):
+            submit_turn(s)
+        while owner:
+            for key, result in system.poll():
+                s, v = owner.pop(key)
+                results.append(result)
+                answers[s][v] = result
+                if any((s, _) in owner.values() for _ in range(FORKS)):
+                    continue  # the other branches of this fork are still running
+                if turn[s]:
+                    history[s].append({"role": "user", "content": tool_result(s, turn[s], 0)})
+                history[s].append({"role": "assistant", "content": answers[s][0]["text"]})
+                answers[s], turn[s] = {}, turn[s] + 1
+                if turn[s] < TURNS:
+                    submit_turn(s)
         return results
 
     def unique_tokens(self) -> int:
@@ -97,17 +106,19 @@ class Workload:
         return trie.total_size()
 
 
-def radixrt_system(enable_cache: bool):
-    engine = Engine(enable_cache=enable_cache, kv_cache_bytes=1 << 30)
+class RadixrtSystem:
+    def __init__(self, enable_cache: bool) -> None:
+        self.engine = Engine(enable_cache=enable_cache, kv_cache_bytes=1 << 30)
 
-    def serve(prompts, lengths):
-        ids = [engine.add_request(p, SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True)) for p, n in zip(prompts, lengths)]
-        while any(not engine.requests[i].done for i in ids):
-            engine.step()
-        outs = [engine.requests.pop(i) for i in ids]
-        return [{"text": r.text, "output_tokens": len(r.output), "ttft": r.first_token_at - r.arrival} for r in outs]
+    def submit(self, prompt: list[int], length: int) -> str:
+        return self.engine.add_request(prompt, SamplingParams(max_new_tokens=length, temperature=0, ignore_eos=True))
 
-    return engine, serve
+    def poll(self) -> list[tuple[str, dict]]:
+        done = []
+        for r in self.engine.step():
+            self.engine.requests.pop(r.id)
+            done.append((r.id, {"text": r.text, "output_tokens": len(r.output), "ttft": r.first_token_at - r.arrival}))
+        return done
 
 
 class FirstTokenClock:
@@ -125,26 +136,33 @@ class FirstTokenClock:
         pass
 
 
-def transformers_system(tokenizer):
-    hf = AutoModelForCausalLM.from_pretrained(converted_dir(default_gguf()), dtype=torch.float32).eval()
+class TransformersSystem:
+    """transformers' ``generate`` per request, one at a time, in submission order."""
 
-    def serve(prompts, lengths):
-        outs = []
-        for p, n in zip(prompts, lengths):
-            clock, start = FirstTokenClock(), time.perf_counter()
-            with torch.no_grad():
-                ids = hf.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=clock)
-            new = ids[0, len(p):].tolist()
-            outs.append({"text": tokenizer.decode(new, skip_special_tokens=True), "output_tokens": len(new), "ttft": clock.first - start})
-        return outs
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.model = AutoModelForCausalLM.from_pretrained(converted_dir(default_gguf()), dtype=torch.float32).eval()
+        self.queue: list[tuple[int, list[int], int, float]] = []
+        self.keys = itertools.count()
 
-    return serve
+    def submit(self, prompt: list[int], length: int) -> int:
+        key = next(self.keys)
+        self.queue.append((key, prompt, length, time.perf_counter()))
+        return key
+
+    def poll(self) -> list[tuple[int, dict]]:
+        key, prompt, length, submitted = self.queue.pop(0)
+        clock = FirstTokenClock()
+        with torch.no_grad():
+            ids = self.model.generate(torch.tensor([prompt]), max_new_tokens=length, min_new_tokens=length, do_sample=False, streamer=clock)
+        new = ids[0, len(prompt):].tolist()
+        return [(key, {"text": self.tokenizer.decode(new, skip_special_tokens=True), "output_tokens": len(new), "ttft": clock.first - submitted})]
 
 
-def measure(name: str, serve, tokenizer, system: str, computed) -> dict:
+def measure(name: str, served, tokenizer, system: str, computed) -> dict:
     workload = Workload(tokenizer, system)
     start = time.perf_counter()
-    results = workload.run(serve)
+    results = workload.run(served)
     wall = time.perf_counter() - start
     output_tokens = sum(r["output_tokens"] for r in results)
     total = sum(len(p) for p in workload.prompts)
@@ -161,14 +179,15 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for enable_cache in (True, False):
-        engine, serve = radixrt_system(enable_cache)
-        system = system_prompt(engine.tokenizer)
+        served = RadixrtSystem(enable_cache)
+        tokenizer = served.engine.tokenizer
+        system = system_prompt(tokenizer)
         name = "radixrt" if enable_cache else "radixrt_no_cache"
         print(f"running {name} ...", file=sys.stderr)
-        rows.append(measure(name, serve, engine.tokenizer, system, lambda e=engine: e.stats()["computed_tokens"]))
+        rows.append(measure(name, served, tokenizer, system, lambda e=served.engine: e.stats()["computed_tokens"]))
     if not args.no_transformers:
         print("running transformers generate per request ...", file=sys.stderr)
-        rows.append(measure("transformers", transformers_system(engine.tokenizer), engine.tokenizer, system, None))
+        rows.append(measure("transformers", TransformersSystem(tokenizer), tokenizer, system, None))
     base = rows[0]
     for row in rows:
         row["radixrt_speedup"] = round(base["output_tok_per_s"] / row["output_tok_per_s"], 2)
