@@ -99,8 +99,16 @@ class Engine:
         return ended
 
     def generate(self, prompts: Prompt | list[Prompt], params: SamplingParams | None = None) -> GenerateOutput | list[GenerateOutput]:
-        single = isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], int))
-        ids = [self.add_request(p, params) for p in ([prompts] if single else prompts)]
+        single = isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], (int, np.integer)))
+        ids: list[str] = []
+        try:
+            for p in [prompts] if single else prompts:
+                ids.append(self.add_request(p, params))
+        except ValueError:
+            for i in ids:  # all or nothing: no half of a batch left queued
+                self.abort(i)
+                self.requests.pop(i)
+            raise
         while any(not self.requests[i].done for i in ids):
             self.step()
         outputs = [GenerateOutput.of(self.requests.pop(i)) for i in ids]

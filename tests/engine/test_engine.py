@@ -160,3 +160,10 @@ def test_stop_strings_cut_the_text(default_engine):
     prompt = default_engine.apply_chat_template([{"role": "user", "content": "Count from 1 to 10, separated by commas."}])
     out = default_engine.generate(prompt, SamplingParams(max_new_tokens=40, temperature=0, stop=("5",)))
     assert out.finish_reason == "stop" and "5" not in out.text and "4" in out.text
+
+
+def test_a_bad_prompt_in_a_batch_queues_nothing(tiny):
+    engine = Engine(tiny, kv_cache_bytes=4 << 20)
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate([[1, 2, 3], []], GREEDY)
+    assert not engine.requests and not engine.scheduler.waiting
