@@ -167,3 +167,20 @@ def test_a_bad_prompt_in_a_batch_queues_nothing(tiny):
     with pytest.raises(ValueError, match="empty"):
         engine.generate([[1, 2, 3], []], GREEDY)
     assert not engine.requests and not engine.scheduler.waiting
+
+
+def test_namespaces_do_not_share_the_cache(tiny):
+    """A tenant's prompt is never served from another tenant's cache entries."""
+    prompt = prompts(1, shared=40, own=0, seed=5)[0]
+    engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
+
+    def run(namespace):
+        rid = engine.add_request(prompt, GREEDY, namespace=namespace)
+        while not engine.requests[rid].done:
+            engine.step()
+        return engine.requests.pop(rid)
+
+    assert run("alice").cached_tokens == 0
+    assert run("bob").cached_tokens == 0
+    assert run("alice").cached_tokens == 36  # whole pages of all but the last prompt token
+    check_pages(engine)
