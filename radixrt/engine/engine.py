@@ -84,9 +84,8 @@ class Engine:
 
     def step(self) -> list[Request]:
         """Run one batch; returns the requests that ended in it."""
-        ended = []
         batch = self.scheduler.schedule()
-        ended += [r for r in self.requests.values() if r.state is State.FAILED and r.finished_at is None]
+        ended, self.scheduler.failed = self.scheduler.failed, []
         if batch:
             with torch.no_grad():
                 logits = self.model(self._forward_batch(batch), self.pool)

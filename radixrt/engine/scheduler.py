@@ -43,6 +43,7 @@ class Scheduler:
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.stats = SchedulerStats()
+        self.failed: list[Request] = []  # failed while scheduling, for the engine to report
 
     def pages_for(self, tokens: int) -> int:
         return -(-tokens // self.page_size)
@@ -110,6 +111,15 @@ class Scheduler:
         elif req in self.waiting:
             self.waiting.remove(req)
 
+    def alloc(self, n: int, reserve: int = 0) -> np.ndarray | None:
+        """``n`` pages, evicting cached prefixes if needed, keeping ``reserve`` pages obtainable."""
+        short = n + reserve - self.allocator.available()
+        if short > 0:
+            if short > self.cache.evictable_size():
+                return None
+            self.stats.evicted_pages += self.cache.evict(short)
+        return self.allocator.alloc(n)
+
     # ---- internals -------------------------------------------------------------------------
 
     def _by_priority(self) -> list[tuple[Request, int]]:
@@ -157,6 +167,7 @@ class Scheduler:
             victim = next((r for r in reversed(self.running) if r is not req), None)
             if victim is None:
                 req.state, req.finish_reason = State.FAILED, "error"
+                self.failed.append(req)
                 req.error = f"out of KV cache memory: {tokens} tokens need more than the {self.allocator.num_pages} pages of the pool"
                 self.remove(req)
                 return False
@@ -169,15 +180,6 @@ class Scheduler:
         req.retractions += 1
         self.stats.retractions += 1
         self.waiting.insert(0, req)
-
-    def alloc(self, n: int, reserve: int = 0) -> np.ndarray | None:
-        """``n`` pages, evicting cached prefixes if needed, keeping ``reserve`` pages obtainable."""
-        short = n + reserve - self.allocator.available()
-        if short > 0:
-            if short > self.cache.evictable_size():
-                return None
-            self.stats.evicted_pages += self.cache.evict(short)
-        return self.allocator.alloc(n)
 
     def _cache_progress(self, req: Request) -> None:
         aligned = req.computed // self.page_size
