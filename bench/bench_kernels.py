@@ -47,10 +47,20 @@ def paged_batch(lens: list[int], page_size: int, kv_heads: int, head_dim: int, d
     return PagedKV(k, v, indptr, indices)
 
 
+def share_prefix(kv: PagedKV, tokens: int) -> PagedKV:
+    """The same batch with every sequence's first ``tokens`` on the first sequence's pages, as the
+    radix cache hands out a common system prompt."""
+    pages = tokens // kv.page_size
+    table = kv.indices.view(len(kv.indptr) - 1, -1).clone()  # equal lengths: a rectangular table
+    table[:, :pages] = table[0, :pages]
+    return PagedKV(kv.k, kv.v, kv.indptr, table.flatten())
+
+
 def contiguous(kv: PagedKV, pool: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """The sequences' K or V laid out contiguously ``[batch, max len, kv_heads, head_dim]``, for
+    """The sequences' K or V laid out contiguously ``[batch, kv_heads, max len, head_dim]``, for
     the baselines that take it that way (equal lengths, as in every shape here)."""
-    return cpu.gather(pool, cpu.page_table(kv, lens), None, pool.dtype)[:, : int(lens.max()) if lens.numel() else 0]
+    rows = cpu.head_rows(cpu.page_table(kv, lens), kv.page_size, kv.kv_heads)
+    return cpu.gather(pool, rows, None, pool.dtype)[:, :, : int(lens.max()) if lens.numel() else 0]
 
 
 def gpu_time(fn: Callable[[], object], iters: int = 20) -> float:
@@ -125,8 +135,8 @@ def gpu_extend_rows(q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dty
         # The same keys and values laid out contiguously for SDPA, KV heads already repeated for
         # GQA so that SDPA may pick its flash (causal) or memory-efficient (masked) kernel.
         group = q_heads // kv_heads
-        k_all = torch.cat([contiguous(kv, kv.k, prefix_lens)[0], k_new]).repeat_interleave(group, 1).transpose(0, 1)[None].contiguous()
-        v_all = torch.cat([contiguous(kv, kv.v, prefix_lens)[0], v_new]).repeat_interleave(group, 1).transpose(0, 1)[None].contiguous()
+        k_all = torch.cat([contiguous(kv, kv.k, prefix_lens)[0], k_new.transpose(0, 1)], 1).repeat_interleave(group, 0)[None].contiguous()
+        v_all = torch.cat([contiguous(kv, kv.v, prefix_lens)[0], v_new.transpose(0, 1)], 1).repeat_interleave(group, 0)[None].contiguous()
         q4 = q.transpose(0, 1)[None].contiguous()
         if prefix:
             mask = torch.arange(prefix + new, device="cuda")[None, :] <= prefix + torch.arange(new, device="cuda")[:, None]
@@ -150,29 +160,28 @@ def cpu_rows(q_heads: int, kv_heads: int, head_dim: int, iters: int) -> list[dic
     """Decode and extend on the CPU path next to the reference and transformers' eager attention
     (given the K/V already contiguous, as transformers keeps its cache)."""
     group, rows = q_heads // kv_heads, []
-    for batch, context in ((1, 512), (8, 512), (8, 2048), (32, 2048)):
-        kv = paged_batch([context] * batch, 16, kv_heads, head_dim, torch.float32, "cpu")
+    for batch, context, shared in ((1, 512, 0), (8, 512, 0), (8, 2048, 0), (32, 2048, 0), (12, 2304, 1536)):
+        kv = share_prefix(paged_batch([context] * batch, 16, kv_heads, head_dim, torch.float32, "cpu"), shared)
         q = torch.randn(batch, q_heads, head_dim)
         seq_lens = torch.full((batch,), context, dtype=torch.int32)
-        k4 = contiguous(kv, kv.k, seq_lens).transpose(1, 2).contiguous()
-        v4 = contiguous(kv, kv.v, seq_lens).transpose(1, 2).contiguous()
+        k4, v4 = contiguous(kv, kv.k, seq_lens), contiguous(kv, kv.v, seq_lens)
         ours = cpu_time(lambda: cpu.decode_attention(q, kv, seq_lens, max_seq_len=context), iters)
         eager = cpu_time(lambda: eager_attention(q[:, :, None], k4, v4, None, group), iters)
         ref = cpu_time(lambda: reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens), 1)
-        rows.append({"op": "decode", "batch": batch, "context": context, "cpu_path_ms": round(ours * 1e3, 3),
+        rows.append({"op": "decode", "batch": batch, "context": context, "shared_prefix": shared, "cpu_path_ms": round(ours * 1e3, 3),
                      "x_vs_eager": round(eager / ours, 2), "x_vs_reference": round(ref / ours, 1)})
     for prefix, new in ((0, 512), (1024, 512)):
         kv = paged_batch([prefix + new], 16, kv_heads, head_dim, torch.float32, "cpu")
         q, k_new, v_new = torch.randn(new, q_heads, head_dim), torch.randn(new, kv_heads, head_dim), torch.randn(new, kv_heads, head_dim)
         qo_indptr, prefix_lens = torch.tensor([0, new], dtype=torch.int32), torch.tensor([prefix], dtype=torch.int32)
-        k4 = torch.cat([contiguous(kv, kv.k, prefix_lens)[0], k_new]).transpose(0, 1)[None].contiguous()
-        v4 = torch.cat([contiguous(kv, kv.v, prefix_lens)[0], v_new]).transpose(0, 1)[None].contiguous()
+        k4 = torch.cat([contiguous(kv, kv.k, prefix_lens)[0], k_new.transpose(0, 1)], 1)[None]
+        v4 = torch.cat([contiguous(kv, kv.v, prefix_lens)[0], v_new.transpose(0, 1)], 1)[None]
         visible = torch.arange(prefix + new)[None, :] <= prefix + torch.arange(new)[:, None]
         mask = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[None, None]
         ours = cpu_time(lambda: cpu.extend_attention(q, k_new, v_new, kv, qo_indptr, prefix_lens), iters)
         eager = cpu_time(lambda: eager_attention(q.transpose(0, 1)[None], k4, v4, mask, group), iters)
         ref = cpu_time(lambda: reference.extend_attention(q, k_new, v_new, kv.k, kv.v, qo_indptr, kv.indptr, kv.indices, prefix_lens), 1)
-        rows.append({"op": "extend", "batch": 1, "context": prefix + new, "cpu_path_ms": round(ours * 1e3, 3),
+        rows.append({"op": "extend", "batch": 1, "context": prefix + new, "shared_prefix": 0, "cpu_path_ms": round(ours * 1e3, 3),
                      "x_vs_eager": round(eager / ours, 2), "x_vs_reference": round(ref / ours, 1)})
     return rows
 

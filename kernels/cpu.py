@@ -1,13 +1,17 @@
 """The CPU path: the same operations as the Triton kernels, vectorised in PyTorch.
 
-K/V are gathered a page at a time (``index_select`` of page-sized rows). Decode runs two batched
-matmuls per KV head over a padded batch with a length mask; extend runs SDPA per sequence with a
-causal mask shifted by the prefix length.
+K/V are gathered head by head: one ``index_select`` of head_dim-sized rows lays them out as
+``[kv_heads, tokens, head_dim]``, so that one batched matmul covers every head. Decode is cascade
+attention over a padded batch (shared prefixes once, see :func:`plan_decode`); extend runs SDPA per
+sequence with a causal mask shifted by the prefix length.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +26,13 @@ def page_table(kv: PagedKV, lens: torch.Tensor) -> torch.Tensor:
     at = kv.indptr[:-1, None].long() + torch.arange(width, device=lens.device)[None, :]
     at = at.masked_fill(torch.arange(width, device=lens.device)[None, :] >= counts[:, None], 0)
     return kv.indices.long()[at] if kv.indices.numel() else at
+
+
+def head_rows(table: torch.Tensor, page_size: int, kv_heads: int) -> torch.Tensor:
+    """Pages ``table [..., pages]`` -> ``[..., kv_heads, pages * page_size]``: the rows of a pool
+    viewed as ``[-1, head_dim]`` that hold each token's K (or V) vector, head by head."""
+    slots = (table[..., None] * page_size + torch.arange(page_size)).flatten(-2)
+    return slots[..., None, :] * kv_heads + torch.arange(kv_heads)[:, None]
 
 
 class Scratch:
@@ -43,80 +54,202 @@ class Scratch:
 SCRATCH = Scratch()
 
 
-def gather(pool: torch.Tensor, table: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype,
+def gather(pool: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype,
            scratch: str | None = None) -> torch.Tensor:
-    """Whole pages ``table [batch, pages]`` of ``pool`` -> ``[batch, pages * page_size, kv_heads,
-    head_dim]`` in ``dtype``, dequantised. One ``index_select`` of page-sized rows: an order of
-    magnitude faster than gathering token slots. With ``scratch``, the result lives in that
-    named reusable buffer and is only valid until the next gather into it."""
-    num_pages, page_size, kv_heads, head_dim = pool.shape
-    flat = pool.view(num_pages, -1)
-    index = table.flatten()
+    """The vectors at ``rows [..., kv_heads, tokens]`` (from :func:`head_rows`) of ``pool`` ->
+    ``[..., kv_heads, tokens, head_dim]`` in ``dtype``, dequantised: one ``index_select``, whose
+    result is laid out head by head as the matmuls want it. With ``scratch``, the result lives in
+    that named reusable buffer and is only valid until the next gather into it."""
+    flat = pool.view(-1, pool.shape[-1])
+    index = rows.flatten()
     out = SCRATCH.take(scratch, (index.numel(), flat.shape[1]), pool) if scratch else None
-    rows = torch.index_select(flat, 0, index, out=out) if out is not None else flat.index_select(0, index)
-    rows = rows.view(*table.shape[:-1], table.shape[-1] * page_size, kv_heads, head_dim)
+    vectors = torch.index_select(flat, 0, index, out=out) if out is not None else flat.index_select(0, index)
+    vectors = vectors.view(*rows.shape, flat.shape[1])
     if scale is None:
-        return rows
-    return (rows.float() * scale[:, None]).to(dtype)
-
-
-def heads_first(x: torch.Tensor) -> torch.Tensor:
-    """``[tokens, heads, dim]`` -> contiguous ``[1, heads, tokens, dim]`` (SDPA is 3x slower on
-    strided input)."""
-    return x.transpose(0, 1).contiguous()[None]
+        return vectors
+    return (vectors.float() * scale[:, None, None]).to(dtype)
 
 
 def _scales(kv: PagedKV) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     return (kv.k_scale, kv.v_scale) if kv.quantized else (None, None)
 
 
+SHARED_TOKENS_WORTH_IT = 256
+"""A shared prefix is attended once for all its sequences when that spares reading at least this
+many tokens' K/V: each shared prefix costs a handful of extra small operations per layer."""
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Rows ``seqs`` of a plan start with the same physical pages, whose pool rows are ``rows``."""
+
+    seqs: torch.Tensor  # [n] int64
+    rows: torch.Tensor  # [kv_heads, tokens] int64
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """How a batch of queries reads the pool, the same for every layer: each shared prefix once
+    for all its sequences, then every sequence's own pages ``tail_rows`` (padded to the longest;
+    ``tail_hidden`` masks the padding)."""
+
+    shared: list[SharedPrefix]
+    tail_rows: torch.Tensor  # [n, kv_heads, tokens] int64
+    tail_hidden: torch.Tensor  # [n, 1, 1, tokens] bool
+
+
+def plan_pool_reads(kv: PagedKV, seqs: list[int], lens: list[int]) -> PoolPlan:
+    """Plan for sequences ``seqs`` of the page table reading their first ``lens`` tokens (each at
+    least 1). Sequences are grouped by first page, and a group shares its longest common run of
+    pages that stops before any member's last page (a decode token's own, being written)."""
+    page_size, indptr, indices = kv.page_size, kv.indptr.tolist(), kv.indices.cpu().numpy().astype(np.int64)
+    starts = [indptr[b] for b in seqs]
+    by_first: dict[int, list[int]] = {}
+    for i, start in enumerate(starts):
+        by_first.setdefault(int(indices[start]), []).append(i)
+    skip, shared = [0] * len(seqs), []
+    for group in by_first.values():
+        common = min((lens[i] - 1) // page_size for i in group)
+        head = indices[starts[group[0]] : starts[group[0]] + common]
+        for i in group[1:]:
+            differ = np.flatnonzero(indices[starts[i] : starts[i] + common] != head[:common])
+            common = int(differ[0]) if differ.size else common
+        if common * page_size * (len(group) - 1) < SHARED_TOKENS_WORTH_IT:
+            continue
+        for i in group:
+            skip[i] = common
+        rows = head_rows(torch.from_numpy(head[:common]), page_size, kv.kv_heads)
+        shared.append(SharedPrefix(torch.tensor(group), rows))
+    counts = [-(-n // page_size) - s for n, s in zip(lens, skip)]
+    table = np.zeros((len(seqs), max(counts)), dtype=np.int64)
+    for i, (s, c) in enumerate(zip(skip, counts)):
+        table[i, :c] = indices[starts[i] + s : starts[i] + s + c]
+        table[i, c:] = table[i, 0]
+    tail_lens = torch.tensor([n - s * page_size for n, s in zip(lens, skip)])
+    hidden = torch.arange(table.shape[1] * page_size)[None, :] >= tail_lens[:, None]
+    return PoolPlan(shared, head_rows(torch.from_numpy(table), page_size, kv.kv_heads), hidden[:, None, None, :])
+
+
+class PlanCache:
+    """The last plan, reused while the page table is the same tensors, unmodified, and the
+    sequences and lengths are the same: the layers of one forward share them."""
+
+    def __init__(self) -> None:
+        self.key: tuple = ()
+        self.tables: tuple[torch.Tensor, ...] = ()  # held so that their ids stay theirs
+        self.plan: PoolPlan | None = None
+
+    def get(self, kv: PagedKV, seqs: list[int], lens: list[int]) -> PoolPlan:
+        key = (id(kv.indices), kv.indices._version, id(kv.indptr), kv.indptr._version, kv.page_size, kv.kv_heads,
+               tuple(seqs), tuple(lens))
+        if self.plan is None or key != self.key:
+            self.plan = plan_pool_reads(kv, seqs, lens)
+            self.key, self.tables = key, (kv.indices, kv.indptr)
+        return self.plan
+
+
+PLANS = PlanCache()
+
+
+class Partial(NamedTuple):
+    """Unnormalised attention over part of the keys, ``[..., rows, 1 | 1 | head_dim]``: the row
+    maxima of the scores, the sums of ``exp(score - max)`` and the so weighted sums of values.
+    Two parts over disjoint keys merge exactly into the part over both."""
+
+    top: torch.Tensor
+    total: torch.Tensor
+    acc: torch.Tensor
+
+    @staticmethod
+    def of(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hidden: torch.Tensor | None, scale: float) -> Partial:
+        """``q [..., rows, dim]`` over ``k``/``v [..., tokens, dim]``, ``hidden`` tokens masked."""
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+        if hidden is not None:
+            scores.masked_fill_(hidden, float("-inf"))
+        top = scores.amax(-1, keepdim=True)
+        weights = scores.sub_(top).exp_()
+        return Partial(top, weights.sum(-1, keepdim=True), torch.matmul(weights, v))
+
+    def merge(self, other: Partial) -> Partial:
+        top = torch.maximum(self.top, other.top)
+        mine, theirs = (self.top - top).exp_(), (other.top - top).exp_()
+        return Partial(top, self.total * mine + other.total * theirs, self.acc * mine + other.acc * theirs)
+
+    def rows(self, index: torch.Tensor) -> Partial:
+        return Partial(*(x[index] for x in self))
+
+    def set_rows(self, index: torch.Tensor, value: Partial) -> None:
+        for mine, new in zip(self, value):
+            mine[index] = new
+
+    def result(self) -> torch.Tensor:
+        return self.acc / self.total
+
+
+def attend_pool(q: torch.Tensor, kv: PagedKV, seqs: list[int], lens: list[int], scale: float) -> Partial:
+    """Cascade attention of ``q [n, q_heads, head_dim]`` (one query per sequence ``seqs``) over the
+    first ``lens`` tokens of each sequence in the pool: each shared prefix once for all the query
+    heads of its sequences, then every sequence's own pages, gathered head by head with padding, in
+    two batched matmuls. Returns the part ``[n, kv_heads, group, ...]``."""
+    plan = PLANS.get(kv, seqs, lens)
+    k_scale, v_scale = _scales(kv)
+    qg = q.view(len(seqs), kv.kv_heads, q.shape[1] // kv.kv_heads, q.shape[2])
+    k = gather(kv.k, plan.tail_rows, k_scale, q.dtype, scratch="k")  # [n, kv_heads, tokens, head_dim]
+    v = gather(kv.v, plan.tail_rows, v_scale, q.dtype, scratch="v")
+    part = Partial.of(qg, k, v, plan.tail_hidden, scale)
+    for prefix in plan.shared:
+        k = gather(kv.k, prefix.rows, k_scale, q.dtype, scratch="k")  # [kv_heads, tokens, head_dim]
+        v = gather(kv.v, prefix.rows, v_scale, q.dtype, scratch="v")
+        queries = qg[prefix.seqs].transpose(0, 1)  # [kv_heads, seqs, group, head_dim]
+        shared = Partial.of(queries.flatten(1, 2), k, v, None, scale)
+        shared = Partial(*(x.view(*queries.shape[:3], -1).transpose(0, 1) for x in shared))
+        part.set_rows(prefix.seqs, part.rows(prefix.seqs).merge(shared))
+    return part
+
+
 def decode_attention(q: torch.Tensor, kv: PagedKV, seq_lens: torch.Tensor, *, sm_scale: float | None = None,
                      max_seq_len: int | None = None, num_splits: int | None = None,
                      out: torch.Tensor | None = None) -> torch.Tensor:
-    """Per KV head, two batched matmuls over the gathered pages, reading them in place (the
-    query heads of a KV head are the rows of one product)."""
     batch, q_heads, head_dim = q.shape
     kv.check(q, batch)
-    k_scale, v_scale = _scales(kv)
-    table = page_table(kv, seq_lens)
-    k = gather(kv.k, table, k_scale, q.dtype, scratch="k")  # [batch, tokens, kv_heads, head_dim]
-    v = gather(kv.v, table, v_scale, q.dtype, scratch="v")
-    hidden = torch.arange(k.shape[1], device=q.device)[None, None, :] >= seq_lens.long()[:, None, None]
-    group = q_heads // kv.kv_heads
-    qg = q.view(batch, kv.kv_heads, group, head_dim)
-    out = torch.empty_like(q) if out is None else out
-    og = out.view(batch, kv.kv_heads, group, head_dim)
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
-    for h in range(kv.kv_heads):
-        scores = torch.bmm(qg[:, h], k[:, :, h].transpose(1, 2)).mul_(scale).masked_fill_(hidden, float("-inf"))
-        og[:, h] = torch.bmm(torch.softmax(scores, -1), v[:, :, h])
-    return out
+    result = attend_pool(q, kv, list(range(batch)), seq_lens.tolist(), scale).result().view(batch, q_heads, head_dim)
+    return result if out is None else out.copy_(result)
 
 
 def extend_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv: PagedKV, qo_indptr: torch.Tensor,
                      prefix_lens: torch.Tensor, *, sm_scale: float | None = None,
                      max_extend_len: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Per sequence: its prefix pages gathered once, then SDPA with the causal mask shifted by
-    the prefix length."""
-    batch = prefix_lens.shape[0]
+    """Sequences with one new token after a prefix (decode tokens in a mixed batch) as in
+    :func:`decode_attention`, merged with the token itself; the others one by one: the prefix
+    gathered head by head, then SDPA with the causal mask shifted by the prefix length."""
+    batch, (tokens, q_heads, head_dim) = prefix_lens.shape[0], q.shape
     kv.check(q, batch)
     out = torch.empty_like(q) if out is None else out
+    scale = head_dim**-0.5 if sm_scale is None else sm_scale
     k_scale, v_scale = _scales(kv)
     bounds, prefixes = qo_indptr.tolist(), prefix_lens.tolist()
-    tables = page_table(kv, prefix_lens)
-    for b in range(batch):
+    single = [b for b in range(batch) if bounds[b + 1] - bounds[b] == 1 and prefixes[b] > 0]
+    if single:
+        at = torch.tensor([bounds[b] for b in single])
+        pool = attend_pool(q[at], kv, single, [prefixes[b] for b in single], scale)
+        qg, k_own, v_own = q[at].view(*pool.acc.shape), k_new[at][:, :, None], v_new[at][:, :, None]  # [n, kv_heads, 1|group, head_dim]
+        own = Partial((qg * k_own).sum(-1, keepdim=True).mul_(scale), torch.ones_like(pool.total), v_own.expand_as(qg))
+        out[at] = pool.merge(own).result().view(len(single), q_heads, head_dim)
+    rows = head_rows(page_table(kv, prefix_lens), kv.page_size, kv.kv_heads)
+    for b in sorted(set(range(batch)) - set(single)):
         lo, hi, p = bounds[b], bounds[b + 1], prefixes[b]
         if hi == lo:
             continue
-        pages = tables[b : b + 1, : -(-p // kv.page_size)]
-        k = heads_first(torch.cat([gather(kv.k, pages, k_scale, q.dtype)[0, :p], k_new[lo:hi]]))
-        v = heads_first(torch.cat([gather(kv.v, pages, v_scale, q.dtype)[0, :p], v_new[lo:hi]]))
+        k = torch.cat([gather(kv.k, rows[b, :, :p], k_scale, q.dtype), k_new[lo:hi].transpose(0, 1)], dim=1)
+        v = torch.cat([gather(kv.v, rows[b, :, :p], v_scale, q.dtype), v_new[lo:hi].transpose(0, 1)], dim=1)
         if p == 0:
             causal = dict(is_causal=True)
         else:
             m = hi - lo
             causal = dict(attn_mask=torch.arange(p + m)[None, :] <= p + torch.arange(m)[:, None])
-        attended = F.scaled_dot_product_attention(heads_first(q[lo:hi]), k, v, scale=sm_scale, enable_gqa=True, **causal)
+        queries = q[lo:hi].transpose(0, 1).contiguous()  # SDPA is 3x slower on strided input
+        attended = F.scaled_dot_product_attention(queries[None], k[None], v[None], scale=sm_scale, enable_gqa=True, **causal)
         out[lo:hi] = attended[0].transpose(0, 1)
     return out
 

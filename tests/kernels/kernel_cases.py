@@ -43,3 +43,13 @@ def make_paged(gen, lens, page_size, kv_heads, head_dim, dtype, fp8=False) -> Pa
     indptr = torch.tensor([0] + np.cumsum([len(p) for p in pages]).tolist(), dtype=torch.int32)
     indices = torch.cat(pages) if pages else torch.zeros(0, dtype=torch.int32)
     return PagedKV(k, v, indptr, indices, **scales)
+
+
+def share_pages(kv: PagedKV, shares: dict[int, tuple[int, int]]) -> PagedKV:
+    """The same pool with sequence b's first n pages replaced by sequence a's, for each
+    ``b: (a, n)``: the page table of prefixes shared through the radix cache."""
+    bounds = kv.indptr.tolist()
+    pages = [kv.indices[lo:hi].clone() for lo, hi in zip(bounds, bounds[1:])]
+    for b, (a, n) in shares.items():
+        pages[b][:n] = pages[a][:n]
+    return PagedKV(kv.k, kv.v, kv.indptr, torch.cat(pages), kv.k_scale, kv.v_scale)

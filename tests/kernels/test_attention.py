@@ -7,7 +7,7 @@ from radixrt.kernels import PagedKV, cpu, reference
 from radixrt.kernels import decode as triton_decode
 from radixrt.kernels import extend as triton_extend
 
-from kernel_cases import TOLERANCE, make_paged, rel_err
+from kernel_cases import TOLERANCE, make_paged, rel_err, share_pages
 
 IMPLS = {"triton": (triton_decode.decode_attention, triton_extend.extend_attention),
          "cpu": (cpu.decode_attention, cpu.extend_attention)}
@@ -74,6 +74,8 @@ EXTEND_CASES = {
     "dim128_gqa1": ([20], [33], 16, 2, 1, 128, torch.float32),
     "dim128_gqa4": ([20], [33], 16, 1, 4, 128, torch.bfloat16),
     "dim64_gqa8": ([20, 3], [33, 70], 16, 1, 8, 64, torch.float16),
+    "decode_rows_in_a_mixed_batch": ([40, 0, 100, 17, 16], [1, 5, 1, 1, 1], 16, 2, 2, 64, torch.float32),
+    "decode_rows_page1": ([9, 30], [1, 1], 1, 1, 3, 64, torch.bfloat16),
 }
 
 
@@ -92,6 +94,70 @@ def test_extend(impl, case, gen):
     ref = reference.extend_attention(q, k_new, v_new, kv.k, kv.v, qo_indptr, kv.indptr, kv.indices, prefix)
     assert out.dtype == dtype and out.shape == q.shape
     assert rel_err(out, ref) < TOLERANCE[dtype]
+
+
+# (lens, page_size, shares {b: (a, first n pages)}): prefixes shared through the radix cache,
+# which the CPU path attends once per group of sequences.
+SHARED_CASES = {
+    "system_prompt": ([300, 310, 290, 500], 16, {1: (0, 18), 2: (0, 18), 3: (0, 18)}),
+    "fork_at_two_depths": ([300, 310, 290, 40], 16, {1: (0, 18), 2: (0, 7)}),
+    "two_groups": ([200, 210, 150, 160, 30], 16, {1: (0, 12), 3: (2, 9)}),
+    "whole_pages_alike": ([64, 64, 63], 16, {1: (0, 4), 2: (0, 4)}),
+    "page1": ([50, 70, 45], 1, {1: (0, 44), 2: (0, 44)}),
+}
+
+
+@pytest.mark.parametrize("worth_it", [0, cpu.SHARED_TOKENS_WORTH_IT])
+@pytest.mark.parametrize("case", SHARED_CASES)
+def test_shared_prefixes(case, worth_it, gen, monkeypatch):
+    """Decode, and the decode rows of an extend batch, over page tables that share prefixes."""
+    monkeypatch.setattr(cpu, "SHARED_TOKENS_WORTH_IT", worth_it)
+    lens, page_size, shares = SHARED_CASES[case]
+    kv = share_pages(make_paged(gen, lens, page_size, 2, 64, torch.float32), shares)
+    q = torch.randn(len(lens), 6, 64, generator=gen)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    out = cpu.decode_attention(q, kv, seq_lens, out=torch.full_like(q, float("nan")))
+    assert rel_err(out, reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens)) < 1e-5
+
+    prefix = seq_lens - 1
+    k_new, v_new = (torch.randn(len(lens), 2, 64, generator=gen) for _ in range(2))
+    qo_indptr = torch.arange(len(lens) + 1, dtype=torch.int32)
+    out = cpu.extend_attention(q, k_new, v_new, kv, qo_indptr, prefix, out=torch.full_like(q, float("nan")))
+    ref = reference.extend_attention(q, k_new, v_new, kv.k, kv.v, qo_indptr, kv.indptr, kv.indices, prefix)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_plan_attends_a_shared_prefix_once(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    lens = [300, 310, 290, 140]
+    kv = share_pages(make_paged(gen, lens, 16, 2, 64, torch.float32), {1: (0, 18), 2: (0, 7), 3: (0, 7)})
+    plan = cpu.plan_pool_reads(kv, [0, 1, 2, 3], lens)
+    [shared] = plan.shared  # the deepest run all four share is 7 pages
+    assert shared.seqs.tolist() == [0, 1, 2, 3] and shared.rows.shape == (2, 7 * 16)
+    assert plan.tail_rows.shape == (4, 2, (20 - 7) * 16)
+    assert (~plan.tail_hidden).sum(-1).flatten().tolist() == [n - 7 * 16 for n in lens]
+    plan = cpu.plan_pool_reads(kv, [0, 1], [300, 310])
+    assert plan.shared[0].rows.shape == (2, 18 * 16)
+    # a sequence's last page stays its own even when another sequence has it too
+    assert cpu.plan_pool_reads(kv, [0, 1], [16 * 18, 16 * 18]).shared[0].rows.shape == (2, 17 * 16)
+    monkeypatch.setattr(cpu, "SHARED_TOKENS_WORTH_IT", 18 * 16 + 1)  # sharing would save 288 tokens
+    assert cpu.plan_pool_reads(kv, [0, 1], [300, 310]).shared == []
+
+
+def test_plan_follows_the_page_table():
+    """One plan serves every layer of a forward, and a new page table or new lengths replan."""
+    gen = torch.Generator().manual_seed(0)
+    lens = [300, 310]
+    kv = share_pages(make_paged(gen, lens, 16, 2, 64, torch.float32), {1: (0, 18)})
+    q = torch.randn(2, 4, 64, generator=gen)
+    for seq_lens, table in [(lens, kv), ([299, 310], kv), ([299, 310], share_pages(kv, {1: (0, 1)}))]:
+        seq_lens = torch.tensor(seq_lens, dtype=torch.int32)
+        ref = reference.decode_attention(q, table.k, table.v, table.indptr, table.indices, seq_lens)
+        for _ in range(2):
+            assert rel_err(cpu.decode_attention(q, table, seq_lens), ref) < 1e-5
+    kv.indices[20] = kv.indices[21]  # edited in place
+    ref = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens)
+    assert rel_err(cpu.decode_attention(q, kv, seq_lens), ref) < 1e-5
 
 
 @pytest.mark.parametrize("impl", IMPLS)
