@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from radixrt.cache import KVPool, PageAllocator, RadixCache
+from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.request import ChoiceScore, GenerateOutput, Request, State
 from radixrt.engine.sampling import SamplingParams, apply_penalties, sample
 from radixrt.engine.scheduler import Scheduler
@@ -77,7 +78,8 @@ class Engine:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-        req = Request(request_id, len(tokens), tokens, params, namespace, generator=gen)
+        detokenizer = IncrementalDetokenizer(self.tokenizer) if self.tokenizer is not None else None
+        req = Request(request_id, len(tokens), tokens, params, namespace, generator=gen, detokenizer=detokenizer)
         self.requests[request_id] = req
         self.scheduler.waiting.append(req)
         return request_id
@@ -230,16 +232,17 @@ class Engine:
         req.tokens.append(token)
         req.logprobs.append(logprob)
         stop_token = token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos)
-        if self.tokenizer is not None:
-            req.text = self.tokenizer.decode(req.output[:-1] if stop_token else req.output, skip_special_tokens=True)
-            for s in p.stop:
-                at = req.text.find(s)
-                if at >= 0:
-                    req.text = req.text[:at]
-                    return self._finish(req, "stop")
+        out_of_room = len(req.output) >= p.max_new_tokens or len(req.tokens) >= self.max_context
+        if req.detokenizer is not None:
+            seen = len(req.text)
+            req.text = req.detokenizer.update(req.output[:-1] if stop_token else req.output, final=stop_token or out_of_room)
+            found = [at for s in p.stop if (at := req.text.find(s, max(0, seen - len(s) + 1))) >= 0]
+            if found:
+                req.text = req.text[: min(found)]
+                return self._finish(req, "stop")
         if stop_token:
             return self._finish(req, "stop")
-        if len(req.output) >= p.max_new_tokens or len(req.tokens) >= self.max_context:
+        if out_of_room:
             return self._finish(req, "length")
         return False
 

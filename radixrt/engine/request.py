@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from radixrt.cache import Node
+from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.sampling import SamplingParams
 
 
@@ -47,6 +48,7 @@ class Request:
     finished_at: float | None = None
     retractions: int = 0
     generator: torch.Generator | None = None
+    detokenizer: IncrementalDetokenizer | None = None  # None without a tokenizer: token ids only
 
     @property
     def output(self) -> list[int]:

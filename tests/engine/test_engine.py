@@ -160,6 +160,16 @@ def test_stop_strings_cut_the_text(default_engine):
     prompt = default_engine.apply_chat_template([{"role": "user", "content": "Count from 1 to 10, separated by commas."}])
     out = default_engine.generate(prompt, SamplingParams(max_new_tokens=40, temperature=0, stop=("5",)))
     assert out.finish_reason == "stop" and "5" not in out.text and "4" in out.text
+    out = default_engine.generate(prompt, SamplingParams(max_new_tokens=40, temperature=0, stop=("5", "3")))
+    assert out.finish_reason == "stop" and "3" not in out.text and "2" in out.text  # the earliest stop string wins
+
+
+def test_streamed_pieces_add_up_to_the_text(default_engine):
+    prompt = default_engine.apply_chat_template([{"role": "user", "content": "Write a haiku about the sea, with emoji."}])
+    params = SamplingParams(max_new_tokens=48, temperature=0)
+    pieces = list(default_engine.stream(prompt, params))
+    out = default_engine.generate(prompt, params)
+    assert len(pieces) > 5 and "".join(pieces) == out.text == default_engine.tokenizer.decode(out.token_ids, skip_special_tokens=True)
 
 
 def test_a_bad_prompt_in_a_batch_queues_nothing(tiny):
