@@ -203,7 +203,10 @@ def attend_pool(q: torch.Tensor, kv: PagedKV, seqs: list[int], lens: list[int], 
         queries = qg[prefix.seqs].transpose(0, 1)  # [kv_heads, seqs, group, head_dim]
         shared = Partial.of(queries.flatten(1, 2), k, v, None, scale)
         shared = Partial(*(x.view(*queries.shape[:3], -1).transpose(0, 1) for x in shared))
-        part.set_rows(prefix.seqs, part.rows(prefix.seqs).merge(shared))
+        if len(prefix.seqs) == len(seqs):  # all of them: no rows to pick
+            part = part.merge(shared)
+        else:
+            part.set_rows(prefix.seqs, part.rows(prefix.seqs).merge(shared))
     return part
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import PretrainedConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
@@ -24,16 +25,18 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused op, the same arithmetic
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in transformers' half-split convention; ``x [tokens, heads, dim]``, ``cos/sin [tokens, dim]``."""
+    """RoPE in transformers' half-split convention; ``x [tokens, heads, dim]``, ``cos/sin [tokens, 1, dim]``."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+    return x * cos + rotated * sin
 
 
 class Attention(nn.Module):
@@ -119,8 +122,8 @@ class LlamaForCausalLM(nn.Module):
         x = self.model.embed_tokens(batch.input_ids)
         freqs = batch.positions.float()[:, None] * self.inv_freq[None, :]
         angles = torch.cat([freqs, freqs], dim=-1)
-        cos = (angles.cos() * self.rope_scaling).to(x.dtype)
-        sin = (angles.sin() * self.rope_scaling).to(x.dtype)
+        cos = (angles.cos() * self.rope_scaling).to(x.dtype)[:, None]
+        sin = (angles.sin() * self.rope_scaling).to(x.dtype)[:, None]
         for layer in self.model.layers:
             x = layer(x, cos, sin, batch, pool)
         h = self.model.norm(x[batch.logit_rows])

@@ -89,3 +89,22 @@ def test_unsupported_activation_is_named(tmp_path):
     AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="SwiGLU"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_match_transformers(dtype, tmp_path):
+    """Weights and pool kept in bf16/fp16: the prompt's logits equal transformers' in the same
+    dtype, and decoding its last tokens through the pool stays within half-precision rounding."""
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(CONFIGS["gqa3_untied"], dtype=torch.float32)
+    hf.save_pretrained(tmp_path)
+    ours = load_model(tmp_path, dtype=dtype).model
+    pool = KVPool(num_layers=2, kv_heads=2, head_dim=16, page_size=PAGE_SIZE, dtype=dtype, num_pages=16)
+    prompt = list(range(3, 40))
+    with torch.no_grad():
+        expected = hf.to(dtype)(torch.tensor([prompt])).logits[0].float()
+    pages = PageAllocator(16).alloc(-(-len(prompt) // PAGE_SIZE))
+    first, _ = run(ours, pool, None, [prompt[:30]], 0, pages)
+    steps = [run(ours, pool, None, [[t]], 30 + i, pages)[0] for i, t in enumerate(prompt[30:])]
+    assert rel(first, expected[:30]) < 1e-2
+    assert rel(torch.cat(steps), expected[30:]) < 2e-2
