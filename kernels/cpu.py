@@ -81,10 +81,20 @@ many tokens' K/V: each shared prefix costs a handful of extra small operations p
 
 @dataclass(frozen=True)
 class SharedPrefix:
-    """Rows ``seqs`` of a plan start with the same physical pages, whose pool rows are ``rows``."""
+    """Rows ``seqs`` of a plan start with the same physical pages: the pool's token slots
+    ``slots = (start, end)`` when those pages are consecutive (read in place), else the pool rows
+    ``rows`` (gathered)."""
 
     seqs: torch.Tensor  # [n] int64
-    rows: torch.Tensor  # [kv_heads, tokens] int64
+    rows: torch.Tensor | None  # [kv_heads, tokens] int64
+    slots: tuple[int, int] | None = None
+
+    def read(self, pool: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype, scratch: str) -> torch.Tensor:
+        """This prefix's K or V, ``[kv_heads, tokens, head_dim]``."""
+        if self.slots is None:
+            return gather(pool, self.rows, scale, dtype, scratch)
+        tokens = pool.view(-1, *pool.shape[2:])[self.slots[0] : self.slots[1]].transpose(0, 1)
+        return tokens if scale is None else (tokens.float() * scale[:, None, None]).to(dtype)
 
 
 @dataclass(frozen=True)
@@ -118,8 +128,11 @@ def plan_pool_reads(kv: PagedKV, seqs: list[int], lens: list[int]) -> PoolPlan:
             continue
         for i in group:
             skip[i] = common
-        rows = head_rows(torch.from_numpy(head[:common]), page_size, kv.kv_heads)
-        shared.append(SharedPrefix(torch.tensor(group), rows))
+        pages = head[:common]
+        if (np.diff(pages) == 1).all():
+            shared.append(SharedPrefix(torch.tensor(group), None, (int(pages[0]) * page_size, int(pages[-1] + 1) * page_size)))
+        else:
+            shared.append(SharedPrefix(torch.tensor(group), head_rows(torch.from_numpy(pages), page_size, kv.kv_heads)))
     counts = [-(-n // page_size) - s for n, s in zip(lens, skip)]
     table = np.zeros((len(seqs), max(counts)), dtype=np.int64)
     for i, (s, c) in enumerate(zip(skip, counts)):
@@ -198,8 +211,8 @@ def attend_pool(q: torch.Tensor, kv: PagedKV, seqs: list[int], lens: list[int], 
     v = gather(kv.v, plan.tail_rows, v_scale, q.dtype, scratch="v")
     part = Partial.of(qg, k, v, plan.tail_hidden, scale)
     for prefix in plan.shared:
-        k = gather(kv.k, prefix.rows, k_scale, q.dtype, scratch="k")  # [kv_heads, tokens, head_dim]
-        v = gather(kv.v, prefix.rows, v_scale, q.dtype, scratch="v")
+        k = prefix.read(kv.k, k_scale, q.dtype, scratch="k")  # [kv_heads, tokens, head_dim]
+        v = prefix.read(kv.v, v_scale, q.dtype, scratch="v")
         queries = qg[prefix.seqs].transpose(0, 1)  # [kv_heads, seqs, group, head_dim]
         shared = Partial.of(queries.flatten(1, 2), k, v, None, scale)
         shared = Partial(*(x.view(*queries.shape[:3], -1).transpose(0, 1) for x in shared))

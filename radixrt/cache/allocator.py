@@ -12,7 +12,9 @@ class PageAllocator:
     """Hands out page ids ``0 .. num_pages-1``.
 
     Freed pages go back on a stack, so the most recently freed page is reused first
-    (its KV rows are the likeliest to still be in a cache line). Every free is checked:
+    (its KV rows are the likeliest to still be in a cache line). An allocation takes the top of
+    the stack in ascending order, so a fresh pool hands out 0, 1, 2, ... and a long prompt's pages
+    tend to be consecutive in memory (attention can then read such a run in place). Every free is checked:
     an id outside the pool, an id that is already free, or the same id twice in one call
     raises ``ValueError`` and changes nothing.
     """
@@ -35,7 +37,7 @@ class PageAllocator:
             raise ValueError(f"cannot allocate a negative number of pages ({n})")
         if n > self._top:
             return None
-        pages = self._stack[self._top - n : self._top].copy()
+        pages = self._stack[self._top - n : self._top][::-1].copy()
         self._top -= n
         self._is_free[pages] = False
         return pages

@@ -58,3 +58,10 @@ def test_reset_frees_everything():
     a.alloc(4)
     a.reset()
     assert a.available() == 4
+
+
+def test_a_fresh_pool_hands_out_consecutive_runs():
+    a = PageAllocator(10)
+    assert a.alloc(3).tolist() == [0, 1, 2] and a.alloc(2).tolist() == [3, 4]
+    a.free([1, 0])
+    assert a.alloc(3).tolist() == [0, 1, 5]  # the freed pages come back first

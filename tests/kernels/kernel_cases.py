@@ -53,3 +53,13 @@ def share_pages(kv: PagedKV, shares: dict[int, tuple[int, int]]) -> PagedKV:
     for b, (a, n) in shares.items():
         pages[b][:n] = pages[a][:n]
     return PagedKV(kv.k, kv.v, kv.indptr, torch.cat(pages), kv.k_scale, kv.v_scale)
+
+
+def consecutive_pages(kv: PagedKV, b: int, n: int) -> PagedKV:
+    """The same batch with sequence b's first n pages moved, data and all, to consecutive ids at
+    the end of a larger pool, as a fresh allocation hands them out."""
+    start = int(kv.indptr[b])
+    old = kv.indices[start : start + n].long()
+    indices = kv.indices.clone()
+    indices[start : start + n] = torch.arange(kv.k.shape[0], kv.k.shape[0] + n, dtype=torch.int32)
+    return PagedKV(torch.cat([kv.k, kv.k[old]]), torch.cat([kv.v, kv.v[old]]), kv.indptr, indices, kv.k_scale, kv.v_scale)

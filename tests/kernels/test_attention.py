@@ -7,7 +7,7 @@ from radixrt.kernels import PagedKV, cpu, reference
 from radixrt.kernels import decode as triton_decode
 from radixrt.kernels import extend as triton_extend
 
-from kernel_cases import TOLERANCE, make_paged, rel_err, share_pages
+from kernel_cases import TOLERANCE, consecutive_pages, make_paged, rel_err, share_pages
 
 IMPLS = {"triton": (triton_decode.decode_attention, triton_extend.extend_attention),
          "cpu": (cpu.decode_attention, cpu.extend_attention)}
@@ -107,13 +107,19 @@ SHARED_CASES = {
 }
 
 
+@pytest.mark.parametrize("consecutive", [False, True], ids=["scattered", "consecutive"])
 @pytest.mark.parametrize("worth_it", [0, cpu.SHARED_TOKENS_WORTH_IT])
 @pytest.mark.parametrize("case", SHARED_CASES)
-def test_shared_prefixes(case, worth_it, gen, monkeypatch):
-    """Decode, and the decode rows of an extend batch, over page tables that share prefixes."""
+def test_shared_prefixes(case, worth_it, consecutive, gen, monkeypatch):
+    """Decode, and the decode rows of an extend batch, over page tables that share prefixes
+    (on scattered pages, which are gathered, or consecutive ones, which are read in place)."""
     monkeypatch.setattr(cpu, "SHARED_TOKENS_WORTH_IT", worth_it)
     lens, page_size, shares = SHARED_CASES[case]
-    kv = share_pages(make_paged(gen, lens, page_size, 2, 64, torch.float32), shares)
+    kv = make_paged(gen, lens, page_size, 2, 64, torch.float32)
+    if consecutive:
+        for a in {a for a, _ in shares.values()}:
+            kv = consecutive_pages(kv, a, max(n for source, n in shares.values() if source == a))
+    kv = share_pages(kv, shares)
     q = torch.randn(len(lens), 6, 64, generator=gen)
     seq_lens = torch.tensor(lens, dtype=torch.int32)
     out = cpu.decode_attention(q, kv, seq_lens, out=torch.full_like(q, float("nan")))
@@ -137,7 +143,11 @@ def test_plan_attends_a_shared_prefix_once(monkeypatch):
     assert plan.tail_rows.shape == (4, 2, (20 - 7) * 16)
     assert (~plan.tail_hidden).sum(-1).flatten().tolist() == [n - 7 * 16 for n in lens]
     plan = cpu.plan_pool_reads(kv, [0, 1], [300, 310])
-    assert plan.shared[0].rows.shape == (2, 18 * 16)
+    assert plan.shared[0].rows.shape == (2, 18 * 16) and plan.shared[0].slots is None
+    moved = share_pages(consecutive_pages(kv, 0, 18), {1: (0, 18)})  # onto pages end .. end + 17
+    [shared] = cpu.plan_pool_reads(moved, [0, 1], [300, 310]).shared
+    end = kv.k.shape[0]
+    assert shared.rows is None and shared.slots == (end * 16, (end + 18) * 16)
     # a sequence's last page stays its own even when another sequence has it too
     assert cpu.plan_pool_reads(kv, [0, 1], [16 * 18, 16 * 18]).shared[0].rows.shape == (2, 17 * 16)
     monkeypatch.setattr(cpu, "SHARED_TOKENS_WORTH_IT", 18 * 16 + 1)  # sharing would save 288 tokens
