@@ -67,11 +67,19 @@ def resolve(model: str | Path | None) -> Path:
     )
 
 
+def content_key(path: Path) -> str:
+    """A digest of the file's bytes (0.2 s for the default model): the same model installed in
+    several environments, or reinstalled, maps to one converted copy."""
+    digest = hashlib.sha1()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
 def converted_dir(gguf: Path) -> Path:
     """The cached Hugging Face directory for ``gguf``, made on first use."""
-    stat = gguf.stat()
-    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    out = cache_root() / "models" / f"{gguf.stem}-{key}"
+    out = cache_root() / "models" / f"{gguf.stem}-{content_key(gguf)}"
     if (out / "config.json").exists():
         return out
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
@@ -84,7 +92,12 @@ def converted_dir(gguf: Path) -> Path:
     save_file(state, tmp / "model.safetensors")  # transformers will not save a model it read from GGUF
     hf.config.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a half-written cache is never taken for a whole one
+    try:
+        tmp.rename(out)  # atomic: a half-written cache is never taken for a whole one
+    except OSError:  # another process converted the same file first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").exists():
+            raise
     return out
 
 
