@@ -42,7 +42,7 @@ class Engine:
         self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, device
         cfg = self.model.config
         self.vocab_size = cfg.vocab_size
-        self.max_context = cfg.max_position_embeddings
+        self.max_context = self.model.max_context
         self.pool = KVPool(num_layers=cfg.num_hidden_layers, kv_heads=cfg.num_key_value_heads, head_dim=self.model.head_dim,
                            page_size=page_size, dtype=dtype, device=device, max_bytes=kv_cache_bytes)
         self.allocator = PageAllocator(self.pool.num_pages)

@@ -117,6 +117,17 @@ class LlamaForCausalLM(nn.Module):
     def head_dim(self) -> int:
         return self.model.layers[0].self_attn.head_dim
 
+    @property
+    def max_context(self) -> int:
+        """The longest sequence computed exactly: the position limit, or a sliding attention
+        window (Mistral, Qwen2 with ``use_sliding_window``) when shorter, since attention here
+        always sees the whole sequence."""
+        cfg = self.config
+        window = getattr(cfg, "sliding_window", None)
+        if cfg.model_type == "qwen2" and not getattr(cfg, "use_sliding_window", False):
+            window = None
+        return min(cfg.max_position_embeddings, window or cfg.max_position_embeddings)
+
     def forward(self, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         """Logits ``[len(batch.logit_rows), vocab]`` in float32."""
         x = self.model.embed_tokens(batch.input_ids)

@@ -3,7 +3,7 @@ here, logits of every prompt position, in float32."""
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 from radixrt.cache import KVPool, PageAllocator
 from radixrt.model import SequenceChunk, build_batch, load_model
@@ -21,6 +21,7 @@ CONFIGS = {
                                     rope_scaling={"rope_type": "linear", "factor": 2.0}),
     "qwen2_bias_yarn": Qwen2Config(**SMALL, hidden_size=64, num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True,
                                    rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+    "mistral_window": MistralConfig(**SMALL, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=64),
 }
 
 
@@ -82,6 +83,13 @@ def test_prefix_then_extend_then_decode_match(checkpoint):
     second, _ = run(ours, pool, allocator, [prompt[13:25]], 13, pages)
     steps = [run(ours, pool, allocator, [[t]], 25 + i, pages)[0] for i, t in enumerate(prompt[25:])]
     assert rel(torch.cat([first, second, *steps]), expected) < 1e-4
+
+
+def test_a_sliding_window_bounds_the_context(checkpoint):
+    """Attention here always sees the whole sequence, which is exact up to the window."""
+    hf, path = checkpoint
+    window = hf.config.sliding_window if hf.config.model_type == "mistral" else None
+    assert load_model(path).model.max_context == (window or 256)
 
 
 def test_unsupported_activation_is_named(tmp_path):
