@@ -32,7 +32,7 @@ from report import table  # noqa: E402
 
 from radixrt import Engine, SamplingParams  # noqa: E402
 from radixrt.cache import RadixCache  # noqa: E402
-from radixrt.model.loader import converted_dir, default_gguf  # noqa: E402
+from radixrt.model.loader import hf_directory  # noqa: E402
 
 SESSIONS, TURNS, FORK_TURN, FORKS = 8, 4, 2, 3
 VERBS = ["search", "book", "cancel", "list", "convert", "check", "update", "estimate", "compare", "summarize"]
@@ -108,8 +108,8 @@ class Workload:
 
 
 class RadixrtSystem:
-    def __init__(self, enable_cache: bool) -> None:
-        self.engine = Engine(enable_cache=enable_cache, kv_cache_bytes=1 << 30)
+    def __init__(self, model: Path, device: str, dtype: torch.dtype, enable_cache: bool) -> None:
+        self.engine = Engine(str(model), device=device, dtype=dtype, enable_cache=enable_cache, kv_cache_bytes=1 << 30)
 
     def submit(self, prompt: list[int], length: int) -> str:
         return self.engine.add_request(prompt, SamplingParams(max_new_tokens=length, temperature=0, ignore_eos=True))
@@ -140,9 +140,9 @@ class FirstTokenClock:
 class TransformersSystem:
     """transformers' ``generate`` per request, one at a time, in submission order."""
 
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.model = AutoModelForCausalLM.from_pretrained(converted_dir(default_gguf()), dtype=torch.float32).eval()
+    def __init__(self, tokenizer, model: Path, device: str, dtype: torch.dtype) -> None:
+        self.tokenizer, self.device = tokenizer, device
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
         self.queue: list[tuple[int, list[int], int, float]] = []
         self.keys = itertools.count()
 
@@ -155,7 +155,7 @@ class TransformersSystem:
         key, prompt, length, submitted = self.queue.pop(0)
         clock = FirstTokenClock()
         with torch.no_grad():
-            ids = self.model.generate(torch.tensor([prompt]), max_new_tokens=length, min_new_tokens=length, do_sample=False, streamer=clock)
+            ids = self.model.generate(torch.tensor([prompt], device=self.device), max_new_tokens=length, min_new_tokens=length, do_sample=False, streamer=clock)
         new = ids[0, len(prompt):].tolist()
         return [(key, {"text": self.tokenizer.decode(new, skip_special_tokens=True), "output_tokens": len(new), "ttft": clock.first - submitted})]
 
@@ -176,14 +176,19 @@ def measure(name: str, served, tokenizer, system: str, computed) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline (the slowest part)")
+    ap.add_argument("--model", help="a Hugging Face directory or .gguf file with the default model's tokenizer "
+                                    "(default: the default model; bench/random_model.py makes one with random weights)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(converted_dir(default_gguf()))
+    model = hf_directory(args.model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(model)
     system = system_prompt(tokenizer)
 
     def radixrt(enable_cache: bool, name: str) -> dict:
         print(f"running {name} ...", file=sys.stderr)
-        served = RadixrtSystem(enable_cache)
+        served = RadixrtSystem(model, device, dtype, enable_cache)
         return measure(name, served, tokenizer, system, lambda: served.engine.stats()["computed_tokens"])
 
     # radixrt runs first and again last: this machine's speed drifts over minutes, and the mean of
@@ -191,18 +196,19 @@ def main() -> None:
     rows = [radixrt(True, "radixrt"), radixrt(False, "radixrt_no_cache")]
     if not args.no_transformers:
         print("running transformers generate per request ...", file=sys.stderr)
-        rows.append(measure("transformers", TransformersSystem(tokenizer), tokenizer, system, None))
+        rows.append(measure("transformers", TransformersSystem(tokenizer, model, device, dtype), tokenizer, system, None))
     rows.append(radixrt(True, "radixrt_again"))
     ours = statistics.mean(row["output_tok_per_s"] for row in rows if row["system"] in ("radixrt", "radixrt_again"))
     for row in rows:
         row["radixrt_speedup"] = round(ours / row["output_tok_per_s"], 2)
         row["computed_over_unique"] = round(row["computed_prompt_tokens"] / row["unique_prompt_tokens"], 3)
-    print(f"agent workload on SmolLM2-135M-Instruct ({'cuda' if torch.cuda.is_available() else 'cpu'}): "
+    print(f"agent workload on {model.name} ({device}, {str(dtype).removeprefix('torch.')}): "
           f"{SESSIONS} sessions x {TURNS} turns, a {FORKS}-way fork on turn {FORK_TURN + 1} in half of them\n")
     print(table(rows, list(rows[0])))
     print(f"\nradixrt_speedup: the mean of radixrt's two runs, {ours:.1f} output tokens/s, over the row's")
     by_name = {row["system"]: row for row in rows}
-    summary = {"bench": "engine", "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "rows": rows,
+    summary = {"bench": "engine", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "model": model.name,
+               "dtype": str(dtype).removeprefix("torch."), "rows": rows,
                "radixrt_output_tok_per_s": round(ours, 1),
                "speedup_vs_no_cache": by_name["radixrt_no_cache"]["radixrt_speedup"],
                "computed_over_unique": by_name["radixrt"]["computed_over_unique"]}

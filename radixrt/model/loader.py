@@ -101,10 +101,15 @@ def converted_dir(gguf: Path) -> Path:
     return out
 
 
+def hf_directory(model: str | Path | None = None) -> Path:
+    """The Hugging Face directory that serves ``model`` (a GGUF file's converted copy)."""
+    source = resolve(model)
+    return converted_dir(source) if source.is_file() else source
+
+
 def load_model(model: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedModel:
     """``model``: a Hugging Face directory, a .gguf file, or None for the default model."""
-    source = resolve(model)
-    path = converted_dir(source) if source.is_file() else source
+    path = hf_directory(model)
     config = AutoConfig.from_pretrained(path)
     if config.model_type not in SUPPORTED:
         raise ValueError(f"{path}: model type {config.model_type!r} is not supported (supported: {', '.join(sorted(SUPPORTED))})")
