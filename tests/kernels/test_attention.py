@@ -133,6 +133,18 @@ def test_shared_prefixes(case, worth_it, consecutive, gen, monkeypatch):
     assert rel_err(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("consecutive", [False, True], ids=["scattered", "consecutive"])
+def test_shared_prefix_of_an_fp8_pool(consecutive, gen):
+    lens = [300, 310, 290]
+    kv = make_paged(gen, lens, 16, 2, 64, torch.float32, fp8=True)
+    kv = share_pages(consecutive_pages(kv, 0, 18) if consecutive else kv, {1: (0, 18), 2: (0, 18)})
+    assert len(cpu.plan_pool_reads(kv, [0, 1, 2], lens).shared) == 1
+    q = torch.randn(3, 4, 64, generator=gen)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    ref = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens, k_scale=kv.k_scale, v_scale=kv.v_scale)
+    assert rel_err(cpu.decode_attention(q, kv, seq_lens), ref) < 1e-5
+
+
 def test_plan_attends_a_shared_prefix_once(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     lens = [300, 310, 290, 140]
