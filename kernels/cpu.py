@@ -64,10 +64,12 @@ def gather(pool: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor | None, d
     index = rows.flatten()
     out = SCRATCH.take(scratch, (index.numel(), flat.shape[1]), pool) if scratch else None
     vectors = torch.index_select(flat, 0, index, out=out) if out is not None else flat.index_select(0, index)
-    vectors = vectors.view(*rows.shape, flat.shape[1])
-    if scale is None:
-        return vectors
-    return (vectors.float() * scale[:, None, None]).to(dtype)
+    return dequantize(vectors.view(*rows.shape, flat.shape[1]), scale, dtype)
+
+
+def dequantize(heads: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``[..., kv_heads, tokens, head_dim]`` read from the pool, in ``dtype`` (fp8 times its scale)."""
+    return heads if scale is None else (heads.float() * scale[:, None, None]).to(dtype)
 
 
 def _scales(kv: PagedKV) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -93,8 +95,7 @@ class SharedPrefix:
         """This prefix's K or V, ``[kv_heads, tokens, head_dim]``."""
         if self.slots is None:
             return gather(pool, self.rows, scale, dtype, scratch)
-        tokens = pool.view(-1, *pool.shape[2:])[self.slots[0] : self.slots[1]].transpose(0, 1)
-        return tokens if scale is None else (tokens.float() * scale[:, None, None]).to(dtype)
+        return dequantize(pool.view(-1, *pool.shape[2:])[self.slots[0] : self.slots[1]].transpose(0, 1), scale, dtype)
 
 
 @dataclass(frozen=True)
@@ -216,10 +217,7 @@ def attend_pool(q: torch.Tensor, kv: PagedKV, seqs: list[int], lens: list[int], 
         queries = qg[prefix.seqs].transpose(0, 1)  # [kv_heads, seqs, group, head_dim]
         shared = Partial.of(queries.flatten(1, 2), k, v, None, scale)
         shared = Partial(*(x.view(*queries.shape[:3], -1).transpose(0, 1) for x in shared))
-        if len(prefix.seqs) == len(seqs):  # all of them: no rows to pick
-            part = part.merge(shared)
-        else:
-            part.set_rows(prefix.seqs, part.rows(prefix.seqs).merge(shared))
+        part.set_rows(prefix.seqs, part.rows(prefix.seqs).merge(shared))
     return part
 
 
@@ -239,7 +237,7 @@ def extend_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, 
     """Sequences with one new token after a prefix (decode tokens in a mixed batch) as in
     :func:`decode_attention`, merged with the token itself; the others one by one: the prefix
     gathered head by head, then SDPA with the causal mask shifted by the prefix length."""
-    batch, (tokens, q_heads, head_dim) = prefix_lens.shape[0], q.shape
+    batch, (q_heads, head_dim) = prefix_lens.shape[0], q.shape[1:]
     kv.check(q, batch)
     out = torch.empty_like(q) if out is None else out
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
@@ -248,14 +246,16 @@ def extend_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, 
     single = [b for b in range(batch) if bounds[b + 1] - bounds[b] == 1 and prefixes[b] > 0]
     if single:
         at = torch.tensor([bounds[b] for b in single])
-        pool = attend_pool(q[at], kv, single, [prefixes[b] for b in single], scale)
-        qg, k_own, v_own = q[at].view(*pool.acc.shape), k_new[at][:, :, None], v_new[at][:, :, None]  # [n, kv_heads, 1|group, head_dim]
+        queries = q[at]
+        pool = attend_pool(queries, kv, single, [prefixes[b] for b in single], scale)
+        qg, k_own, v_own = queries.view(*pool.acc.shape), k_new[at][:, :, None], v_new[at][:, :, None]  # [n, kv_heads, 1|group, head_dim]
         own = Partial((qg * k_own).sum(-1, keepdim=True).mul_(scale), torch.ones_like(pool.total), v_own.expand_as(qg))
         out[at] = pool.merge(own).result().view(len(single), q_heads, head_dim)
+    done = set(single)
     rows = head_rows(page_table(kv, prefix_lens), kv.page_size, kv.kv_heads)
-    for b in sorted(set(range(batch)) - set(single)):
+    for b in range(batch):
         lo, hi, p = bounds[b], bounds[b + 1], prefixes[b]
-        if hi == lo:
+        if hi == lo or b in done:
             continue
         k = torch.cat([gather(kv.k, rows[b, :, :p], k_scale, q.dtype), k_new[lo:hi].transpose(0, 1)], dim=1)
         v = torch.cat([gather(kv.v, rows[b, :, :p], v_scale, q.dtype), v_new[lo:hi].transpose(0, 1)], dim=1)
