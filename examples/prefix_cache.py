@@ -18,7 +18,7 @@ system_prompt = rng.integers(0, 49152, 1000, dtype=np.int32)
 
 def serve(prompt: np.ndarray) -> None:
     match = cache.match_prefix(prompt)
-    cache.lock(match.last_node)  # nothing may evict the prefix while this request runs
+    cache.lock(match)  # right after matching: nothing may evict the prefix while this request runs
     need = -(-len(prompt) // PAGE_SIZE) - match.pages.size  # pages for the uncached tail
     own = allocator.alloc(need)
     if own is None:
@@ -27,8 +27,7 @@ def serve(prompt: np.ndarray) -> None:
     # ... the model would compute K/V for prompt[match.length:] into pool.k / pool.v here ...
     full_pages = len(prompt) // PAGE_SIZE
     pages = np.concatenate([match.pages, own])
-    cached = cache.insert(prompt[: full_pages * PAGE_SIZE], pages[:full_pages])
-    allocator.free(pages[match.pages.size : cached // PAGE_SIZE])  # duplicates of what was cached meanwhile
+    cache.commit(prompt, pages[:full_pages], held=match.length)  # frees duplicates of what was cached meanwhile
     allocator.free(pages[full_pages:])  # a partial last page is not cached
     cache.unlock(match.last_node)
     print(f"prompt of {len(prompt):5} tokens: {match.length:5} served from cache, {len(prompt) - match.length:5} computed")

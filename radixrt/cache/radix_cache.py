@@ -12,7 +12,10 @@ Eviction order is least recently used. Every match or insert is one tick of a lo
 stamps each node on its path with that tick, so a parent is never older than its children and
 evicting leaves oldest-first frees the least recently used pages first. ``evict(n)`` frees exactly
 ``n`` pages when that many are evictable: the last leaf it reaches is trimmed from its tail rather
-than dropped whole.
+than dropped whole. Each node carries a ``version`` that trimming or evicting it bumps, and a
+``MatchResult`` records it, so ``lock(match)`` refuses a match whose pages went back to the
+allocator in between (they may already have been handed out again). A split is harmless: the
+deepest node keeps its identity and every matched page stays in the tree.
 
 Candidate leaves are kept in a ``SortedList`` of (tick, id, node) entries, updated lazily so that
 the hot path (match, insert, lock, unlock) never sorts: a touch only moves the node's clock,
@@ -43,7 +46,7 @@ _NO_PAGES.flags.writeable = False
 
 
 class Node:
-    __slots__ = ("key", "pages", "children", "parent", "lock_ref", "tick", "id", "lru_entry", "namespace")
+    __slots__ = ("key", "pages", "children", "parent", "lock_ref", "tick", "id", "lru_entry", "namespace", "version")
 
     def __init__(self, key: bytes, pages: IdArray, parent: Node | None, tick: int, id: int, lock_ref: int = 0):
         self.key = key
@@ -55,6 +58,7 @@ class Node:
         self.id = id
         self.lru_entry: tuple[int, int, Node] | None = None
         self.namespace: Hashable = None
+        self.version = 0  # bumped when evict trims or removes the node: its older matches are stale
 
     @property
     def tokens(self) -> np.ndarray:
@@ -70,17 +74,19 @@ class Node:
 
 class MatchResult(NamedTuple):
     pages: IdArray  # the cached prefix's page ids, in order (a copy the caller may keep)
-    last_node: Node  # lock this to keep the prefix cached; a root when nothing matched
+    last_node: Node  # what lock(match) pins and unlock(node) releases; a root when nothing matched
     length: int  # matched tokens, a multiple of page_size
+    version: int  # last_node.version at match time: lock refuses the match once it changes
 
 
 class RadixCache:
     """Longest-prefix reuse of KV pages, with reference counts and LRU leaf eviction.
 
-    The request path: ``m = match_prefix(prompt)``; ``lock(m.last_node)`` (before anything can
-    evict); allocate pages for ``prompt[m.length:]`` and compute them; ``n = insert(tokens,
-    pages)``; free your own pages ``pages[m.length // page_size : n // page_size]``, which
-    duplicate what another request cached meanwhile; ``unlock(m.last_node)``.
+    The request path: ``m = match_prefix(prompt)``; ``lock(m)`` right away (before anything can
+    evict); allocate pages for ``prompt[m.length:]`` and compute them; ``commit(prompt, pages,
+    held=m.length)``, which caches them and frees those of your pages that duplicate what another
+    request cached meanwhile; ``unlock(m.last_node)``. Schedulers ranking waiting requests use
+    ``prefix_length``, which leaves the tree as it is.
 
     A namespace (a tenant, a LoRA id) gets its own tree: two namespaces never share a prefix.
     With an ``allocator``, evicted pages go back to it; without one they are simply dropped.
@@ -111,14 +117,24 @@ class RadixCache:
         key = self._key(tokens)
         root = self._roots.get(namespace)
         if root is None:
-            return MatchResult(_NO_PAGES, self._roots[None], 0)
+            root = self._roots[None]  # nothing cached in that namespace; locking a root is a no-op
+            return MatchResult(_NO_PAGES, root, 0, root.version)
         parts: list[IdArray] = []
         node, off = self._walk(root, key, parts)
         if len(parts) > 1:
             pages = np.concatenate(parts)
         else:
             pages = parts[0].copy() if parts else _NO_PAGES
-        return MatchResult(pages, node, off // TOKEN_BYTES)
+        return MatchResult(pages, node, off // TOKEN_BYTES, node.version)
+
+    def prefix_length(self, tokens: Sequence[int] | np.ndarray, namespace: Hashable = None) -> int:
+        """The length ``match_prefix`` would return, read-only: no edge is split and no LRU tick
+        refreshed, so a scheduler can rank every waiting request each step without disturbing the
+        tree for the ones it does not admit."""
+        root = self._roots.get(namespace)
+        if root is None:
+            return 0
+        return self._walk(root, self._key(tokens), None, touch=False)[1] // TOKEN_BYTES
 
     def evictable_size(self) -> int:
         """Pages in the tree that no request has locked."""
@@ -154,7 +170,8 @@ class RadixCache:
         """Cache ``tokens`` (whole pages; a partial last page is ignored) held in ``pages``.
 
         Returns how many leading tokens were cached already: those pages stay the tree's, and
-        the caller's own pages for them are duplicates to free. The tree takes the rest. Page ids
+        the caller's own pages for them are duplicates to free (``commit`` does both steps). The
+        tree takes the rest. Page ids
         are trusted (checking each against the allocator would double the cost of an insert); a
         page handed in twice surfaces as a double free when it is evicted.
         """
@@ -165,14 +182,52 @@ class RadixCache:
                 f"insert of {len(key) // TOKEN_BYTES} page-aligned tokens needs {len(key) // self._page_bytes} "
                 f"page ids at page_size {self.page_size}, got {pages.size}"
             )
+        if not key:
+            return 0  # under one page: nothing to cache, and no namespace root to leave behind
         node, off = self._walk(self._root(namespace), key, None)
         if off < len(key):
             self._add_leaf(node, key[off:], pages[off // self._page_bytes :])
         return off // TOKEN_BYTES
 
-    def lock(self, node: Node) -> None:
-        """Pin ``node`` and its ancestors: none of them can be evicted until ``unlock``."""
-        self._check_live(node)
+    def commit(self, tokens: Sequence[int] | np.ndarray, pages: Sequence[int] | np.ndarray, held: int,
+               namespace: Hashable = None) -> int:
+        """``insert`` a finished prompt, then return to the allocator the caller's own pages that
+        duplicate what another request cached meanwhile. Returns what ``insert`` returns.
+
+        ``pages`` covers the whole pages of ``tokens`` (a partial last page's tokens are ignored;
+        its page stays the caller's). The first ``held`` tokens' pages are the tree's already (the
+        caller's locked match: ``held=m.length``); the rest are the caller's own. The held prefix
+        is locked, so it is still cached and the returned length is at least ``held``: the
+        caller's pages for tokens ``[held, returned)`` are the duplicates freed here, and the tree
+        takes those after them. Unlock the match after committing, not before.
+        """
+        if self.allocator is None:
+            raise ValueError("commit frees duplicate pages to the cache's allocator, and this cache has none: use insert")
+        if held < 0 or held % self.page_size:
+            raise ValueError(f"held must be a match length (a multiple of page_size {self.page_size}), got {held}")
+        pages = as_ids(pages, "page ids")
+        cached = self.insert(tokens, pages, namespace)
+        if cached < held:
+            raise RuntimeError(
+                f"commit: only {cached} of the {held} held tokens were cached; lock the match until commit "
+                "and pass the tokens that were matched"
+            )
+        self.allocator.free(pages[held // self.page_size : cached // self.page_size])
+        return cached
+
+    def lock(self, match: MatchResult) -> None:
+        """Pin ``match.last_node`` and its ancestors: none of them can be evicted until ``unlock``.
+
+        Lock right after matching: if ``evict`` trimmed or removed the node in between, some of
+        ``match.pages`` went back to the allocator (and may be handed out again), so this raises.
+        """
+        if not isinstance(match, MatchResult):
+            raise TypeError(f"lock takes the MatchResult of match_prefix, got {type(match).__name__}")
+        node = match.last_node
+        if node.version != match.version:
+            raise RuntimeError(
+                f"lock of {node}, which was trimmed/evicted since the match: match again, and lock right after matching"
+            )
         while node.parent is not None:
             if node.lock_ref == 0:
                 self._evictable -= node.pages.size
@@ -222,6 +277,7 @@ class RadixCache:
                 freed.append(leaf.pages[keep:])
                 leaf.pages = leaf.pages[:keep]
                 leaf.key = leaf.key[: keep * self._page_bytes]
+                leaf.version += 1
                 self._evictable -= remaining
                 remaining = 0
                 self._lru_add(leaf)
@@ -261,11 +317,14 @@ class RadixCache:
             self._roots[namespace] = root
         return root
 
-    def _walk(self, root: Node, key: bytes, parts: list[IdArray] | None) -> tuple[Node, int]:
+    def _walk(self, root: Node, key: bytes, parts: list[IdArray] | None, touch: bool = True) -> tuple[Node, int]:
         """Follow ``key`` down from ``root`` as far as the tree holds it, splitting the edge where
         it leaves the tree and stamping the path with a new tick. Returns the deepest node reached
-        and the bytes of ``key`` matched; appends the pages along the way to ``parts``."""
-        tick = self._next_tick()
+        and the bytes of ``key`` matched; appends the pages along the way to ``parts``.
+
+        With ``touch=False`` it only measures (``prefix_length``): no split, no tick; the bytes
+        count the diverging edge's common pages too, the node is the last one matched whole."""
+        tick = self._next_tick() if touch else 0
         node, off, end, page_bytes = root, 0, len(key), self._page_bytes
         while off < end:
             child = node.children.get(key[off : off + page_bytes])
@@ -274,8 +333,11 @@ class RadixCache:
             diverges = not key.startswith(child.key, off)
             n = self._common_bytes(child.key, key, off) if diverges else len(child.key)
             if diverges:
+                if not touch:
+                    return node, off + n  # measuring only: the edge stays whole
                 child = self._split(child, n)
-            child.tick = tick
+            if touch:
+                child.tick = tick
             if parts is not None:
                 parts.append(child.pages)
             node, off = child, off + n
@@ -315,6 +377,7 @@ class RadixCache:
         del parent.children[leaf.key[: self._page_bytes]]
         leaf.parent = None
         leaf.children = None  # marks it evicted
+        leaf.version += 1
         if parent.children:
             return
         if parent.is_root:

@@ -1,4 +1,15 @@
-"""The in-process engine: model, KV pool, radix cache and scheduler behind a small public API."""
+"""The in-process engine: model, KV pool, radix cache, scheduler and model runner behind a small
+public API, and the core a worker process runs.
+
+``step()`` is the one driver: it runs a batch and returns a ``RequestOutput`` for every request
+that made progress or ended; a request is forgotten once its last output is returned, so its id
+can be used again. ``generate``, ``stream`` and ``score_choices`` are loops over the same steps
+that keep the outputs of requests they did not add for the next ``step()`` caller.
+
+A failure that belongs to one request (impossible logits, a tokenizer error) fails that request
+alone; a failed forward (out of device memory, say) fails the requests of that batch. Either way
+the request's pages go back and the engine goes on.
+"""
 from __future__ import annotations
 
 import itertools
@@ -11,24 +22,27 @@ import torch
 
 from radixrt.cache import KVPool, PageAllocator, RadixCache
 from radixrt.engine.detokenizer import IncrementalDetokenizer
-from radixrt.engine.request import ChoiceScore, GenerateOutput, Request, State
-from radixrt.engine.sampling import SamplingParams, apply_penalties, sample
+from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
+from radixrt.engine.output_text import OutputText
+from radixrt.engine.request import ChoiceScore, GenerateOutput, Request, RequestFailed, RequestOutput, State
+from radixrt.engine.sampling import SamplingParams
 from radixrt.engine.scheduler import Scheduler
-from radixrt.model import SequenceChunk, build_batch, load_model
+from radixrt.model import load_model
 
-Prompt = str | Sequence[int]
+Prompt = str | Sequence[int] | np.ndarray
 
 
 class Engine:
     """``Engine(model=None)`` serves the default model (SmolLM2-135M-Instruct); ``model`` may be a
-    Hugging Face directory or a .gguf file. On a CPU the KV pool takes ``kv_cache_bytes``."""
+    Hugging Face directory or a .gguf file. The KV pool takes ``kv_cache_bytes``: by default 512 MiB
+    on a CPU, and 80% of the device memory left free by the weights on a GPU."""
 
     def __init__(
         self,
         model: str | None = None,
         *,
         page_size: int = 16,
-        kv_cache_bytes: int = 512 * 2**20,
+        kv_cache_bytes: int | None = None,
         max_batch_tokens: int = 2048,
         chunk_size: int = 1024,
         max_running: int = 64,
@@ -44,143 +58,129 @@ class Engine:
         self.vocab_size = cfg.vocab_size
         self.max_context = self.model.max_context
         self.pool = KVPool(num_layers=cfg.num_hidden_layers, kv_heads=cfg.num_key_value_heads, head_dim=self.model.head_dim,
-                           page_size=page_size, dtype=dtype, device=device, max_bytes=kv_cache_bytes)
+                           page_size=page_size, dtype=dtype, device=device, max_bytes=kv_cache_budget(device, kv_cache_bytes))
         self.allocator = PageAllocator(self.pool.num_pages)
         self.cache = RadixCache(page_size, self.allocator)
         self.scheduler = Scheduler(self.cache, self.allocator, max_batch_tokens=max_batch_tokens, chunk_size=chunk_size,
                                    max_running=max_running, enable_cache=enable_cache)
+        self.runner = ModelRunner(self.model, self.pool, device)
         self.eos_ids = self._eos_ids()
-        self.requests: dict[str, Request] = {}
+        self.requests: dict[str, Request] = {}  # queued or running
+        self.failed_requests = 0
         self._ids = itertools.count()
+        self._undelivered: list[RequestOutput] = []  # outputs the next step() returns
+        self._mailboxes: dict[str, list[RequestOutput]] = {}  # outputs of requests an in-process driver added
 
-    # ---- public API ------------------------------------------------------------------------
-
-    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
-        ids = self._tokenizer().apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    # ---- the core --------------------------------------------------------------------------
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
-                    namespace: Hashable = None) -> str:
-        """Queue a prompt (text or token ids); raises ``ValueError`` naming what is wrong with it."""
+                    namespace: Hashable = None, arrival_time: float | None = None,
+                    prompt_logprobs_from: int | None = None) -> str:
+        """Queue a prompt (text or token ids); raises ``ValueError`` naming what is wrong with it.
+
+        ``max_new_tokens`` is clipped to what the model's context and the KV pool can hold past
+        the prompt; a request that reaches that limit ends with finish reason "length".
+        ``arrival_time`` (``time.perf_counter()`` clock; default now) dates the request for
+        scheduling and latency figures, as a replayed trace needs. ``prompt_logprobs_from``
+        asks for the log-probability of each prompt token from that position on."""
         params = params or SamplingParams()
         params.validate(self.vocab_size)
         tokens = self._tokens(prompt)
-        if not tokens:
-            raise ValueError("the prompt is empty")
-        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token ids {bad[:4]} are outside the vocabulary (0..{self.vocab_size - 1})")
-        if len(tokens) >= self.max_context:
-            raise ValueError(f"the prompt has {len(tokens)} tokens; the model's context is {self.max_context}")
-        if self.scheduler.pages_for(len(tokens) + 1) > self.pool.num_pages:
-            raise ValueError(f"the prompt has {len(tokens)} tokens; the KV cache holds {self.pool.num_tokens}")
-        request_id = request_id or f"req-{next(self._ids)}"
+        self._check_prompt(tokens)
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer, and this model ships none: use stop_token_ids")
+        if prompt_logprobs_from is not None and (isinstance(prompt_logprobs_from, bool) or not isinstance(prompt_logprobs_from, int)
+                                                 or not 1 <= prompt_logprobs_from < len(tokens)):
+            raise ValueError(f"prompt_logprobs_from must be a position in 1..{len(tokens) - 1}, got {prompt_logprobs_from!r}")
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"a request id is a non-empty string, got {request_id!r}")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-        detokenizer = IncrementalDetokenizer(self.tokenizer) if self.tokenizer is not None else None
-        req = Request(request_id, len(tokens), tokens, params, namespace, generator=gen, detokenizer=detokenizer)
+        room = min(self.max_context, self.pool.num_tokens) - len(tokens)
+        generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
+        text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
+        req = Request(request_id, np.asarray(tokens, dtype=np.int32), params, min(params.max_new_tokens, room), namespace,
+                      arrival=time.perf_counter() if arrival_time is None else float(arrival_time),
+                      prompt_logprobs_from=prompt_logprobs_from, generator=generator, text=text)
         self.requests[request_id] = req
         self.scheduler.waiting.append(req)
         return request_id
 
-    def step(self) -> list[Request]:
-        """Run one batch; returns the requests that ended in it."""
-        batch = self.scheduler.schedule()
-        ended, self.scheduler.failed = self.scheduler.failed, []
-        if batch:
-            with torch.no_grad():
-                logits = self.model(self._forward_batch(batch), self.pool)
-            for (req, n), row in zip(batch, logits):
-                self.scheduler.progress(req, n)
-                if req.computed == len(req.tokens) and self._emit(req, row):
-                    ended.append(req)
-        for req in ended:
-            req.finished_at = time.perf_counter()
-        return ended
-
-    def generate(self, prompts: Prompt | list[Prompt], params: SamplingParams | None = None) -> GenerateOutput | list[GenerateOutput]:
-        single = isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], (int, np.integer)))
-        ids: list[str] = []
-        try:
-            for p in [prompts] if single else prompts:
-                ids.append(self.add_request(p, params))
-        except ValueError:
-            for i in ids:  # all or nothing: no half of a batch left queued
-                self.abort(i)
-                self.requests.pop(i)
-            raise
-        while any(not self.requests[i].done for i in ids):
-            self.step()
-        outputs = [GenerateOutput.of(self.requests.pop(i)) for i in ids]
-        return outputs[0] if single else outputs
-
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
-        """The text as it is generated, piece by piece."""
-        rid = self.add_request(prompt, params)
-        req, sent = self.requests[rid], 0
-        try:
-            while not req.done:
-                self.step()
-                if len(req.text) > sent:
-                    yield req.text[sent:]
-                    sent = len(req.text)
-        finally:
-            self.abort(rid)
-            self.requests.pop(rid, None)
-
-    def score_choices(self, prompt: Prompt, choices: list[Prompt], namespace: Hashable = None) -> list[ChoiceScore]:
-        """The log-probability of each continuation in ``choices`` after ``prompt`` (what the
-        frontend's ``select`` ranks). The prompt is computed once, through the cache; all choices
-        then run in one forward on top of it."""
-        base = self._tokens(prompt)
-        options = [self._tokens(c) for c in choices]
-        if not options or any(not o for o in options):
-            raise ValueError("score_choices needs at least one choice, and no empty one")
-        rid = self.add_request(base, SamplingParams(max_new_tokens=0), namespace=namespace)
-        while not self.requests[rid].done:  # the prompt is computed and left in the cache
-            self.step()
-        self.requests.pop(rid)
-        page_size = self.cache.page_size
-        m = self.cache.match_prefix(base[:-1], namespace)  # the last prompt token gives the first choice's logits
-        self.cache.lock(m.last_node)
-        own = []
-        try:
-            chunks = []
-            for option in options:
-                total = len(base) + len(option)
-                pages = self.scheduler.alloc(self.scheduler.pages_for(total) - m.pages.size)
-                if pages is None:
-                    raise ValueError(f"not enough KV cache memory to score {len(options)} choices of this length")
-                own.append(pages)
-                chunks.append(SequenceChunk(np.asarray(base[m.length :] + option), m.length, np.concatenate([m.pages, pages]), True))
-            with torch.no_grad():
-                logprobs = torch.log_softmax(self.model(build_batch(chunks, page_size, self.device), self.pool), -1).cpu()
-        finally:
-            for pages in own:
-                self.allocator.free(pages)
-            self.cache.unlock(m.last_node)
-        scores, row = [], 0
-        for option, chunk in zip(options, chunks):
-            first = len(chunk.tokens) - len(option) - 1  # the row whose logits predict option[0]
-            picked = logprobs[row + first + torch.arange(len(option)), torch.tensor(option)]
-            scores.append(ChoiceScore(float(picked.sum()), len(option)))
-            row += len(chunk.tokens)
-        return scores
+    def step(self) -> list[RequestOutput]:
+        """Run one batch. Returns an output for every request that made progress or ended since
+        the last call (abort's outputs included), except those of requests that ``generate``,
+        ``stream`` or ``score_choices`` added. Never raises for a request's fault."""
+        self._advance()
+        outputs, self._undelivered = self._undelivered, []
+        return outputs
 
     def abort(self, request_id: str) -> bool:
+        """End a queued or running request; its last output comes with the next ``step()``."""
         req = self.requests.get(request_id)
-        if req is None or req.done:
+        if req is None:
             return False
         self.scheduler.remove(req)
-        req.state, req.finish_reason, req.finished_at = State.ABORTED, "abort", time.perf_counter()
+        self._deliver(self._end(req, State.ABORTED, "abort"))
         return True
+
+    def has_work(self) -> bool:
+        return bool(self.requests or self._undelivered)
+
+    # ---- drivers ---------------------------------------------------------------------------
+
+    def generate(self, prompts: Prompt | list[Prompt], params: SamplingParams | None = None, *,
+                 namespace: Hashable = None) -> GenerateOutput | list[GenerateOutput]:
+        """Run prompts to the end; a failed request's output has finish reason "error" and its
+        ``error``. A bad prompt in a list raises ``ValueError`` and queues none of them."""
+        single = isinstance(prompts, (str, np.ndarray)) or (len(prompts) > 0 and isinstance(prompts[0], (int, np.integer)))
+        batch = [prompts] if single else list(prompts)
+        ids = self._add_all([(p, {}) for p in batch], params, namespace)
+        collected = {rid: GenerateOutput(rid, self.requests[rid].arrival) for rid in ids}
+        for out in self._drive(ids):
+            collected[out.request_id].add(out)
+        outputs = [collected[rid] for rid in ids]
+        return outputs[0] if single else outputs
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: Hashable = None) -> Iterator[str]:
+        """The text as it is generated, piece by piece (never a piece of a stop string). Raises
+        ``RequestFailed`` if the request fails; closing the iterator early aborts it."""
+        for out in self._drive(self._add_all([(prompt, {})], params, namespace)):
+            if out.text:
+                yield out.text
+            if out.error is not None:
+                raise RequestFailed(out.error)
+
+    def score_choices(self, prompt: Prompt, choices: Sequence[Prompt], namespace: Hashable = None) -> list[ChoiceScore]:
+        """The log-probability of each token of each continuation in ``choices`` after ``prompt``
+        (what the frontend's ``select`` ranks). Each choice is a request that the scheduler
+        batches with the rest; the prompt is computed once and shared through the cache."""
+        base = self._tokens(prompt)
+        options = [self._tokens(c) for c in choices]
+        if not base or not options or any(not o for o in options):
+            raise ValueError("score_choices needs a non-empty prompt, at least one choice, and no empty choice")
+        ids = self._add_all([(base + o, {"prompt_logprobs_from": len(base)}) for o in options],
+                            SamplingParams(max_new_tokens=0), namespace)
+        scores = {}
+        for out in self._drive(ids):
+            if out.error is not None:
+                raise RequestFailed(out.error)
+            if out.finished:
+                scores[out.request_id] = ChoiceScore(tuple(out.prompt_logprobs))
+        return [scores[rid] for rid in ids]
+
+    # ---- misc ------------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        ids = self._tokenizer().apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
     def stats(self) -> dict:
         s = self.scheduler.stats
         return {
             **asdict(s),
             "hit_rate": s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
+            "failed_requests": self.failed_requests,
             "pages_total": self.pool.num_pages,
             "pages_free": self.allocator.available(),
             "pages_cached": self.cache.total_size(),
@@ -188,7 +188,135 @@ class Engine:
             "waiting": len(self.scheduler.waiting),
         }
 
-    # ---- internals -------------------------------------------------------------------------
+    # ---- one step --------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Run one batch and file its outputs."""
+        batch = self.scheduler.schedule()
+        failed, self.scheduler.failed = self.scheduler.failed, []
+        for req in failed:
+            self._deliver(self._end(req, State.FAILED, "error", req.error))
+        if not batch:
+            return
+        try:
+            results = self.runner.run(batch)
+        except Exception as e:  # the whole forward failed: its requests fail, the engine goes on
+            if torch.device(self.device).type == "cuda":
+                torch.cuda.empty_cache()
+            results = [StepResult(error=f"the forward pass failed: {type(e).__name__}: {e}")] * len(batch)
+        now = time.perf_counter()
+        for (req, n), result in zip(batch, results):
+            try:
+                out = self._apply(req, n, result, now)
+            except Exception as e:  # a fault of this request alone (a tokenizer error, say)
+                out = self._fail(req, f"{type(e).__name__}: {e}")
+            if out is not None:
+                self._deliver(out)
+
+    def _apply(self, req: Request, n: int, result: StepResult, now: float) -> RequestOutput | None:
+        """Take one step's result into ``req``; its output, if it has one to report."""
+        if result.error is not None:
+            return self._fail(req, result.error)
+        self.scheduler.progress(req, n)
+        req.prompt_logprobs += result.prompt_logprobs
+        if result.token is None:
+            if req.computed == req.length and req.num_output >= req.max_new_tokens:
+                return self._finish(req, "length")  # max_new_tokens == 0: the prompt is computed (and cached)
+            return None
+        p, token = req.params, result.token
+        req.append(token, result.logprob, now)
+        stop_token = token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos)
+        out_of_room = req.num_output >= req.max_new_tokens
+        if req.text is not None:
+            ids = req.output
+            if req.text.update(ids[:-1] if stop_token else ids, final=stop_token or out_of_room) is not None:
+                return self._finish(req, "stop", req.text.matched)
+        if stop_token:
+            return self._finish(req, "stop", token)
+        if out_of_room:
+            return self._finish(req, "length")
+        return self._output(req)
+
+    def _finish(self, req: Request, reason: str, matched: str | int | None = None) -> RequestOutput:
+        self.scheduler.remove(req)
+        req.matched_stop = matched
+        return self._end(req, State.FINISHED, reason)
+
+    def _fail(self, req: Request, error: str) -> RequestOutput:
+        self.scheduler.remove(req)
+        return self._end(req, State.FAILED, "error", error)
+
+    def _end(self, req: Request, state: State, reason: str, error: str | None = None) -> RequestOutput:
+        req.state, req.finish_reason, req.error = state, reason, error
+        self.failed_requests += state is State.FAILED
+        self.requests.pop(req.id, None)
+        return self._output(req)
+
+    def _output(self, req: Request) -> RequestOutput:
+        """The request's news since its last output (its last output, if it is done)."""
+        new, req.reported = slice(req.reported, req.num_output), req.num_output
+        out = RequestOutput(req.id, req.output[new], req.text.take(final=req.done) if req.text else "",
+                            req.logprobs[new] if req.params.logprobs else None, req.token_times[new])
+        if req.done:
+            stop_token = req.finish_reason == "stop" and isinstance(req.matched_stop, int)
+            out.finished, out.finish_reason, out.matched_stop, out.error = True, req.finish_reason, req.matched_stop, req.error
+            out.prompt_tokens, out.cached_tokens = req.prompt_len, req.cached_tokens
+            ids = req.output[:-1] if stop_token else req.output
+            out.text_token_count = req.text.tokens_behind(ids) if req.text else len(ids)
+            if req.prompt_logprobs_from is not None:
+                out.prompt_logprobs = req.prompt_logprobs
+        return out
+
+    def _deliver(self, out: RequestOutput) -> None:
+        mailbox = self._mailboxes.get(out.request_id)
+        (mailbox if mailbox is not None else self._undelivered).append(out)
+
+    def _drive(self, ids: list[str]) -> Iterator[RequestOutput]:
+        """The outputs of ``ids`` (requests this driver added), stepping the engine until all have
+        ended; outputs of other requests are kept for ``step()``. Closing it aborts the rest."""
+        for rid in ids:
+            self._mailboxes[rid] = []
+        pending = set(ids)
+        try:
+            while pending:
+                for rid in ids:
+                    mail, self._mailboxes[rid] = self._mailboxes[rid], []
+                    for out in mail:
+                        if out.finished:
+                            pending.discard(rid)
+                        yield out
+                if pending:
+                    self._advance()
+        finally:
+            for rid in pending:
+                self.abort(rid)
+            for rid in ids:
+                self._mailboxes.pop(rid, None)
+
+    # ---- input -----------------------------------------------------------------------------
+
+    def _add_all(self, prompts: list[tuple[Prompt, dict]], params: SamplingParams | None, namespace: Hashable) -> list[str]:
+        """Add every prompt or, if one is refused, none."""
+        ids: list[str] = []
+        try:
+            for prompt, options in prompts:
+                ids.append(self.add_request(prompt, params, namespace=namespace, **options))
+        except Exception:
+            for rid in ids:
+                self.scheduler.remove(self.requests.pop(rid))
+            raise
+        return ids
+
+    def _check_prompt(self, tokens: list[int]) -> None:
+        if not tokens:
+            raise ValueError("the prompt is empty")
+        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad[:4]} are outside the vocabulary (0..{self.vocab_size - 1})")
+        if len(tokens) >= self.max_context:
+            raise ValueError(f"the prompt has {len(tokens)} tokens; the model's context is {self.max_context}")
+        if len(tokens) >= self.pool.num_tokens:
+            raise ValueError(f"the prompt has {len(tokens)} tokens; the KV cache holds {self.pool.num_tokens}")
 
     def _tokenizer(self):
         if self.tokenizer is None:
@@ -198,7 +326,10 @@ class Engine:
     def _tokens(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             return list(self._tokenizer().encode(prompt, add_special_tokens=False))
-        if any(not isinstance(t, (int, np.integer)) or isinstance(t, bool) for t in prompt):
+        if isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu":
+            return prompt.tolist()
+        if isinstance(prompt, (bytes, dict)) or not isinstance(prompt, Sequence) or any(
+                not isinstance(t, (int, np.integer)) or isinstance(t, bool) for t in prompt):
             raise ValueError("a prompt is a string or a sequence of integer token ids")
         return [int(t) for t in prompt]
 
@@ -210,43 +341,3 @@ class Engine:
             elif isinstance(source, (list, tuple)):
                 ids.update(source)
         return ids
-
-    def _forward_batch(self, batch: list[tuple[Request, int]]):
-        page_size = self.cache.page_size
-        chunks = [SequenceChunk(np.asarray(r.tokens[r.computed : r.computed + n]), r.computed,
-                                r.pages[: -(-(r.computed + n) // page_size)]) for r, n in batch]
-        return build_batch(chunks, page_size, self.device)
-
-    def _emit(self, req: Request, logits: torch.Tensor) -> bool:
-        """Sample the next token of ``req``; True when the request has ended."""
-        p = req.params
-        if len(req.output) >= p.max_new_tokens:  # max_new_tokens == 0: prompt computed (and cached), nothing generated
-            return self._finish(req, "length")
-        logits = logits.float().cpu()
-        if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
-            counts = torch.bincount(torch.tensor(req.output, dtype=torch.long), minlength=self.vocab_size).float()
-            logits = apply_penalties(logits.clone(), torch.tensor(sorted(set(req.tokens))), counts, p)
-        token, logprob = sample(logits, p, req.generator)
-        if req.first_token_at is None:
-            req.first_token_at = time.perf_counter()
-        req.tokens.append(token)
-        req.logprobs.append(logprob)
-        stop_token = token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos)
-        out_of_room = len(req.output) >= p.max_new_tokens or len(req.tokens) >= self.max_context
-        if req.detokenizer is not None:
-            seen = len(req.text)
-            req.text = req.detokenizer.update(req.output[:-1] if stop_token else req.output, final=stop_token or out_of_room)
-            found = [at for s in p.stop if (at := req.text.find(s, max(0, seen - len(s) + 1))) >= 0]
-            if found:
-                req.text = req.text[: min(found)]
-                return self._finish(req, "stop")
-        if stop_token:
-            return self._finish(req, "stop")
-        if out_of_room:
-            return self._finish(req, "length")
-        return False
-
-    def _finish(self, req: Request, reason: str) -> bool:
-        self.scheduler.remove(req)
-        req.state, req.finish_reason = State.FINISHED, reason
-        return True

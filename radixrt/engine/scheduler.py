@@ -1,12 +1,16 @@
 """Continuous batching over the radix cache: who runs this step, with how many tokens, on which pages.
 
 Each step first gives every running request the pages for its next tokens (one for decoding, a
-chunk for a prompt still being prefilled), evicting cached prefixes and then retracting the
-latest-arrived requests when memory runs out. Then it admits waiting requests, longest cached
-prefix first (SGLang's LPM) with an age credit so that nobody starves, while the step's token
-budget and free + evictable pages allow. A waiting request whose prompt shares a long uncached
-prefix with one admitted in the same step waits a step, then finds that prefix in the cache: a
-prefix shared by a burst of requests is computed once. A retracted request keeps what it generated, gives its
+chunk for a prompt still being prefilled), evicting cached prefixes and then retracting requests
+when memory runs out. The request retracted is always the newest (the least work lost; a request
+that cannot grow when it is itself the newest steps back), so a newcomer never pushes out an older
+request. Then it admits waiting requests while the step's token budget and free + evictable pages
+allow, keeping a page free for each decoding request's next token. Up to ``LPM_MAX_WAITING``
+waiting requests are ranked by cached prefix length (SGLang's longest-prefix-match) with an age
+credit so that nobody starves; a longer queue is taken in arrival order, since ranking it would
+cost more than it saves. A waiting request whose prompt shares a long uncached prefix with one
+admitted in the same step waits a step, then finds that prefix in the cache: a prefix shared by a
+burst of requests is computed once. A retracted request keeps what it generated, gives its
 computed K/V to the cache and is re-queued; it is recomputed mostly from the cache.
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ from radixrt.engine.request import Request, State
 
 AGE_CREDIT_TOKENS_PER_S = 1000.0  # a request waiting 1 s ranks as if 1000 more of its tokens were cached
 SHARED_PREFIX_WAIT = 32  # wait a step rather than compute this many tokens that a request admitted now computes
+LPM_MAX_WAITING = 128  # past this many waiting requests, admit in arrival order
 
 
 @dataclass
@@ -56,9 +61,9 @@ class Scheduler:
         for req in list(self.running):
             if req.state is not State.RUNNING or budget <= 0:
                 continue
-            n = min(len(req.tokens) - req.computed, budget, self.chunk_size)
+            n = min(req.length - req.computed, budget, self.chunk_size)
             if not self._grow(req, req.computed + n):
-                continue  # it was retracted or failed
+                continue  # it stepped back or failed
             batch.append((req, n))
             budget -= n
         batch = [(r, n) for r, n in batch if r.state is State.RUNNING]  # drop any retracted meanwhile
@@ -69,15 +74,16 @@ class Scheduler:
         for req, cached in self._by_priority():
             if budget <= 0 or len(self.running) >= self.max_running:
                 break
-            if self.enable_cache and admitted_now.match_prefix(req.tokens[:-1], req.namespace).length >= cached + SHARED_PREFIX_WAIT:
+            prompt = req.tokens[: req.match_limit]
+            if self.enable_cache and admitted_now.prefix_length(prompt, req.namespace) >= cached + SHARED_PREFIX_WAIT:
                 continue
             n = self._admit(req, budget)
             if n == 0:
                 break
             batch.append((req, n))
             budget -= n
-            prompt = req.tokens[: len(req.tokens) - 1]
-            admitted_now.insert(prompt, np.zeros(len(prompt) // self.page_size, dtype=np.int32), req.namespace)
+            whole = len(prompt) // self.page_size
+            admitted_now.insert(prompt[: whole * self.page_size], np.zeros(whole, dtype=np.int32), req.namespace)
         return batch
 
     def progress(self, req: Request, n: int) -> None:
@@ -94,11 +100,9 @@ class Scheduler:
     def release(self, req: Request) -> None:
         """Give a request's computed K/V to the cache (whole pages), free the rest, unpin."""
         if req.node is not None:
-            if self.enable_cache:
-                aligned = req.computed // self.page_size
-                cached = self.cache.insert(req.tokens[: aligned * self.page_size], req.pages[:aligned], req.namespace)
-                self.allocator.free(req.pages[req.in_tree // self.page_size : cached // self.page_size])
-                self.allocator.free(req.pages[aligned:])
+            aligned = req.computed // self.page_size
+            self.cache.commit(req.tokens[: aligned * self.page_size], req.pages[:aligned], req.in_tree, req.namespace)
+            self.allocator.free(req.pages[aligned:])
             self.cache.unlock(req.node)
         else:
             self.allocator.free(req.pages)
@@ -123,21 +127,23 @@ class Scheduler:
     # ---- internals -------------------------------------------------------------------------
 
     def _by_priority(self) -> list[tuple[Request, int]]:
-        """Waiting requests with their cached prefix lengths, best first."""
+        """Waiting requests with their cached prefix lengths (0 where not looked up), best first.
+        Looking up does not touch the tree: a request not admitted changes nothing."""
+        if not self.enable_cache or len(self.waiting) > LPM_MAX_WAITING:
+            return [(req, 0) for req in sorted(self.waiting, key=lambda r: r.arrival)]
         now = time.perf_counter()
-        cached = [(req, self.cache.match_prefix(req.tokens[:-1], req.namespace).length if self.enable_cache else 0)
-                  for req in self.waiting]
+        cached = [(req, self.cache.prefix_length(req.tokens[: req.match_limit], req.namespace)) for req in self.waiting]
         return sorted(cached, key=lambda rc: rc[1] + AGE_CREDIT_TOKENS_PER_S * (now - rc[0].arrival), reverse=True)
 
     def _admit(self, req: Request, budget: int) -> int:
         """Match, pin and give pages to ``req``'s first chunk; 0 when memory does not allow."""
         if self.enable_cache:
-            m = self.cache.match_prefix(req.tokens[:-1], req.namespace)  # the last token is always computed
-            self.cache.lock(m.last_node)
+            m = self.cache.match_prefix(req.tokens[: req.match_limit], req.namespace)
+            self.cache.lock(m)
             node, prefix_pages, matched = m.last_node, m.pages, m.length
         else:
             node, prefix_pages, matched = None, req.pages[:0], 0
-        n = min(len(req.tokens) - matched, budget, self.chunk_size)
+        n = min(req.length - matched, budget, self.chunk_size)
         reserve = sum(1 for r in self.running if r.computed >= r.prompt_len)  # a page each for decoders' next tokens
         own = self.alloc(self.pages_for(matched + n) - prefix_pages.size, reserve)
         if own is None:
@@ -155,23 +161,25 @@ class Scheduler:
         return n
 
     def _grow(self, req: Request, tokens: int) -> bool:
-        """Pages for ``req``'s first ``tokens`` tokens: evict, then retract others, then give up."""
+        """Pages for ``req``'s first ``tokens`` tokens: evict, then retract the newest request
+        (``req`` itself when it is the newest), until they fit."""
         need = self.pages_for(tokens) - req.pages.size
-        if need <= 0:
-            return True
-        while True:
+        while need > 0:
             own = self.alloc(need, 0)
             if own is not None:
                 req.pages = np.concatenate([req.pages, own])
                 return True
-            victim = next((r for r in reversed(self.running) if r is not req), None)
-            if victim is None:
+            victim = max(self.running, key=lambda r: r.arrival)
+            if victim is req and len(self.running) == 1:
                 req.state, req.finish_reason = State.FAILED, "error"
-                self.failed.append(req)
                 req.error = f"out of KV cache memory: {tokens} tokens need more than the {self.allocator.num_pages} pages of the pool"
+                self.failed.append(req)
                 self.remove(req)
                 return False
             self._retract(victim)
+            if victim is req:
+                return False
+        return True
 
     def _retract(self, req: Request) -> None:
         self.running.remove(req)
@@ -179,17 +187,16 @@ class Scheduler:
         req.computed, req.state = 0, State.WAITING
         req.retractions += 1
         self.stats.retractions += 1
-        self.waiting.insert(0, req)
+        self.waiting.append(req)
 
     def _cache_progress(self, req: Request) -> None:
         aligned = req.computed // self.page_size
         if aligned * self.page_size <= req.in_tree:
             return
         done = req.tokens[: aligned * self.page_size]
-        cached = self.cache.insert(done, req.pages[:aligned], req.namespace)
-        self.allocator.free(req.pages[req.in_tree // self.page_size : cached // self.page_size])
+        self.cache.commit(done, req.pages[:aligned], req.in_tree, req.namespace)
         m = self.cache.match_prefix(done, req.namespace)  # the tree's pages for what is done
-        self.cache.lock(m.last_node)
+        self.cache.lock(m)
         self.cache.unlock(req.node)
         req.node, req.in_tree = m.last_node, m.length
         req.pages = np.concatenate([m.pages, req.pages[aligned:]])

@@ -29,13 +29,13 @@ class ForwardBatch:
 @dataclass
 class SequenceChunk:
     """New tokens of one sequence: ``tokens`` follow ``prefix_len`` cached ones; ``pages`` hold the
-    whole sequence (prefix and new tokens); ``all_logits`` asks for every new token's logits
-    rather than the last one's."""
+    whole sequence (prefix and new tokens). Logits are computed for the new tokens from index
+    ``first_logit`` on (by default the last one alone)."""
 
     tokens: np.ndarray
     prefix_len: int
     pages: np.ndarray
-    all_logits: bool = False
+    first_logit: int = -1
 
 
 def build_batch(chunks: list[SequenceChunk], page_size: int, device: torch.device | str = "cpu") -> ForwardBatch:
@@ -46,7 +46,7 @@ def build_batch(chunks: list[SequenceChunk], page_size: int, device: torch.devic
     slots = np.concatenate([pages[pos // page_size] * page_size + pos % page_size
                             for pages, pos in zip(page_of, np.split(positions, np.cumsum(new_lens)[:-1]))])
     qo_indptr = np.concatenate([[0], np.cumsum(new_lens)])
-    rows = [np.arange(qo_indptr[b], qo_indptr[b + 1]) if c.all_logits else [qo_indptr[b + 1] - 1] for b, c in enumerate(chunks)]
+    rows = [np.arange(qo_indptr[b] + c.first_logit % len(c.tokens), qo_indptr[b + 1]) for b, c in enumerate(chunks)]
     as_tensor = lambda a, dtype: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
     return ForwardBatch(
         input_ids=as_tensor(np.concatenate([c.tokens for c in chunks]), torch.int64),

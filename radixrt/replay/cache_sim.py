@@ -3,8 +3,9 @@ as the engine's admission path would, to measure hit rates (and the cost of the 
 without a model.
 
 Each request runs match_prefix -> lock -> allocate pages for the uncached tail (when the pool is
-full, evicting least recently used pages, exactly as many as needed) -> insert -> unlock. Outputs
-are not cached; a request larger than the whole pool is served but not cached.
+full, evicting least recently used pages, exactly as many as needed) -> commit (insert, freeing
+the pages that duplicate what was cached meanwhile) -> unlock. Outputs are not cached; a request
+larger than the whole pool is served but not cached.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def simulate(prompts: Iterable[np.ndarray], page_size: int, capacity_pages: int)
             t0 = clock()
             m = cache.match_prefix(tokens)
             t1 = clock()
-            cache.lock(m.last_node)
+            cache.lock(m)
             r.lock_s += clock() - t1
             r.match_s += t1 - t0
             r.hit_tokens += m.length
@@ -92,12 +93,11 @@ def simulate(prompts: Iterable[np.ndarray], page_size: int, capacity_pages: int)
                 continue
             pages = np.concatenate([m.pages, own])
             t0 = clock()
-            cached = cache.insert(tokens, pages)
+            cache.commit(tokens, pages, held=m.length)
             t1 = clock()
             cache.unlock(m.last_node)
             r.lock_s += clock() - t1
             r.insert_s += t1 - t0
-            allocator.free(own[: (cached - m.length) // page_size])
     finally:
         gc.enable()
     return r

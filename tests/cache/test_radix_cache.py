@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from radixrt.cache import PageAllocator, RadixCache
 
@@ -50,7 +52,7 @@ def test_split_under_a_lock_keeps_the_lock_on_the_whole_path():
     cache, allocator = make()
     put(cache, allocator, list(range(8)))
     m = cache.match_prefix(list(range(8)))
-    cache.lock(m.last_node)
+    cache.lock(m)
     put(cache, allocator, [0, 1, 2, 3, 50, 51])
     assert cache.protected_size() == 8 and cache.evictable_size() == 2
     assert cache.evict(100) == 2
@@ -129,7 +131,7 @@ def test_locked_nodes_are_never_evicted():
     put(cache, allocator, [1, 2, 3])
     put(cache, allocator, [7, 8])
     m = cache.match_prefix([1, 2, 3])
-    cache.lock(m.last_node)
+    cache.lock(m)
     assert cache.evict(10) == 2  # fewer than asked: the rest is locked
     assert edges(cache) == [[1, 2, 3]]
     cache.unlock(m.last_node)
@@ -139,9 +141,10 @@ def test_locked_nodes_are_never_evicted():
 def test_lock_counts_nest():
     cache, allocator = make()
     put(cache, allocator, [1, 2])
-    node = cache.match_prefix([1, 2]).last_node
-    cache.lock(node)
-    cache.lock(node)
+    m = cache.match_prefix([1, 2])
+    node = m.last_node
+    cache.lock(m)
+    cache.lock(m)
     cache.unlock(node)
     assert cache.protected_size() == 2 and cache.evict(2) == 0
     cache.unlock(node)
@@ -150,13 +153,64 @@ def test_lock_counts_nest():
         cache.unlock(node)
 
 
-def test_locking_an_evicted_node_is_an_error():
+def test_locking_an_evicted_match_is_an_error():
     cache, allocator = make()
     put(cache, allocator, [1, 2])
-    node = cache.match_prefix([1, 2]).last_node
+    m = cache.match_prefix([1, 2])
     cache.evict(2)
+    with pytest.raises(RuntimeError, match="trimmed/evicted since the match"):
+        cache.lock(m)
     with pytest.raises(RuntimeError, match="was evicted"):
-        cache.lock(node)
+        cache.unlock(m.last_node)
+
+
+def test_a_trimmed_match_cannot_be_locked_so_no_page_is_handed_out_twice():
+    """evict trims the matched leaf's tail; the match's last page went back to the allocator and
+    the next alloc hands it out again. Locking the stale match would let the request use it too."""
+    cache, allocator = make(page_size=2, num_pages=4)
+    put(cache, allocator, [1, 2, 3, 4, 5, 6])
+    m = cache.match_prefix([1, 2, 3, 4, 5, 6])
+    assert cache.evict(1) == 1  # trims the leaf: its last page is free again
+    [reused] = allocator.alloc(1).tolist()
+    assert reused == m.pages[-1]  # the hazard: the match still lists it
+    with pytest.raises(RuntimeError, match="trimmed/evicted since the match: match again"):
+        cache.lock(m)
+    assert cache.protected_size() == 0
+    m = cache.match_prefix([1, 2, 3, 4, 5, 6])  # matching again gives what is really cached
+    cache.lock(m)
+    assert m.length == 4 and reused not in m.pages.tolist()
+
+
+def test_a_split_after_the_match_keeps_it_lockable():
+    cache, allocator = make()
+    put(cache, allocator, list(range(8)))
+    m = cache.match_prefix(list(range(8)))
+    cache.match_prefix([0, 1, 2, 99])  # splits the matched edge after 3 tokens
+    assert edges(cache) == [[0, 1, 2], [3, 4, 5, 6, 7]]
+    put(cache, allocator, [0, 1, 2, 3, 50])  # and again, under an insert
+    cache.lock(m)  # the deepest node kept its identity; every matched page is still the tree's
+    assert cache.protected_size() == 8 and cache.match_prefix(list(range(8))).pages.tolist() == m.pages.tolist()
+    assert cache.evict(100) == 1
+    cache.unlock(m.last_node)
+    assert cache.evict(100) == 8 and allocator.available() == 64
+
+
+def test_lock_takes_the_match_not_a_node():
+    cache, allocator = make()
+    put(cache, allocator, [1, 2])
+    with pytest.raises(TypeError, match="MatchResult"):
+        cache.lock(cache.match_prefix([1, 2]).last_node)
+
+
+def test_an_empty_match_locks_nothing_even_after_its_namespace_is_dropped():
+    cache, allocator = make()
+    put(cache, allocator, [1, 2], namespace="t")
+    m = cache.match_prefix([7, 8], namespace="t")
+    cache.evict(2)
+    assert cache.namespaces() == [None]
+    cache.lock(m)
+    cache.unlock(m.last_node)
+    assert cache.protected_size() == 0
 
 
 def test_namespaces_never_share_a_prefix():
@@ -175,6 +229,18 @@ def test_an_emptied_namespace_is_dropped():
     put(cache, allocator, [1, 2], namespace=("tenant", 7))
     cache.evict(2)
     assert cache.namespaces() == [None]
+
+
+def test_sub_page_inserts_leave_no_namespace_roots_behind():
+    cache, allocator = make(page_size=16, num_pages=64)
+    for tenant in range(500):
+        assert cache.insert(list(range(tenant % 16)), [], namespace=tenant) == 0
+        assert cache.commit(list(range(15)), [], held=0, namespace=("c", tenant)) == 0
+    put(cache, allocator, list(range(40)), namespace="full")
+    assert sorted(cache.namespaces(), key=str) == [None, "full"]
+    assert cache.prefix_length(list(range(40)), namespace="full") == 32
+    cache.evict(cache.total_size())
+    assert cache.namespaces() == [None] and allocator.available() == 64
 
 
 def test_accepts_lists_arrays_and_tensors():
@@ -203,7 +269,7 @@ def test_reset_returns_pages_and_refuses_while_locked():
     cache, allocator = make()
     put(cache, allocator, [1, 2, 3])
     m = cache.match_prefix([1, 2, 3])
-    cache.lock(m.last_node)
+    cache.lock(m)
     with pytest.raises(RuntimeError, match="locked"):
         cache.reset()
     cache.unlock(m.last_node)
@@ -226,3 +292,66 @@ def test_long_prompt_matches_against_long_edges():
     prompt = np.r_[cached[:4096], cached[4096] + 1, rng.integers(0, 50000, 3000)]
     m = cache.match_prefix(prompt)
     assert m.length == 4096 and edges(cache) == sorted([cached[:4096].tolist(), cached[4096:].tolist()])
+
+
+def test_commit_frees_the_pages_another_request_cached_meanwhile():
+    cache, allocator = make(page_size=2, num_pages=16)
+    put(cache, allocator, [1, 2])
+    prompt = [1, 2, 3, 4, 5, 6, 7]  # three whole pages and a partial one
+    first, second = cache.match_prefix(prompt), cache.match_prefix(prompt)
+    cache.lock(first)
+    cache.lock(second)
+    own_a, own_b = allocator.alloc(2), allocator.alloc(2)
+    assert cache.commit(prompt, np.r_[first.pages, own_a], held=first.length) == 2  # a caches its tail
+    assert cache.commit(prompt, np.r_[second.pages, own_b], held=second.length) == 6  # b's tail duplicates it
+    assert all(allocator.is_free(p) for p in own_b) and not any(allocator.is_free(p) for p in own_a)
+    cache.unlock(first.last_node)
+    cache.unlock(second.last_node)
+    assert cache.match_prefix(prompt).pages.tolist() == np.r_[first.pages, own_a].tolist()
+    assert allocator.used() == cache.total_size() == 3
+
+
+def test_commit_needs_an_allocator_and_a_held_prefix_that_is_cached():
+    with pytest.raises(ValueError, match="has none: use insert"):
+        RadixCache(page_size=2).commit([1, 2], [0], held=0)
+    cache, allocator = make(page_size=2)
+    with pytest.raises(ValueError, match=r"multiple of page_size 2\), got 1"):
+        cache.commit([1, 2], allocator.alloc(1), held=1)
+    with pytest.raises(RuntimeError, match="only 0 of the 2 held tokens were cached"):
+        cache.commit([1, 2], allocator.alloc(1), held=2)  # held a prefix it never matched
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(page_size=st.sampled_from([1, 2, 4]), data=st.data())
+def test_prefix_length_is_the_match_length_and_changes_nothing(page_size, data):
+    """On random trees (a small alphabet, so prompts share prefixes and diverge inside edges and
+    inside pages; some leaves trimmed), prefix_length agrees with match_prefix, adds no node and
+    leaves the eviction order exactly as in a copy of the tree that was never peeked at."""
+    prompts = st.lists(st.integers(0, 2), max_size=12)
+    inserts = data.draw(st.lists(prompts, max_size=8))
+    trimmed = data.draw(st.integers(0, 4))
+    queries = data.draw(st.lists(prompts, min_size=1, max_size=8))
+
+    def build() -> RadixCache:
+        cache, allocator = make(page_size, num_pages=128)
+        for tokens in inserts:
+            put(cache, allocator, tokens)
+            cache.match_prefix(tokens[:3])  # refresh some ticks, split some edges
+        cache.evict(trimmed)
+        return cache
+
+    def eviction_order(cache: RadixCache) -> list[set[int]]:
+        order = []
+        while cache.total_size():
+            before = set(cache.cached_pages().tolist())
+            cache.evict(1)
+            order.append(before - set(cache.cached_pages().tolist()))
+        return order
+
+    peeked, matched = build(), build()
+    nodes = edges(peeked)
+    lengths = [peeked.prefix_length(np.array(q, dtype=np.int32)) for q in queries]
+    assert edges(peeked) == nodes
+    assert lengths == [matched.match_prefix(q).length for q in queries]
+    assert eviction_order(peeked) == eviction_order(build())
+    assert peeked.prefix_length([0] * 12, namespace="nobody") == 0

@@ -4,12 +4,18 @@ The model keeps one dict entry per cached page prefix: ``(namespace, tokens of k
 maps to the page holding page k, its last-access tick and its lock count. Matching is a longest
 key lookup, eviction removes the least recently used unlocked page that no other entry extends,
 one page at a time. After every step the tree must hold exactly the model's entries.
+
+A match may be locked later than it was made: the lock must fail exactly when one of the matched
+entries was evicted in between (an entry is an object, so one evicted and cached again counts).
+``prefix_length`` must agree with the model's match and change nothing: the model's ticks do not
+move, so a refreshed tick in the tree would show up as a different eviction order.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -35,15 +41,21 @@ class NaiveCache:
     def _prefixes(self, tokens: list[int], namespace, pages: int):
         return [(namespace, tuple(tokens[: k * self.page_size])) for k in range(1, pages + 1)]
 
-    def match(self, tokens: list[int], namespace) -> tuple[list[int], int]:
-        self.tick += 1
+    def peek(self, tokens: list[int], namespace) -> list[Entry]:
+        """The entries of the longest cached prefix, untouched."""
         hit = []
         for key in self._prefixes(tokens, namespace, len(tokens) // self.page_size):
             if key not in self.entries:
                 break
-            self.entries[key].tick = self.tick
-            hit.append(self.entries[key].page)
-        return hit, len(hit) * self.page_size
+            hit.append(self.entries[key])
+        return hit
+
+    def match(self, tokens: list[int], namespace) -> tuple[list[int], int]:
+        self.tick += 1
+        hit = self.peek(tokens, namespace)
+        for entry in hit:
+            entry.tick = self.tick
+        return [e.page for e in hit], len(hit) * self.page_size
 
     def insert(self, tokens: list[int], pages: list[int], namespace) -> int:
         self.tick += 1
@@ -81,6 +93,15 @@ class Running:
     own_pages: np.ndarray
 
 
+@dataclass
+class Pending:
+    """A match not locked yet, with the model's entries it covered."""
+    tokens: list[int]
+    namespace: object
+    match: MatchResult
+    entries: list[Entry]
+
+
 def token_streams(page_size: int):
     """Prompts built from a few page-sized pieces, so that prefixes collide often. Pieces 0 and 1
     differ only in their last token (a split inside a page); a ragged tail tests page alignment."""
@@ -104,6 +125,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
         self.cache = RadixCache(self.page_size, self.allocator)
         self.model = NaiveCache(self.page_size)
         self.running: list[Running] = []
+        self.pending: list[Pending] = []
 
     def _alloc(self, n: int, locked: list[int]) -> np.ndarray | None:
         pages = self.allocator.alloc(n)
@@ -124,22 +146,58 @@ class RadixCacheMachine(RuleBasedStateMachine):
     def _locked_pages(self) -> list[int]:
         return [p for r in self.running for p in r.match.pages.tolist()]
 
+    def _draw_prompt(self, data, namespace) -> list[int]:
+        """A fresh prompt, or half the time one that continues a cached prefix (so that matches,
+        locks and peeks hit something often)."""
+        tokens = data.draw(token_streams(self.page_size))
+        cached = [key for ns, key in self.model.entries if ns == namespace]
+        if cached and data.draw(st.booleans()):
+            tokens = list(data.draw(st.sampled_from(cached))) + tokens
+        return tokens
+
     def _check_match(self, tokens: list[int], namespace) -> MatchResult:
         got = self.cache.match_prefix(np.array(tokens, dtype=np.int64), namespace)
         pages, length = self.model.match(tokens, namespace)
         assert got.length == length and got.pages.tolist() == pages
         return got
 
+    @rule(data=st.data(), namespace=st.sampled_from(NAMESPACES), evict=st.integers(0, 3))
+    def match(self, data, namespace, evict) -> None:
+        """Match a prompt and keep the match, to lock it later; another request may evict first."""
+        tokens = self._draw_prompt(data, namespace)
+        m = self._check_match(tokens, namespace)
+        self.pending = self.pending[-3:] + [Pending(tokens, namespace, m, self.model.peek(tokens, namespace))]
+        self._evict(evict, self._locked_pages())
+
     @rule(data=st.data(), namespace=st.sampled_from(NAMESPACES))
-    def match(self, data, namespace) -> None:
-        self._check_match(data.draw(token_streams(self.page_size)), namespace)
+    def peek(self, data, namespace) -> None:
+        tokens = self._draw_prompt(data, namespace)
+        before = [(n.id, n.key, n.tick, n.lru_entry) for n in self.cache.nodes()]
+        got = self.cache.prefix_length(np.array(tokens, dtype=np.int64), namespace)
+        assert got == len(self.model.peek(tokens, namespace)) * self.page_size
+        assert [(n.id, n.key, n.tick, n.lru_entry) for n in self.cache.nodes()] == before
 
     @rule(data=st.data(), namespace=st.sampled_from(NAMESPACES))
     def begin_request(self, data, namespace) -> None:
         """Match and lock a prompt, then take pages for its uncached tail."""
-        tokens = data.draw(token_streams(self.page_size))
-        m = self._check_match(tokens, namespace)
-        self.cache.lock(m.last_node)
+        tokens = self._draw_prompt(data, namespace)
+        self._begin(tokens, namespace, self._check_match(tokens, namespace))
+
+    @precondition(lambda self: self.pending)
+    @rule(data=st.data())
+    def lock_later(self, data) -> None:
+        """Lock a kept match: refused exactly when eviction took one of its pages meanwhile."""
+        p = self.pending.pop(data.draw(st.integers(0, len(self.pending) - 1)))
+        stale = any(self.model.entries.get(key) is not e for key, e in
+                    zip(self.model._prefixes(p.tokens, p.namespace, len(p.entries)), p.entries))
+        if stale:
+            with pytest.raises(RuntimeError, match="trimmed/evicted since the match"):
+                self.cache.lock(p.match)
+        else:
+            self._begin(p.tokens, p.namespace, p.match)
+
+    def _begin(self, tokens: list[int], namespace, m: MatchResult) -> None:
+        self.cache.lock(m)
         self.model.lock(tokens, namespace, m.length, +1)
         own = self._alloc(len(tokens) // self.page_size - m.pages.size, self._locked_pages() + m.pages.tolist())
         if own is None:
@@ -151,15 +209,15 @@ class RadixCacheMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.running)
     @rule(data=st.data(), abort=st.booleans())
     def finish_request(self, data, abort) -> None:
-        """Insert the request's prompt (or abort it), free duplicate pages, unlock."""
+        """Commit the request's prompt (or abort it), unlock."""
         r = self.running.pop(data.draw(st.integers(0, len(self.running) - 1)))
         if abort:
             self.allocator.free(r.own_pages)
         else:
-            cached = self.cache.insert(r.tokens, np.concatenate([r.match.pages, r.own_pages]), r.namespace)
-            assert cached == self.model.insert(r.tokens, r.match.pages.tolist() + r.own_pages.tolist(), r.namespace)
+            pages = np.concatenate([r.match.pages, r.own_pages])
+            cached = self.cache.commit(r.tokens, pages, r.match.length, r.namespace)
+            assert cached == self.model.insert(r.tokens, pages.tolist(), r.namespace)
             assert cached >= r.match.length
-            self.allocator.free(r.own_pages[: (cached - r.match.length) // self.page_size])
         self.cache.unlock(r.match.last_node)
         self.model.lock(r.tokens, r.namespace, r.match.length, -1)
 
@@ -183,6 +241,10 @@ class RadixCacheMachine(RuleBasedStateMachine):
         self.cache.reset()
         self.model.entries.clear()
         assert self.allocator.used() == 0
+
+    @invariant()
+    def no_empty_namespace_root(self) -> None:
+        assert all(ns is None or root.children for ns, root in self.cache._roots.items())
 
     @invariant()
     def tree_equals_model(self) -> None:

@@ -1,35 +1,15 @@
 """The engine on tiny random checkpoints (fast) and on the default model."""
+import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from conftest import TINY_VOCAB, check_pages, prompts, run_to_end
+from transformers import AutoModelForCausalLM
 
 from radixrt import Engine, SamplingParams
+from radixrt.engine import RequestFailed
 from radixrt.model import ModelNotFoundError
-from radixrt.model.loader import converted_dir, default_gguf
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=113, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=512)
-    path = tmp_path_factory.mktemp("tiny")
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
-    return str(path)
-
-
-def prompts(n: int, shared: int, own: int, seed: int = 0) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    head = torch.randint(0, 113, (shared,), generator=g).tolist()
-    return [head + torch.randint(0, 113, (own,), generator=g).tolist() for _ in range(n)]
-
-
-def check_pages(engine: Engine) -> None:
-    """Nothing leaked: every page is free or cached, and nothing is pinned."""
-    assert engine.allocator.available() + engine.cache.total_size() == engine.pool.num_pages
-    assert engine.cache.protected_size() == 0
 
 
 @pytest.mark.parametrize("page_size, chunk_size", [(1, 1024), (16, 1024), (16, 7), (1, 5)])
@@ -59,19 +39,22 @@ def test_concurrent_requests_share_and_match_sequential(tiny):
     check_pages(engine)
 
 
-def test_memory_pressure_retracts_and_finishes_everything(tiny):
-    """50 concurrent requests on a pool sized for about 5 finish with the outputs of an
-    unconstrained run, and no page leaks."""
+@pytest.mark.parametrize("namespaces", [(None,), ("alice", "bob")])
+def test_memory_pressure_retracts_and_finishes_everything(tiny, namespaces):
+    """50 concurrent requests (in one or two namespaces) on a pool sized for about 5 finish with
+    the outputs of an unconstrained run, and no page leaks."""
     batch = prompts(50, shared=24, own=20, seed=2)
     params = SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True)
     roomy = Engine(tiny, page_size=4, kv_cache_bytes=8 << 20)
     per_token = roomy.pool.bytes_per_token
     tight = Engine(tiny, page_size=4, kv_cache_bytes=5 * (44 + 20) * per_token, max_batch_tokens=256)
     expected = [o.token_ids for o in roomy.generate(batch, params)]
-    got = tight.generate(batch, params)
-    assert [o.token_ids for o in got] == expected
-    assert all(o.finish_reason == "length" for o in got)
-    assert tight.stats()["retractions"] > 0 or tight.stats()["evicted_pages"] > 0
+    ids = [tight.add_request(p, params, namespace=namespaces[i % len(namespaces)]) for i, p in enumerate(batch)]
+    outputs = run_to_end(tight)
+    assert [sum((o.token_ids for o in outputs[rid]), []) for rid in ids] == expected
+    assert all(outputs[rid][-1].finish_reason == "length" for rid in ids)
+    assert tight.stats()["retractions"] > 0
+    assert set(tight.cache.namespaces()) <= {None, *namespaces}
     check_pages(tight)
 
 
@@ -80,11 +63,15 @@ def test_memory_pressure_retracts_and_finishes_everything(tiny):
     [
         ([], None, "empty"),
         ([1] * 600, None, "context is 512"),
-        ([5, 113], None, "outside the vocabulary"),
+        ([5, TINY_VOCAB], None, "outside the vocabulary"),
         ([5], SamplingParams(temperature=-1), "temperature"),
         ([5], SamplingParams(top_p=0), "top_p"),
         ([5], SamplingParams(top_p=1.5), "top_p"),
         ([5], SamplingParams(max_new_tokens=-1), "max_new_tokens"),
+        ([5], SamplingParams(max_new_tokens=True), "max_new_tokens"),
+        ([5], SamplingParams(stop_token_ids=5), "stop_token_ids"),
+        ([5], SamplingParams(stop="END"), "tokenizer"),
+        ([5, True], None, "sequence of integer token ids"),
         ("text", None, "no tokenizer"),
     ],
 )
@@ -96,25 +83,146 @@ def test_bad_input_is_refused_and_the_engine_goes_on(tiny, prompt, params, messa
     check_pages(engine)
 
 
-def test_unknown_model_path_says_what_was_looked_for(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="not found.*config.json.*gguf"):
-        Engine(str(tmp_path / "nope"))
+def test_a_prompt_larger_than_the_pool_is_refused_and_max_new_tokens_is_clipped_to_it(tiny):
+    """Rule: a prompt must fit the KV pool; max_new_tokens is clipped to the room left after it,
+    so a long request ends with "length" instead of pushing everyone out and failing."""
+    per_token = Engine(tiny, kv_cache_bytes=4 << 20).pool.bytes_per_token
+    tiny_pool = Engine(tiny, page_size=4, kv_cache_bytes=100 * per_token)
+    assert tiny_pool.pool.num_tokens == 100
+    with pytest.raises(ValueError, match="KV cache holds 100"):
+        tiny_pool.add_request(list(range(100)), GREEDY)
+    others = [tiny_pool.add_request(p, SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True)) for p in prompts(2, 4, 4)]
+    long = tiny_pool.add_request(list(range(60)), SamplingParams(max_new_tokens=10_000, temperature=0, ignore_eos=True))
+    outputs = run_to_end(tiny_pool)
+    assert sum(len(o.token_ids) for o in outputs[long]) == 100 - 60 and outputs[long][-1].finish_reason == "length"
+    assert all(outputs[rid][-1].finish_reason == "length" for rid in others)
+    check_pages(tiny_pool)
 
 
-def test_abort_frees_everything(tiny):
+def test_tiny_temperatures_are_greedy(tiny):
+    engine = Engine(tiny, kv_cache_bytes=4 << 20)
+    greedy = engine.generate([3, 4, 5], GREEDY)
+    for t in (1e-40, 1e-7):
+        out = engine.generate([3, 4, 5], SamplingParams(max_new_tokens=12, temperature=t, ignore_eos=True, logprobs=True))
+        assert out.finish_reason == "length" and out.token_ids == greedy.token_ids
+        assert all(np.isfinite(out.logprobs))
+    check_pages(engine)
+
+
+def nan_for(request_ids: set[str]):
+    """A logits processor that poisons the rows of some requests, as a broken model would."""
+    def processor(logits: torch.Tensor, requests) -> None:
+        for row, req in enumerate(requests):
+            if req.id in request_ids:
+                logits[row] = float("nan")
+    return processor
+
+
+def test_a_bad_request_fails_alone(tiny):
+    """NaN logits fail their request (its pages back, an error naming the cause); the request
+    beside it finishes as if alone, and step() never raises."""
+    engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
+    alone = engine.generate(prompts(1, 30, 5, seed=3)[0], GREEDY).token_ids
+    engine.runner.logits_processors.append(nan_for({"bad"}))
+    good = engine.add_request(prompts(1, 30, 5, seed=3)[0], GREEDY)
+    engine.add_request(prompts(1, 30, 5, seed=4)[0], GREEDY, request_id="bad")
+    outputs = run_to_end(engine)
+    assert outputs["bad"][-1].finish_reason == "error" and "not finite" in outputs["bad"][-1].error
+    assert sum((o.token_ids for o in outputs[good]), []) == alone
+    assert engine.stats()["failed_requests"] == 1
+    check_pages(engine)
+
+
+def test_a_failed_request_raises_from_stream(tiny):
+    engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
+    engine.runner.logits_processors.append(lambda logits, requests: logits.fill_(float("nan")))
+    with pytest.raises(RequestFailed, match="not finite"):
+        list(engine.stream([1, 2, 3], GREEDY))
+    check_pages(engine)
+
+
+def test_a_failed_forward_fails_its_batch_and_the_engine_goes_on(tiny):
+    engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
+    expected = engine.generate([7, 8, 9], GREEDY).token_ids
+    calls = 0
+
+    def broken_once(logits, requests):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("CUDA out of memory")
+
+    engine.runner.logits_processors.append(broken_once)
+    ids = [engine.add_request(p, GREEDY) for p in prompts(3, 10, 3, seed=5)]
+    outputs = run_to_end(engine)
+    assert all(outputs[rid][-1].finish_reason == "error" and "out of memory" in outputs[rid][-1].error for rid in ids)
+    assert all(sum(len(o.token_ids) for o in outputs[rid]) == 2 for rid in ids)  # two steps went well
+    check_pages(engine)
+    assert engine.generate([7, 8, 9], GREEDY).token_ids == expected
+
+
+def test_step_reports_every_request_once_and_forgets_it(tiny):
+    engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
+    params = SamplingParams(max_new_tokens=5, temperature=0, ignore_eos=True, logprobs=True)
+    ids = [engine.add_request(p, params, request_id=f"r{i}") for i, p in enumerate(prompts(3, 8, 4))]
+    outputs = run_to_end(engine)
+    for rid in ids:
+        outs = outputs[rid]
+        assert [o.finished for o in outs] == [False] * 4 + [True]
+        assert all(len(o.token_ids) == len(o.logprobs) == len(o.token_times) == 1 for o in outs)
+        assert outs[-1].prompt_tokens == 12 and outs[-1].text_token_count == 5
+        assert all(lp <= 0 for o in outs for lp in o.logprobs) and any(lp < 0 for o in outs for lp in o.logprobs)
+    assert not engine.requests
+    engine.add_request([1, 2], params, request_id="r0")  # the id is free again
+    run_to_end(engine)
+    check_pages(engine)
+
+
+def test_drivers_never_lose_another_callers_outputs(tiny):
+    """A request added by hand keeps all its outputs for step() while generate() drives its own."""
+    engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
+    mine, theirs = prompts(2, 6, 6, seed=6)
+    expected = engine.generate(mine, GREEDY).token_ids
+    rid = engine.add_request(mine, GREEDY)
+    engine.generate(theirs, SamplingParams(max_new_tokens=30, temperature=0, ignore_eos=True))
+    got = run_to_end(engine)[rid]
+    assert sum((o.token_ids for o in got), []) == expected and got[-1].finished
+    check_pages(engine)
+
+
+def test_abort_frees_everything_and_reports(tiny):
     engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
     rid = engine.add_request(prompts(1, 30, 3)[0], SamplingParams(max_new_tokens=100, ignore_eos=True))
     for _ in range(3):
         engine.step()
-    assert engine.abort(rid) and engine.requests[rid].finish_reason == "abort"
+    assert engine.abort(rid) and not engine.abort(rid)
+    assert [o.finish_reason for o in engine.step()] == ["abort"]
     check_pages(engine)
+
+
+def test_arrival_time_dates_the_request(tiny):
+    engine = Engine(tiny, kv_cache_bytes=4 << 20)
+    rid = engine.add_request([1, 2, 3], GREEDY, arrival_time=0.0)
+    out = run_to_end(engine)[rid]
+    assert out[0].token_times[0] > 1.0  # latency counted from the given arrival, long ago on this clock
 
 
 def test_sampling_is_seeded(tiny):
     engine = Engine(tiny, kv_cache_bytes=4 << 20)
-    params = SamplingParams(max_new_tokens=16, temperature=0.8, top_k=20, top_p=0.9, seed=7, ignore_eos=True)
+    params = SamplingParams(max_new_tokens=16, temperature=0.8, top_k=20, top_p=0.9, seed=7, ignore_eos=True, logprobs=True)
     a, b = engine.generate([3, 4, 5], params), engine.generate([3, 4, 5], params)
-    assert a.token_ids == b.token_ids and len(a.logprobs or [1]) > 0
+    assert a.token_ids == b.token_ids and len(a.logprobs) == 16 and all(-20 < lp <= 0 for lp in a.logprobs)
+    c = engine.generate([[3, 4, 5], [9, 9, 9]], params)[0]  # with another request beside it
+    assert c.token_ids == a.token_ids
+
+
+def test_stop_token_ids_end_the_output(tiny):
+    engine = Engine(tiny, kv_cache_bytes=4 << 20)
+    free = engine.generate([3, 4, 5], GREEDY).token_ids
+    stop = free[4]
+    out = engine.generate([3, 4, 5], SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True, stop_token_ids=[stop]))
+    assert out.finish_reason == "stop" and out.matched_stop == stop
+    assert out.token_ids == free[: free.index(stop) + 1] and out.text_token_count == len(out.token_ids) - 1
 
 
 def test_a_burst_sharing_an_uncached_prefix_computes_it_once(tiny):
@@ -128,69 +236,61 @@ def test_a_burst_sharing_an_uncached_prefix_computes_it_once(tiny):
 def test_score_choices_match_transformers(tiny):
     engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
     hf = AutoModelForCausalLM.from_pretrained(tiny).eval()
-    prompt = prompts(1, shared=30, own=0, seed=4)[0]
+    prompt = prompts(1, shared=60, own=0, seed=4)[0]
     choices = [[7], [8, 9, 10], [11, 12]]
     scores = engine.score_choices(prompt, choices)
     for choice, score in zip(choices, scores):
         with torch.no_grad():
             logp = torch.log_softmax(hf(torch.tensor([prompt + choice])).logits[0].float(), -1)
-        expected = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(choice))
-        assert score.num_tokens == len(choice) and abs(score.logprob - expected) < 1e-3
-    assert engine.stats()["computed_tokens"] == len(prompt)  # the prompt once; the choices are not prompt tokens
+        expected = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(choice)]
+        assert score.num_tokens == len(choice) and np.allclose(score.token_logprobs, expected, atol=1e-4)
+    # the prompt once; the other choices wait a step, then start from the last whole page before the prompt's end
+    assert engine.stats()["computed_tokens"] == len(prompt) + 1 + 2 * (len(prompt) - 56) + 3 + 2
     check_pages(engine)
 
 
-@pytest.fixture(scope="module")
-def default_engine():
-    return Engine(page_size=16)
+@pytest.mark.parametrize("choices, message", [
+    ([[7], [TINY_VOCAB]], "outside the vocabulary"),
+    ([[7], [1] * 490], "context is 512"),
+    ([[7], []], "no empty choice"),
+    ([], "at least one choice"),
+    ([[7], "text"], "no tokenizer"),
+])
+def test_score_choices_refuses_bad_input(tiny, choices, message):
+    engine = Engine(tiny, kv_cache_bytes=4 << 20)
+    with pytest.raises(ValueError, match=message):
+        engine.score_choices(list(range(30)), choices)
+    check_pages(engine)
+    assert engine.score_choices(list(range(30)), [[1], [2]])[0].num_tokens == 1
 
 
-def test_default_model_greedy_equals_transformers(default_engine):
-    hf = AutoModelForCausalLM.from_pretrained(converted_dir(default_gguf()), dtype=torch.float32).eval()
-    questions = ["What is the capital of France?", "Name three colours.", "What is 12 times 12?"]
-    prompts_ = [default_engine.apply_chat_template([{"role": "user", "content": q}]) for q in questions]
-    outs = default_engine.generate(prompts_, SamplingParams(max_new_tokens=32, temperature=0))
-    for p, out in zip(prompts_, outs):
-        with torch.no_grad():
-            expected = hf.generate(torch.tensor([p]), max_new_tokens=32, do_sample=False)[0, len(p):].tolist()
-        assert out.token_ids == expected
-
-
-def test_stop_strings_cut_the_text(default_engine):
-    prompt = default_engine.apply_chat_template([{"role": "user", "content": "Count from 1 to 10, separated by commas."}])
-    out = default_engine.generate(prompt, SamplingParams(max_new_tokens=40, temperature=0, stop=("5",)))
-    assert out.finish_reason == "stop" and "5" not in out.text and "4" in out.text
-    out = default_engine.generate(prompt, SamplingParams(max_new_tokens=40, temperature=0, stop=("5", "3")))
-    assert out.finish_reason == "stop" and "3" not in out.text and "2" in out.text  # the earliest stop string wins
-
-
-def test_streamed_pieces_add_up_to_the_text(default_engine):
-    prompt = default_engine.apply_chat_template([{"role": "user", "content": "Write a haiku about the sea, with emoji."}])
-    params = SamplingParams(max_new_tokens=48, temperature=0)
-    pieces = list(default_engine.stream(prompt, params))
-    out = default_engine.generate(prompt, params)
-    assert len(pieces) > 5 and "".join(pieces) == out.text == default_engine.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+def test_score_choices_runs_with_other_requests(tiny):
+    engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
+    alone = engine.score_choices([1, 2, 3, 4, 5], [[6], [7, 8]])
+    rid = engine.add_request([9, 8, 7], GREEDY)
+    engine.step()
+    beside = engine.score_choices([1, 2, 3, 4, 5], [[6], [7, 8]])
+    assert np.allclose([s.logprob for s in beside], [s.logprob for s in alone], atol=1e-5)
+    assert sum(len(o.token_ids) for o in run_to_end(engine)[rid]) == 12 - 1
 
 
 def test_a_bad_prompt_in_a_batch_queues_nothing(tiny):
     engine = Engine(tiny, kv_cache_bytes=4 << 20)
     with pytest.raises(ValueError, match="empty"):
         engine.generate([[1, 2, 3], []], GREEDY)
-    assert not engine.requests and not engine.scheduler.waiting
+    check_pages(engine)
 
 
 def test_namespaces_do_not_share_the_cache(tiny):
     """A tenant's prompt is never served from another tenant's cache entries."""
     prompt = prompts(1, shared=40, own=0, seed=5)[0]
     engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
-
-    def run(namespace):
-        rid = engine.add_request(prompt, GREEDY, namespace=namespace)
-        while not engine.requests[rid].done:
-            engine.step()
-        return engine.requests.pop(rid)
-
-    assert run("alice").cached_tokens == 0
-    assert run("bob").cached_tokens == 0
-    assert run("alice").cached_tokens == 36  # whole pages of all but the last prompt token
+    assert engine.generate(prompt, GREEDY, namespace="alice").cached_tokens == 0
+    assert engine.generate(prompt, GREEDY, namespace="bob").cached_tokens == 0
+    assert engine.generate(prompt, GREEDY, namespace="alice").cached_tokens == 36  # whole pages of all but the last token
     check_pages(engine)
+
+
+def test_unknown_model_path_says_what_was_looked_for(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="not found.*config.json.*gguf"):
+        Engine(str(tmp_path / "nope"))

@@ -1,4 +1,5 @@
 """Kernel tests: the Triton interpreter's bfloat16 fix, and a per-test random generator."""
+import importlib.util
 import os
 import zlib
 
@@ -6,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-if os.environ.get("TRITON_INTERPRET") == "1":
+# triton is installed on Linux only; elsewhere the tests that import its kernels are not collected
+collect_ignore = [] if importlib.util.find_spec("triton") else ["test_attention.py", "test_kv_write.py", "test_gpu_compile.py"]
+
+if collect_ignore:
+    pass
+elif os.environ.get("TRITON_INTERPRET") == "1":
     import triton.language as tl
     from triton.runtime import interpreter
 

@@ -38,12 +38,12 @@ def checkpoint(request, tmp_path_factory):
     return hf.eval(), path
 
 
-def run(model, pool, allocator, chunks_tokens, prefix_len=0, pages=None, all_logits=True):
+def run(model, pool, allocator, chunks_tokens, prefix_len=0, pages=None, first_logit=0):
     """Forward ``chunks_tokens`` (one list of tokens per sequence) after ``prefix_len`` cached."""
     chunks = []
     for tokens in chunks_tokens:
         seq_pages = pages if pages is not None else allocator.alloc(-(-(prefix_len + len(tokens)) // PAGE_SIZE))
-        chunks.append(SequenceChunk(np.asarray(tokens), prefix_len, seq_pages, all_logits))
+        chunks.append(SequenceChunk(np.asarray(tokens), prefix_len, seq_pages, first_logit))
     with torch.no_grad():
         return model(build_batch(chunks, PAGE_SIZE), pool), chunks
 

@@ -1,0 +1,124 @@
+"""The model runner: one forward over the scheduled batch, then the whole batch sampled on the
+device, with one copy to the host per step.
+
+Between the forward and the sampler, ``logits_processors`` edit the rows about to be sampled in
+place: that is where constrained decoding applies its token bitmasks. The runner knows nothing of
+text, stop rules or the cache; it reports per request what the step computed.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from radixrt.cache import KVPool
+from radixrt.engine.request import Request
+from radixrt.engine.sampling import sample_batch
+from radixrt.model import LlamaForCausalLM, SequenceChunk, build_batch
+
+CPU_KV_CACHE_BYTES = 512 * 2**20
+GPU_KV_CACHE_FRACTION = 0.8  # of the device memory free once the weights are loaded
+
+LogitsProcessor = Callable[[torch.Tensor, Sequence[Request]], None]
+"""Edits ``logits [rows, vocab]`` (float32) in place, one row per request in ``requests``' order,
+before they are sampled. Setting a row's disallowed tokens to -inf constrains it; a row left with
+no allowed token fails its request."""
+
+
+def kv_cache_budget(device: str, kv_cache_bytes: int | None, fraction: float = GPU_KV_CACHE_FRACTION) -> int:
+    """Bytes for the KV pool: as given, else a fraction of the GPU's free memory, else 512 MiB."""
+    if kv_cache_bytes is not None:
+        return kv_cache_bytes
+    if torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free * fraction)
+    return CPU_KV_CACHE_BYTES
+
+
+@dataclass
+class StepResult:
+    """What the step computed for one request: a sampled token (None when this step ended
+    inside its prompt), the prompt tokens' log-probabilities it asked for, or an error."""
+
+    token: int | None = None
+    logprob: float = 0.0
+    prompt_logprobs: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class _Plan:
+    """Where one request's rows sit in the step's logits."""
+
+    prompt_rows: range  # rows whose logits score prompt tokens
+    prompt_targets: np.ndarray  # the prompt tokens they score
+    sample_row: int | None
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, pool: KVPool, device: str) -> None:
+        self.model, self.pool, self.device = model, pool, device
+        self.page_size = pool.page_size
+        self.logits_processors: list[LogitsProcessor] = []
+
+    def run(self, batch: Sequence[tuple[Request, int]]) -> list[StepResult]:
+        """Feed each request's next ``n`` tokens; sample a token for those whose tokens are now
+        all computed and that may still generate."""
+        chunks, plans, row = [], [], 0
+        for req, n in batch:
+            chunk, plan = self._chunk(req, n, row)
+            chunks.append(chunk)
+            plans.append(plan)
+            row += len(chunk.tokens) - chunk.first_logit % len(chunk.tokens)
+        with torch.no_grad():
+            logits = self.model(build_batch(chunks, self.page_size, self.device), self.pool)
+            sampled = [(req, p.sample_row) for (req, _), p in zip(batch, plans) if p.sample_row is not None]
+            tokens, logprobs, status = self._sample(logits, [r for r, _ in sampled], [i for _, i in sampled])
+            targets = torch.as_tensor(np.concatenate([p.prompt_targets for p in plans]), dtype=torch.long, device=logits.device)
+            scored = torch.log_softmax(logits[[i for p in plans for i in p.prompt_rows]], -1).gather(1, targets[:, None])[:, 0]
+            values = torch.cat([tokens.double(), logprobs.double(), status.double(), scored.double()]).tolist()  # the one host copy
+        k = len(sampled)
+        scored_values = iter(values[3 * k :])
+        sampled_values = iter(zip(values[:k], values[k : 2 * k], values[2 * k : 3 * k]))
+        results = []
+        for plan in plans:
+            result = StepResult(prompt_logprobs=[next(scored_values) for _ in plan.prompt_rows])
+            if plan.sample_row is not None:
+                token, result.logprob, code = next(sampled_values)
+                result.token, result.error = int(token), _SAMPLE_ERRORS[int(code)]
+            results.append(result)
+        return results
+
+    def _chunk(self, req: Request, n: int, first_row: int) -> tuple[SequenceChunk, _Plan]:
+        """The chunk that feeds ``req``'s next ``n`` tokens, its logits starting at ``first_row``."""
+        start, end = req.computed, req.computed + n
+        lo = hi = end  # positions whose logits score prompt tokens (position p scores token p + 1)
+        if req.prompt_logprobs_from is not None:
+            lo = max(start, req.prompt_logprobs_from - 1)
+            hi = max(lo, min(end, req.prompt_len - 1))
+        first_logit = lo - start if hi > lo else n - 1
+        samples = end == req.length and req.num_output < req.max_new_tokens
+        chunk = SequenceChunk(req.tokens[start:end], start, req.pages[: -(-end // self.page_size)], first_logit)
+        plan = _Plan(range(first_row, first_row + hi - lo), req.tokens[lo + 1 : hi + 1].copy(),
+                     first_row + n - 1 - first_logit if samples else None)
+        return chunk, plan
+
+    def _sample(self, logits: torch.Tensor, requests: list[Request], rows: list[int]) -> tuple[torch.Tensor, ...]:
+        """Tokens, log-probabilities and a status code (an index into ``_SAMPLE_ERRORS``) for
+        ``rows``, all on the device."""
+        picked = logits[rows]
+        for processor in self.logits_processors:
+            processor(picked, requests)
+        broken = (picked.isnan() | picked.isposinf()).any(-1)
+        allowed = picked.amax(-1) > -torch.inf
+        status = torch.where(broken, 1, torch.where(allowed, 0, 2))
+        if not requests:
+            return picked.new_zeros(0), picked.new_zeros(0), status
+        tokens, logprobs = sample_batch(picked, [r.params for r in requests], [r.generator for r in requests],
+                                        [r.prompt for r in requests], [r.tokens[r.prompt_len :] for r in requests])
+        return tokens, logprobs, status
+
+
+_SAMPLE_ERRORS = (None, "the logits are not finite (NaN or +infinity)", "the logits processors left no token allowed")
