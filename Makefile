@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.radixrt-installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench mutate clean
 
 setup: $(STAMP)
 
@@ -29,5 +29,10 @@ bench: setup
 	$(PY) bench/bench_kernels.py
 	$(PY) bench/bench_engine.py
 
+# Mutation testing of radixrt/engine/ (slow: about an hour on two cores); `mutmut results` lists survivors.
+mutate: setup
+	$(PY) -m pip install -q -e ".[mutation]"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/mutmut run
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info mutants

@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import table  # noqa: E402
 
-from radixrt import Engine, SamplingParams  # noqa: E402
+from radixrt import Engine, GenerateOutput, SamplingParams  # noqa: E402
 from radixrt.cache import RadixCache  # noqa: E402
 from radixrt.model.loader import hf_directory  # noqa: E402
 
@@ -110,15 +110,22 @@ class Workload:
 class RadixrtSystem:
     def __init__(self, model: Path, device: str, dtype: torch.dtype, enable_cache: bool) -> None:
         self.engine = Engine(str(model), device=device, dtype=dtype, enable_cache=enable_cache, kv_cache_bytes=1 << 30)
+        self.outputs: dict[str, GenerateOutput] = {}
 
     def submit(self, prompt: list[int], length: int) -> str:
-        return self.engine.add_request(prompt, SamplingParams(max_new_tokens=length, temperature=0, ignore_eos=True))
+        rid = self.engine.add_request(prompt, SamplingParams(max_new_tokens=length, temperature=0, ignore_eos=True))
+        self.outputs[rid] = GenerateOutput(rid, self.engine.requests[rid].arrival)
+        return rid
 
     def poll(self) -> list[tuple[str, dict]]:
         done = []
-        for r in self.engine.step():
-            self.engine.requests.pop(r.id)
-            done.append((r.id, {"text": r.text, "output_tokens": len(r.output), "ttft": r.first_token_at - r.arrival}))
+        for out in self.engine.step():
+            collected = self.outputs[out.request_id]
+            collected.add(out)
+            if out.finished:
+                del self.outputs[out.request_id]
+                done.append((out.request_id, {"text": collected.text, "output_tokens": len(collected.token_ids),
+                                              "ttft": collected.time_to_first_token}))
         return done
 
 

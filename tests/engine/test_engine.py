@@ -7,6 +7,8 @@ from transformers import AutoModelForCausalLM
 
 from radixrt import Engine, SamplingParams
 from radixrt.engine import RequestFailed
+from radixrt.engine.detokenizer import IncrementalDetokenizer
+from radixrt.engine.output_text import OutputText
 from radixrt.model import ModelNotFoundError
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
@@ -294,3 +296,39 @@ def test_namespaces_do_not_share_the_cache(tiny):
 def test_unknown_model_path_says_what_was_looked_for(tmp_path):
     with pytest.raises(ModelNotFoundError, match="not found.*config.json.*gguf"):
         Engine(str(tmp_path / "nope"))
+
+
+def test_score_choices_under_memory_pressure_equal_a_roomy_run(tiny):
+    """Choices scored while 30 requests fight over a small pool (prefills in chunks of 8, so a
+    choice can be retracted halfway through its prompt) score as in a roomy pool."""
+    prompt, choices = prompts(1, shared=60, own=0, seed=8)[0], [[7, 8], [9], [10, 11, 12]]
+    roomy = [s.token_logprobs for s in Engine(tiny, page_size=4, kv_cache_bytes=4 << 20).score_choices(prompt, choices)]
+    per_token = Engine(tiny, kv_cache_bytes=1 << 20).pool.bytes_per_token
+    tight = Engine(tiny, page_size=4, kv_cache_bytes=160 * per_token, chunk_size=8, max_batch_tokens=64)
+    for p in prompts(30, shared=8, own=16, seed=9):
+        tight.add_request(p, SamplingParams(max_new_tokens=16, temperature=0, ignore_eos=True))
+    tight.step()
+    scored = [s.token_logprobs for s in tight.score_choices(prompt, choices)]
+    assert np.allclose(np.concatenate(scored), np.concatenate(roomy), atol=1e-5)
+    assert tight.stats()["retractions"] > 0
+    run_to_end(tight)
+    check_pages(tight)
+
+
+class BrokenTokenizer:
+    """A tokenizer whose decode fails, as one with a bug in a byte fallback would."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+
+def test_a_request_whose_text_fails_fails_alone(tiny):
+    engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
+    alone = engine.generate([4, 5, 6], GREEDY).token_ids
+    good = engine.add_request([4, 5, 6], GREEDY)
+    bad = engine.add_request([7, 8, 9], GREEDY)
+    engine.requests[bad].text = OutputText(IncrementalDetokenizer(BrokenTokenizer()))
+    outputs = run_to_end(engine)
+    assert outputs[bad][-1].finish_reason == "error" and "invalid start byte" in outputs[bad][-1].error
+    assert sum((o.token_ids for o in outputs[good]), []) == alone
+    check_pages(engine)

@@ -1,6 +1,8 @@
 """Where converted GGUF models are cached."""
 import shutil
 
+import pytest
+
 from radixrt.model.loader import content_key, converted_dir, default_gguf
 
 
@@ -19,3 +21,15 @@ def test_other_bytes_get_another_key(tmp_path):
     b.write_bytes(b"x" * 5_000_000 + b"y" + b"x" * 4_999_999)
     assert content_key(a) != content_key(b)
     assert content_key(a) == content_key(a)
+
+
+def test_a_head_dim_the_kernels_cannot_run_is_refused_at_load(tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from radixrt.model import load_model
+
+    cfg = LlamaConfig(vocab_size=50, hidden_size=24, intermediate_size=32, num_hidden_layers=1, num_attention_heads=3,
+                      num_key_value_heads=1)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="attention kernels cannot run this model: head_dim must be a power of two >= 16, got 8"):
+        load_model(tmp_path)
