@@ -29,10 +29,12 @@ bench: setup
 	$(PY) bench/bench_kernels.py
 	$(PY) bench/bench_engine.py
 
-# Mutation testing of radixrt/engine/ (slow: about an hour on two cores); `mutmut results` lists survivors.
+# Mutation testing of the scheduler and the sampler (slow: the better part of an hour on two
+# cores); `.venv/bin/mutmut results` lists the survivors. One torch thread per test run, so that
+# mutmut's CPU-time limit does not stop a test that is merely using two cores.
 mutate: setup
 	$(PY) -m pip install -q -e ".[mutation]"
-	HF_HUB_OFFLINE=1 $(VENV)/bin/mutmut run
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(VENV)/bin/mutmut run
 
 clean:
 	rm -rf $(VENV) build *.egg-info mutants

@@ -2,9 +2,9 @@
 public API, and the core a worker process runs.
 
 ``step()`` is the one driver: it runs a batch and returns a ``RequestOutput`` for every request
-that made progress or ended; a request is forgotten once its last output is returned, so its id
-can be used again. ``generate``, ``stream`` and ``score_choices`` are loops over the same steps
-that keep the outputs of requests they did not add for the next ``step()`` caller.
+that made progress or ended. A request is forgotten as soon as it ends (its last output carries
+everything), so its id can be used again. ``generate``, ``stream`` and ``score_choices`` are loops
+over the same steps that keep the outputs of requests they did not add for the next ``step()``.
 
 A failure that belongs to one request (impossible logits, a tokenizer error) fails that request
 alone; a failed forward (out of device memory, say) fails the requests of that batch. Either way

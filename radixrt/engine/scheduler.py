@@ -71,17 +71,19 @@ class Scheduler:
         if budget <= 0 or len(self.running) >= self.max_running or not self.waiting:
             return batch
         admitted_now = RadixCache(self.page_size)  # prompts admitted this step, without pages
+        waited = 0
         for req, cached in self._by_priority():
-            if budget <= 0 or len(self.running) >= self.max_running:
+            if budget <= 0 or len(self.running) >= self.max_running or waited > self.max_running:
                 break
-            prompt = req.tokens[: req.match_limit]
-            if self.enable_cache and admitted_now.prefix_length(prompt, req.namespace) >= cached + SHARED_PREFIX_WAIT:
+            if self.enable_cache and self._shares_uncached(admitted_now, req, cached):
+                waited += 1
                 continue
             n = self._admit(req, budget)
             if n == 0:
                 break
             batch.append((req, n))
             budget -= n
+            prompt = req.tokens[: req.match_limit]
             whole = len(prompt) // self.page_size
             admitted_now.insert(prompt[: whole * self.page_size], np.zeros(whole, dtype=np.int32), req.namespace)
         return batch
@@ -126,14 +128,24 @@ class Scheduler:
 
     # ---- internals -------------------------------------------------------------------------
 
-    def _by_priority(self) -> list[tuple[Request, int]]:
-        """Waiting requests with their cached prefix lengths (0 where not looked up), best first.
-        Looking up does not touch the tree: a request not admitted changes nothing."""
+    def _by_priority(self) -> list[tuple[Request, int | None]]:
+        """Waiting requests with their cached prefix lengths (None where not looked up), best
+        first. Looking up does not touch the tree: a request not admitted changes nothing."""
         if not self.enable_cache or len(self.waiting) > LPM_MAX_WAITING:
-            return [(req, 0) for req in sorted(self.waiting, key=lambda r: r.arrival)]
+            return [(req, None) for req in sorted(self.waiting, key=lambda r: r.arrival)]
         now = time.perf_counter()
         cached = [(req, self.cache.prefix_length(req.tokens[: req.match_limit], req.namespace)) for req in self.waiting]
         return sorted(cached, key=lambda rc: rc[1] + AGE_CREDIT_TOKENS_PER_S * (now - rc[0].arrival), reverse=True)
+
+    def _shares_uncached(self, admitted_now: RadixCache, req: Request, cached: int | None) -> bool:
+        """Whether ``req`` would compute a prefix that a request admitted this step computes too."""
+        prompt = req.tokens[: req.match_limit]
+        shared = admitted_now.prefix_length(prompt, req.namespace)
+        if shared < SHARED_PREFIX_WAIT:
+            return False
+        if cached is None:
+            cached = self.cache.prefix_length(prompt, req.namespace)
+        return shared >= cached + SHARED_PREFIX_WAIT
 
     def _admit(self, req: Request, budget: int) -> int:
         """Match, pin and give pages to ``req``'s first chunk; 0 when memory does not allow."""

@@ -124,8 +124,9 @@ def test_temperature_shapes_the_distribution(temperature):
     ],
 )
 def test_filters_keep_their_tokens_in_proportion(params, keep):
-    temperature = params.pop("temperature", 1.0)
-    tokens, logprobs = draw(SamplingParams(temperature=temperature, **params))
+    params = {"temperature": 1.0, **params}
+    tokens, logprobs = draw(SamplingParams(**params))
+    temperature = params["temperature"]
     assert_drawn_from(tokens, logprobs, restricted(keep, temperature))
 
 

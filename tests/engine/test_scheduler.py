@@ -135,3 +135,70 @@ def test_pages_add_up_after_everything_is_removed(enable_cache):
     for r in reqs:
         s.remove(r)
     assert s.allocator.available() + s.cache.total_size() == 32 and s.cache.protected_size() == 0
+
+
+def test_a_long_queue_over_a_cached_prefix_is_admitted_together():
+    """Past LPM_MAX_WAITING nothing is ranked, but a shared prefix that is cached already is no
+    reason to wait: the step admits as many as it may run."""
+    s = scheduler(4096, max_running=16)
+    system = list(range(40))
+    cache_prefix(s, system)
+    s.waiting += [request(f"q{i}", system + [100 + i] * 4) for i in range(LPM_MAX_WAITING + 1)]
+    assert len(step(s)) == 16
+
+
+def test_a_burst_over_an_uncached_prefix_waits_for_the_first():
+    s = scheduler(4096)
+    system = list(range(40))
+    s.waiting += [request(f"q{i}", system + [100 + i] * 4) for i in range(5)]
+    assert [r.id for r, _ in step(s)] == ["q0"]
+    assert len(step(s)) == 1 + 4  # q0 decoding, the others over the cached prefix
+
+
+def test_a_step_feeds_at_most_the_token_budget():
+    """Prompts are fed in chunks that fit the step's budget, running requests first; a request
+    that steps back leaves the others scheduled."""
+    s = scheduler(4096, budget=16, chunk=100)
+    s.waiting += [request(f"p{i}", list(range(100 * i, 100 * i + 30))) for i in range(3)]
+    fed = []
+    for _ in range(12):
+        batch = step(s)
+        assert sum(n for _, n in batch) <= 16
+        fed.append({r.id: n for r, n in batch})
+    assert fed[0] == {"p0": 16} and fed[1] == {"p0": 14, "p1": 2}
+    assert all(r.state is State.RUNNING and r.num_output > 0 for r in s.running) and len(s.running) == 3
+
+
+def test_admission_fits_exactly_its_pages_and_the_decoders_reserve():
+    s = scheduler(6)
+    s.waiting.append(request("decoder", list(range(6))))
+    step(s)
+    s.waiting.append(request("newcomer", list(range(100, 112))))  # 3 pages; 4 free, one kept for the decoder
+    assert sorted(r.id for r, _ in step(s)) == ["decoder", "newcomer"]
+
+
+def test_namespaces_never_wait_for_each_other():
+    """The same prompt in two namespaces shares no cache entry, so neither waits for the other."""
+    s = scheduler(4096)
+    prompt = list(range(40))
+    s.waiting += [request("alice", prompt), request("bob", prompt)]
+    s.waiting[0].namespace, s.waiting[1].namespace = "alice", "bob"
+    assert sorted(r.id for r, _ in step(s)) == ["alice", "bob"]
+
+
+def test_stats_add_up():
+    s = scheduler(10)
+    system = list(range(16))
+    for i in range(3):
+        req = request(f"r{i}", system + [100 + i] * 4, max_new=2)
+        s.waiting.append(req)
+        step(s)
+        step(s)
+        s.remove(req)
+    assert (s.stats.prompt_tokens, s.stats.cached_tokens, s.stats.computed_tokens) == (60, 32, 16 + 4 + 4 + 4)
+    assert s.stats.decode_tokens == 3
+    reqs = [request(f"big{i}", list(range(200 + 8 * i, 208 + 8 * i)), arrival=float(i), max_new=5 + 4 * i) for i in range(4)]
+    s.waiting += reqs
+    for _ in range(30):
+        step(s)
+    assert s.stats.evicted_pages >= 2 and s.stats.retractions == sum(r.retractions for r in reqs) >= 2
