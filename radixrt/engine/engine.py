@@ -102,7 +102,7 @@ class Engine:
         text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
         req = Request(request_id, np.asarray(tokens, dtype=np.int32), params, min(params.max_new_tokens, room), namespace,
                       arrival=time.perf_counter() if arrival_time is None else float(arrival_time),
-                      prompt_logprobs_from=prompt_logprobs_from, generator=generator, text=text)
+                      prompt_logprobs_from=prompt_logprobs_from, generator=generator, output_text=text)
         self.requests[request_id] = req
         self.scheduler.waiting.append(req)
         return request_id
@@ -209,7 +209,7 @@ class Engine:
             try:
                 out = self._apply(req, n, result, now)
             except Exception as e:  # a fault of this request alone (a tokenizer error, say)
-                req.text = None  # its text is what failed, most likely: report token ids alone
+                req.output_text = None  # its text is what failed, most likely: report token ids alone
                 out = self._fail(req, f"{type(e).__name__}: {e}")
             if out is not None:
                 self._deliver(out)
@@ -228,10 +228,10 @@ class Engine:
         req.append(token, result.logprob, now)
         stop_token = token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos)
         out_of_room = req.num_output >= req.max_new_tokens
-        if req.text is not None:
+        if req.output_text is not None:
             ids = req.output
-            if req.text.update(ids[:-1] if stop_token else ids, final=stop_token or out_of_room) is not None:
-                return self._finish(req, "stop", req.text.matched)
+            if req.output_text.update(ids[:-1] if stop_token else ids, final=stop_token or out_of_room) is not None:
+                return self._finish(req, "stop", req.output_text.matched)
         if stop_token:
             return self._finish(req, "stop", token)
         if out_of_room:
@@ -256,14 +256,14 @@ class Engine:
     def _output(self, req: Request) -> RequestOutput:
         """The request's news since its last output (its last output, if it is done)."""
         new, req.reported = slice(req.reported, req.num_output), req.num_output
-        out = RequestOutput(req.id, req.output[new].tolist(), req.text.take(final=req.done) if req.text else "",
+        out = RequestOutput(req.id, req.output[new].tolist(), req.output_text.take(final=req.done) if req.output_text else "",
                             req.logprobs[new] if req.params.logprobs else None, req.token_times[new])
         if req.done:
             stop_token = req.finish_reason == "stop" and isinstance(req.matched_stop, int)
             out.finished, out.finish_reason, out.matched_stop, out.error = True, req.finish_reason, req.matched_stop, req.error
             out.prompt_tokens, out.cached_tokens = req.prompt_len, req.cached_tokens
             ids = req.output[:-1] if stop_token else req.output
-            out.text_token_count = req.text.tokens_behind(ids) if req.text else len(ids)
+            out.text_token_count = req.output_text.tokens_behind(ids) if req.output_text else len(ids)
             if req.prompt_logprobs_from is not None:
                 out.prompt_logprobs = req.prompt_logprobs
         return out

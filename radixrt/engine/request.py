@@ -47,7 +47,7 @@ class Request:
     arrival: float = field(default_factory=time.perf_counter)
     prompt_logprobs_from: int | None = None
     generator: torch.Generator | None = None
-    text: OutputText | None = None  # None without a tokenizer: token ids only
+    output_text: OutputText | None = None  # None without a tokenizer: token ids only
     state: State = State.WAITING
     pages: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=ID_DTYPE))
     node: Node | None = None

@@ -327,7 +327,7 @@ def test_a_request_whose_text_fails_fails_alone(tiny):
     alone = engine.generate([4, 5, 6], GREEDY).token_ids
     good = engine.add_request([4, 5, 6], GREEDY)
     bad = engine.add_request([7, 8, 9], GREEDY)
-    engine.requests[bad].text = OutputText(IncrementalDetokenizer(BrokenTokenizer()))
+    engine.requests[bad].output_text = OutputText(IncrementalDetokenizer(BrokenTokenizer()))
     outputs = run_to_end(engine)
     assert outputs[bad][-1].finish_reason == "error" and "invalid start byte" in outputs[bad][-1].error
     assert sum((o.token_ids for o in outputs[good]), []) == alone
