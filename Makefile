@@ -29,8 +29,8 @@ bench: setup
 	$(PY) bench/bench_kernels.py
 	$(PY) bench/bench_engine.py
 
-# Mutation testing of the scheduler and the sampler (slow: the better part of an hour on two
-# cores); `.venv/bin/mutmut results` lists the survivors. One torch thread per test run, so that
+# Mutation testing of the scheduler and the sampler (about 5 minutes on two cores);
+# `.venv/bin/mutmut results` lists the survivors. One torch thread per test run, so that
 # mutmut's CPU-time limit does not stop a test that is merely using two cores.
 mutate: setup
 	$(PY) -m pip install -q -e ".[mutation]"
