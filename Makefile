@@ -26,6 +26,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_radix.py
+	$(PY) bench/bench_scheduler.py
 	$(PY) bench/bench_kernels.py
 	$(PY) bench/bench_engine.py
 
