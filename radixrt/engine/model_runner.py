@@ -71,13 +71,12 @@ class ModelRunner:
             chunk, plan = self._chunk(req, n, row)
             chunks.append(chunk)
             plans.append(plan)
-            row += len(chunk.tokens) - chunk.first_logit % len(chunk.tokens)
+            row += n - chunk.first_logit
         with torch.no_grad():
             logits = self.model(build_batch(chunks, self.page_size, self.device), self.pool)
             sampled = [(req, p.sample_row) for (req, _), p in zip(batch, plans) if p.sample_row is not None]
             tokens, logprobs, status = self._sample(logits, [r for r, _ in sampled], [i for _, i in sampled])
-            targets = torch.as_tensor(np.concatenate([p.prompt_targets for p in plans]), dtype=torch.long, device=logits.device)
-            scored = torch.log_softmax(logits[[i for p in plans for i in p.prompt_rows]], -1).gather(1, targets[:, None])[:, 0]
+            scored = self._score_prompts(logits, plans)
             values = torch.cat([tokens.double(), logprobs.double(), status.double(), scored.double()]).tolist()  # the one host copy
         k = len(sampled)
         scored_values = iter(values[3 * k :])
@@ -104,6 +103,15 @@ class ModelRunner:
         plan = _Plan(range(first_row, first_row + hi - lo), req.tokens[lo + 1 : hi + 1].copy(),
                      first_row + n - 1 - first_logit if samples else None)
         return chunk, plan
+
+    @staticmethod
+    def _score_prompts(logits: torch.Tensor, plans: list[_Plan]) -> torch.Tensor:
+        """Log-probabilities of the prompt tokens that score requests asked for (none, usually)."""
+        rows = [i for p in plans for i in p.prompt_rows]
+        if not rows:
+            return logits.new_zeros(0)
+        targets = torch.as_tensor(np.concatenate([p.prompt_targets for p in plans]), dtype=torch.long, device=logits.device)
+        return torch.log_softmax(logits[rows], -1).gather(1, targets[:, None])[:, 0]
 
     def _sample(self, logits: torch.Tensor, requests: list[Request], rows: list[int]) -> tuple[torch.Tensor, ...]:
         """Tokens, log-probabilities and a status code (an index into ``_SAMPLE_ERRORS``) for
