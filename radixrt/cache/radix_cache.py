@@ -26,6 +26,11 @@ longer a leaf, and frees it otherwise. An entry's tick is never newer than its n
 first entry that survives these checks is the true least recently used leaf. Each node has at
 most one entry, and evicting k leaves costs O(k log n) plus the deferred work of earlier calls.
 
+Setting ``events`` to a list makes the tree record what it caches and drops (``CacheEvent``s),
+so that another process can keep an exact copy of what is cached: a router that routes each
+request to the worker holding most of its prefix. The copy applies ``stored`` events with
+``insert`` and the others with ``forget``.
+
 All sizes count pages. Not thread-safe: one scheduler owns a cache.
 """
 from __future__ import annotations
@@ -46,7 +51,7 @@ _NO_PAGES.flags.writeable = False
 
 
 class Node:
-    __slots__ = ("key", "pages", "children", "parent", "lock_ref", "tick", "id", "lru_entry", "namespace", "version")
+    __slots__ = ("children", "id", "key", "lock_ref", "lru_entry", "namespace", "pages", "parent", "tick", "version")
 
     def __init__(self, key: bytes, pages: IdArray, parent: Node | None, tick: int, id: int, lock_ref: int = 0):
         self.key = key
@@ -79,6 +84,16 @@ class MatchResult(NamedTuple):
     version: int  # last_node.version at match time: lock refuses the match once it changes
 
 
+class CacheEvent(NamedTuple):
+    """The prefix ``tokens`` (raw int32 bytes, whole pages) was cached (``stored``: its tokens
+    from ``start`` on are new to the tree) or dropped from ``start`` on (evicted)."""
+
+    stored: bool
+    namespace: Hashable
+    tokens: bytes
+    start: int
+
+
 class RadixCache:
     """Longest-prefix reuse of KV pages, with reference counts and LRU leaf eviction.
 
@@ -99,6 +114,7 @@ class RadixCache:
         self.allocator = allocator
         self._page_bytes = page_size * TOKEN_BYTES
         self._ids = itertools.count()
+        self.events: list[CacheEvent] | None = None  # a list records CacheEvents (see the module docstring)
         self._init_tree()
 
     def _init_tree(self) -> None:
@@ -187,6 +203,8 @@ class RadixCache:
         node, off = self._walk(self._root(namespace), key, None)
         if off < len(key):
             self._add_leaf(node, key[off:], pages[off // self._page_bytes :])
+            if self.events is not None:
+                self.events.append(CacheEvent(True, namespace, key, off // TOKEN_BYTES))
         return off // TOKEN_BYTES
 
     def commit(self, tokens: Sequence[int] | np.ndarray, pages: Sequence[int] | np.ndarray, held: int,
@@ -266,29 +284,46 @@ class RadixCache:
                 break
             tick, _, leaf = self._lru.pop(0)
             leaf.lru_entry = None
-            if leaf.children or leaf.lock_ref:
-                continue  # no longer a candidate; unlock or eviction of its children files it again
+            if leaf.children or leaf.children is None or leaf.lock_ref:
+                continue  # no longer a candidate (or forgotten); unlock or eviction of its children files it again
             if tick != leaf.tick:
                 self._lru_add(leaf)  # touched since it was filed
                 continue
-            n = leaf.pages.size
-            if n > remaining:
-                keep = n - remaining
-                freed.append(leaf.pages[keep:])
-                leaf.pages = leaf.pages[:keep]
-                leaf.key = leaf.key[: keep * self._page_bytes]
-                leaf.version += 1
-                self._evictable -= remaining
-                remaining = 0
-                self._lru_add(leaf)
-                break
-            freed.append(leaf.pages)
+            n = min(leaf.pages.size, remaining)
+            freed.append(self._drop_tail(leaf, leaf.pages.size - n))
             remaining -= n
-            self._evictable -= n
-            self._remove_leaf(leaf)
         if freed and self.allocator is not None:
             self.allocator.free(np.concatenate(freed))
         return num_pages - remaining
+
+    def forget(self, tokens: Sequence[int] | np.ndarray, start: int, namespace: Hashable = None) -> int:
+        """Drop the cached pages of ``tokens`` from token ``start`` on (rounded up to a page),
+        where nothing extends them and no request holds them; returns how many pages went. A
+        copy of another tree applies that tree's eviction events with it."""
+        root = self._roots.get(namespace)
+        if root is None:
+            return 0
+        key, page_bytes = self._key(tokens), self._page_bytes
+        cut = -(-start // self.page_size) * page_bytes
+        path: list[tuple[Node, int]] = []
+        node, off = root, 0
+        while off < len(key):
+            child = node.children.get(key[off : off + page_bytes])
+            if child is None or not key.startswith(child.key, off):
+                break
+            path.append((child, off))
+            node, off = child, off + len(child.key)
+        freed: list[IdArray] = []
+        for node, off in reversed(path):
+            if node.children or node.lock_ref or off + len(node.key) <= cut:
+                break
+            keep = max(0, cut - off) // page_bytes
+            freed.append(self._drop_tail(node, keep))
+            if keep:
+                break
+        if freed and self.allocator is not None:
+            self.allocator.free(np.concatenate(freed))
+        return sum(p.size for p in freed)
 
     def reset(self) -> None:
         """Drop every cached prefix, returning its pages to the allocator."""
@@ -371,6 +406,31 @@ class RadixCache:
         parent.children[key[: self._page_bytes]] = leaf
         self._evictable += pages.size
         self._lru_add(leaf)
+
+    def _drop_tail(self, leaf: Node, keep: int) -> IdArray:
+        """Cut an unlocked leaf down to its first ``keep`` pages (``keep == 0``: remove it);
+        returns the pages cut off, for the caller to free."""
+        if self.events is not None:
+            self.events.append(self._removal(leaf, keep))
+        cut = leaf.pages[keep:]
+        self._evictable -= cut.size
+        if keep == 0:
+            self._remove_leaf(leaf)
+            return cut
+        leaf.pages = leaf.pages[:keep]
+        leaf.key = leaf.key[: keep * self._page_bytes]
+        leaf.version += 1
+        if leaf.lru_entry is None:
+            self._lru_add(leaf)
+        return cut
+
+    def _removal(self, leaf: Node, keep: int) -> CacheEvent:
+        parts, node = [], leaf
+        while node.parent is not None:
+            parts.append(node.key)
+            node = node.parent
+        key = b"".join(reversed(parts))
+        return CacheEvent(False, node.namespace, key, (len(key) - len(leaf.key)) // TOKEN_BYTES + keep * self.page_size)
 
     def _remove_leaf(self, leaf: Node) -> None:
         parent = leaf.parent

@@ -24,7 +24,14 @@ from radixrt.cache import KVPool, PageAllocator, RadixCache
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
 from radixrt.engine.output_text import OutputText
-from radixrt.engine.request import ChoiceScore, GenerateOutput, Request, RequestFailed, RequestOutput, State
+from radixrt.engine.request import (
+    ChoiceScore,
+    GenerateOutput,
+    Request,
+    RequestFailed,
+    RequestOutput,
+    State,
+)
 from radixrt.engine.sampling import SamplingParams
 from radixrt.engine.scheduler import Scheduler
 from radixrt.model import load_model
@@ -35,7 +42,10 @@ Prompt = str | Sequence[int] | np.ndarray
 class Engine:
     """``Engine(model=None)`` serves the default model (SmolLM2-135M-Instruct); ``model`` may be a
     Hugging Face directory or a .gguf file. The KV pool takes ``kv_cache_bytes``: by default 512 MiB
-    on a CPU, and 80% of the device memory left free by the weights on a GPU."""
+    on a CPU, and 80% of the device memory left free by the weights on a GPU.
+
+    ``detokenize=False`` deals in token ids only: outputs carry no text and stop strings are
+    refused (a server's worker, whose router owns text)."""
 
     def __init__(
         self,
@@ -49,11 +59,14 @@ class Engine:
         enable_cache: bool = True,
         device: str | None = None,
         dtype: torch.dtype | None = None,
+        detokenize: bool = True,
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         loaded = load_model(model, dtype=dtype, device=device)
         self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, device
+        self.model_path = loaded.path
+        self.detokenize = detokenize and self.tokenizer is not None
         cfg = self.model.config
         self.vocab_size = cfg.vocab_size
         self.max_context = self.model.max_context
@@ -87,8 +100,8 @@ class Engine:
         params.validate(self.vocab_size)
         tokens = self._tokens(prompt)
         self._check_prompt(tokens)
-        if params.stop and self.tokenizer is None:
-            raise ValueError("stop strings need a tokenizer, and this model ships none: use stop_token_ids")
+        if params.stop and not self.detokenize:
+            raise ValueError("stop strings need a tokenizer, and this engine does not decode text: use stop_token_ids")
         if prompt_logprobs_from is not None and (isinstance(prompt_logprobs_from, bool) or not isinstance(prompt_logprobs_from, int)
                                                  or not 1 <= prompt_logprobs_from < len(tokens)):
             raise ValueError(f"prompt_logprobs_from must be a position in 1..{len(tokens) - 1}, got {prompt_logprobs_from!r}")
@@ -99,7 +112,7 @@ class Engine:
             raise ValueError(f"request id {request_id!r} is already in use")
         room = min(self.max_context, self.pool.num_tokens) - len(tokens)
         generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
-        text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
+        text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.detokenize else None
         req = Request(request_id, np.asarray(tokens, dtype=np.int32), params, min(params.max_new_tokens, room), namespace,
                       arrival=time.perf_counter() if arrival_time is None else float(arrival_time),
                       prompt_logprobs_from=prompt_logprobs_from, generator=generator, output_text=text)
@@ -228,10 +241,8 @@ class Engine:
         req.append(token, result.logprob, now)
         stop_token = token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos)
         out_of_room = req.num_output >= req.max_new_tokens
-        if req.output_text is not None:
-            ids = req.output
-            if req.output_text.update(ids[:-1] if stop_token else ids, final=stop_token or out_of_room) is not None:
-                return self._finish(req, "stop", req.output_text.matched)
+        if req.output_text is not None and req.output_text.feed(req.output, stop_token, out_of_room) is not None:
+            return self._finish(req, "stop", req.output_text.matched)
         if stop_token:
             return self._finish(req, "stop", token)
         if out_of_room:

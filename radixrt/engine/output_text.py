@@ -32,6 +32,11 @@ class OutputText:
                 self.end, self.matched = min(found)
         return self.matched
 
+    def feed(self, ids: list[int], stop_token: bool, final: bool) -> str | None:
+        """``update`` with every generated token so far, of which the last is a stop token (EOS or
+        a stop token id: not part of the text) when ``stop_token``."""
+        return self.update(ids[:-1] if stop_token else ids, final=stop_token or final)
+
     def take(self, final: bool = False) -> str:
         """The text not handed out yet that is safe to hand out now (all of it when ``final``)."""
         text = self.detokenizer.text

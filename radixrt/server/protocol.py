@@ -1,0 +1,237 @@
+"""The wire protocol: every message between clients, the router and workers, as msgspec structs
+encoded as msgpack maps, one message per ZeroMQ frame. ``docs/protocol.md`` is its specification.
+
+Messages of each direction form one union tagged by the ``type`` key. Validation happens when a
+frame is decoded: a frame that is not a valid message raises ``msgspec.ValidationError`` (or
+``DecodeError``) naming the field, which the receiver turns into an ``Error`` reply. Sampling
+parameters are the engine's ``SamplingParams`` fields; their ranges are checked by its
+``validate`` on receipt, so a wire client and an in-process caller meet the same rules.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+from radixrt.engine.sampling import SamplingParams
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 << 20
+"""Larger frames are refused by ZeroMQ itself, which drops the connection that sent one."""
+
+Id = Annotated[str, Meta(min_length=1, max_length=256)]
+Namespace = Annotated[str, Meta(max_length=256)] | None
+TokenId = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+
+
+class Message(Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+def _sampling_struct() -> type[Struct]:
+    """``SamplingParams`` as a wire struct: the same fields, types and defaults (stop strings and
+    stop token ids may also be a single string / a list)."""
+    hints = typing.get_type_hints(SamplingParams)
+    wire_types = {"stop": str | list[str] | None, "stop_token_ids": list[int] | None}
+    fields = [(f.name, wire_types.get(f.name, hints[f.name]), f.default)
+              for f in dataclasses.fields(SamplingParams) if f.name != "extra"]
+    return msgspec.defstruct("Sampling", fields, forbid_unknown_fields=True, omit_defaults=True, frozen=True)
+
+
+Sampling = _sampling_struct()
+
+
+def sampling_params(wire: Struct) -> SamplingParams:
+    return SamplingParams(**msgspec.structs.asdict(wire))
+
+
+def wire_sampling(params: SamplingParams, **changes: Any) -> Struct:
+    values = {f.name: getattr(params, f.name) for f in dataclasses.fields(SamplingParams) if f.name != "extra"}
+    values.update(stop=list(values["stop"]), stop_token_ids=list(values["stop_token_ids"]))
+    return Sampling(**(values | changes))
+
+
+# ---- client -> router ----------------------------------------------------------------------
+
+class Hello(Message, tag="hello"):
+    version: int
+    client: Annotated[str, Meta(max_length=256)] = ""
+
+
+class ChatMessage(Struct, forbid_unknown_fields=True):
+    role: Annotated[str, Meta(min_length=1, max_length=64)]
+    content: str
+
+
+class Generate(Message, tag="generate"):
+    """Exactly one of ``prompt`` (text), ``input_ids`` and ``messages`` (a chat, to which the
+    model's chat template is applied with the assistant's turn opened)."""
+
+    id: Id
+    prompt: str | None = None
+    input_ids: list[TokenId] | None = None
+    messages: list[ChatMessage] | None = None
+    params: Sampling = field(default_factory=Sampling)  # type: ignore[valid-type]
+    namespace: Namespace = None
+    stream: bool = False
+    prompt_logprobs_from: Annotated[int, Meta(ge=1)] | None = None
+
+
+class Abort(Message, tag="abort"):
+    id: Id
+
+
+class GetStats(Message, tag="get_stats"):
+    pass
+
+
+class GetHealth(Message, tag="get_health"):
+    pass
+
+
+# ---- router -> client ----------------------------------------------------------------------
+
+class Welcome(Message, tag="welcome"):
+    version: int
+    model: str
+    workers: int
+    max_inflight: int
+
+
+class Delta(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    id: str
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+
+
+class Deltas(Message, tag="deltas"):
+    """New text of streamed requests: one message per client per worker step."""
+
+    items: list[Delta]
+
+
+class Finished(Message, tag="finished"):
+    """A request's whole output (``GenerateOutput``'s fields); ``token_times`` are Unix times."""
+
+    id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    token_times: list[float] = []
+    logprobs: list[float] | None = None
+    matched_stop: str | int | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    text_token_count: int | None = None
+    prompt_logprobs: list[float] | None = None
+    worker: str = ""
+
+
+class Error(Message, tag="error"):
+    """A refused message (``id`` names the request when there is one)."""
+
+    code: str
+    message: str
+    id: str | None = None
+
+
+class Stats(Message, tag="stats"):
+    router: dict[str, Any]
+    workers: dict[str, dict[str, Any]]
+
+
+class Health(Message, tag="health"):
+    ok: bool
+    workers: list[str]
+    inflight: int
+
+
+# ---- router <-> worker ---------------------------------------------------------------------
+
+class Register(Message, tag="register"):
+    version: int
+    worker: str
+    pid: int
+    model: str
+    vocab_size: int
+    max_context: int
+    page_size: int
+    num_pages: int
+
+
+class Submit(Message, tag="submit"):
+    id: str
+    input_ids: list[int]
+    params: Sampling  # type: ignore[valid-type]  # stop strings are the router's: always empty here
+    namespace: str | None = None
+    prompt_logprobs_from: int | None = None
+
+
+class Cancel(Message, tag="cancel"):
+    ids: list[str]
+
+
+class StatsQuery(Message, tag="stats_query"):
+    query: int
+
+
+class Shutdown(Message, tag="shutdown"):
+    pass
+
+
+class TokenOutput(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One request's news in one step (the engine's ``RequestOutput`` less its text)."""
+
+    id: str
+    token_ids: list[int]
+    token_times: list[float]  # Unix times
+    logprobs: list[float] | None = None
+    finished: bool = False
+    finish_reason: str | None = None
+    matched_stop: int | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    prompt_logprobs: list[float] | None = None
+
+
+class WireCacheEvent(Struct, array_like=True):
+    """``radixrt.cache.CacheEvent``: tokens as raw little-endian int32 bytes."""
+
+    stored: bool
+    namespace: str | None
+    tokens: bytes
+    start: int
+
+
+class StepOutput(Message, tag="step"):
+    """Everything one engine step produced: every request's news and the cache's changes."""
+
+    outputs: list[TokenOutput]
+    events: list[WireCacheEvent] = []
+
+
+class WorkerStats(Message, tag="worker_stats"):
+    query: int
+    stats: dict[str, Any]
+
+
+class Heartbeat(Message, tag="heartbeat"):
+    worker: str
+
+
+ClientMessage = Hello | Generate | Abort | GetStats | GetHealth
+ReplyMessage = Welcome | Deltas | Finished | Error | Stats | Health
+ToWorker = Submit | Cancel | StatsQuery | Shutdown
+FromWorker = Register | StepOutput | WorkerStats | Heartbeat
+
+encode = msgspec.msgpack.Encoder().encode
+
+
+def decoder(union: Any) -> msgspec.msgpack.Decoder:
+    return msgspec.msgpack.Decoder(union)

@@ -1,0 +1,469 @@
+"""The router: one process that owns the client-facing socket and all text, and spreads requests
+over workers.
+
+Clients and workers each talk to a ROUTER socket of its own. Every loop turn drains both without
+blocking on any one peer. A client request is tokenized here (prompt text or chat messages), then
+goes to the worker the routing policy picks, as token ids without stop strings; each of that
+worker's step outputs brings the request's new tokens, which are detokenized here, checked for stop
+strings (a match ends the request and cancels it on the worker) and streamed to the client.
+
+A worker that disconnects (its process killed: the socket monitor tells), stops sending (heartbeats included) for ``worker_timeout`` seconds, or
+that ``radixrt serve`` sees exit is lost: its requests go to a live worker as their prompt followed
+by the tokens generated so far, so their streams go on where they stopped; with no worker left
+they fail. A client that disconnects has its requests cancelled.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+import zmq
+
+from radixrt.cache import Node
+from radixrt.engine.detokenizer import IncrementalDetokenizer
+from radixrt.engine.output_text import OutputText
+from radixrt.engine.sampling import SamplingParams
+from radixrt.server import protocol as p
+from radixrt.server.routing import POLICIES, CacheAware, RoundRobin, WorkerView
+from radixrt.server.sockets import Authenticator, Departures, Keys, check_exposure, server_socket
+
+log = logging.getLogger("radixrt.router")
+
+DRAIN_BATCH = 256  # messages taken from one socket per turn, so that neither side starves the other
+STATS_TIMEOUT = 2.0
+
+
+@dataclass(eq=False)
+class Job:
+    """A request in flight: ``key`` is the name workers know it by, ``id`` the client's."""
+
+    key: str
+    client: bytes
+    id: str
+    prompt: np.ndarray
+    params: SamplingParams
+    namespace: str | None
+    stream: bool
+    prompt_logprobs_from: int | None
+    text: OutputText | None
+    tokens: list[int] = field(default_factory=list)
+    token_times: list[float] = field(default_factory=list)
+    logprobs: list[float] | None = None
+    worker: str | None = None
+    route: Node | None = None
+    resubmits: int = 0
+
+
+@dataclass(eq=False)
+class WorkerState:
+    info: p.Register
+    identity: bytes
+    view: WorkerView
+    last_seen: float
+    jobs: set[str] = field(default_factory=set)
+
+
+@dataclass
+class StatsRequest:
+    client: bytes
+    waiting: set[str]
+    deadline: float
+    replies: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    finished: int = 0
+    aborted: int = 0
+    failed: int = 0
+    refused: int = 0
+    resubmitted: int = 0
+    deltas: int = 0
+    bad_frames: int = 0
+    clients_lost: int = 0
+    workers_lost: int = 0
+
+
+class Router:
+    def __init__(self, tokenizer: Any, address: str = "tcp://127.0.0.1:5555", worker_address: str = "tcp://127.0.0.1:0", *,
+                 model: str = "", keys: Keys | None = None, insecure: bool = False, policy: str = "cache_aware",
+                 max_inflight_per_client: int = 1024, worker_timeout: float = 2.0, balance_abs: int = 8,
+                 balance_rel: float = 1.5) -> None:
+        for a in (address, worker_address):
+            check_exposure(a, keys, insecure)
+        if policy not in POLICIES:
+            raise ValueError(f"unknown routing policy {policy!r}: choose from {', '.join(POLICIES)}")
+        self.tokenizer, self.model = tokenizer, model
+        self.policy = CacheAware(balance_abs, balance_rel) if policy == "cache_aware" else RoundRobin()
+        self.policy_name = policy
+        self.max_inflight, self.worker_timeout = max_inflight_per_client, worker_timeout
+        self.context = zmq.Context()
+        self._auth = Authenticator(self.context, keys) if keys is not None else None
+        self.clients_socket, self.address = server_socket(self.context, address, keys)
+        self.workers_socket, self.worker_address = server_socket(self.context, worker_address, keys)
+        self.workers_socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its name back
+        self.client_departures, self.worker_departures = Departures(self.clients_socket), Departures(self.workers_socket)
+        self.poller = zmq.Poller()
+        for sock in (self.clients_socket, self.workers_socket, self.client_departures.monitor, self.worker_departures.monitor):
+            self.poller.register(sock, zmq.POLLIN)
+        self.workers: dict[str, WorkerState] = {}
+        self.jobs: dict[str, Job] = {}
+        self.clients: dict[bytes, dict[str, Job]] = {}  # greeted clients -> their jobs by client id
+        self.counters = Counters()
+        self._keys = (f"r{i}" for i in itertools.count())
+        self._queries = itertools.count()
+        self._stats: dict[int, StatsRequest] = {}
+        self._decode_client = p.decoder(p.ClientMessage).decode
+        self._decode_worker = p.decoder(p.FromWorker).decode
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def poll(self, timeout: float = 0.05) -> None:
+        """One turn: wait up to ``timeout`` seconds for messages, handle what came, check liveness."""
+        ready = dict(self.poller.poll(int(timeout * 1000)))
+        for identity in self.worker_departures.gone():
+            worker = self._worker_by_identity(identity)
+            if worker is not None:
+                self.worker_lost(worker.info.worker, "disconnected")
+        for identity in self.client_departures.gone():
+            self._client_gone(identity)
+        if self.workers_socket in ready:
+            self._drain(self.workers_socket, self.worker_departures, self._on_worker)
+        if self.clients_socket in ready:
+            self._drain(self.clients_socket, self.client_departures, self._on_client)
+        self._check_deadlines(time.monotonic())
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            self._send_worker(w, p.Shutdown())
+        self.client_departures.close()
+        self.worker_departures.close()
+        self.clients_socket.close(linger=0)
+        self.workers_socket.close(linger=100)
+        if self._auth is not None:
+            self._auth.stop()
+        self.context.term()
+
+    def _drain(self, sock: zmq.Socket, departures: Departures, handle) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = frames[0].bytes
+            departures.seen(identity, frames[-1])
+            try:
+                handle(identity, frames[1].bytes if len(frames) == 2 else None)
+            except Exception:  # a bug must not take the router down: log it, go on
+                log.exception("error while handling a message")
+
+    # ---- clients ---------------------------------------------------------------------------
+
+    def _on_client(self, client: bytes, frame: bytes | None) -> None:
+        if frame is None:
+            self._refuse(client, "bad_message", "a message is exactly one frame")
+            return
+        try:
+            msg = self._decode_client(frame)
+        except msgspec.MsgspecError as e:
+            self._refuse(client, "bad_message", str(e), _request_id(frame))
+            return
+        if isinstance(msg, p.Hello):
+            if msg.version != p.PROTOCOL_VERSION:
+                self._refuse(client, "version", f"this server speaks protocol version {p.PROTOCOL_VERSION}, not {msg.version}")
+                return
+            self.clients.setdefault(client, {})
+            self._reply(client, p.Welcome(p.PROTOCOL_VERSION, self.model, len(self.workers), self.max_inflight))
+        elif client not in self.clients:
+            self._refuse(client, "hello_required", "send hello (with the protocol version) first", getattr(msg, "id", None))
+        elif isinstance(msg, p.Generate):
+            self._generate(client, msg)
+        elif isinstance(msg, p.Abort):
+            job = self.clients[client].get(msg.id)
+            if job is not None:
+                self._cancel(job)
+                self._end(job, "abort")
+        elif isinstance(msg, p.GetStats):
+            self._ask_stats(client)
+        elif isinstance(msg, p.GetHealth):
+            self._reply(client, p.Health(bool(self.workers), sorted(self.workers), len(self.jobs)))
+
+    def _generate(self, client: bytes, msg: p.Generate) -> None:
+        jobs = self.clients[client]
+        if msg.id in jobs:
+            self._refuse(client, "duplicate_id", f"request id {msg.id!r} is already in flight", msg.id)
+            return
+        if len(jobs) >= self.max_inflight:
+            self._refuse(client, "too_many_requests", f"this client has {len(jobs)} requests in flight, the most allowed; "
+                                                      "wait for one to end", msg.id)
+            return
+        if not self.workers:
+            self._refuse(client, "unavailable", "no worker is connected", msg.id)
+            return
+        try:
+            prompt = self._prompt(msg)
+            params = p.sampling_params(msg.params)
+            self._check(prompt, params, msg.prompt_logprobs_from)
+        except ValueError as e:
+            self._refuse(client, "invalid_request", str(e), msg.id)
+            return
+        text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
+        job = Job(next(self._keys), client, msg.id, prompt, params, msg.namespace, msg.stream, msg.prompt_logprobs_from, text,
+                  logprobs=[] if params.logprobs else None)
+        jobs[msg.id] = self.jobs[job.key] = job
+        self.counters.requests += 1
+        self._dispatch(job)
+
+    def _prompt(self, msg: p.Generate) -> np.ndarray:
+        given = [name for name in ("prompt", "input_ids", "messages") if getattr(msg, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of prompt, input_ids and messages (got {', '.join(given) or 'none'})")
+        if msg.input_ids is not None:
+            return np.asarray(msg.input_ids, dtype=np.int32)
+        if self.tokenizer is None:
+            raise ValueError("this model ships no tokenizer: give input_ids")
+        if msg.prompt is not None:
+            return np.asarray(self.tokenizer.encode(msg.prompt, add_special_tokens=False), dtype=np.int32)
+        try:
+            ids = self.tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in msg.messages],
+                                                     add_generation_prompt=True)
+        except Exception as e:  # a template that refuses the conversation (roles out of order, say)
+            raise ValueError(f"the chat template refused these messages: {e}") from None
+        return np.asarray(ids["input_ids"] if hasattr(ids, "keys") else ids, dtype=np.int32)
+
+    def _check(self, prompt: np.ndarray, params: SamplingParams, prompt_logprobs_from: int | None) -> None:
+        info = next(iter(self.workers.values())).info
+        params.validate(info.vocab_size)
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer, and this model ships none: use stop_token_ids")
+        if prompt.size == 0:
+            raise ValueError("the prompt is empty")
+        if int(prompt.max()) >= info.vocab_size:
+            raise ValueError(f"token ids {prompt[prompt >= info.vocab_size][:4].tolist()} are outside the vocabulary "
+                             f"(0..{info.vocab_size - 1})")
+        room = min(info.max_context, min(w.info.num_pages * w.info.page_size for w in self.workers.values()))
+        if prompt.size >= room:
+            raise ValueError(f"the prompt has {prompt.size} tokens; the model's context and the KV cache hold {room}")
+        if prompt_logprobs_from is not None and prompt_logprobs_from >= prompt.size:
+            raise ValueError(f"prompt_logprobs_from must be a position in 1..{prompt.size - 1}, got {prompt_logprobs_from}")
+
+    # ---- routing ---------------------------------------------------------------------------
+
+    def _dispatch(self, job: Job) -> None:
+        """Send ``job`` (its prompt and what it generated so far) to the worker the policy picks."""
+        tokens = np.concatenate([job.prompt, np.asarray(job.tokens, dtype=np.int32)]) if job.tokens else job.prompt
+        name = self.policy.choose({n: w.view for n, w in self.workers.items()}, tokens, job.namespace)
+        worker = self.workers[name]
+        job.worker, job.route = name, worker.view.add(tokens, job.namespace)
+        worker.jobs.add(job.key)
+        params = p.wire_sampling(job.params, stop=[], max_new_tokens=job.params.max_new_tokens - len(job.tokens))
+        self._send_worker(worker, p.Submit(job.key, tokens.tolist(), params, job.namespace, job.prompt_logprobs_from))
+
+    def _unroute(self, job: Job) -> None:
+        worker = self.workers.get(job.worker) if job.worker else None
+        if worker is not None and job.key in worker.jobs:
+            worker.jobs.discard(job.key)
+            worker.view.remove(job.route)
+        job.worker = job.route = None
+
+    def _cancel(self, job: Job) -> None:
+        worker = self.workers.get(job.worker) if job.worker else None
+        if worker is not None:
+            self._send_worker(worker, p.Cancel([job.key]))
+
+    # ---- workers ---------------------------------------------------------------------------
+
+    def _on_worker(self, identity: bytes, frame: bytes | None) -> None:
+        worker = self._worker_by_identity(identity)
+        try:
+            msg = self._decode_worker(frame or b"")
+        except msgspec.MsgspecError as e:
+            log.error("dropped a bad message from worker %r: %s", identity, e)
+            return
+        now = time.monotonic()
+        if isinstance(msg, p.Register):
+            self._register(identity, msg, now)
+        elif isinstance(msg, p.Heartbeat):
+            if msg.worker in self.workers:
+                self.workers[msg.worker].last_seen = now
+        elif worker is None:
+            self._send(self.workers_socket, identity, p.Shutdown())  # a worker this router has given up on
+        elif isinstance(msg, p.StepOutput):
+            worker.last_seen = now
+            self._on_step(worker, msg)
+        elif isinstance(msg, p.WorkerStats):
+            worker.last_seen = now
+            query = self._stats.get(msg.query)
+            if query is not None:
+                query.replies[worker.info.worker] = msg.stats
+                query.waiting.discard(worker.info.worker)
+                if not query.waiting:
+                    self._answer_stats(msg.query)
+
+    def _register(self, identity: bytes, msg: p.Register, now: float) -> None:
+        problem = None
+        if msg.version != p.PROTOCOL_VERSION:
+            problem = f"it speaks protocol version {msg.version}, not {p.PROTOCOL_VERSION}"
+        elif self.workers and msg.worker not in self.workers:
+            first = next(iter(self.workers.values())).info
+            if msg.vocab_size != first.vocab_size:
+                problem = f"its model's vocabulary ({msg.vocab_size}) differs from the other workers' ({first.vocab_size})"
+        if problem is not None:
+            log.error("refused worker %s: %s", msg.worker, problem)
+            self._send(self.workers_socket, identity, p.Shutdown())
+            return
+        if msg.worker in self.workers:
+            self.worker_lost(msg.worker, "registered again")
+        self.workers[msg.worker] = WorkerState(msg, identity, WorkerView(msg.page_size), now)
+        log.info("worker %s joined (pid %d, %s, %d KV pages of %d tokens)", msg.worker, msg.pid, msg.model, msg.num_pages,
+                 msg.page_size)
+
+    def worker_lost(self, name: str, why: str) -> None:
+        """Stop using worker ``name``; its requests go on on another worker, or fail if none is left."""
+        worker = self.workers.pop(name, None)
+        if worker is None:
+            return
+        self.counters.workers_lost += 1
+        log.warning("worker %s lost (%s); %d requests in flight on it", name, why, len(worker.jobs))
+        self._send(self.workers_socket, worker.identity, p.Shutdown())
+        for key in sorted(worker.jobs, key=lambda k: int(k[1:])):
+            job = self.jobs[key]
+            job.worker = job.route = None
+            if self.workers:
+                job.resubmits += 1
+                self.counters.resubmitted += 1
+                self._dispatch(job)
+            else:
+                self._end(job, "error", error=f"worker {name} was lost ({why}) and no worker is left")
+        for query_id, query in list(self._stats.items()):
+            query.waiting.discard(name)
+            if not query.waiting:
+                self._answer_stats(query_id)
+
+    def _on_step(self, worker: WorkerState, msg: p.StepOutput) -> None:
+        worker.view.apply(msg.events)
+        deltas: dict[bytes, list[p.Delta]] = defaultdict(list)
+        for out in msg.outputs:
+            job = self.jobs.get(out.id)
+            if job is None or job.worker != worker.info.worker:
+                continue  # it ended here already (a stop string, an abort) or moved on
+            job.tokens += out.token_ids
+            job.token_times += out.token_times
+            if job.logprobs is not None and out.logprobs is not None:
+                job.logprobs += out.logprobs
+            if out.finished:
+                self._end(job, out.finish_reason or "error", out)
+                continue
+            if job.text is not None and (job.stream or job.params.stop) and job.text.feed(job.tokens, False, False) is not None:
+                self._cancel(job)
+                self._end(job, "stop")
+                continue
+            if job.stream:
+                deltas[job.client].append(p.Delta(job.id, job.text.take() if job.text else "", out.token_ids, out.logprobs))
+        for client, items in deltas.items():
+            self.counters.deltas += len(items)
+            self._reply(client, p.Deltas(items))
+
+    def _end(self, job: Job, reason: str, out: p.TokenOutput | None = None, error: str | None = None) -> None:
+        """Tell the client how ``job`` ended and forget it (cancelling it on the worker is the caller's)."""
+        matched: str | int | None = out.matched_stop if out is not None else None
+        error = error or (out.error if out is not None else None)
+        count = len(job.tokens)
+        if job.text is not None:
+            stop_token = matched is not None
+            if job.text.feed(job.tokens, stop_token, final=True) is not None:
+                reason, matched = "stop", job.text.matched
+            count = job.text.tokens_behind(job.tokens[:-1] if stop_token else job.tokens)
+        elif reason == "stop" and matched is not None:
+            count -= 1
+        self._unroute(job)
+        self.jobs.pop(job.key, None)
+        self.clients.get(job.client, {}).pop(job.id, None)
+        self.counters.finished += reason in ("stop", "length")
+        self.counters.aborted += reason == "abort"
+        self.counters.failed += reason == "error"
+        self._reply(job.client, p.Finished(
+            job.id, job.text.text if job.text is not None else "", job.tokens, reason, job.token_times, job.logprobs, matched,
+            error, int(job.prompt.size), min(out.cached_tokens, int(job.prompt.size)) if out is not None else 0, count,
+            out.prompt_logprobs if out is not None else None, job.worker or ""))
+
+    def _client_gone(self, client: bytes) -> None:
+        jobs = self.clients.pop(client, None)
+        if jobs is None:
+            return
+        self.counters.clients_lost += 1
+        for job in list(jobs.values()):
+            self._cancel(job)
+            self._unroute(job)
+            self.jobs.pop(job.key, None)
+        if jobs:
+            log.info("a client left with %d requests in flight: cancelled them", len(jobs))
+
+    # ---- stats and deadlines ---------------------------------------------------------------
+
+    def _ask_stats(self, client: bytes) -> None:
+        query_id = next(self._queries)
+        self._stats[query_id] = StatsRequest(client, set(self.workers), time.monotonic() + STATS_TIMEOUT)
+        for w in self.workers.values():
+            self._send_worker(w, p.StatsQuery(query_id))
+        if not self.workers:
+            self._answer_stats(query_id)
+
+    def _answer_stats(self, query_id: int) -> None:
+        query = self._stats.pop(query_id)
+        totals = {k: sum(s.get(k, 0) for s in query.replies.values())
+                  for k in ("prompt_tokens", "cached_tokens", "computed_tokens", "decode_tokens", "evicted_pages",
+                            "retractions", "failed_requests")}
+        router = {**self.counters.__dict__, **totals, "inflight": len(self.jobs), "clients": len(self.clients),
+                  "policy": self.policy_name, "hit_rate": totals["cached_tokens"] / totals["prompt_tokens"] if totals["prompt_tokens"] else 0.0,
+                  "load": {n: w.view.load for n, w in self.workers.items()}}
+        self._reply(query.client, p.Stats(router, query.replies))
+
+    def _check_deadlines(self, now: float) -> None:
+        for name, w in list(self.workers.items()):
+            if now - w.last_seen > self.worker_timeout:
+                self.worker_lost(name, f"silent for {now - w.last_seen:.1f} s")
+        for query_id, query in list(self._stats.items()):
+            if now > query.deadline:
+                self._answer_stats(query_id)
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    def _worker_by_identity(self, identity: bytes) -> WorkerState | None:
+        w = self.workers.get(identity.decode(errors="replace"))
+        return w if w is not None and w.identity == identity else None
+
+    def _send_worker(self, worker: WorkerState, msg: p.Message) -> None:
+        self._send(self.workers_socket, worker.identity, msg)
+
+    def _reply(self, client: bytes, msg: p.Message) -> None:
+        self._send(self.clients_socket, client, msg)
+
+    def _refuse(self, client: bytes, code: str, message: str, request_id: str | None = None) -> None:
+        self.counters.refused += code != "bad_message"
+        self.counters.bad_frames += code == "bad_message"
+        self._reply(client, p.Error(code, message, request_id))
+
+    @staticmethod
+    def _send(sock: zmq.Socket, identity: bytes, msg: p.Message) -> None:
+        try:
+            sock.send_multipart([identity, p.encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as e:  # the peer is gone or its queue is full: nothing to do but note it
+            log.warning("could not send %s: %s", type(msg).__name__, e)
+
+
+def _request_id(frame: bytes) -> str | None:
+    """The ``id`` of a frame that failed validation, if it has a usable one, so the error names its request."""
+    try:
+        obj = msgspec.msgpack.decode(frame)
+    except Exception:
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str) and 0 < len(rid) <= 256 else None
