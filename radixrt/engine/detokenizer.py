@@ -22,7 +22,7 @@ class IncrementalDetokenizer:
     def update(self, ids: list[int], final: bool = False) -> str:
         """``text`` for ``ids`` (the whole output so far; earlier calls' ids are its prefix)."""
         if len(ids) > self.read_at:
-            decode = lambda part: self.tokenizer.decode(part, skip_special_tokens=True)
+            decode = lambda part: self.tokenizer.decode(part, skip_special_tokens=True)  # noqa: E731
             context = decode(ids[self.context_at : self.read_at])
             window = decode(ids[self.context_at :])
             if final or (len(window) > len(context) and not window.endswith("\ufffd")):

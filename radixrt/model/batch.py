@@ -47,7 +47,7 @@ def build_batch(chunks: list[SequenceChunk], page_size: int, device: torch.devic
                             for pages, pos in zip(page_of, np.split(positions, np.cumsum(new_lens)[:-1]))])
     qo_indptr = np.concatenate([[0], np.cumsum(new_lens)])
     rows = [np.arange(qo_indptr[b] + c.first_logit % len(c.tokens), qo_indptr[b + 1]) for b, c in enumerate(chunks)]
-    as_tensor = lambda a, dtype: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
+    as_tensor = lambda a, dtype: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
     return ForwardBatch(
         input_ids=as_tensor(np.concatenate([c.tokens for c in chunks]), torch.int64),
         positions=as_tensor(positions, torch.int64),

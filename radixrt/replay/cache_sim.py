@@ -41,7 +41,7 @@ class CacheReplay:
         return self.hit_tokens / self.tokens if self.tokens else 0.0
 
     def figures(self) -> dict:
-        rate = lambda n, s: round(n / s, 1) if s else None
+        rate = lambda n, s: round(n / s, 1) if s else None  # noqa: E731
         return {
             "requests": self.requests,
             "hit_rate": round(self.hit_rate, 4),
