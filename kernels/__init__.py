@@ -20,13 +20,39 @@ Operations (each takes one layer's pools ``[num_pages, page_size, kv_heads, head
 - ``write_kv``: store new tokens' K/V at their slots ``page * page_size + offset``.
 An fp8 (e4m3) pool holds ``value / scale`` with a float32 scale per KV head.
 ``radixrt.kernels.reference`` has the same operations written plainly: the ground truth.
+
+Backend: ``$RADIXRT_ATTENTION``, read once at import (see :data:`ATTENTION`). ``auto`` (the
+default) runs the Triton kernels on CUDA tensors and the PyTorch path on CPU tensors; ``triton``
+runs the kernels on CPU tensors too, which needs ``TRITON_INTERPRET=1`` set before triton is
+imported: that is how the tests run the whole engine through the kernels without a GPU.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
 from radixrt.kernels import cpu
 from radixrt.kernels.layout import PagedKV, check_head_dim
+
+ATTENTION_BACKENDS = ("auto", "triton")
+
+
+def attention_backend() -> str:
+    """``$RADIXRT_ATTENTION``, validated. There is no way to force the PyTorch path onto CUDA
+    tensors: it builds its gather indices on the CPU."""
+    value = os.environ.get("RADIXRT_ATTENTION", "auto").strip().lower() or "auto"
+    if value not in ATTENTION_BACKENDS:
+        raise ValueError(f"RADIXRT_ATTENTION must be one of {', '.join(ATTENTION_BACKENDS)}, got {value!r}")
+    return value
+
+
+ATTENTION = attention_backend()
+"""The backend chosen at import; tests that run both paths in one process set this attribute."""
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    return x.is_cuda or ATTENTION == "triton"
 
 
 def _triton():
@@ -36,22 +62,22 @@ def _triton():
 
 
 def decode_attention(q: torch.Tensor, kv: PagedKV, seq_lens: torch.Tensor, **options) -> torch.Tensor:
-    if q.is_cuda:
+    if _use_triton(q):
         return _triton()[0].decode_attention(q, kv, seq_lens, **options)
     return cpu.decode_attention(q, kv, seq_lens, **options)
 
 
 def extend_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv: PagedKV, qo_indptr: torch.Tensor,
                      prefix_lens: torch.Tensor, **options) -> torch.Tensor:
-    if q.is_cuda:
+    if _use_triton(q):
         return _triton()[1].extend_attention(q, k_new, v_new, kv, qo_indptr, prefix_lens, **options)
     return cpu.extend_attention(q, k_new, v_new, kv, qo_indptr, prefix_lens, **options)
 
 
 def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
              k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> None:
-    impl = _triton()[2].write_kv if k_pool.is_cuda else cpu.write_kv
+    impl = _triton()[2].write_kv if _use_triton(k_pool) else cpu.write_kv
     impl(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
 
 
-__all__ = ["PagedKV", "check_head_dim", "decode_attention", "extend_attention", "write_kv"]
+__all__ = ["ATTENTION", "PagedKV", "attention_backend", "check_head_dim", "decode_attention", "extend_attention", "write_kv"]
