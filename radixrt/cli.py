@@ -75,10 +75,16 @@ def serve(args: argparse.Namespace) -> int:
     from radixrt.model.loader import hf_directory
     from radixrt.server.router import Router
     from radixrt.server.serve import LocalWorkers, local_worker_address, serve
-    from radixrt.server.sockets import Keys
+    from radixrt.server.sockets import Keys, check_exposure
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     address = f"tcp://{args.host}:{args.port}"
+    try:
+        for a in (address, args.worker_address or "ipc://"):
+            check_exposure(a, args.keys, args.insecure)
+    except ValueError as e:
+        print(f"radixrt serve: {e}", file=sys.stderr)
+        return 2
     worker_address = args.worker_address or local_worker_address()
     try:
         from transformers import AutoTokenizer
@@ -115,8 +121,9 @@ def keys(args: argparse.Namespace) -> int:
     from radixrt.server.sockets import write_keys
 
     write_keys(args.directory)
-    print(f"wrote the server's and a client's CURVE key pairs to {args.directory}; `serve --keys {args.directory}` lets in "
-          "every client whose public key (*.key) is there", file=sys.stderr)
+    print(f"wrote the server's and a client's CURVE key pairs to {args.directory}. `serve --keys {args.directory}` lets in "
+          "every client whose public key (*.key) is there when it starts; a client needs server.key and client.key_secret",
+          file=sys.stderr)
     return 0
 
 

@@ -93,6 +93,7 @@ class Client:
         self._requests = _Requests()
         self._mail: dict[str, deque] = {}  # replies of requests in flight, by id
         self._control: deque = deque()  # replies that name no request
+        self._submitted: dict[str, float] = {}  # ids of ``submit``ted requests -> when they were sent
         try:
             self.info: p.Welcome = self._call(p.Hello(p.PROTOCOL_VERSION), p.Welcome)
         except BaseException:
@@ -128,10 +129,11 @@ class Client:
         result = [outputs[rid] for rid, _ in started]
         return result[0] if single else result
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None) -> Iterator[str]:
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
+               request_id: str | None = None) -> Iterator[str]:
         """The text as it is generated; raises ``RequestFailed`` if the request fails. Closing the
-        iterator early aborts the request."""
-        rid, _ = self._send(prompt, params, namespace, stream=True)
+        iterator early aborts the request, and so does ``abort(request_id)``."""
+        rid, _ = self._send(prompt, params, namespace, stream=True, request_id=request_id)
         sent, done = 0, False
         try:
             while not done:
@@ -156,6 +158,32 @@ class Client:
             if not done:
                 self.abort(rid)
             self._mail.pop(rid, None)
+
+    def submit(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
+               request_id: str | None = None) -> str:
+        """Send a request without waiting for it; ``finished`` collects it. Returns its id."""
+        rid, arrival = self._send(prompt, params, namespace, stream=False, request_id=request_id)
+        self._submitted[rid] = arrival
+        return rid
+
+    def finished(self, timeout: float | None = None) -> list[GenerateOutput]:
+        """Outputs of submitted requests that ended, waiting up to ``timeout`` seconds (None: until
+        one ends) for the first. A request the server refused comes back with finish reason
+        "error" and the refusal in ``error``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            done = []
+            for rid, arrival in list(self._submitted.items()):
+                for msg in self._mail[rid]:
+                    if isinstance(msg, (p.Finished, p.Error)):
+                        del self._submitted[rid], self._mail[rid]
+                        done.append(self._requests.output(msg, arrival) if isinstance(msg, p.Finished) else
+                                    GenerateOutput(rid, arrival, finish_reason="error", error=f"{msg.code}: {msg.message}"))
+                        break
+            left = None if deadline is None else deadline - time.monotonic()
+            if done or not self._submitted or (left is not None and left <= 0):
+                return done
+            self._pump(left)
 
     def abort(self, request_id: str) -> None:
         """End a request of this client; its output (finish reason "abort") is dropped."""
@@ -269,10 +297,10 @@ class AsyncClient:
                     self._socket.send(p.encode(p.Abort(rid)))  # still running: refused elsewhere, or cancelled
         return outputs[0] if single else outputs
 
-    async def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
-                     namespace: str | None = None) -> AsyncIterator[str]:
+    async def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
+                     request_id: str | None = None) -> AsyncIterator[str]:
         await self._connect()
-        rid, _ = self._send(prompt, params, namespace, stream=True)
+        rid, _ = self._send(prompt, params, namespace, stream=True, request_id=request_id)
         box, sent, done = self._mail[rid], 0, False
         try:
             while not done:

@@ -51,7 +51,7 @@ _NO_PAGES.flags.writeable = False
 
 
 class Node:
-    __slots__ = ("children", "id", "key", "lock_ref", "lru_entry", "namespace", "pages", "parent", "tick", "version")
+    __slots__ = ("key", "pages", "children", "parent", "lock_ref", "tick", "id", "lru_entry", "namespace", "version")
 
     def __init__(self, key: bytes, pages: IdArray, parent: Node | None, tick: int, id: int, lock_ref: int = 0):
         self.key = key

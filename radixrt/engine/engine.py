@@ -261,11 +261,11 @@ class Engine:
         """The request's news since its last output (its last output, if it is done)."""
         new, req.reported = slice(req.reported, req.num_output), req.num_output
         out = RequestOutput(req.id, req.output[new].tolist(), req.output_text.take(final=req.done) if req.output_text else "",
-                            req.logprobs[new] if req.params.logprobs else None, req.token_times[new])
+                            req.logprobs[new] if req.params.logprobs else None, req.token_times[new],
+                            prompt_tokens=req.prompt_len, cached_tokens=req.cached_tokens)
         if req.done:
             stop_token = req.finish_reason == "stop" and isinstance(req.matched_stop, int)
             out.finished, out.finish_reason, out.matched_stop, out.error = True, req.finish_reason, req.matched_stop, req.error
-            out.prompt_tokens, out.cached_tokens = req.prompt_len, req.cached_tokens
             ids = req.output[:-1] if stop_token else req.output
             out.text_token_count = req.output_text.tokens_behind(ids) if req.output_text else len(ids)
             if req.prompt_logprobs_from is not None:

@@ -127,7 +127,7 @@ class RequestOutput:
     matched_stop: str | int | None = None  # the stop string or stop token id that ended it
     error: str | None = None
     prompt_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens served from the radix cache
+    cached_tokens: int = 0  # prompt tokens served from the radix cache (known from the first output on)
     text_token_count: int | None = None
     prompt_logprobs: list[float] | None = None  # last output only, when asked for
 

@@ -58,6 +58,7 @@ class Job:
     worker: str | None = None
     route: Node | None = None
     resubmits: int = 0
+    cached_tokens: int = 0  # prompt tokens the first worker served from its cache
 
 
 @dataclass(eq=False)
@@ -320,19 +321,21 @@ class Router:
             self._send(self.workers_socket, identity, p.Shutdown())
             return
         if msg.worker in self.workers:
-            self.worker_lost(msg.worker, "registered again")
+            self.worker_lost(msg.worker, "registered again", shutdown=False)  # the newcomer holds its identity now
         self.workers[msg.worker] = WorkerState(msg, identity, WorkerView(msg.page_size), now)
         log.info("worker %s joined (pid %d, %s, %d KV pages of %d tokens)", msg.worker, msg.pid, msg.model, msg.num_pages,
                  msg.page_size)
 
-    def worker_lost(self, name: str, why: str) -> None:
-        """Stop using worker ``name``; its requests go on on another worker, or fail if none is left."""
+    def worker_lost(self, name: str, why: str, shutdown: bool = True) -> None:
+        """Stop using worker ``name`` (and tell it to stop, in case it is only slow); its requests
+        go on on another worker, or fail if none is left."""
         worker = self.workers.pop(name, None)
         if worker is None:
             return
         self.counters.workers_lost += 1
         log.warning("worker %s lost (%s); %d requests in flight on it", name, why, len(worker.jobs))
-        self._send(self.workers_socket, worker.identity, p.Shutdown())
+        if shutdown:
+            self._send(self.workers_socket, worker.identity, p.Shutdown())
         for key in sorted(worker.jobs, key=lambda k: int(k[1:])):
             job = self.jobs[key]
             job.worker = job.route = None
@@ -356,6 +359,8 @@ class Router:
                 continue  # it ended here already (a stop string, an abort) or moved on
             job.tokens += out.token_ids
             job.token_times += out.token_times
+            if not job.resubmits:
+                job.cached_tokens = out.cached_tokens
             if job.logprobs is not None and out.logprobs is not None:
                 job.logprobs += out.logprobs
             if out.finished:
@@ -383,6 +388,7 @@ class Router:
             count = job.text.tokens_behind(job.tokens[:-1] if stop_token else job.tokens)
         elif reason == "stop" and matched is not None:
             count -= 1
+        worker = job.worker or ""
         self._unroute(job)
         self.jobs.pop(job.key, None)
         self.clients.get(job.client, {}).pop(job.id, None)
@@ -391,8 +397,7 @@ class Router:
         self.counters.failed += reason == "error"
         self._reply(job.client, p.Finished(
             job.id, job.text.text if job.text is not None else "", job.tokens, reason, job.token_times, job.logprobs, matched,
-            error, int(job.prompt.size), min(out.cached_tokens, int(job.prompt.size)) if out is not None else 0, count,
-            out.prompt_logprobs if out is not None else None, job.worker or ""))
+            error, int(job.prompt.size), job.cached_tokens, count, out.prompt_logprobs if out is not None else None, worker))
 
     def _client_gone(self, client: bytes) -> None:
         jobs = self.clients.pop(client, None)

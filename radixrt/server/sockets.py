@@ -18,27 +18,40 @@ from radixrt.server.protocol import MAX_MESSAGE_BYTES
 
 @dataclass(frozen=True)
 class Keys:
-    """A directory that ``radixrt keys`` wrote: the server's key pair, one client key pair, and
-    the public keys of every client the server lets in (``*.key``)."""
+    """A directory that ``radixrt keys`` wrote: the server's key pair (``server.key``,
+    ``server.key_secret``), a client key pair (``client.key``, ``client.key_secret``), and the
+    public keys of every client the server lets in (``*.key``, read when the server starts). A
+    client needs only ``server.key`` and its own ``client.key_secret``."""
 
     directory: Path
 
     @classmethod
     def load(cls, directory: str | Path) -> Keys:
         directory = Path(directory)
-        for name in ("server.key", "server.key_secret", "client.key_secret"):
-            if not (directory / name).exists():
-                raise ValueError(f"{directory / name} is missing: `radixrt keys {directory}` writes a key directory")
+        if not (directory / "server.key").exists():
+            raise ValueError(f"{directory / 'server.key'} is missing: `radixrt keys {directory}` writes a key directory")
         return cls(directory)
 
-    def pair(self, name: str) -> tuple[bytes, bytes]:
-        public, secret = zmq.auth.load_certificate(self.directory / f"{name}.key_secret")
-        return public, secret
+    def server_pair(self) -> tuple[bytes, bytes]:
+        return self._load("server.key_secret")
+
+    def client_pair(self) -> tuple[bytes, bytes]:
+        return self._load("client.key_secret")
+
+    def server_public(self) -> bytes:
+        return self._load("server.key")[0]
+
+    def _load(self, name: str) -> tuple[bytes, bytes]:
+        path = self.directory / name
+        if not path.exists():
+            raise ValueError(f"{path} is missing: `radixrt keys {self.directory}` writes a key directory")
+        return zmq.auth.load_certificate(path)
 
 
 def write_keys(directory: str | Path) -> Keys:
-    """Write a server key pair and a client key pair; hand the client pair to trusted clients,
-    and drop more client public keys (``*.key``) into the directory to let their owners in."""
+    """Write a server key pair and a client key pair. Give trusted clients ``server.key`` and the
+    client pair; more clients' public keys (``*.key``) dropped into the directory are let in from
+    the server's next start."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("server", "client"):
@@ -88,7 +101,7 @@ def server_socket(context: zmq.Context, address: str, keys: Keys | None) -> tupl
     _common(sock)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a reply to a peer that has gone is dropped
     if keys is not None:
-        sock.curve_publickey, sock.curve_secretkey = keys.pair("server")
+        sock.curve_publickey, sock.curve_secretkey = keys.server_pair()
         sock.curve_server = True
     sock.bind(address)
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -129,8 +142,8 @@ def client_socket(context: zmq.Context, address: str, keys: Keys | None, identit
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity)
     if keys is not None:
-        sock.curve_publickey, sock.curve_secretkey = keys.pair("client")
-        sock.curve_serverkey = keys.pair("server")[0]
+        sock.curve_publickey, sock.curve_secretkey = keys.client_pair()
+        sock.curve_serverkey = keys.server_public()
     sock.connect(address)
     return sock
 
