@@ -89,6 +89,10 @@ class Client:
         self.address, self.timeout = address, timeout
         self._context = zmq.Context()
         self._socket = client_socket(self._context, address, Keys.load(keys) if keys else None)
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self._decode = p.decoder(p.ReplyMessage).decode
         self._requests = _Requests()
         self._mail: dict[str, deque] = {}  # replies of requests in flight, by id
@@ -199,6 +203,7 @@ class Client:
         return {"ok": reply.ok, "workers": reply.workers, "inflight": reply.inflight}
 
     def close(self) -> None:
+        self._monitor.close(linger=0)
         self._socket.close(linger=0)
         self._context.term()
 
@@ -234,8 +239,11 @@ class Client:
 
     def _pump(self, timeout: float | None) -> None:
         """Wait for messages (up to ``timeout`` seconds; None: until one comes) and file them all."""
-        if not self._socket.poll(None if timeout is None else int(timeout * 1000)):
-            return
+        ready = dict(self._poller.poll(None if timeout is None else int(timeout * 1000)))
+        if self._monitor in ready:
+            while self._monitor.poll(0):
+                self._monitor.recv_multipart()
+            _connection_lost(self._mail, self.address)
         while True:
             try:
                 msg = self._decode(self._socket.recv(zmq.NOBLOCK))
@@ -260,6 +268,13 @@ def _file(msg: p.Message, mail: dict[str, Any], control: Any) -> None:
         _put(control, msg)
 
 
+def _connection_lost(mail: dict[str, Any], address: str) -> None:
+    """The server's end of the connection closed (it stopped or was killed): it has forgotten
+    every request in flight, so each of them fails now instead of waiting forever."""
+    for rid, box in mail.items():
+        _put(box, p.Error("connection_lost", f"the connection to {address} closed while the request ran", rid))
+
+
 def _put(box: Any, item: Any) -> None:
     if isinstance(box, asyncio.Queue):
         box.put_nowait(item)
@@ -279,7 +294,8 @@ class AsyncClient:
         self._requests = _Requests()
         self._mail: dict[str, asyncio.Queue] = {}
         self._control: asyncio.Queue | None = None
-        self._reader: asyncio.Task | None = None
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._tasks: list[asyncio.Task] = []  # the reader and the disconnect watcher
         self._lock: asyncio.Lock | None = None
         self.info: p.Welcome | None = None
 
@@ -336,12 +352,10 @@ class AsyncClient:
         return {"ok": reply.ok, "workers": reply.workers, "inflight": reply.inflight}
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except (asyncio.CancelledError, Exception):
-                pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._monitor.close(linger=0)
         self._socket.close(linger=0)
         self._context.term()
 
@@ -356,9 +370,10 @@ class AsyncClient:
 
     async def _connect(self) -> None:
         if self.info is None:
-            if self._reader is None:
+            if not self._tasks:
                 self._control, self._lock = asyncio.Queue(), asyncio.Lock()
-                self._reader = asyncio.get_running_loop().create_task(self._read())
+                loop = asyncio.get_running_loop()
+                self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
             self.info = await self._call(p.Hello(p.PROTOCOL_VERSION), p.Welcome, connect=False)
 
     def _send(self, prompt: Prompt, params: SamplingParams | None, namespace: str | None, stream: bool,
@@ -397,3 +412,8 @@ class AsyncClient:
         while True:
             msg = self._decode(await self._socket.recv())
             _file(msg, self._mail, self._control)
+
+    async def _watch(self) -> None:
+        while True:
+            await self._monitor.recv_multipart()
+            _connection_lost(self._mail, self.address)

@@ -39,6 +39,6 @@ def test_readme_python_runs(code, request):
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
 def test_example_runs(example, request):
     args = [request.getfixturevalue("server")] if needs_server(example.read_text()) else []
-    out = subprocess.run([sys.executable, str(example), *args], capture_output=True, text=True, timeout=120,
+    out = subprocess.run([sys.executable, str(example), *args], capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert out.returncode == 0, out.stderr

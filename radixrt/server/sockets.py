@@ -115,15 +115,15 @@ class Departures:
     the descriptor of every message, ``gone`` turns disconnect events into identities."""
 
     def __init__(self, sock: zmq.Socket) -> None:
-        self.monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._by_fd: dict[int, bytes] = {}
 
     def seen(self, identity: bytes, frame: zmq.Frame) -> None:
         self._by_fd[frame.get(zmq.SRCFD)] = identity
 
     def gone(self) -> list[bytes]:
-        """Identities whose connection closed since the last call (a descriptor accepted again
-        means its previous connection closed too)."""
+        """Identities whose connection closed since the last call. A closed descriptor is reported
+        before the system can hand it to a new connection, so a reused one is never confused."""
         left = []
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)

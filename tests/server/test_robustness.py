@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from radixrt import SamplingParams
-from radixrt.client import AsyncClient, Client, InvalidRequest, RequestFailed
+from radixrt.client import AsyncClient, Client, InvalidRequest, RequestFailed, ServerError
 from radixrt.server import protocol as p
 from radixrt.server.sockets import free_port
 from tests.server.conftest import pid_alive, start_server, wait_for
@@ -166,12 +166,31 @@ def test_keys_guard_non_loopback_and_let_key_holders_in(tmp_path, tiny_with_toke
         served.stop()
 
 
-def test_killing_serve_leaves_no_worker_behind(tmp_path, tiny_with_tokenizer):
+def test_killing_serve_leaves_no_worker_behind_and_fails_its_clients_requests(tmp_path, tiny_with_tokenizer):
     served = start_server(["--model", tiny_with_tokenizer, "--workers", "2"], tmp_path / "serve.log")
     pids = list(served.worker_pids().values())
     assert len(pids) == 2
-    os.kill(served.proc.pid, signal.SIGKILL)
+    long = SamplingParams(max_new_tokens=100_000, ignore_eos=True)
+    with Client(served.address) as client:
+        stream = client.stream("going on and on", long)
+        next(stream)
+        os.kill(served.proc.pid, signal.SIGKILL)
+        with pytest.raises(ServerError, match="connection_lost"):
+            list(stream)
     served.proc.wait(10)
+
+    async def async_side():  # a fresh server, the asyncio client
+        again = start_server(["--model", tiny_with_tokenizer, "--workers", "1"], tmp_path / "serve2.log")
+        pids.extend(again.worker_pids().values())
+        async with AsyncClient(again.address) as client:
+            task = asyncio.create_task(client.generate(["one", "two"], long))
+            await asyncio.sleep(0.5)
+            os.kill(again.proc.pid, signal.SIGKILL)
+            with pytest.raises(ServerError, match="connection_lost"):
+                await asyncio.wait_for(task, 10)
+        again.proc.wait(10)
+
+    asyncio.run(async_side())
     wait_for(lambda: not any(pid_alive(pid) for pid in pids), 10, what="the orphaned workers to exit")
 
 
