@@ -138,28 +138,17 @@ class Client:
         """The text as it is generated; raises ``RequestFailed`` if the request fails. Closing the
         iterator early aborts the request, and so does ``abort(request_id)``."""
         rid, _ = self._send(prompt, params, namespace, stream=True, request_id=request_id)
-        sent, done = 0, False
+        text = _StreamText()
         try:
-            while not done:
+            while not text.done:
                 self._pump(None)
                 mail = self._mail[rid]
-                while mail:
-                    msg = mail.popleft()
-                    if isinstance(msg, p.Error):
-                        done = True
-                        raise _error(msg)
-                    if isinstance(msg, p.Delta):
-                        if msg.text:
-                            sent += len(msg.text)
-                            yield msg.text
-                    elif isinstance(msg, p.Finished):
-                        done = True
-                        if msg.text[sent:]:
-                            yield msg.text[sent:]
-                        if msg.error is not None:
-                            raise RequestFailed(msg.error)
+                while mail and not text.done:
+                    if piece := text.take(mail.popleft()):
+                        yield piece
+            text.check()
         finally:
-            if not done:
+            if not text.done:
                 self.abort(rid)
             self._mail.pop(rid, None)
 
@@ -268,6 +257,29 @@ def _file(msg: p.Message, mail: dict[str, Any], control: Any) -> None:
         _put(control, msg)
 
 
+class _StreamText:
+    """A streamed request's text from its replies: each delta's text, then what the finished
+    message's whole text adds (what was held back). ``check`` at the end raises if the request
+    failed; a refusal raises at once."""
+
+    def __init__(self) -> None:
+        self.sent, self.done, self.error = 0, False, None
+
+    def take(self, msg: p.Message) -> str:
+        if isinstance(msg, p.Error):
+            self.done = True
+            raise _error(msg)
+        piece = msg.text if isinstance(msg, p.Delta) else msg.text[self.sent:]
+        self.sent += len(piece)
+        if isinstance(msg, p.Finished):
+            self.done, self.error = True, msg.error
+        return piece
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise RequestFailed(self.error)
+
+
 def _connection_lost(mail: dict[str, Any], address: str) -> None:
     """The server's end of the connection closed (it stopped or was killed): it has forgotten
     every request in flight, so each of them fails now instead of waiting forever."""
@@ -317,26 +329,15 @@ class AsyncClient:
                      request_id: str | None = None) -> AsyncIterator[str]:
         await self._connect()
         rid, _ = self._send(prompt, params, namespace, stream=True, request_id=request_id)
-        box, sent, done = self._mail[rid], 0, False
+        box, text = self._mail[rid], _StreamText()
         try:
-            while not done:
-                msg = await box.get()
-                if isinstance(msg, p.Error):
-                    done = True
-                    raise _error(msg)
-                if isinstance(msg, p.Delta):
-                    if msg.text:
-                        sent += len(msg.text)
-                        yield msg.text
-                elif isinstance(msg, p.Finished):
-                    done = True
-                    if msg.text[sent:]:
-                        yield msg.text[sent:]
-                    if msg.error is not None:
-                        raise RequestFailed(msg.error)
+            while not text.done:
+                if piece := text.take(await box.get()):
+                    yield piece
+            text.check()
         finally:
             self._mail.pop(rid, None)
-            if not done and not self._socket.closed:
+            if not text.done and not self._socket.closed:
                 self._socket.send(p.encode(p.Abort(rid)))
 
     async def abort(self, request_id: str) -> None:

@@ -27,6 +27,8 @@ from hypothesis.stateful import (
 )
 
 from radixrt.cache import CacheEvent, MatchResult, PageAllocator, RadixCache
+from tests.cache.test_radix_cache import make, put
+from tests.cache.test_radix_cache_model import token_streams
 
 NAMESPACES = (None, "tenant-b")
 
@@ -34,18 +36,6 @@ NAMESPACES = (None, "tenant-b")
 def ids(tokens) -> bytes:
     """Token ids as an event carries them: raw int32 bytes."""
     return np.asarray(tokens, dtype=np.int32).tobytes()
-
-
-def make(page_size: int = 1, num_pages: int = 64) -> tuple[RadixCache, PageAllocator]:
-    allocator = PageAllocator(num_pages)
-    return RadixCache(page_size, allocator), allocator
-
-
-def put(cache: RadixCache, allocator: PageAllocator, tokens, namespace=None) -> np.ndarray:
-    pages = allocator.alloc(len(tokens) // cache.page_size)
-    cached = cache.insert(tokens, pages, namespace)
-    allocator.free(pages[: cached // cache.page_size])
-    return pages
 
 
 def apply_event(mirror: RadixCache, event: CacheEvent) -> int:
@@ -236,19 +226,6 @@ def test_a_forgotten_leaf_is_never_freed_again_by_evict(filed):
 
 
 # ---- the mirror against a real cache -------------------------------------------------------
-
-
-def token_streams(page_size: int):
-    """Prompts made of a few page-sized pieces, so that prefixes collide often. Pieces 0 and 4
-    differ only in their last token (a split inside a page); a ragged tail tests page alignment."""
-    rng = np.random.default_rng(page_size)
-    pieces = [rng.integers(0, 1000, page_size).tolist() for _ in range(4)]
-    pieces.append(pieces[0][:-1] + [pieces[0][-1] + 1])
-    return st.builds(
-        lambda parts, tail: [t for i in parts for t in pieces[i]] + tail,
-        st.lists(st.integers(0, len(pieces) - 1), max_size=6),
-        st.lists(st.integers(0, 999), max_size=page_size - 1),
-    )
 
 
 class EventMirrorMachine(RuleBasedStateMachine):
