@@ -8,7 +8,8 @@ side by side in one run.
    engine, and each side's throughput is the mean of its two runs, so drift cancels.
 2. The same on a 2-layer model of the default model's shape (random weights), where a step takes
    milliseconds and the per-step overhead shows.
-3. The router's sustained text deltas per second: 64 concurrent streams on the 2-layer model.
+3. The router's text deltas: 64 concurrent streams on the 2-layer model, per second of wall time
+   (bounded by the worker's steps) and per second of the router's own CPU time (its capacity).
 4. Two workers (one torch thread each), cache-aware routing against round-robin, on the default
    model: prompt tokens computed (against the one-worker run, where one cache holds everything),
    hit rate and throughput.
@@ -103,11 +104,19 @@ def delta_rate(model: Path, log_dir: Path, streams: int = 64, tokens: int = 200)
             return time.perf_counter() - start
 
     with server(model, 1, "cache_aware", log_dir) as served:
+        cpu = cpu_seconds(served.proc.pid)
         wall = asyncio.run(run(served.address))
+        cpu = cpu_seconds(served.proc.pid) - cpu
         with Client(served.address) as client:
             deltas = client.stats()["router"]["deltas"]
     return {"streams": streams, "tokens_each": tokens, "deltas": deltas, "wall_s": round(wall, 2),
-            "deltas_per_s": round(deltas / wall)}
+            "deltas_per_s": round(deltas / wall), "router_cpu_s": round(cpu, 2), "deltas_per_router_cpu_s": round(deltas / cpu)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def two_layer_model(out: Path) -> Path:
@@ -123,7 +132,7 @@ def two_layer_model(out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a Hugging Face directory with the default model's tokenizer (default: the default model)")
-    ap.add_argument("--skip-routing", action="store_true", help="skip part 4 (two workers)")
+    ap.add_argument("--parts", default="1,2,3,4", help="which parts to run (default 1,2,3,4)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -131,35 +140,39 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model)
     system = system_prompt(tokenizer)
     summary: dict = {"bench": "server", "device": "cpu", "model": model.name}
+    parts = {int(x) for x in args.parts.split(",")}
     with tempfile.TemporaryDirectory(prefix="radixrt-bench-") as tmp:
         tmp = Path(tmp)
-        rows, ratio = overhead(model, tokenizer, system, tmp)
-        print(f"\n1. wire and router overhead: agent workload on {model.name}, one torch thread each\n")
-        print(table(rows, list(rows[0])))
-        print(f"\nserve/engine throughput: {ratio}")
-        summary.update(overhead_rows=rows, serve_over_engine=ratio)
-
-        tiny = two_layer_model(tmp / "two-layer")
-        tiny_rows, tiny_ratio = overhead(tiny, tokenizer, system, tmp)
-        print("\n2. the same on a 2-layer model of the same shape (short steps)\n")
-        print(table(tiny_rows, list(tiny_rows[0])))
-        print(f"\nserve/engine throughput: {tiny_ratio}")
-        summary.update(two_layer_rows=tiny_rows, two_layer_serve_over_engine=tiny_ratio)
-
-        rate = delta_rate(tiny, tmp)
-        print("\n3. the router's text deltas, 2-layer model, one worker\n")
-        print(table([rate], list(rate)))
-        summary["delta_rate"] = rate
-
-        if not args.skip_routing:
-            one = next(r for r in rows if r["system"] == "serve_1_worker")
+        tiny = two_layer_model(tmp / "two-layer") if parts & {2, 3} else None
+        one_worker = None
+        if 1 in parts:
+            rows, ratio = overhead(model, tokenizer, system, tmp)
+            print(f"\n1. wire and router overhead: agent workload on {model.name}, one torch thread each\n")
+            print(table(rows, list(rows[0])))
+            print(f"\nserve/engine throughput: {ratio}")
+            summary.update(overhead_rows=rows, serve_over_engine=ratio)
+            one_worker = next(r for r in rows if r["system"] == "serve_1_worker")
+        if 2 in parts:
+            tiny_rows, tiny_ratio = overhead(tiny, tokenizer, system, tmp)
+            print("\n2. the same on a 2-layer model of the same shape (short steps)\n")
+            print(table(tiny_rows, list(tiny_rows[0])))
+            print(f"\nserve/engine throughput: {tiny_ratio}")
+            summary.update(two_layer_rows=tiny_rows, two_layer_serve_over_engine=tiny_ratio)
+        if 3 in parts:
+            rate = delta_rate(tiny, tmp)
+            print("\n3. the router's text deltas, 2-layer model, one worker\n")
+            print(table([rate], list(rate)))
+            summary["delta_rate"] = rate
+        if 4 in parts:
+            one_worker = one_worker or run_server("serve_1_worker", model, 1, "cache_aware", tokenizer, system, tmp)
             routed = [run_server(f"2_workers_{policy}", model, 2, policy, tokenizer, system, tmp)
                       for policy in ("cache_aware", "round_robin")]
             for r in routed:
-                r["computed_over_one_worker"] = round(r["computed_prompt_tokens"] / one["computed_prompt_tokens"], 3)
+                r["computed_over_one_worker"] = round(r["computed_prompt_tokens"] / one_worker["computed_prompt_tokens"], 3)
             aware, rr = routed
             speedup = round(aware["output_tok_per_s"] / rr["output_tok_per_s"], 2)
-            print("\n4. two workers: cache-aware routing against round-robin\n")
+            print("\n4. two workers: cache-aware routing against round-robin (one worker computed "
+                  f"{one_worker['computed_prompt_tokens']:,} prompt tokens)\n")
             print(table(routed, list(routed[0])))
             print(f"\ncache-aware / round-robin throughput: {speedup}")
             summary.update(routing_rows=routed, cache_aware_over_round_robin=speedup,

@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                                               "give tcp://HOST:PORT to let `radixrt worker --connect` join from elsewhere)")
     srv.add_argument("--policy", choices=["cache_aware", "round_robin"], default="cache_aware",
                      help="how requests are spread over workers (default cache_aware: longest cached prefix)")
-    srv.add_argument("--balance-abs", type=int, default=8, help="cache_aware goes to the least loaded worker when the "
-                                                                "busiest has more than this many requests more (default 8) ...")
+    srv.add_argument("--balance-abs", type=int, default=2, help="cache_aware goes to the least loaded worker when the "
+                                                                "busiest has more than this many requests more (default 2) ...")
     srv.add_argument("--balance-rel", type=float, default=1.5, help="... and more than this many times as many (default 1.5)")
     srv.add_argument("--max-inflight", type=int, default=1024, help="most requests one client may have in flight (default 1024)")
     srv.add_argument("--worker-timeout", type=float, default=2.0, help="seconds of silence after which a worker counts as "

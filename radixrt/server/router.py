@@ -95,7 +95,7 @@ class Counters:
 class Router:
     def __init__(self, tokenizer: Any, address: str = "tcp://127.0.0.1:5555", worker_address: str = "tcp://127.0.0.1:0", *,
                  model: str = "", keys: Keys | None = None, insecure: bool = False, policy: str = "cache_aware",
-                 max_inflight_per_client: int = 1024, worker_timeout: float = 2.0, balance_abs: int = 8,
+                 max_inflight_per_client: int = 1024, worker_timeout: float = 2.0, balance_abs: int = 2,
                  balance_rel: float = 1.5) -> None:
         for a in (address, worker_address):
             check_exposure(a, keys, insecure)

@@ -62,7 +62,7 @@ class CacheAware:
     out of balance: when the busiest worker has more than ``balance_abs`` requests more than the
     idlest and more than ``balance_rel`` times as many, the least loaded worker (as sgl-router)."""
 
-    balance_abs: int = 8
+    balance_abs: int = 2
     balance_rel: float = 1.5
 
     def choose(self, views: dict[str, WorkerView], tokens: np.ndarray, namespace: Hashable) -> str:
