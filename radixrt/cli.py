@@ -78,7 +78,7 @@ def serve(args: argparse.Namespace) -> int:
     from radixrt.server.sockets import Keys, check_exposure
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    address = f"tcp://{args.host}:{args.port}"
+    address = args.address or f"tcp://{args.host}:{args.port}"
     try:
         for a in (address, args.worker_address or "ipc://"):
             check_exposure(a, args.keys, args.insecure)
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs "
                                                          "--keys or --insecure)")
     srv.add_argument("--port", type=int, default=5555, help="client port (default 5555; 0 picks a free one)")
+    srv.add_argument("--address", help="the client address as a ZeroMQ endpoint, tcp://HOST:PORT or ipc://PATH "
+                                       "(overrides --host and --port)")
     srv.add_argument("--worker-address", help="where workers connect (default: an ipc:// path, local workers only; "
                                               "give tcp://HOST:PORT to let `radixrt worker --connect` join from elsewhere)")
     srv.add_argument("--policy", choices=["cache_aware", "round_robin"], default="cache_aware",

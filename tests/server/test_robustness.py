@@ -127,8 +127,11 @@ def test_overload_ten_times_the_kv_cache(tiny_server):
         assert stats["router"]["retractions"] + stats["router"]["evicted_pages"] > 0  # the pool was really short
 
 
-def test_too_many_requests_from_one_client_is_an_error(serve, tiny_with_tokenizer):
-    served = serve("--model", tiny_with_tokenizer, "--workers", "1", "--max-inflight", "3")
+def test_too_many_requests_from_one_client_is_an_error(serve, tiny_with_tokenizer, tmp_path):
+    """(This server listens on an ipc:// address.)"""
+    address = f"ipc://{tmp_path / 'radixrt.sock'}"
+    served = serve("--model", tiny_with_tokenizer, "--workers", "1", "--max-inflight", "3", "--address", address)
+    assert served.address == address
     long = SamplingParams(max_new_tokens=1000, ignore_eos=True)
 
     async def run():
