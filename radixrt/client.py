@@ -20,8 +20,8 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from radixrt.engine.request import GenerateOutput, RequestFailed
-from radixrt.engine.sampling import SamplingParams
+from radixrt.engine.outputs import GenerateOutput, RequestFailed
+from radixrt.engine.params import SamplingParams
 from radixrt.server import protocol as p
 from radixrt.server.sockets import Keys, client_socket
 

@@ -1,4 +1,5 @@
-"""The CPU path runs without triton (which is installed on Linux only)."""
+"""The CPU path runs without triton (which is installed on Linux only), and a client process loads
+neither torch nor transformers."""
 import subprocess
 import sys
 import textwrap
@@ -24,4 +25,18 @@ def test_the_engine_runs_without_triton(tmp_path):
         print("ok", out.text)
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-3000:]
+
+
+def test_a_client_imports_neither_torch_nor_transformers():
+    script = textwrap.dedent("""
+        import sys
+        from radixrt import SamplingParams
+        from radixrt.client import AsyncClient, Client
+        from radixrt.engine import GenerateOutput, RequestFailed
+        heavy = [m for m in ("torch", "transformers") if m in sys.modules]
+        assert not heavy, heavy
+        print("ok")
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-3000:]

@@ -24,8 +24,9 @@ from radixrt.cache import KVPool, PageAllocator, RadixCache
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
 from radixrt.engine.output_text import OutputText
-from radixrt.engine.request import ChoiceScore, GenerateOutput, Request, RequestFailed, RequestOutput, State
-from radixrt.engine.sampling import SamplingParams
+from radixrt.engine.outputs import ChoiceScore, GenerateOutput, RequestFailed, RequestOutput
+from radixrt.engine.request import Request, State
+from radixrt.engine.params import SamplingParams
 from radixrt.engine.scheduler import Scheduler
 from radixrt.model import load_model
 

@@ -1,18 +1,21 @@
-"""A request's lifecycle, the output each step reports for it, and the whole output a caller collects."""
+"""A request's lifecycle inside the engine (what it reports is in ``outputs.py``)."""
 from __future__ import annotations
 
 import enum
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from radixrt.cache import Node
 from radixrt.cache.ids import ID_DTYPE
 from radixrt.engine.output_text import OutputText
-from radixrt.engine.sampling import SamplingParams
+from radixrt.engine.params import SamplingParams
+
+if TYPE_CHECKING:
+    import torch
 
 
 class State(enum.Enum):
@@ -21,10 +24,6 @@ class State(enum.Enum):
     FINISHED = "finished"
     ABORTED = "aborted"
     FAILED = "failed"
-
-
-class RequestFailed(RuntimeError):
-    """A request ended with finish reason "error"; the message names the cause."""
 
 
 @dataclass(eq=False)
@@ -103,98 +102,3 @@ class Request:
         self.length += 1
         self.logprobs.append(logprob)
         self.token_times.append(at)
-
-
-@dataclass
-class RequestOutput:
-    """What one step reports for one request: the tokens and text that are new since its last
-    output, and, in its last output (``finished``), how it ended.
-
-    Text rule: ``text`` pieces never contain a stop string nor anything that could still become
-    one (such text is held back until it cannot); all pieces together are the output text, which
-    is the generated tokens decoded, without a final stop token, and cut before the first stop
-    string. ``text_token_count`` (last output only) says how many of the generated tokens stand
-    behind that text: their decoding is a prefix of it, and what it lacks (``text`` past it) is
-    at most the part of one token that preceded a stop string."""
-
-    request_id: str
-    token_ids: list[int]
-    text: str
-    logprobs: list[float] | None  # of the new tokens, when asked for
-    token_times: list[float]  # time.perf_counter() when each new token was sampled
-    finished: bool = False
-    finish_reason: str | None = None  # "stop", "length", "abort" or "error"
-    matched_stop: str | int | None = None  # the stop string or stop token id that ended it
-    error: str | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens served from the radix cache (known from the first output on)
-    text_token_count: int | None = None
-    prompt_logprobs: list[float] | None = None  # last output only, when asked for
-
-
-@dataclass
-class GenerateOutput:
-    """A request's outputs put together (``add`` each ``RequestOutput`` in order)."""
-
-    request_id: str
-    arrival: float
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] | None = None
-    token_times: list[float] = field(default_factory=list)
-    finish_reason: str | None = None
-    matched_stop: str | int | None = None
-    error: str | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    text_token_count: int | None = None
-    prompt_logprobs: list[float] | None = None
-
-    def add(self, out: RequestOutput) -> None:
-        self.text += out.text
-        self.token_ids += out.token_ids
-        self.token_times += out.token_times
-        if out.logprobs is not None:
-            self.logprobs = (self.logprobs or []) + out.logprobs
-        if out.finished:
-            for name in ("finish_reason", "matched_stop", "error", "prompt_tokens", "cached_tokens", "text_token_count",
-                         "prompt_logprobs"):
-                setattr(self, name, getattr(out, name))
-
-    @property
-    def text_token_ids(self) -> list[int]:
-        """The generated tokens that stand behind ``text`` (see ``RequestOutput``)."""
-        return self.token_ids[: self.text_token_count]
-
-    @property
-    def time_to_first_token(self) -> float | None:
-        return self.token_times[0] - self.arrival if self.token_times else None
-
-    @property
-    def decode_time(self) -> float | None:
-        """Seconds from the first token to the last."""
-        return self.token_times[-1] - self.token_times[0] if self.token_times else None
-
-    @property
-    def inter_token_latencies(self) -> list[float]:
-        return np.diff(self.token_times).tolist()
-
-
-@dataclass(frozen=True)
-class ChoiceScore:
-    """A choice's per-token log-probabilities after the prompt: enough for every way of ranking
-    choices (sum, mean per token, token by token)."""
-
-    token_logprobs: tuple[float, ...]
-
-    @property
-    def logprob(self) -> float:
-        return float(sum(self.token_logprobs))
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_logprobs)
-
-    @property
-    def mean_logprob(self) -> float:
-        return self.logprob / self.num_tokens

@@ -28,7 +28,7 @@ import zmq
 from radixrt.cache import Node
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.output_text import OutputText
-from radixrt.engine.sampling import SamplingParams
+from radixrt.engine.params import SamplingParams
 from radixrt.server import protocol as p
 from radixrt.server.routing import POLICIES, CacheAware, RoundRobin, WorkerView
 from radixrt.server.sockets import Authenticator, Departures, Keys, check_exposure, server_socket

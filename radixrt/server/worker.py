@@ -19,7 +19,7 @@ import numpy as np
 import zmq
 
 from radixrt.engine import Engine
-from radixrt.engine.request import RequestOutput
+from radixrt.engine.outputs import RequestOutput
 from radixrt.server import protocol as p
 from radixrt.server.sockets import Keys, client_socket
 
