@@ -168,6 +168,14 @@ class Router:
     # ---- clients ---------------------------------------------------------------------------
 
     def _on_client(self, client: bytes, frame: bytes | None) -> None:
+        try:
+            self._handle_client(client, frame)
+        except Exception as e:  # a bug: the client hears of it, the router goes on
+            log.exception("error while handling a client message")
+            self._refuse(client, "internal", f"the router failed on this message: {type(e).__name__}: {e}",
+                         _request_id(frame) if frame else None)
+
+    def _handle_client(self, client: bytes, frame: bytes | None) -> None:
         if frame is None:
             self._refuse(client, "bad_message", "a message is exactly one frame")
             return
@@ -214,6 +222,9 @@ class Router:
             self._check(prompt, params, msg.prompt_logprobs_from)
         except ValueError as e:
             self._refuse(client, "invalid_request", str(e), msg.id)
+            return
+        except Exception as e:  # the tokenizer choked on the text: this request's fault alone
+            self._refuse(client, "invalid_request", f"the prompt could not be tokenized: {type(e).__name__}: {e}", msg.id)
             return
         text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
         job = Job(next(self._keys), client, msg.id, prompt, params, msg.namespace, msg.stream, msg.prompt_logprobs_from, text,
