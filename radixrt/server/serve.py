@@ -8,10 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from radixrt.server.router import Router
 
@@ -78,7 +76,7 @@ class LocalWorkers:
         w.started, w.restart_at = time.monotonic(), None
 
 
-def serve(router: Router, workers: LocalWorkers, ready_timeout: float = 600.0) -> None:
+def run_until_stopped(router: Router, workers: LocalWorkers, ready_timeout: float = 600.0) -> None:
     """Run ``router`` with ``workers`` until SIGINT or SIGTERM."""
     stopping = False
 
@@ -106,7 +104,3 @@ def serve(router: Router, workers: LocalWorkers, ready_timeout: float = 600.0) -
         router.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def local_worker_address() -> str:
-    return f"ipc://{Path(tempfile.mkdtemp(prefix='radixrt-')) / 'workers'}"

@@ -7,6 +7,7 @@ import asyncio
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 
@@ -154,6 +155,12 @@ def test_keys_guard_non_loopback_and_let_key_holders_in(tmp_path, tiny_with_toke
     refused = subprocess.run([*cmd, "serve", "--model", tiny_with_tokenizer, "--host", "0.0.0.0", "--port", "0"],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--keys" in refused.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = subprocess.run([*cmd, "serve", "--model", tiny_with_tokenizer, "--port", str(taken.getsockname()[1])],
+                              capture_output=True, text=True, timeout=120)
+    assert busy.returncode == 2 and "Address already in use" in busy.stderr, busy.stderr[-2000:]
     keys, stranger = tmp_path / "keys", tmp_path / "stranger"
     subprocess.run([*cmd, "keys", str(keys)], check=True, timeout=60)
     subprocess.run([*cmd, "keys", str(stranger)], check=True, timeout=60)
@@ -170,7 +177,9 @@ def test_keys_guard_non_loopback_and_let_key_holders_in(tmp_path, tiny_with_toke
 
 
 def test_killing_serve_leaves_no_worker_behind_and_fails_its_clients_requests(tmp_path, tiny_with_tokenizer):
-    served = start_server(["--model", tiny_with_tokenizer, "--workers", "2"], tmp_path / "serve.log")
+    # a killed serve cannot remove its private socket directory: keep it under tmp_path
+    served = start_server(["--model", tiny_with_tokenizer, "--workers", "2", "--worker-address", f"ipc://{tmp_path}/w1"],
+                          tmp_path / "serve.log")
     pids = list(served.worker_pids().values())
     assert len(pids) == 2
     long = SamplingParams(max_new_tokens=100_000, ignore_eos=True)
@@ -183,7 +192,8 @@ def test_killing_serve_leaves_no_worker_behind_and_fails_its_clients_requests(tm
     served.proc.wait(10)
 
     async def async_side():  # a fresh server, the asyncio client
-        again = start_server(["--model", tiny_with_tokenizer, "--workers", "1"], tmp_path / "serve2.log")
+        again = start_server(["--model", tiny_with_tokenizer, "--workers", "1", "--worker-address", f"ipc://{tmp_path}/w2"],
+                             tmp_path / "serve2.log")
         pids.extend(again.worker_pids().values())
         async with AsyncClient(again.address) as client:
             task = asyncio.create_task(client.generate(["one", "two"], long))
