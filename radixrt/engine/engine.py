@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from radixrt.cache import KVPool, PageAllocator, RadixCache
+from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
 from radixrt.engine.output_text import OutputText
@@ -76,20 +77,23 @@ class Engine:
         self.failed_requests = 0
         self._ids = itertools.count()
         self._undelivered: list[RequestOutput] = []  # outputs the next step() returns
-        self._mailboxes: dict[str, list[RequestOutput]] = {}  # outputs of requests an in-process driver added
+        self._mailboxes: dict[str, list[RequestOutput]] = {}
+        self._grammar_cache: Grammars | None = None  # outputs of requests an in-process driver added
 
     # ---- the core --------------------------------------------------------------------------
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
                     namespace: Hashable = None, arrival_time: float | None = None,
-                    prompt_logprobs_from: int | None = None) -> str:
+                    prompt_logprobs_from: int | None = None, resumed: int = 0) -> str:
         """Queue a prompt (text or token ids); raises ``ValueError`` naming what is wrong with it.
 
         ``max_new_tokens`` is clipped to what the model's context and the KV pool can hold past
         the prompt; a request that reaches that limit ends with finish reason "length".
         ``arrival_time`` (``time.perf_counter()`` clock; default now) dates the request for
         scheduling and latency figures, as a replayed trace needs. ``prompt_logprobs_from``
-        asks for the log-probability of each prompt token from that position on."""
+        asks for the log-probability of each prompt token from that position on. ``resumed``
+        says that the prompt's last tokens are that request's output so far, produced elsewhere
+        (a worker that died): its constraint, if any, takes them before it constrains the rest."""
         params = params or SamplingParams()
         params.validate(self.vocab_size)
         tokens = self._tokens(prompt)
@@ -107,9 +111,14 @@ class Engine:
         room = min(self.max_context, self.pool.num_tokens) - len(tokens)
         generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
         text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.detokenize else None
+        if isinstance(resumed, bool) or not isinstance(resumed, int) or not 0 <= resumed < len(tokens):
+            raise ValueError(f"resumed must be a count of the prompt's last tokens in 0..{len(tokens) - 1}, got {resumed!r}")
+        constraint = self._grammars().matcher(params) if params.constrained else None
+        if constraint is not None and resumed and not all(constraint.accept_token(t) for t in tokens[len(tokens) - resumed:]):
+            raise ValueError("the tokens generated so far do not fit the request's constraint")
         req = Request(request_id, np.asarray(tokens, dtype=np.int32), params, min(params.max_new_tokens, room), namespace,
                       arrival=time.perf_counter() if arrival_time is None else float(arrival_time),
-                      prompt_logprobs_from=prompt_logprobs_from, generator=generator, output_text=text)
+                      prompt_logprobs_from=prompt_logprobs_from, generator=generator, output_text=text, constraint=constraint)
         self.requests[request_id] = req
         self.scheduler.waiting.append(req)
         return request_id
@@ -235,6 +244,10 @@ class Engine:
         req.append(token, result.logprob, now)
         stop_token = token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos)
         out_of_room = req.num_output >= req.max_new_tokens
+        if req.constraint is not None:
+            if not req.constraint.accept_token(token):
+                return self._fail(req, f"the constraint refused token {token}")
+            stop_token = stop_token or req.constraint.is_terminated()  # it ends on a stop token the grammar allowed
         if req.output_text is not None and req.output_text.feed(req.output, stop_token, out_of_room) is not None:
             return self._finish(req, "stop", req.output_text.matched)
         if stop_token:
@@ -323,6 +336,13 @@ class Engine:
             raise ValueError(f"the prompt has {len(tokens)} tokens; the model's context is {self.max_context}")
         if len(tokens) >= self.pool.num_tokens:
             raise ValueError(f"the prompt has {len(tokens)} tokens; the KV cache holds {self.pool.num_tokens}")
+
+    def _grammars(self) -> Grammars:
+        """The constraint compiler, made on the first constrained request (it loads xgrammar)."""
+        if self._grammar_cache is None:
+            self._grammar_cache = Grammars(self._tokenizer(), self.vocab_size)
+            self.runner.logits_processors.append(self._grammar_cache)
+        return self._grammar_cache
 
     def _tokenizer(self):
         if self.tokenizer is None:

@@ -2,6 +2,7 @@
 server's wire protocol and the clients (no torch here, so a client imports none)."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -26,11 +27,18 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: bool = False  # log-probability of each chosen token
+    regex: str | None = None  # the output must match this regular expression ...
+    json_schema: str | None = None  # ... or be JSON valid under this schema (a dict is taken too) ...
+    choices: tuple[str, ...] | None = None  # ... or be one of these strings
     extra: dict = field(default_factory=dict, compare=False)  # unknown keys end up here, to be refused
 
     def __post_init__(self) -> None:
         """Normalise what callers and wire messages naturally pass: ``stop="END"`` is one stop string,
         lists become tuples (hashable, immutable) and null means none."""
+        if isinstance(self.json_schema, dict):
+            object.__setattr__(self, "json_schema", json.dumps(self.json_schema))
+        if isinstance(self.choices, list):
+            object.__setattr__(self, "choices", tuple(self.choices))
         for name in ("stop", "stop_token_ids"):
             value = getattr(self, name)
             if value is None:
@@ -40,6 +48,10 @@ class SamplingParams:
             elif name == "stop" and isinstance(value, str):
                 value = (value,)
             object.__setattr__(self, name, value)
+
+    @property
+    def constrained(self) -> bool:
+        return self.regex is not None or self.json_schema is not None or self.choices is not None
 
     @property
     def greedy(self) -> bool:
@@ -76,6 +88,16 @@ class SamplingParams:
             bad = [t for t in self.stop_token_ids if not _integer(t) or not 0 <= t < vocab_size]
             if bad:
                 problems.append(f"stop_token_ids {bad[:4]} are not token ids of the vocabulary (0..{vocab_size - 1})")
+        given = [n for n in ("regex", "json_schema", "choices") if getattr(self, n) is not None]
+        if len(given) > 1:
+            problems.append(f"give at most one of regex, json_schema and choices (got {', '.join(given)})")
+        for name in ("regex", "json_schema"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                problems.append(f"{name} must be a non-empty string, got {value!r}")
+        if self.choices is not None and (not isinstance(self.choices, tuple) or not self.choices
+                                         or any(not isinstance(c, str) or not c for c in self.choices)):
+            problems.append(f"choices must be a non-empty list of non-empty strings, got {self.choices!r}")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -5,7 +5,7 @@ import enum
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,7 @@ class Request:
     prompt_logprobs_from: int | None = None
     generator: torch.Generator | None = None
     output_text: OutputText | None = None  # None without a tokenizer: token ids only
+    constraint: Any = None  # an xgrammar matcher when the request has a regex, JSON schema or choices
     state: State = State.WAITING
     pages: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=ID_DTYPE))
     node: Node | None = None

@@ -170,6 +170,7 @@ class Submit(Message, tag="submit"):
     params: Sampling  # type: ignore[valid-type]  # stop strings are the router's: always empty here
     namespace: str | None = None
     prompt_logprobs_from: int | None = None
+    resumed: int = 0  # the last ``resumed`` input ids are the request's output so far (a moved request)
 
 
 class Cancel(Message, tag="cancel"):

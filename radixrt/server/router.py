@@ -26,6 +26,7 @@ import numpy as np
 import zmq
 
 from radixrt.cache import Node
+from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.output_text import OutputText
 from radixrt.engine.params import SamplingParams
@@ -122,6 +123,7 @@ class Router:
         self._queries = itertools.count()
         self._stats: dict[int, StatsRequest] = {}
         self._decode_client = p.decoder(p.ClientMessage).decode
+        self._grammars: Grammars | None = None  # compiles constraints to check them; made on first use
         self._decode_worker = p.decoder(p.FromWorker).decode
 
     # ---- the loop --------------------------------------------------------------------------
@@ -263,6 +265,12 @@ class Router:
         room = min(info.max_context, min(w.info.num_pages * w.info.page_size for w in self.workers.values()))
         if prompt.size >= room:
             raise ValueError(f"the prompt has {prompt.size} tokens; the model's context and the KV cache hold {room}")
+        if params.constrained:
+            if self.tokenizer is None:
+                raise ValueError("constraints need a tokenizer, and this model ships none")
+            if self._grammars is None:
+                self._grammars = Grammars(self.tokenizer, info.vocab_size)
+            self._grammars.matcher(params)  # compiles (and caches) it: a bad one is refused here, before any worker
         if prompt_logprobs_from is not None and prompt_logprobs_from >= prompt.size:
             raise ValueError(f"prompt_logprobs_from must be a position in 1..{prompt.size - 1}, got {prompt_logprobs_from}")
 
@@ -276,7 +284,8 @@ class Router:
         job.worker, job.route = name, worker.view.add(tokens, job.namespace)
         worker.jobs.add(job.key)
         params = p.wire_sampling(job.params, stop=[], max_new_tokens=job.params.max_new_tokens - len(job.tokens))
-        self._send_worker(worker, p.Submit(job.key, tokens.tolist(), params, job.namespace, job.prompt_logprobs_from))
+        self._send_worker(worker, p.Submit(job.key, tokens.tolist(), params, job.namespace, job.prompt_logprobs_from,
+                                           len(job.tokens)))
 
     def _unroute(self, job: Job) -> None:
         worker = self.workers.get(job.worker) if job.worker else None

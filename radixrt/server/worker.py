@@ -87,7 +87,7 @@ class Worker:
         try:
             self.engine.add_request(np.asarray(msg.input_ids, dtype=np.int32), p.sampling_params(msg.params),
                                     request_id=msg.id, namespace=msg.namespace,
-                                    prompt_logprobs_from=msg.prompt_logprobs_from)
+                                    prompt_logprobs_from=msg.prompt_logprobs_from, resumed=msg.resumed)
         except (ValueError, TypeError) as e:
             self._replies.append(p.TokenOutput(msg.id, [], [], finished=True, finish_reason="error", error=str(e)))
 

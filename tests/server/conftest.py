@@ -6,10 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from radixrt.model.loader import hf_directory
 from radixrt.server.launch import ServerProcess, pid_alive  # noqa: F401  (the tests use pid_alive)
 
 
@@ -26,21 +23,6 @@ def wait_for(condition, timeout: float, interval: float = 0.05, what: str = "con
 def start_server(args: list[str], log: Path) -> ServerProcess:
     """A server on loopback with one torch thread per worker."""
     return ServerProcess(["--threads", "1", *args], log, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-
-
-@pytest.fixture(scope="session")
-def tiny_with_tokenizer(tmp_path_factory) -> str:
-    """A 2-layer random Llama with the default model's tokenizer (49,152 tokens): text prompts and
-    stop strings work, and a step takes milliseconds."""
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(hf_directory())
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
-    path = tmp_path_factory.mktemp("tiny-tok")
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

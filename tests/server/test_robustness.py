@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -104,6 +105,14 @@ def test_bad_requests_raise_errors_that_name_the_problem(tiny_server):
         with pytest.raises(InvalidRequest, match="KV cache"):
             client.generate(list(range(5000)))
         assert client.generate("hi", SamplingParams(max_new_tokens=2)).finish_reason in ("length", "stop")
+
+
+def test_constraints_travel_with_the_request(tiny_server):
+    with Client(tiny_server.address) as client:
+        outs = client.generate(["Code:"] * 4, SamplingParams(max_new_tokens=40, temperature=1.0, regex=r"[A-Z]{3}-[0-9]{2}"))
+        assert all(re.fullmatch(r"[A-Z]{3}-[0-9]{2}", o.text) and o.finish_reason == "stop" for o in outs), outs
+        with pytest.raises(InvalidRequest, match="json_schema constraint cannot be compiled"):
+            client.generate("x", SamplingParams(json_schema='{"type": 5}'))
 
 
 def test_overload_ten_times_the_kv_cache(tiny_server):
