@@ -93,7 +93,8 @@ class Engine:
         scheduling and latency figures, as a replayed trace needs. ``prompt_logprobs_from``
         asks for the log-probability of each prompt token from that position on. ``resumed``
         says that the prompt's last tokens are that request's output so far, produced elsewhere
-        (a worker that died): its constraint, if any, takes them before it constrains the rest."""
+        (a worker that died): its constraint, if any, takes them before it constrains the rest, and
+        frequency, presence and repetition penalties count them as output."""
         params = params or SamplingParams()
         params.validate(self.vocab_size)
         tokens = self._tokens(prompt)
@@ -118,7 +119,8 @@ class Engine:
             raise ValueError("the tokens generated so far do not fit the request's constraint")
         req = Request(request_id, np.asarray(tokens, dtype=np.int32), params, min(params.max_new_tokens, room), namespace,
                       arrival=time.perf_counter() if arrival_time is None else float(arrival_time),
-                      prompt_logprobs_from=prompt_logprobs_from, generator=generator, output_text=text, constraint=constraint)
+                      prompt_logprobs_from=prompt_logprobs_from, generator=generator, output_text=text, constraint=constraint,
+                      resumed=resumed)
         self.requests[request_id] = req
         self.scheduler.waiting.append(req)
         return request_id

@@ -125,7 +125,8 @@ class ModelRunner:
         if not requests:
             return picked.new_zeros(0), picked.new_zeros(0), status
         tokens, logprobs = sample_batch(picked, [r.params for r in requests], [r.generator for r in requests],
-                                        [r.prompt for r in requests], [r.tokens[r.prompt_len :] for r in requests])
+                                        [r.tokens[: r.penalty_split] for r in requests],
+                                        [r.tokens[r.penalty_split :] for r in requests])
         return tokens, logprobs, status
 
 

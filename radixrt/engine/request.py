@@ -45,6 +45,7 @@ class Request:
     namespace: Hashable = None
     arrival: float = field(default_factory=time.perf_counter)
     prompt_logprobs_from: int | None = None
+    resumed: int = 0  # the prompt's last tokens that are this request's output from elsewhere (a lost worker)
     generator: torch.Generator | None = None
     output_text: OutputText | None = None  # None without a tokenizer: token ids only
     constraint: Any = None  # an xgrammar matcher when the request has a regex, JSON schema or choices
@@ -82,6 +83,11 @@ class Request:
     @property
     def num_output(self) -> int:
         return self.length - self.prompt_len
+
+    @property
+    def penalty_split(self) -> int:
+        """Where the tokens that penalties count as the output begin: resumed tokens are output."""
+        return self.prompt_len - self.resumed
 
     @property
     def match_limit(self) -> int:

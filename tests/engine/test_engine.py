@@ -1,4 +1,6 @@
 """The engine on tiny random checkpoints (fast) and on the default model."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -332,3 +334,22 @@ def test_a_request_whose_text_fails_fails_alone(tiny):
     assert outputs[bad][-1].finish_reason == "error" and "invalid start byte" in outputs[bad][-1].error
     assert sum((o.token_ids for o in outputs[good]), []) == alone
     check_pages(engine)
+
+
+def test_a_resumed_request_goes_on_as_if_uninterrupted(tiny):
+    """A request moved from a lost worker comes back as prompt + output so far: with ``resumed``,
+    penalties count that output as output, and greedy decoding goes on exactly as it would have."""
+    engine = Engine(tiny)
+    params = SamplingParams(max_new_tokens=24, temperature=0, frequency_penalty=1.5, presence_penalty=0.5)
+    prompt = prompts(1, 0, 10)[0]
+    whole = engine.generate(prompt, params)
+    head, rest = whole.token_ids[:8], replace(params, max_new_tokens=16)
+
+    def continue_from(resumed: int) -> list[int]:
+        rid = engine.add_request(prompt + head, rest, resumed=resumed)
+        return [t for out in run_to_end(engine)[rid] for t in out.token_ids]
+
+    assert head + continue_from(8) == whole.token_ids
+    assert head + continue_from(0) != whole.token_ids  # counted as prompt, the penalties see none of it
+    with pytest.raises(ValueError, match="resumed must be"):
+        engine.add_request(prompt, params, resumed=len(prompt))
