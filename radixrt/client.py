@@ -75,10 +75,9 @@ class _Requests:
                           prompt_logprobs_from=prompt_logprobs_from, **{kind: value})
 
     def output(self, msg: p.Finished, arrival: float) -> GenerateOutput:
-        out = GenerateOutput(msg.id, arrival, msg.text, list(msg.token_ids), msg.logprobs,
-                             [t - self._clock for t in msg.token_times], msg.finish_reason, msg.matched_stop, msg.error,
-                             msg.prompt_tokens, msg.cached_tokens, msg.text_token_count, msg.prompt_logprobs)
-        return out
+        return GenerateOutput(msg.id, arrival, msg.text, list(msg.token_ids), msg.logprobs,
+                              [t - self._clock for t in msg.token_times], msg.finish_reason, msg.matched_stop, msg.error,
+                              msg.prompt_tokens, msg.cached_tokens, msg.text_token_count, msg.prompt_logprobs)
 
 
 class Client:

@@ -30,8 +30,12 @@ class Grammars:
                                                  max_threads=1)
 
     def matcher(self, params: SamplingParams) -> Any:
-        """A fresh matcher for ``params``' constraint; ``ValueError`` naming the problem if
-        xgrammar cannot compile it."""
+        """A fresh matcher for ``params``' constraint."""
+        return self._xgr.GrammarMatcher(self.compile(params))
+
+    def compile(self, params: SamplingParams) -> Any:
+        """``params``' constraint compiled (xgrammar caches it); ``ValueError`` naming the problem
+        if xgrammar cannot compile it."""
         try:
             if params.regex is not None:
                 grammar = self.compiler.compile_regex(params.regex)
@@ -43,7 +47,7 @@ class Grammars:
         except (RuntimeError, ValueError, TypeError) as e:
             kind = "regex" if params.regex is not None else "json_schema" if params.json_schema is not None else "choices"
             raise ValueError(f"the {kind} constraint cannot be compiled: {e}") from None
-        return self._xgr.GrammarMatcher(grammar)
+        return grammar
 
     def __call__(self, logits: torch.Tensor, requests: Sequence) -> None:
         rows = [i for i, r in enumerate(requests) if r.constraint is not None]

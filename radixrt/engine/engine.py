@@ -26,7 +26,7 @@ from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
 from radixrt.engine.output_text import OutputText
 from radixrt.engine.outputs import ChoiceScore, GenerateOutput, RequestFailed, RequestOutput
-from radixrt.engine.request import Request, State
+from radixrt.engine.request import Request, State, check_prompt
 from radixrt.engine.params import SamplingParams
 from radixrt.engine.scheduler import Scheduler
 from radixrt.model import load_model
@@ -77,8 +77,8 @@ class Engine:
         self.failed_requests = 0
         self._ids = itertools.count()
         self._undelivered: list[RequestOutput] = []  # outputs the next step() returns
-        self._mailboxes: dict[str, list[RequestOutput]] = {}
-        self._grammar_cache: Grammars | None = None  # outputs of requests an in-process driver added
+        self._mailboxes: dict[str, list[RequestOutput]] = {}  # outputs of requests an in-process driver added
+        self._grammar_cache: Grammars | None = None
 
     # ---- the core --------------------------------------------------------------------------
 
@@ -98,12 +98,10 @@ class Engine:
         params = params or SamplingParams()
         params.validate(self.vocab_size)
         tokens = self._tokens(prompt)
-        self._check_prompt(tokens)
+        check_prompt(np.asarray(tokens, dtype=np.int64), self.vocab_size, self.max_context, self.pool.num_tokens,
+                     prompt_logprobs_from)
         if params.stop and not self.detokenize:
             raise ValueError("stop strings need a tokenizer, and this engine does not decode text: use stop_token_ids")
-        if prompt_logprobs_from is not None and (isinstance(prompt_logprobs_from, bool) or not isinstance(prompt_logprobs_from, int)
-                                                 or not 1 <= prompt_logprobs_from < len(tokens)):
-            raise ValueError(f"prompt_logprobs_from must be a position in 1..{len(tokens) - 1}, got {prompt_logprobs_from!r}")
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if not isinstance(request_id, str) or not request_id:
             raise ValueError(f"a request id is a non-empty string, got {request_id!r}")
@@ -327,17 +325,6 @@ class Engine:
                 self.scheduler.remove(self.requests.pop(rid))
             raise
         return ids
-
-    def _check_prompt(self, tokens: list[int]) -> None:
-        if not tokens:
-            raise ValueError("the prompt is empty")
-        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token ids {bad[:4]} are outside the vocabulary (0..{self.vocab_size - 1})")
-        if len(tokens) >= self.max_context:
-            raise ValueError(f"the prompt has {len(tokens)} tokens; the model's context is {self.max_context}")
-        if len(tokens) >= self.pool.num_tokens:
-            raise ValueError(f"the prompt has {len(tokens)} tokens; the KV cache holds {self.pool.num_tokens}")
 
     def _grammars(self) -> Grammars:
         """The constraint compiler, made on the first constrained request (it loads xgrammar)."""

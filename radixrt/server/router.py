@@ -7,8 +7,8 @@ goes to the worker the routing policy picks, as token ids without stop strings; 
 worker's step outputs brings the request's new tokens, which are detokenized here, checked for stop
 strings (a match ends the request and cancels it on the worker) and streamed to the client.
 
-A worker that disconnects (its process killed: the socket monitor tells), stops sending (heartbeats included) for ``worker_timeout`` seconds, or
-that ``radixrt serve`` sees exit is lost: its requests go to a live worker as their prompt followed
+A worker that disconnects (its process killed: the socket monitor tells), that sends nothing
+(heartbeats included) for ``worker_timeout`` seconds, or that ``radixrt serve`` sees exit is lost: its requests go to a live worker as their prompt followed
 by the tokens generated so far, so their streams go on where they stopped; with no worker left
 they fail. A client that disconnects has its requests cancelled.
 """
@@ -30,8 +30,9 @@ from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.output_text import OutputText
 from radixrt.engine.params import SamplingParams
+from radixrt.engine.request import check_prompt
 from radixrt.server import protocol as p
-from radixrt.server.routing import POLICIES, CacheAware, RoundRobin, WorkerView
+from radixrt.server.routing import WorkerView, make_policy
 from radixrt.server.sockets import Authenticator, Departures, Keys, check_exposure, server_socket
 
 log = logging.getLogger("radixrt.router")
@@ -100,10 +101,8 @@ class Router:
                  balance_rel: float = 1.5) -> None:
         for a in (address, worker_address):
             check_exposure(a, keys, insecure)
-        if policy not in POLICIES:
-            raise ValueError(f"unknown routing policy {policy!r}: choose from {', '.join(POLICIES)}")
         self.tokenizer, self.model = tokenizer, model
-        self.policy = CacheAware(balance_abs, balance_rel) if policy == "cache_aware" else RoundRobin()
+        self.policy = make_policy(policy, balance_abs, balance_rel)
         self.policy_name = policy
         self.max_inflight, self.worker_timeout = max_inflight_per_client, worker_timeout
         self.context = zmq.Context()
@@ -257,22 +256,14 @@ class Router:
         params.validate(info.vocab_size)
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer, and this model ships none: use stop_token_ids")
-        if prompt.size == 0:
-            raise ValueError("the prompt is empty")
-        if int(prompt.max()) >= info.vocab_size:
-            raise ValueError(f"token ids {prompt[prompt >= info.vocab_size][:4].tolist()} are outside the vocabulary "
-                             f"(0..{info.vocab_size - 1})")
-        room = min(info.max_context, min(w.info.num_pages * w.info.page_size for w in self.workers.values()))
-        if prompt.size >= room:
-            raise ValueError(f"the prompt has {prompt.size} tokens; the model's context and the KV cache hold {room}")
+        check_prompt(prompt, info.vocab_size, info.max_context,
+                     min(w.info.num_pages * w.info.page_size for w in self.workers.values()), prompt_logprobs_from)
         if params.constrained:
             if self.tokenizer is None:
                 raise ValueError("constraints need a tokenizer, and this model ships none")
             if self._grammars is None:
                 self._grammars = Grammars(self.tokenizer, info.vocab_size)
-            self._grammars.matcher(params)  # compiles (and caches) it: a bad one is refused here, before any worker
-        if prompt_logprobs_from is not None and prompt_logprobs_from >= prompt.size:
-            raise ValueError(f"prompt_logprobs_from must be a position in 1..{prompt.size - 1}, got {prompt_logprobs_from}")
+            self._grammars.compile(params)  # cached by xgrammar: a bad one is refused here, before any worker
 
     # ---- routing ---------------------------------------------------------------------------
 

@@ -83,4 +83,12 @@ class RoundRobin:
         return names[next(self._turn) % len(names)]
 
 
-POLICIES = {"cache_aware": CacheAware, "round_robin": RoundRobin}
+POLICIES = ("cache_aware", "round_robin")
+
+
+def make_policy(name: str, balance_abs: int = 2, balance_rel: float = 1.5) -> CacheAware | RoundRobin:
+    if name == "cache_aware":
+        return CacheAware(balance_abs, balance_rel)
+    if name == "round_robin":
+        return RoundRobin()
+    raise ValueError(f"unknown routing policy {name!r}: choose from {', '.join(POLICIES)}")
