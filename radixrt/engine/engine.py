@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from radixrt.cache import KVPool, PageAllocator, RadixCache
+from radixrt.cache.radix_cache import Node
 from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
@@ -79,12 +80,13 @@ class Engine:
         self._undelivered: list[RequestOutput] = []  # outputs the next step() returns
         self._mailboxes: dict[str, list[RequestOutput]] = {}  # outputs of requests an in-process driver added
         self._grammar_cache: Grammars | None = None
+        self.pins: dict[str, Node] = {}  # request id -> the cache node its pin holds
 
     # ---- the core --------------------------------------------------------------------------
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
                     namespace: Hashable = None, arrival_time: float | None = None,
-                    prompt_logprobs_from: int | None = None, resumed: int = 0) -> str:
+                    prompt_logprobs_from: int | None = None, resumed: int = 0, pin: bool = False) -> str:
         """Queue a prompt (text or token ids); raises ``ValueError`` naming what is wrong with it.
 
         ``max_new_tokens`` is clipped to what the model's context and the KV pool can hold past
@@ -94,7 +96,9 @@ class Engine:
         asks for the log-probability of each prompt token from that position on. ``resumed``
         says that the prompt's last tokens are that request's output so far, produced elsewhere
         (a worker that died): its constraint, if any, takes them before it constrains the rest, and
-        frequency, presence and repetition penalties count them as output."""
+        frequency, presence and repetition penalties count them as output. ``pin`` keeps the
+        request's tokens (whole pages of them) in the cache after it finishes, safe from eviction,
+        until ``unpin(request_id)``: a program's shared trunk, say, that branches will reuse."""
         params = params or SamplingParams()
         params.validate(self.vocab_size)
         tokens = self._tokens(prompt)
@@ -107,6 +111,8 @@ class Engine:
             raise ValueError(f"a request id is a non-empty string, got {request_id!r}")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
+        if pin and request_id in self.pins:
+            raise ValueError(f"request id {request_id!r} already names a pin: unpin it first")
         room = min(self.max_context, self.pool.num_tokens) - len(tokens)
         generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
         text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.detokenize else None
@@ -118,7 +124,7 @@ class Engine:
         req = Request(request_id, np.asarray(tokens, dtype=np.int32), params, min(params.max_new_tokens, room), namespace,
                       arrival=time.perf_counter() if arrival_time is None else float(arrival_time),
                       prompt_logprobs_from=prompt_logprobs_from, generator=generator, output_text=text, constraint=constraint,
-                      resumed=resumed)
+                      resumed=resumed, pin=bool(pin))
         self.requests[request_id] = req
         self.scheduler.waiting.append(req)
         return request_id
@@ -138,6 +144,23 @@ class Engine:
             return False
         self.scheduler.remove(req)
         self._deliver(self._end(req, State.ABORTED, "abort"))
+        return True
+
+    def unpin(self, request_id: str) -> bool:
+        """Release what a ``pin=True`` request kept cached (it becomes evictable, least recently
+        used first, like any cached prefix). False if ``request_id`` holds no pin."""
+        node = self.pins.pop(request_id, None)
+        if node is None:
+            return False
+        self.cache.unlock(node)
+        return True
+
+    def flush_cache(self) -> bool:
+        """Drop every cached prefix; refused (False) while requests are queued or running or pins are
+        held, since their pages cannot go."""
+        if self.requests or self.pins:
+            return False
+        self.cache.reset()
         return True
 
     def has_work(self) -> bool:
@@ -200,6 +223,8 @@ class Engine:
             "pages_total": self.pool.num_pages,
             "pages_free": self.allocator.available(),
             "pages_cached": self.cache.total_size(),
+            "pages_locked": self.cache.protected_size(),  # by running requests and pins
+            "pins": len(self.pins),
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
         }
@@ -258,6 +283,10 @@ class Engine:
 
     def _finish(self, req: Request, reason: str, matched: str | int | None = None) -> RequestOutput:
         self.scheduler.remove(req)
+        if req.pin and self.scheduler.enable_cache:
+            match = self.cache.match_prefix(req.tokens[: req.computed], req.namespace)
+            self.cache.lock(match)  # right after remove() committed them: nothing was evicted between
+            self.pins[req.id] = match.last_node
         req.matched_stop = matched
         return self._end(req, State.FINISHED, reason)
 

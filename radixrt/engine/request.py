@@ -64,6 +64,7 @@ class Request:
     arrival: float = field(default_factory=time.perf_counter)
     prompt_logprobs_from: int | None = None
     resumed: int = 0  # the prompt's last tokens that are this request's output from elsewhere (a lost worker)
+    pin: bool = False  # keep its tokens cached when it ends, until ``Engine.unpin``
     generator: torch.Generator | None = None
     output_text: OutputText | None = None  # None without a tokenizer: token ids only
     constraint: Any = None  # an xgrammar matcher when the request has a regex, JSON schema or choices

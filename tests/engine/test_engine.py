@@ -353,3 +353,37 @@ def test_a_resumed_request_goes_on_as_if_uninterrupted(tiny):
     assert head + continue_from(0) != whole.token_ids  # counted as prompt, the penalties see none of it
     with pytest.raises(ValueError, match="resumed must be"):
         engine.add_request(prompt, params, resumed=len(prompt))
+
+
+def test_a_pin_keeps_its_prefix_cached_under_pressure_until_unpinned(tiny):
+    """A pinned trunk survives a flood of other requests that evicts everything else; unpinned,
+    it is evictable again, and nothing leaks."""
+    per_token = Engine(tiny, page_size=4, kv_cache_bytes=1 << 20).pool.bytes_per_token
+    engine = Engine(tiny, page_size=4, kv_cache_bytes=192 * per_token)  # the trunk and two of the flood
+    trunk = prompts(1, shared=0, own=40, seed=7)[0]
+    rid = engine.add_request(trunk, SamplingParams(max_new_tokens=0), pin=True)
+    run_to_end(engine)
+    assert engine.stats()["pins"] == 1 and engine.cache.prefix_length(trunk) == 40
+    with pytest.raises(ValueError, match="already names a pin"):
+        engine.add_request(trunk, SamplingParams(max_new_tokens=0), request_id=rid, pin=True)
+    flood = prompts(30, shared=0, own=60, seed=8)
+    engine.generate(flood, SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True))
+    assert engine.cache.prefix_length(trunk) == 40
+    out = engine.generate(trunk + [3, 4], SamplingParams(max_new_tokens=1, temperature=0))
+    assert out.cached_tokens == 40
+    assert not engine.flush_cache()  # a pin holds pages
+    assert engine.unpin(rid) and not engine.unpin(rid)
+    check_pages(engine)
+    engine.generate(flood[:6], SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True))
+    assert engine.cache.prefix_length(trunk) < 40
+    assert engine.flush_cache() and engine.cache.total_size() == 0
+    check_pages(engine)
+
+
+def test_a_failed_or_aborted_pin_holds_nothing(tiny):
+    engine = Engine(tiny, page_size=4)
+    rid = engine.add_request(prompts(1, 0, 30, seed=3)[0], SamplingParams(max_new_tokens=0), pin=True)
+    engine.abort(rid)
+    run_to_end(engine)
+    assert not engine.pins and not engine.unpin(rid)
+    check_pages(engine)
