@@ -20,7 +20,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from radixrt.engine.outputs import GenerateOutput, RequestFailed
+from radixrt.engine.outputs import GenerateOutput, RequestFailed, RequestOutput
 from radixrt.engine.params import SamplingParams
 from radixrt.server import protocol as p
 from radixrt.server.sockets import Keys, client_socket
@@ -59,10 +59,10 @@ class _Requests:
 
     def __init__(self) -> None:
         self._ids = itertools.count()
-        self._clock = time.time() - time.perf_counter()  # Unix time -> perf_counter
+        self.clock = time.time() - time.perf_counter()  # Unix time -> perf_counter
 
     def message(self, prompt: Prompt, params: SamplingParams | None, namespace: Hashable, stream: bool,
-                request_id: str | None, prompt_logprobs_from: int | None) -> p.Generate:
+                request_id: str | None, prompt_logprobs_from: int | None, pin: bool = False) -> p.Generate:
         if namespace is not None and not isinstance(namespace, str):
             raise TypeError(f"a namespace on the wire is a string, got {type(namespace).__name__}")
         rid = request_id if request_id is not None else f"c{next(self._ids)}"
@@ -72,11 +72,11 @@ class _Requests:
         if kind == "messages":
             value = [p.ChatMessage(m["role"], m["content"]) for m in prompt]
         return p.Generate(rid, namespace=namespace, stream=stream, params=p.wire_sampling(params or SamplingParams()),
-                          prompt_logprobs_from=prompt_logprobs_from, **{kind: value})
+                          prompt_logprobs_from=prompt_logprobs_from, pin=pin, **{kind: value})
 
     def output(self, msg: p.Finished, arrival: float) -> GenerateOutput:
         return GenerateOutput(msg.id, arrival, msg.text, list(msg.token_ids), msg.logprobs,
-                              [t - self._clock for t in msg.token_times], msg.finish_reason, msg.matched_stop, msg.error,
+                              [t - self.clock for t in msg.token_times], msg.finish_reason, msg.matched_stop, msg.error,
                               msg.prompt_tokens, msg.cached_tokens, msg.text_token_count, msg.prompt_logprobs)
 
 
@@ -136,20 +136,44 @@ class Client:
                request_id: str | None = None) -> Iterator[str]:
         """The text as it is generated; raises ``RequestFailed`` if the request fails. Closing the
         iterator early aborts the request, and so does ``abort(request_id)``."""
-        rid, _ = self._send(prompt, params, namespace, stream=True, request_id=request_id)
-        text = _StreamText()
+        for out in self.outputs(prompt, params, namespace=namespace, request_id=request_id):
+            if out.text:
+                yield out.text
+            if out.error is not None:
+                raise RequestFailed(out.error)
+
+    def outputs(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
+                request_id: str | None = None, prompt_logprobs_from: int | None = None,
+                pin: bool = False) -> Iterator[RequestOutput]:
+        """The request's outputs as the engine's ``step()`` gives them: new tokens, text and
+        logprobs as they come, then a last one (``finished``) that says how it ended. A refused
+        request raises ``ServerError``; closing the iterator early aborts it."""
+        rid, _ = self._send(prompt, params, namespace, stream=True, request_id=request_id,
+                            prompt_logprobs_from=prompt_logprobs_from, pin=pin)
+        news = _News(rid, self._requests)
         try:
-            while not text.done:
+            while not news.done:
                 self._pump(None)
                 mail = self._mail[rid]
-                while mail and not text.done:
-                    if piece := text.take(mail.popleft()):
-                        yield piece
-            text.check()
+                while mail and not news.done:
+                    yield news.take(mail.popleft())
         finally:
-            if not text.done:
+            if not news.done:
                 self.abort(rid)
             self._mail.pop(rid, None)
+
+    def pin(self, prompt: Prompt, *, namespace: str | None = None, request_id: str | None = None) -> str:
+        """Compute ``prompt`` and keep it cached on its worker, safe from eviction, until
+        ``unpin`` or until this client disconnects; returns the pin's id."""
+        for out in self.outputs(prompt, SamplingParams(max_new_tokens=0), namespace=namespace, request_id=request_id,
+                                pin=True):
+            if out.error is not None:
+                raise RequestFailed(out.error)
+            rid = out.request_id
+        return rid
+
+    def unpin(self, pin_id: str) -> None:
+        self._socket.send(p.encode(p.Unpin(pin_id)))
 
     def submit(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
                request_id: str | None = None) -> str:
@@ -204,8 +228,8 @@ class Client:
     # ---- the socket ------------------------------------------------------------------------
 
     def _send(self, prompt: Prompt, params: SamplingParams | None, namespace: str | None, stream: bool,
-              request_id: str | None = None, prompt_logprobs_from: int | None = None) -> tuple[str, float]:
-        msg = self._requests.message(prompt, params, namespace, stream, request_id, prompt_logprobs_from)
+              request_id: str | None = None, prompt_logprobs_from: int | None = None, pin: bool = False) -> tuple[str, float]:
+        msg = self._requests.message(prompt, params, namespace, stream, request_id, prompt_logprobs_from, pin)
         self._mail[msg.id] = deque()
         self._socket.send(p.encode(msg))
         return msg.id, time.perf_counter()
@@ -256,27 +280,31 @@ def _file(msg: p.Message, mail: dict[str, Any], control: Any) -> None:
         _put(control, msg)
 
 
-class _StreamText:
-    """A streamed request's text from its replies: each delta's text, then what the finished
-    message's whole text adds (what was held back). ``check`` at the end raises if the request
-    failed; a refusal raises at once."""
+class _News:
+    """A streamed request's replies as ``RequestOutput``s: each delta, then the finished message's
+    remainder (text held back for stop strings, and how it ended). A refusal raises."""
 
-    def __init__(self) -> None:
-        self.sent, self.done, self.error = 0, False, None
+    def __init__(self, request_id: str, requests: _Requests) -> None:
+        self.id, self.requests = request_id, requests
+        self.tokens = self.chars = 0
+        self.done = False
 
-    def take(self, msg: p.Message) -> str:
+    def take(self, msg: p.Message) -> RequestOutput:
         if isinstance(msg, p.Error):
             self.done = True
             raise _error(msg)
-        piece = msg.text if isinstance(msg, p.Delta) else msg.text[self.sent:]
-        self.sent += len(piece)
-        if isinstance(msg, p.Finished):
-            self.done, self.error = True, msg.error
-        return piece
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise RequestFailed(self.error)
+        if isinstance(msg, p.Delta):
+            self.tokens += len(msg.token_ids)
+            self.chars += len(msg.text)
+            return RequestOutput(self.id, list(msg.token_ids), msg.text, msg.logprobs,
+                                 [time.perf_counter()] * len(msg.token_ids))
+        self.done = True
+        new = slice(self.tokens, None)
+        return RequestOutput(self.id, list(msg.token_ids[new]), msg.text[self.chars:],
+                             msg.logprobs[new] if msg.logprobs is not None else None,
+                             [t - self.requests.clock for t in msg.token_times[new]], True, msg.finish_reason,
+                             msg.matched_stop, msg.error, msg.prompt_tokens, msg.cached_tokens, msg.text_token_count,
+                             msg.prompt_logprobs)
 
 
 def _connection_lost(mail: dict[str, Any], address: str) -> None:
@@ -326,18 +354,40 @@ class AsyncClient:
 
     async def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
                      request_id: str | None = None) -> AsyncIterator[str]:
+        async for out in self.outputs(prompt, params, namespace=namespace, request_id=request_id):
+            if out.text:
+                yield out.text
+            if out.error is not None:
+                raise RequestFailed(out.error)
+
+    async def outputs(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
+                      request_id: str | None = None, prompt_logprobs_from: int | None = None,
+                      pin: bool = False) -> AsyncIterator[RequestOutput]:
+        """As ``Client.outputs``."""
         await self._connect()
-        rid, _ = self._send(prompt, params, namespace, stream=True, request_id=request_id)
-        box, text = self._mail[rid], _StreamText()
+        rid, _ = self._send(prompt, params, namespace, stream=True, request_id=request_id,
+                            prompt_logprobs_from=prompt_logprobs_from, pin=pin)
+        box, news = self._mail[rid], _News(rid, self._requests)
         try:
-            while not text.done:
-                if piece := text.take(await box.get()):
-                    yield piece
-            text.check()
+            while not news.done:
+                yield news.take(await box.get())
         finally:
             self._mail.pop(rid, None)
-            if not text.done and not self._socket.closed:
+            if not news.done and not self._socket.closed:
                 self._socket.send(p.encode(p.Abort(rid)))
+
+    async def pin(self, prompt: Prompt, *, namespace: str | None = None, request_id: str | None = None) -> str:
+        """As ``Client.pin``."""
+        async for out in self.outputs(prompt, SamplingParams(max_new_tokens=0), namespace=namespace,
+                                      request_id=request_id, pin=True):
+            if out.error is not None:
+                raise RequestFailed(out.error)
+            rid = out.request_id
+        return rid
+
+    async def unpin(self, pin_id: str) -> None:
+        await self._connect()
+        await self._socket.send(p.encode(p.Unpin(pin_id)))
 
     async def abort(self, request_id: str) -> None:
         await self._connect()
@@ -377,8 +427,8 @@ class AsyncClient:
             self.info = await self._call(p.Hello(p.PROTOCOL_VERSION), p.Welcome, connect=False)
 
     def _send(self, prompt: Prompt, params: SamplingParams | None, namespace: str | None, stream: bool,
-              request_id: str | None = None, prompt_logprobs_from: int | None = None) -> tuple[str, float]:
-        msg = self._requests.message(prompt, params, namespace, stream, request_id, prompt_logprobs_from)
+              request_id: str | None = None, prompt_logprobs_from: int | None = None, pin: bool = False) -> tuple[str, float]:
+        msg = self._requests.message(prompt, params, namespace, stream, request_id, prompt_logprobs_from, pin)
         self._mail[msg.id] = asyncio.Queue()
         self._socket.send(p.encode(msg))  # queued by ZeroMQ at once; nothing to await
         return msg.id, time.perf_counter()

@@ -78,9 +78,16 @@ class Generate(Message, tag="generate"):
     namespace: Namespace = None
     stream: bool = False
     prompt_logprobs_from: Annotated[int, Meta(ge=1)] | None = None
+    pin: bool = False  # keep its tokens cached on its worker, once it finished, until ``Unpin(id)``
 
 
 class Abort(Message, tag="abort"):
+    id: Id
+
+
+class Unpin(Message, tag="unpin"):
+    """Release the pin of the finished request ``id`` (also released when the client leaves)."""
+
     id: Id
 
 
@@ -171,6 +178,13 @@ class Submit(Message, tag="submit"):
     namespace: str | None = None
     prompt_logprobs_from: int | None = None
     resumed: int = 0  # the last ``resumed`` input ids are the request's output so far (a moved request)
+    pin: bool = False
+
+
+class Release(Message, tag="release"):
+    """Unpin these finished requests."""
+
+    ids: list[str]
 
 
 class Cancel(Message, tag="cancel"):
@@ -226,9 +240,9 @@ class Heartbeat(Message, tag="heartbeat"):
     worker: str
 
 
-ClientMessage = Hello | Generate | Abort | GetStats | GetHealth
+ClientMessage = Hello | Generate | Abort | Unpin | GetStats | GetHealth
 ReplyMessage = Welcome | Deltas | Finished | Error | Stats | Health
-ToWorker = Submit | Cancel | StatsQuery | Shutdown
+ToWorker = Submit | Cancel | Release | StatsQuery | Shutdown
 FromWorker = Register | StepOutput | WorkerStats | Heartbeat
 
 encode = msgspec.msgpack.Encoder().encode

@@ -61,6 +61,7 @@ class Job:
     route: Node | None = None
     resubmits: int = 0
     cached_tokens: int = 0  # prompt tokens the first worker served from its cache
+    pin: bool = False
 
 
 @dataclass(eq=False)
@@ -117,6 +118,7 @@ class Router:
         self.workers: dict[str, WorkerState] = {}
         self.jobs: dict[str, Job] = {}
         self.clients: dict[bytes, dict[str, Job]] = {}  # greeted clients -> their jobs by client id
+        self.pins: dict[tuple[bytes, str], tuple[str, str]] = {}  # (client, request id) -> (worker, request key)
         self.counters = Counters()
         self._keys = (f"r{i}" for i in itertools.count())
         self._queries = itertools.count()
@@ -200,6 +202,8 @@ class Router:
             if job is not None:
                 self._cancel(job)
                 self._end(job, "abort")
+        elif isinstance(msg, p.Unpin):
+            self._release(self.pins.pop((client, msg.id), None))
         elif isinstance(msg, p.GetStats):
             self._ask_stats(client)
         elif isinstance(msg, p.GetHealth):
@@ -209,6 +213,9 @@ class Router:
         jobs = self.clients[client]
         if msg.id in jobs:
             self._refuse(client, "duplicate_id", f"request id {msg.id!r} is already in flight", msg.id)
+            return
+        if msg.pin and (client, msg.id) in self.pins:
+            self._refuse(client, "duplicate_id", f"request id {msg.id!r} names a pin already: unpin it first", msg.id)
             return
         if len(jobs) >= self.max_inflight:
             self._refuse(client, "too_many_requests", f"this client has {len(jobs)} requests in flight, the most allowed; "
@@ -229,7 +236,7 @@ class Router:
             return
         text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
         job = Job(next(self._keys), client, msg.id, prompt, params, msg.namespace, msg.stream, msg.prompt_logprobs_from, text,
-                  logprobs=[] if params.logprobs else None)
+                  logprobs=[] if params.logprobs else None, pin=msg.pin)
         jobs[msg.id] = self.jobs[job.key] = job
         self.counters.requests += 1
         self._dispatch(job)
@@ -276,7 +283,7 @@ class Router:
         worker.jobs.add(job.key)
         params = p.wire_sampling(job.params, stop=[], max_new_tokens=job.params.max_new_tokens - len(job.tokens))
         self._send_worker(worker, p.Submit(job.key, tokens.tolist(), params, job.namespace, job.prompt_logprobs_from,
-                                           len(job.tokens)))
+                                           len(job.tokens), job.pin))
 
     def _unroute(self, job: Job) -> None:
         worker = self.workers.get(job.worker) if job.worker else None
@@ -289,6 +296,8 @@ class Router:
         worker = self.workers.get(job.worker) if job.worker else None
         if worker is not None:
             self._send_worker(worker, p.Cancel([job.key]))
+            if job.pin:  # in case it finished there, and pinned, before the cancel arrives
+                self._send_worker(worker, p.Release([job.key]))
 
     # ---- workers ---------------------------------------------------------------------------
 
@@ -356,6 +365,9 @@ class Router:
                 self._dispatch(job)
             else:
                 self._end(job, "error", error=f"worker {name} was lost ({why}) and no worker is left")
+        for pin, (holder, _) in list(self.pins.items()):
+            if holder == name:
+                del self.pins[pin]
         for query_id, query in list(self._stats.items()):
             query.waiting.discard(name)
             if not query.waiting:
@@ -400,6 +412,8 @@ class Router:
         elif reason == "stop" and matched is not None:
             count -= 1
         worker = job.worker or ""
+        if job.pin and worker and out is not None and out.finish_reason in ("stop", "length"):
+            self.pins[job.client, job.id] = (worker, job.key)
         self._unroute(job)
         self.jobs.pop(job.key, None)
         self.clients.get(job.client, {}).pop(job.id, None)
@@ -410,7 +424,14 @@ class Router:
             job.id, job.text.text if job.text is not None else "", job.tokens, reason, job.token_times, job.logprobs, matched,
             error, int(job.prompt.size), job.cached_tokens, count, out.prompt_logprobs if out is not None else None, worker))
 
+    def _release(self, pin: tuple[str, str] | None) -> None:
+        worker = self.workers.get(pin[0]) if pin is not None else None
+        if worker is not None:
+            self._send_worker(worker, p.Release([pin[1]]))
+
     def _client_gone(self, client: bytes) -> None:
+        for pin in [pin for pin in self.pins if pin[0] == client]:
+            self._release(self.pins.pop(pin))
         jobs = self.clients.pop(client, None)
         if jobs is None:
             return
@@ -437,7 +458,7 @@ class Router:
         totals = {k: sum(s.get(k, 0) for s in query.replies.values())
                   for k in ("prompt_tokens", "cached_tokens", "computed_tokens", "decode_tokens", "evicted_pages",
                             "retractions", "failed_requests")}
-        router = {**self.counters.__dict__, **totals, "inflight": len(self.jobs), "clients": len(self.clients),
+        router = {**self.counters.__dict__, **totals, "inflight": len(self.jobs), "clients": len(self.clients), "pins": len(self.pins),
                   "policy": self.policy_name, "hit_rate": totals["cached_tokens"] / totals["prompt_tokens"] if totals["prompt_tokens"] else 0.0,
                   "load": {n: w.view.load for n, w in self.workers.items()}}
         self._reply(query.client, p.Stats(router, query.replies))

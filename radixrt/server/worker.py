@@ -78,6 +78,9 @@ class Worker:
             elif isinstance(msg, p.Cancel):
                 for rid in msg.ids:
                     self.engine.abort(rid)
+            elif isinstance(msg, p.Release):
+                for rid in msg.ids:
+                    self.engine.unpin(rid)
             elif isinstance(msg, p.StatsQuery):
                 sock.send(p.encode(p.WorkerStats(msg.query, self.engine.stats())))
             elif isinstance(msg, p.Shutdown):
@@ -87,7 +90,8 @@ class Worker:
         try:
             self.engine.add_request(np.asarray(msg.input_ids, dtype=np.int32), p.sampling_params(msg.params),
                                     request_id=msg.id, namespace=msg.namespace,
-                                    prompt_logprobs_from=msg.prompt_logprobs_from, resumed=msg.resumed)
+                                    prompt_logprobs_from=msg.prompt_logprobs_from, resumed=msg.resumed,
+                                    pin=msg.pin)
         except (ValueError, TypeError) as e:
             self._replies.append(p.TokenOutput(msg.id, [], [], finished=True, finish_reason="error", error=str(e)))
 

@@ -137,6 +137,30 @@ def test_overload_ten_times_the_kv_cache(tiny_server):
         assert stats["router"]["retractions"] + stats["router"]["evicted_pages"] > 0  # the pool was really short
 
 
+def test_pins_hold_a_prefix_until_unpinned_or_the_client_leaves(tiny_server):
+    """A pin keeps its prefix cached on its worker; an unpin, or its client's departure, releases it."""
+    trunk = list(range(100, 140))
+
+    def pins(client: Client) -> tuple[int, int]:
+        stats = client.stats()
+        return stats["router"]["pins"], sum(w["pins"] for w in stats["workers"].values())
+
+    with Client(tiny_server.address) as client:
+        pin = client.pin(trunk, request_id="trunk")
+        assert pins(client) == (1, 1)
+        with pytest.raises(InvalidRequest, match="names a pin already"):
+            client.pin(trunk, request_id="trunk")
+        assert client.generate(trunk + [7, 8], SamplingParams(max_new_tokens=2)).cached_tokens == 40
+        client.unpin(pin)
+        wait_for(lambda: pins(client) == (0, 0), 10, what="the pin's release")
+        leaving = Client(tiny_server.address)
+        leaving.pin(trunk)
+        assert pins(client) == (1, 1)
+        leaving.close()
+        wait_for(lambda: pins(client) == (0, 0), 10, what="the release of a departed client's pin")
+        wait_for(lambda: settled(client), 10, what="idle workers")
+
+
 def test_too_many_requests_from_one_client_is_an_error(serve, tiny_with_tokenizer, tmp_path):
     """(This server listens on an ipc:// address.)"""
     address = f"ipc://{tmp_path / 'radixrt.sock'}"
