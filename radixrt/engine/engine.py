@@ -74,6 +74,7 @@ class Engine:
                                    max_running=max_running, enable_cache=enable_cache)
         self.runner = ModelRunner(self.model, self.pool, device)
         self.eos_ids = self._eos_ids()
+        self.runner.logits_processors.append(self._hold_stop_tokens)
         self.requests: dict[str, Request] = {}  # queued or running
         self.failed_requests = 0
         self._ids = itertools.count()
@@ -354,6 +355,13 @@ class Engine:
                 self.scheduler.remove(self.requests.pop(rid))
             raise
         return ids
+
+    def _hold_stop_tokens(self, logits: torch.Tensor, requests: Sequence[Request]) -> None:
+        """Refuse end-of-sequence and stop tokens to requests short of their ``min_new_tokens``."""
+        for row, req in enumerate(requests):
+            if req.num_output < req.params.min_new_tokens:
+                held = [*req.params.stop_token_ids, *([] if req.params.ignore_eos else self.eos_ids)]
+                logits[row, held] = -torch.inf
 
     def _grammars(self) -> Grammars:
         """The constraint compiler, made on the first constrained request (it loads xgrammar)."""

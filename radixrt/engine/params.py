@@ -15,6 +15,7 @@ GREEDY_EPS = 1e-5
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = 128
+    min_new_tokens: int = 0  # end-of-sequence and stop tokens are refused until this many were generated
     temperature: float = 1.0  # below GREEDY_EPS (0 included) = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0
@@ -64,6 +65,9 @@ class SamplingParams:
             problems.append(f"unknown sampling parameter(s): {', '.join(sorted(self.extra))}")
         if not _integer(self.max_new_tokens) or self.max_new_tokens < 0:
             problems.append(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
+        if not _integer(self.min_new_tokens) or not 0 <= self.min_new_tokens <= (
+                self.max_new_tokens if _integer(self.max_new_tokens) else 0):
+            problems.append(f"min_new_tokens must be an integer in 0..max_new_tokens, got {self.min_new_tokens!r}")
         if not _finite(self.temperature) or self.temperature < 0:
             problems.append(f"temperature must be >= 0 (0 is greedy), got {self.temperature!r}")
         if not _integer(self.top_k) or self.top_k < 0:

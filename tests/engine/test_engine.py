@@ -227,6 +227,12 @@ def test_stop_token_ids_end_the_output(tiny):
     out = engine.generate([3, 4, 5], SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True, stop_token_ids=[stop]))
     assert out.finish_reason == "stop" and out.matched_stop == stop
     assert out.token_ids == free[: free.index(stop) + 1] and out.text_token_count == len(out.token_ids) - 1
+    held = engine.generate([3, 4, 5], SamplingParams(max_new_tokens=12, min_new_tokens=8, temperature=0, ignore_eos=True,
+                                                     stop_token_ids=[stop]))
+    first = free.index(stop)
+    assert stop not in held.token_ids[:8] and held.token_ids[:first] == free[:first] and len(held.token_ids) >= 8
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        engine.generate([3], SamplingParams(max_new_tokens=2, min_new_tokens=3))
 
 
 def test_a_burst_sharing_an_uncached_prefix_computes_it_once(tiny):
