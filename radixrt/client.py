@@ -214,6 +214,10 @@ class Client:
         reply = self._call(p.GetHealth(), p.Health)
         return {"ok": reply.ok, "workers": reply.workers, "inflight": reply.inflight}
 
+    def tokenizer_files(self) -> dict[str, bytes]:
+        """The served model's tokenizer, as ``save_pretrained`` writes it (name -> contents)."""
+        return self._call(p.GetTokenizer(), p.TokenizerFiles).files
+
     def close(self) -> None:
         self._monitor.close(linger=0)
         self._socket.close(linger=0)
@@ -400,6 +404,9 @@ class AsyncClient:
     async def health(self) -> dict[str, Any]:
         reply = await self._call(p.GetHealth(), p.Health)
         return {"ok": reply.ok, "workers": reply.workers, "inflight": reply.inflight}
+
+    async def tokenizer_files(self) -> dict[str, bytes]:
+        return (await self._call(p.GetTokenizer(), p.TokenizerFiles)).files
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -3,8 +3,8 @@
 A program writes ``s += user("hi")``; that becomes the template's text for a user turn, which we
 find by rendering conversations with a marker as the content and cutting around it. A template
 that adds a system turn of its own when a conversation has none (SmolLM2's does) gives that turn
-as ``default_system``, which a program that starts with another role gets first, as the template
-would have rendered it.
+as ``default_system_prompt``, which a program whose first role is another gets first, as the
+template would have rendered it (and as SGLang does with its templates' default system prompts).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ _MARK = "\x00radixrt-role\x00"
 class ChatTemplate:
     prefix: dict[str, str]
     suffix: dict[str, str]
-    default_system: str = ""  # the text of the system turn the template adds when there is none
+    default_system_prompt: str | None = None  # the system turn's content the template adds when there is none
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> ChatTemplate:
@@ -39,5 +39,8 @@ class ChatTemplate:
                 raise ValueError(f"cannot find how this model's chat template renders a {role} turn")
             prefix[role], suffix[role] = text[len(head):].split(_MARK)
         alone = render([{"role": "user", "content": _MARK}])
-        default_system = alone[: alone.index(_MARK)].removesuffix(prefix["user"])
-        return cls(prefix, suffix, default_system)
+        added = alone[: alone.index(_MARK)].removesuffix(prefix["user"])
+        default = None
+        if added.startswith(prefix["system"]) and added.endswith(suffix["system"]):
+            default = added[len(prefix["system"]): len(added) - len(suffix["system"])] or None
+        return cls(prefix, suffix, default)

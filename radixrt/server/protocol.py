@@ -99,6 +99,10 @@ class GetHealth(Message, tag="get_health"):
     pass
 
 
+class GetTokenizer(Message, tag="get_tokenizer"):
+    """Ask for the served model's tokenizer files (a frontend that tokenizes on its side needs them)."""
+
+
 # ---- router -> client ----------------------------------------------------------------------
 
 class Welcome(Message, tag="welcome"):
@@ -150,6 +154,12 @@ class Error(Message, tag="error"):
 class Stats(Message, tag="stats"):
     router: dict[str, Any]
     workers: dict[str, dict[str, Any]]
+
+
+class TokenizerFiles(Message, tag="tokenizer_files"):
+    """The tokenizer as ``save_pretrained`` writes it: file name -> contents."""
+
+    files: dict[str, bytes]
 
 
 class Health(Message, tag="health"):
@@ -240,8 +250,8 @@ class Heartbeat(Message, tag="heartbeat"):
     worker: str
 
 
-ClientMessage = Hello | Generate | Abort | Unpin | GetStats | GetHealth
-ReplyMessage = Welcome | Deltas | Finished | Error | Stats | Health
+ClientMessage = Hello | Generate | Abort | Unpin | GetStats | GetHealth | GetTokenizer
+ReplyMessage = Welcome | Deltas | Finished | Error | Stats | Health | TokenizerFiles
 ToWorker = Submit | Cancel | Release | StatsQuery | Shutdown
 FromWorker = Register | StepOutput | WorkerStats | Heartbeat
 

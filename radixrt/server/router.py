@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -125,6 +127,7 @@ class Router:
         self._stats: dict[int, StatsRequest] = {}
         self._decode_client = p.decoder(p.ClientMessage).decode
         self._grammars: Grammars | None = None  # compiles constraints to check them; made on first use
+        self._tokenizer_cache: dict[str, bytes] | None = None
         self._decode_worker = p.decoder(p.FromWorker).decode
 
     # ---- the loop --------------------------------------------------------------------------
@@ -206,6 +209,11 @@ class Router:
             self._release(self.pins.pop((client, msg.id), None))
         elif isinstance(msg, p.GetStats):
             self._ask_stats(client)
+        elif isinstance(msg, p.GetTokenizer):
+            if self.tokenizer is None:
+                self._refuse(client, "invalid_request", "this model ships no tokenizer")
+            else:
+                self._reply(client, p.TokenizerFiles(self._tokenizer_files()))
         elif isinstance(msg, p.GetHealth):
             self._reply(client, p.Health(bool(self.workers), sorted(self.workers), len(self.jobs)))
 
@@ -271,6 +279,13 @@ class Router:
             if self._grammars is None:
                 self._grammars = Grammars(self.tokenizer, info.vocab_size)
             self._grammars.compile(params)  # cached by xgrammar: a bad one is refused here, before any worker
+
+    def _tokenizer_files(self) -> dict[str, bytes]:
+        if self._tokenizer_cache is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.tokenizer.save_pretrained(tmp)
+                self._tokenizer_cache = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
+        return self._tokenizer_cache
 
     # ---- routing ---------------------------------------------------------------------------
 

@@ -1,0 +1,125 @@
+"""What a program runs on: a ``Backend`` takes token ids and sampling parameters and gives the
+engine's ``RequestOutput``s back on the calling thread, however it talks to the engine (in-process
+in ``Runtime``, over ZeroMQ in ``RuntimeEndpoint``). Both share everything else here: the
+tokenizer and chat template, scoring of ``select``'s choices, and pins."""
+from __future__ import annotations
+
+import queue
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from radixrt.engine.outputs import RequestFailed, RequestOutput
+from radixrt.engine.params import SamplingParams
+from radixrt.lang.chat_template import ChatTemplate
+
+
+class Handle:
+    """A request's outputs, put by the thread that talks to the engine and read by the program's
+    thread. Iterating ends after the finished output; closing before that aborts the request."""
+
+    def __init__(self) -> None:
+        self.request_id: str | None = None
+        self._outputs: queue.SimpleQueue[RequestOutput | BaseException] = queue.SimpleQueue()
+        self._abort: Callable[[], None] | None = None
+        self.done = False
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        self._outputs.put(item)
+
+    def __iter__(self) -> Iterator[RequestOutput]:
+        try:
+            while not self.done:
+                item = self._outputs.get()
+                if isinstance(item, BaseException):
+                    self.done = True
+                    raise item
+                self.done = item.finished
+                yield item
+        finally:
+            self.close()
+
+    def last(self) -> RequestOutput:
+        """Wait for the end; the finished output with every token, text and logprob put together."""
+        whole = None
+        for out in self:
+            if whole is None:
+                whole = out
+            else:
+                whole.token_ids += out.token_ids
+                whole.text += out.text
+                whole.token_times += out.token_times
+                if out.logprobs is not None:
+                    whole.logprobs = (whole.logprobs or []) + out.logprobs
+                for name in ("finished", "finish_reason", "matched_stop", "error", "prompt_tokens", "cached_tokens",
+                             "text_token_count", "prompt_logprobs"):
+                    setattr(whole, name, getattr(out, name))
+        return whole
+
+    def close(self) -> None:
+        if not self.done:
+            self.done = True
+            if self._abort is not None:
+                self._abort()
+
+
+class Backend(ABC):
+    """A model to run programs on. ``tokenizer`` and ``chat_template`` are the served model's."""
+
+    tokenizer: Any
+    _chat_template: ChatTemplate | None = None
+
+    @abstractmethod
+    def submit(self, input_ids: list[int], params: SamplingParams, *, prompt_logprobs_from: int | None = None,
+               pin: bool = False) -> Handle:
+        """Start a request; its outputs come through the handle."""
+
+    @abstractmethod
+    def unpin(self, pin_id: str) -> None: ...
+
+    @abstractmethod
+    def flush_cache(self) -> bool: ...
+
+    @abstractmethod
+    def get_server_info(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def shutdown(self) -> None: ...
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        if self._chat_template is None:
+            self._chat_template = ChatTemplate.from_tokenizer(self.tokenizer)
+        return self._chat_template
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def pin(self, input_ids: list[int]) -> str:
+        """Compute ``input_ids`` and keep them cached until ``unpin``; the pin's id."""
+        out = self.submit(input_ids, SamplingParams(max_new_tokens=0), pin=True).last()
+        if out.error is not None:
+            raise RequestFailed(out.error)
+        return out.request_id
+
+    def score(self, prompt: list[int], options: Sequence[list[int]]) -> list[list[float]]:
+        """Each option's token log-probabilities after ``prompt`` (all options in one batch, the
+        prompt computed once); with an empty prompt, with no context (the first token gets 0)."""
+        handles = []
+        try:
+            for option in options:
+                ids = prompt + option
+                start = len(prompt) if prompt else 1
+                handles.append(self.submit(ids, SamplingParams(max_new_tokens=0),
+                                           prompt_logprobs_from=start if start < len(ids) else None))
+            outs = [h.last() for h in handles]
+        finally:
+            for h in handles:
+                h.close()
+        for out in outs:
+            if out.error is not None:
+                raise RequestFailed(out.error)
+        return [([] if prompt else [0.0]) + list(out.prompt_logprobs or []) for out in outs]

@@ -1,0 +1,108 @@
+"""``RuntimeEndpoint``: programs run against ``radixrt serve`` through the ZeroMQ client. One
+``AsyncClient`` on an event loop of its own carries the requests of every thread of every program;
+the tokenizer comes from the server, so the state's token ids are the server's."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from radixrt.client import DEFAULT_ADDRESS, AsyncClient
+from radixrt.engine.params import SamplingParams
+from radixrt.lang.backend import Backend, Handle
+
+
+class RuntimeEndpoint(Backend):
+    """``RuntimeEndpoint("tcp://HOST:PORT")``: the address ``radixrt serve`` printed. ``keys``: the
+    key directory of a server that requires keys (see ``radixrt keys``). Pins a program holds are
+    released by the server if this process goes away."""
+
+    def __init__(self, base_url: str = DEFAULT_ADDRESS, *, keys: str | Path | None = None, timeout: float = 30.0,
+                 tokenizer: Any = None) -> None:
+        if base_url.startswith(("http://", "https://")):
+            raise ValueError(f"{base_url}: RuntimeEndpoint speaks radixrt's ZeroMQ protocol; give the tcp:// address "
+                             "that `radixrt serve` prints")
+        self.address = base_url
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="radixrt-endpoint")
+        self._thread.start()
+        try:
+            self._client = self._await(_client(base_url, keys, timeout))
+            self.health = self._await(self._client.health())
+            self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(self._await(self._client.tokenizer_files()))
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def submit(self, input_ids: list[int], params: SamplingParams, *, prompt_logprobs_from: int | None = None,
+               pin: bool = False) -> Handle:
+        handle = Handle()
+
+        async def pump() -> None:
+            try:
+                async for out in self._client.outputs(input_ids, params, prompt_logprobs_from=prompt_logprobs_from, pin=pin):
+                    handle.request_id = out.request_id
+                    handle.put(out)
+            except Exception as e:
+                handle.put(e)
+
+        task = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        handle._abort = lambda: self._loop.call_soon_threadsafe(task.cancel)  # closing the stream aborts the request
+        return handle
+
+    def unpin(self, pin_id: str) -> None:
+        if not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._client.unpin(pin_id), self._loop)
+
+    def flush_cache(self) -> bool:
+        """The server's cache is the server's: a program cannot drop it (SGLang's returns None too)."""
+        return False
+
+    def get_server_info(self) -> dict[str, Any]:
+        info, stats = self._client.info, self._await(self._client.stats())
+        return {"address": self.address, "backend": "radixrt.lang.RuntimeEndpoint", "model_path": info.model,
+                "workers": info.workers, "max_inflight": info.max_inflight, "hit_rate": stats["router"]["hit_rate"],
+                **stats}
+
+    def shutdown(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            if hasattr(self, "_client"):
+                asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(timeout=5)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._loop.close()
+
+    def _await(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+
+async def _client(address: str, keys: str | Path | None, timeout: float) -> AsyncClient:
+    return AsyncClient(address, keys=keys, timeout=timeout)  # made on the loop that will use it
+
+
+def _load_tokenizer(files: dict[str, bytes]) -> Any:
+    """The server's tokenizer, written once to the local cache (keyed by its contents) and loaded."""
+    from transformers import AutoTokenizer
+
+    from radixrt.model.loader import cache_root
+
+    digest = hashlib.sha1()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name])
+    directory = cache_root() / "tokenizers" / digest.hexdigest()[:16]
+    if not directory.exists():
+        tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            (tmp / Path(name).name).write_bytes(content)
+        try:
+            tmp.rename(directory)
+        except OSError:  # another process wrote it first
+            pass
+    return AutoTokenizer.from_pretrained(directory)
