@@ -64,7 +64,7 @@ class RuntimeEndpoint(Backend):
     def get_server_info(self) -> dict[str, Any]:
         info, stats = self._client.info, self._await(self._client.stats())
         return {"address": self.address, "backend": "radixrt.lang.RuntimeEndpoint", "model_path": info.model,
-                "workers": info.workers, "max_inflight": info.max_inflight, "hit_rate": stats["router"]["hit_rate"],
+                "num_workers": info.workers, "max_inflight": info.max_inflight, "hit_rate": stats["router"]["hit_rate"],
                 **stats}
 
     def shutdown(self) -> None:
