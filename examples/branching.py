@@ -1,10 +1,14 @@
-"""A short branching program on the default model: one system prompt shared by several
-questions, then a fork of three follow-ups from one answer. Every shared prefix is computed once;
-the engine's counters show it.
+"""The main job (`make run`): a branching program in radixrt.lang on the default model. Three
+questions share one system prompt; then one answer forks into three follow-ups. Every shared
+prefix is computed once: the trunk of the fork is computed first and pinned in the cache until the
+branches join, and the state carries token ids, so each request's prompt starts with exactly the
+tokens the cache holds.
 
-Run: make run    (or .venv/bin/python examples/branching.py)
+Run: make run    (or .venv/bin/python examples/branching.py [tcp://HOST:PORT] for a running server)
 """
-from radixrt import Engine, SamplingParams
+import sys
+
+import radixrt.lang as sgl
 
 SYSTEM = (
     "You are a concise assistant for a travel agency. Answer in one or two sentences. You know the "
@@ -14,23 +18,40 @@ SYSTEM = (
 QUESTIONS = ["What is the capital of France?", "Which tool finds flights?", "How do I convert 100 euros to dollars?"]
 FOLLOW_UPS = ["What should I see there?", "What is the weather like in spring?", "Is it expensive?"]
 
-engine = Engine()
-params = SamplingParams(max_new_tokens=48, temperature=0)
+
+@sgl.function
+def ask(s, question):
+    s += sgl.system(SYSTEM)
+    s += sgl.user(question)
+    s += sgl.assistant(sgl.gen("answer", max_tokens=48))
 
 
-def chat(*turns: tuple[str, str]) -> list[int]:
-    return engine.apply_chat_template([{"role": "system", "content": SYSTEM}] + [{"role": r, "content": c} for r, c in turns])
+@sgl.function
+def follow_ups(s, question, questions):
+    s += sgl.system(SYSTEM)
+    s += sgl.user(question)
+    s += sgl.assistant(sgl.gen("answer", max_tokens=48))
+    forks = s.fork(len(questions))
+    forks += lambda i: sgl.user(questions[i]) + sgl.assistant(sgl.gen("follow_up", max_tokens=48))
+    forks.join()  # the parent's "follow_up" is the list of the branches' answers
 
 
-answers = engine.generate([chat(("user", q)) for q in QUESTIONS], params)
-for q, a in zip(QUESTIONS, answers):
-    print(f"Q: {q}\nA: {a.text}\n   ({a.cached_tokens} of {a.prompt_tokens} prompt tokens from the cache)\n")
+def cached(state, name: str = "answer") -> str:
+    meta = state.get_meta_info(name)
+    return f"({meta['cached_tokens']} of {meta['prompt_tokens']} prompt tokens from the cache)"
 
-trunk = (("user", QUESTIONS[0]), ("assistant", answers[0].text))
-forks = engine.generate([chat(*trunk, ("user", f)) for f in FOLLOW_UPS], params)
-for f, a in zip(FOLLOW_UPS, forks):
-    print(f"  fork Q: {f}\n  fork A: {a.text}\n   ({a.cached_tokens} of {a.prompt_tokens} prompt tokens from the cache)\n")
 
-s = engine.stats()
-print(f"prompt tokens: {s['prompt_tokens']}, from the cache: {s['cached_tokens']}, computed: {s['computed_tokens']}, "
-      f"hit rate: {s['hit_rate']:.1%}")
+if __name__ == "__main__":
+    backend = sgl.RuntimeEndpoint(sys.argv[1]) if len(sys.argv) > 1 else sgl.Runtime()
+    sgl.set_default_backend(backend)
+    for state in ask.run_batch([{"question": q} for q in QUESTIONS], temperature=0):
+        print(f"Q: {state.messages()[1]['content']}\nA: {state['answer']}\n   {cached(state)}\n")
+
+    state = follow_ups.run(question=QUESTIONS[0], questions=FOLLOW_UPS, temperature=0)
+    print(f"trunk Q: {QUESTIONS[0]}\ntrunk A: {state['answer']}\n")
+    for question, answer in zip(FOLLOW_UPS, state["follow_up"]):
+        print(f"  fork Q: {question}\n  fork A: {answer}\n")
+
+    info = sgl.get_server_info()
+    print(f"cache hit rate: {info['hit_rate']:.1%}")
+    backend.shutdown()

@@ -33,6 +33,7 @@ from radixrt.engine.scheduler import Scheduler
 from radixrt.model import load_model
 
 Prompt = str | Sequence[int] | np.ndarray
+MAX_PINNED_FRACTION = 0.5  # of the KV pool's pages: the most that pins may hold
 
 
 class Engine:
@@ -81,7 +82,8 @@ class Engine:
         self._undelivered: list[RequestOutput] = []  # outputs the next step() returns
         self._mailboxes: dict[str, list[RequestOutput]] = {}  # outputs of requests an in-process driver added
         self._grammar_cache: Grammars | None = None
-        self.pins: dict[str, Node] = {}  # request id -> the cache node its pin holds
+        self.pins: dict[str, tuple[Node, int]] = {}  # request id -> the cache node its pin holds, its pages
+        self.pins_refused = 0
 
     # ---- the core --------------------------------------------------------------------------
 
@@ -99,7 +101,9 @@ class Engine:
         (a worker that died): its constraint, if any, takes them before it constrains the rest, and
         frequency, presence and repetition penalties count them as output. ``pin`` keeps the
         request's tokens (whole pages of them) in the cache after it finishes, safe from eviction,
-        until ``unpin(request_id)``: a program's shared trunk, say, that branches will reuse."""
+        until ``unpin(request_id)``: a program's shared trunk, say, that branches will reuse. A pin
+        is best-effort: one that would take pinned pages past ``MAX_PINNED_FRACTION`` of the pool
+        is not kept (``stats()["pins_refused"]``), so that pins never starve running requests."""
         params = params or SamplingParams()
         params.validate(self.vocab_size)
         tokens = self._tokens(prompt)
@@ -150,10 +154,10 @@ class Engine:
     def unpin(self, request_id: str) -> bool:
         """Release what a ``pin=True`` request kept cached (it becomes evictable, least recently
         used first, like any cached prefix). False if ``request_id`` holds no pin."""
-        node = self.pins.pop(request_id, None)
-        if node is None:
+        pin = self.pins.pop(request_id, None)
+        if pin is None:
             return False
-        self.cache.unlock(node)
+        self.cache.unlock(pin[0])
         return True
 
     def flush_cache(self) -> bool:
@@ -226,6 +230,7 @@ class Engine:
             "pages_cached": self.cache.total_size(),
             "pages_locked": self.cache.protected_size(),  # by running requests and pins
             "pins": len(self.pins),
+            "pins_refused": self.pins_refused,
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
         }
@@ -286,8 +291,12 @@ class Engine:
         self.scheduler.remove(req)
         if req.pin and self.scheduler.enable_cache:
             match = self.cache.match_prefix(req.tokens[: req.computed], req.namespace)
-            self.cache.lock(match)  # right after remove() committed them: nothing was evicted between
-            self.pins[req.id] = match.last_node
+            pinned = sum(pages for _, pages in self.pins.values())  # overlapping pins count twice: a safe side
+            if pinned + match.pages.size <= MAX_PINNED_FRACTION * self.pool.num_pages:
+                self.cache.lock(match)  # right after remove() committed them: nothing was evicted between
+                self.pins[req.id] = (match.last_node, match.pages.size)
+            else:
+                self.pins_refused += 1
         req.matched_stop = matched
         return self._end(req, State.FINISHED, reason)
 

@@ -386,6 +386,17 @@ def test_a_pin_keeps_its_prefix_cached_under_pressure_until_unpinned(tiny):
     check_pages(engine)
 
 
+def test_pins_never_hold_more_than_half_the_pool(tiny):
+    per_token = Engine(tiny, page_size=4, kv_cache_bytes=1 << 20).pool.bytes_per_token
+    engine = Engine(tiny, page_size=4, kv_cache_bytes=100 * per_token)  # 25 pages
+    trunks = prompts(3, shared=0, own=20, seed=11)  # 5 pages each: the third would pass 12.5
+    ids = [engine.add_request(t, SamplingParams(max_new_tokens=0), pin=True) for t in trunks]
+    run_to_end(engine)
+    assert engine.stats()["pins"] == 2 and engine.stats()["pins_refused"] == 1
+    assert [engine.unpin(rid) for rid in ids] == [True, True, False]
+    check_pages(engine)
+
+
 def test_a_failed_or_aborted_pin_holds_nothing(tiny):
     engine = Engine(tiny, page_size=4)
     rid = engine.add_request(prompts(1, 0, 30, seed=3)[0], SamplingParams(max_new_tokens=0), pin=True)
