@@ -218,6 +218,10 @@ class Client:
         """The served model's tokenizer, as ``save_pretrained`` writes it (name -> contents)."""
         return self._call(p.GetTokenizer(), p.TokenizerFiles).files
 
+    def flush_cache(self) -> bool:
+        """Drop every worker's prefix cache; False if a worker refused (it runs requests or holds pins)."""
+        return self._call(p.FlushCache(), p.CacheFlushed).ok
+
     def close(self) -> None:
         self._monitor.close(linger=0)
         self._socket.close(linger=0)
@@ -407,6 +411,9 @@ class AsyncClient:
 
     async def tokenizer_files(self) -> dict[str, bytes]:
         return (await self._call(p.GetTokenizer(), p.TokenizerFiles)).files
+
+    async def flush_cache(self) -> bool:
+        return (await self._call(p.FlushCache(), p.CacheFlushed)).ok
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -58,8 +58,8 @@ class RuntimeEndpoint(Backend):
             asyncio.run_coroutine_threadsafe(self._client.unpin(pin_id), self._loop)
 
     def flush_cache(self) -> bool:
-        """The server's cache is the server's: a program cannot drop it (SGLang's returns None too)."""
-        return False
+        """Drop every worker's cache; False if one refused (it runs requests or holds pins)."""
+        return self._await(self._client.flush_cache())
 
     def get_server_info(self) -> dict[str, Any]:
         info, stats = self._client.info, self._await(self._client.stats())

@@ -99,6 +99,10 @@ class GetHealth(Message, tag="get_health"):
     pass
 
 
+class FlushCache(Message, tag="flush_cache"):
+    """Drop every worker's prefix cache (a worker refuses while it runs requests or holds pins)."""
+
+
 class GetTokenizer(Message, tag="get_tokenizer"):
     """Ask for the served model's tokenizer files (a frontend that tokenizes on its side needs them)."""
 
@@ -156,6 +160,11 @@ class Stats(Message, tag="stats"):
     workers: dict[str, dict[str, Any]]
 
 
+class CacheFlushed(Message, tag="cache_flushed"):
+    ok: bool  # every worker flushed (and there was one)
+    workers: dict[str, bool]
+
+
 class TokenizerFiles(Message, tag="tokenizer_files"):
     """The tokenizer as ``save_pretrained`` writes it: file name -> contents."""
 
@@ -205,6 +214,12 @@ class StatsQuery(Message, tag="stats_query"):
     query: int
 
 
+class Flush(Message, tag="flush"):
+    """Flush the cache and answer with ``WorkerStats(query, {"flushed": bool})``."""
+
+    query: int
+
+
 class Shutdown(Message, tag="shutdown"):
     pass
 
@@ -250,9 +265,9 @@ class Heartbeat(Message, tag="heartbeat"):
     worker: str
 
 
-ClientMessage = Hello | Generate | Abort | Unpin | GetStats | GetHealth | GetTokenizer
-ReplyMessage = Welcome | Deltas | Finished | Error | Stats | Health | TokenizerFiles
-ToWorker = Submit | Cancel | Release | StatsQuery | Shutdown
+ClientMessage = Hello | Generate | Abort | Unpin | GetStats | GetHealth | GetTokenizer | FlushCache
+ReplyMessage = Welcome | Deltas | Finished | Error | Stats | Health | TokenizerFiles | CacheFlushed
+ToWorker = Submit | Cancel | Release | StatsQuery | Flush | Shutdown
 FromWorker = Register | StepOutput | WorkerStats | Heartbeat
 
 encode = msgspec.msgpack.Encoder().encode

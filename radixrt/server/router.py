@@ -77,9 +77,12 @@ class WorkerState:
 
 @dataclass
 class StatsRequest:
+    """A client's question to every worker (``get_stats``, or ``flush_cache`` when ``flush``)."""
+
     client: bytes
     waiting: set[str]
     deadline: float
+    flush: bool = False
     replies: dict[str, dict] = field(default_factory=dict)
 
 
@@ -209,6 +212,8 @@ class Router:
             self._release(self.pins.pop((client, msg.id), None))
         elif isinstance(msg, p.GetStats):
             self._ask_stats(client)
+        elif isinstance(msg, p.FlushCache):
+            self._ask_stats(client, flush=True)
         elif isinstance(msg, p.GetTokenizer):
             if self.tokenizer is None:
                 self._refuse(client, "invalid_request", "this model ships no tokenizer")
@@ -460,16 +465,20 @@ class Router:
 
     # ---- stats and deadlines ---------------------------------------------------------------
 
-    def _ask_stats(self, client: bytes) -> None:
+    def _ask_stats(self, client: bytes, flush: bool = False) -> None:
         query_id = next(self._queries)
-        self._stats[query_id] = StatsRequest(client, set(self.workers), time.monotonic() + STATS_TIMEOUT)
+        self._stats[query_id] = StatsRequest(client, set(self.workers), time.monotonic() + STATS_TIMEOUT, flush)
         for w in self.workers.values():
-            self._send_worker(w, p.StatsQuery(query_id))
+            self._send_worker(w, p.Flush(query_id) if flush else p.StatsQuery(query_id))
         if not self.workers:
             self._answer_stats(query_id)
 
     def _answer_stats(self, query_id: int) -> None:
         query = self._stats.pop(query_id)
+        if query.flush:
+            flushed = {name: bool(reply.get("flushed")) for name, reply in query.replies.items()}
+            self._reply(query.client, p.CacheFlushed(bool(flushed) and all(flushed.values()), flushed))
+            return
         totals = {k: sum(s.get(k, 0) for s in query.replies.values())
                   for k in ("prompt_tokens", "cached_tokens", "computed_tokens", "decode_tokens", "evicted_pages",
                             "retractions", "failed_requests")}

@@ -83,6 +83,8 @@ class Worker:
                     self.engine.unpin(rid)
             elif isinstance(msg, p.StatsQuery):
                 sock.send(p.encode(p.WorkerStats(msg.query, self.engine.stats())))
+            elif isinstance(msg, p.Flush):
+                sock.send(p.encode(p.WorkerStats(msg.query, {"flushed": self.engine.flush_cache()})))
             elif isinstance(msg, p.Shutdown):
                 self.stopping.set()
 

@@ -45,6 +45,8 @@ def test_a_program_gives_the_same_greedy_text_in_process_and_through_serve(serve
             assert a.token_ids() == b.token_ids()
         info = sgl.get_server_info(remote)
         assert info["num_workers"] == 2 == len(info["workers"]) and info["hit_rate"] > 0.3
+        assert sgl.flush_cache(remote) is True
+        assert all(w["pages_cached"] == 0 for w in remote.get_server_info()["workers"].values())
     finally:
         remote.shutdown()
         local.shutdown()
