@@ -43,17 +43,7 @@ class Handle:
         """Wait for the end; the finished output with every token, text and logprob put together."""
         whole = None
         for out in self:
-            if whole is None:
-                whole = out
-            else:
-                whole.token_ids += out.token_ids
-                whole.text += out.text
-                whole.token_times += out.token_times
-                if out.logprobs is not None:
-                    whole.logprobs = (whole.logprobs or []) + out.logprobs
-                for name in ("finished", "finish_reason", "matched_stop", "error", "prompt_tokens", "cached_tokens",
-                             "text_token_count", "prompt_logprobs"):
-                    setattr(whole, name, getattr(out, name))
+            whole = out if whole is None else merge(whole, out)
         return whole
 
     def close(self) -> None:
@@ -61,6 +51,19 @@ class Handle:
             self.done = True
             if self._abort is not None:
                 self._abort()
+
+
+def merge(whole: RequestOutput, out: RequestOutput) -> RequestOutput:
+    """``whole`` (the outputs so far, put together) followed by ``out``."""
+    whole.token_ids = whole.token_ids + out.token_ids
+    whole.text += out.text
+    whole.token_times = whole.token_times + out.token_times
+    if out.logprobs is not None:
+        whole.logprobs = (whole.logprobs or []) + out.logprobs
+    for name in ("finished", "finish_reason", "matched_stop", "error", "prompt_tokens", "cached_tokens",
+                 "text_token_count", "prompt_logprobs"):
+        setattr(whole, name, getattr(out, name))
+    return whole
 
 
 class Backend(ABC):

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.outputs import RequestFailed
 from radixrt.lang.global_config import global_config
-from radixrt.lang.backend import Backend, Handle
+from radixrt.lang.backend import Backend, Handle, merge
 from radixrt.lang.ir import (SglConcateAndAppend, SglConstantText, SglExpr, SglExprList, SglFunction, SglGen,
                              SglImage, SglRoleBegin, SglRoleEnd, SglSamplingParams, SglSelect, SglVarScopeBegin,
                              SglVarScopeEnd, SglVideo)
@@ -290,7 +290,7 @@ class StreamExecutor:
                 self.meta_info[name] = _meta(out, engine_params.logprobs, chunk=True)
                 if self.stream:
                     self.chunks.setdefault(name, []).append((out.text, self.meta_info[name]))
-                last = out if last is None else _merge(last, out)
+                last = out if last is None else merge(last, out)
                 self._notify()
         finally:
             self.program.finished(handle)
@@ -369,7 +369,12 @@ class StreamExecutor:
         self.sync()
         size = int(size)
         ids = self.tokens()
-        pin = self.program.pin(ids, size) if size > 1 and ids and self.error_ is None else None
+        pin = None
+        if size > 1 and ids and self.error_ is None:
+            try:
+                pin = self.program.pin(ids, size)
+            except Exception:  # the branches' own requests will meet the same problem, and keep it
+                pin = None
         children = []
         for _ in range(size):
             child = StreamExecutor(self.program, self.arguments, self.defaults, self.stream)
@@ -385,17 +390,6 @@ class StreamExecutor:
 
 def _flat(expr: Any) -> list[Any]:
     return [e for x in expr.expr_list for e in _flat(x)] if isinstance(expr, SglExprList) else [expr]
-
-
-def _merge(whole: Any, out: Any) -> Any:
-    whole.token_ids = whole.token_ids + out.token_ids
-    whole.text += out.text
-    if out.logprobs is not None:
-        whole.logprobs = (whole.logprobs or []) + out.logprobs
-    for name in ("finished", "finish_reason", "matched_stop", "error", "prompt_tokens", "cached_tokens",
-                 "text_token_count", "prompt_logprobs"):
-        setattr(whole, name, getattr(out, name))
-    return whole
 
 
 def _merged_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
