@@ -31,6 +31,7 @@ bench: setup
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_server.py
 	$(PY) bench/bench_constraints.py
+	$(PY) bench/bench_lang.py
 
 # Mutation testing of the scheduler and the sampler (about 5 minutes on two cores);
 # `.venv/bin/mutmut results` lists the survivors. One torch thread per test run, so that

@@ -212,6 +212,8 @@ class StreamExecutor:
         event = self.events.get(name)
         if event is not None:
             event.wait()
+        if name not in self.variables and self.error_ is not None:
+            raise KeyError(f"{name!r} was never set: the program failed first ({self.error_})") from self.error_
         return self.variables[name]
 
     def set_var(self, name: str | None, value: Any) -> None:
@@ -556,7 +558,8 @@ class ProgramState:
         self.set_var(name, value)
 
     def __contains__(self, name: str | None) -> bool:
-        return name in self.stream_executor.variables
+        """Set, or to be set by a queued gen, select or var_scope (without waiting for it)."""
+        return name in self.stream_executor.variables or name in self.stream_executor.events
 
     def __del__(self) -> None:
         self.stream_executor.end()

@@ -276,7 +276,7 @@ def test_a_failed_gen_is_kept_in_the_state(rt):
     s = prog.run(backend=rt)
     assert isinstance(s.error(), ValueError) and "temperature" in str(s.error())
     assert s.text() == "Hello"
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="the program failed first .*temperature"):
         s["never"]
     with pytest.raises(ValueError, match="Tried to append None"):
         s += None
