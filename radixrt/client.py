@@ -62,7 +62,8 @@ class _Requests:
         self.clock = time.time() - time.perf_counter()  # Unix time -> perf_counter
 
     def message(self, prompt: Prompt, params: SamplingParams | None, namespace: Hashable, stream: bool,
-                request_id: str | None, prompt_logprobs_from: int | None, pin: bool = False) -> p.Generate:
+                request_id: str | None, prompt_logprobs_from: int | None, pin: bool = False,
+                score_next: Sequence[int] = ()) -> p.Generate:
         if namespace is not None and not isinstance(namespace, str):
             raise TypeError(f"a namespace on the wire is a string, got {type(namespace).__name__}")
         rid = request_id if request_id is not None else f"c{next(self._ids)}"
@@ -72,12 +73,14 @@ class _Requests:
         if kind == "messages":
             value = [p.ChatMessage(m["role"], m["content"]) for m in prompt]
         return p.Generate(rid, namespace=namespace, stream=stream, params=p.wire_sampling(params or SamplingParams()),
-                          prompt_logprobs_from=prompt_logprobs_from, pin=pin, **{kind: value})
+                          prompt_logprobs_from=prompt_logprobs_from, pin=pin,
+                          score_next=[int(t) for t in score_next] or None, **{kind: value})
 
     def output(self, msg: p.Finished, arrival: float) -> GenerateOutput:
         return GenerateOutput(msg.id, arrival, msg.text, list(msg.token_ids), msg.logprobs,
                               [t - self.clock for t in msg.token_times], msg.finish_reason, msg.matched_stop, msg.error,
-                              msg.prompt_tokens, msg.cached_tokens, msg.text_token_count, msg.prompt_logprobs)
+                              msg.prompt_tokens, msg.cached_tokens, msg.text_token_count, msg.prompt_logprobs,
+                              msg.next_logprobs)
 
 
 class Client:
@@ -144,12 +147,12 @@ class Client:
 
     def outputs(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
                 request_id: str | None = None, prompt_logprobs_from: int | None = None,
-                pin: bool = False) -> Iterator[RequestOutput]:
+                pin: bool = False, score_next: Sequence[int] = ()) -> Iterator[RequestOutput]:
         """The request's outputs as the engine's ``step()`` gives them: new tokens, text and
         logprobs as they come, then a last one (``finished``) that says how it ended. A refused
         request raises ``ServerError``; closing the iterator early aborts it."""
         rid, _ = self._send(prompt, params, namespace, stream=True, request_id=request_id,
-                            prompt_logprobs_from=prompt_logprobs_from, pin=pin)
+                            prompt_logprobs_from=prompt_logprobs_from, pin=pin, score_next=score_next)
         news = _News(rid, self._requests)
         try:
             while not news.done:
@@ -236,8 +239,9 @@ class Client:
     # ---- the socket ------------------------------------------------------------------------
 
     def _send(self, prompt: Prompt, params: SamplingParams | None, namespace: str | None, stream: bool,
-              request_id: str | None = None, prompt_logprobs_from: int | None = None, pin: bool = False) -> tuple[str, float]:
-        msg = self._requests.message(prompt, params, namespace, stream, request_id, prompt_logprobs_from, pin)
+              request_id: str | None = None, prompt_logprobs_from: int | None = None, pin: bool = False,
+              score_next: Sequence[int] = ()) -> tuple[str, float]:
+        msg = self._requests.message(prompt, params, namespace, stream, request_id, prompt_logprobs_from, pin, score_next)
         self._mail[msg.id] = deque()
         self._socket.send(p.encode(msg))
         return msg.id, time.perf_counter()
@@ -312,7 +316,7 @@ class _News:
                              msg.logprobs[new] if msg.logprobs is not None else None,
                              [t - self.requests.clock for t in msg.token_times[new]], True, msg.finish_reason,
                              msg.matched_stop, msg.error, msg.prompt_tokens, msg.cached_tokens, msg.text_token_count,
-                             msg.prompt_logprobs)
+                             msg.prompt_logprobs, msg.next_logprobs)
 
 
 def _connection_lost(mail: dict[str, Any], address: str) -> None:
@@ -370,11 +374,11 @@ class AsyncClient:
 
     async def outputs(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
                       request_id: str | None = None, prompt_logprobs_from: int | None = None,
-                      pin: bool = False) -> AsyncIterator[RequestOutput]:
+                      pin: bool = False, score_next: Sequence[int] = ()) -> AsyncIterator[RequestOutput]:
         """As ``Client.outputs``."""
         await self._connect()
         rid, _ = self._send(prompt, params, namespace, stream=True, request_id=request_id,
-                            prompt_logprobs_from=prompt_logprobs_from, pin=pin)
+                            prompt_logprobs_from=prompt_logprobs_from, pin=pin, score_next=score_next)
         box, news = self._mail[rid], _News(rid, self._requests)
         try:
             while not news.done:
@@ -441,8 +445,9 @@ class AsyncClient:
             self.info = await self._call(p.Hello(p.PROTOCOL_VERSION), p.Welcome, connect=False)
 
     def _send(self, prompt: Prompt, params: SamplingParams | None, namespace: str | None, stream: bool,
-              request_id: str | None = None, prompt_logprobs_from: int | None = None, pin: bool = False) -> tuple[str, float]:
-        msg = self._requests.message(prompt, params, namespace, stream, request_id, prompt_logprobs_from, pin)
+              request_id: str | None = None, prompt_logprobs_from: int | None = None, pin: bool = False,
+              score_next: Sequence[int] = ()) -> tuple[str, float]:
+        msg = self._requests.message(prompt, params, namespace, stream, request_id, prompt_logprobs_from, pin, score_next)
         self._mail[msg.id] = asyncio.Queue()
         self._socket.send(p.encode(msg))  # queued by ZeroMQ at once; nothing to await
         return msg.id, time.perf_counter()

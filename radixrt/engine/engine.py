@@ -26,7 +26,8 @@ from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
 from radixrt.engine.output_text import OutputText
-from radixrt.engine.outputs import ChoiceScore, GenerateOutput, RequestFailed, RequestOutput
+from radixrt.engine.outputs import (ChoiceScore, GenerateOutput, RequestFailed, RequestOutput, choice_requests,
+                                    choice_scores)
 from radixrt.engine.request import Request, State, check_prompt
 from radixrt.engine.params import SamplingParams
 from radixrt.engine.scheduler import Scheduler
@@ -89,7 +90,8 @@ class Engine:
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *, request_id: str | None = None,
                     namespace: Hashable = None, arrival_time: float | None = None,
-                    prompt_logprobs_from: int | None = None, resumed: int = 0, pin: bool = False) -> str:
+                    prompt_logprobs_from: int | None = None, resumed: int = 0, pin: bool = False,
+                    score_next: Sequence[int] = ()) -> str:
         """Queue a prompt (text or token ids); raises ``ValueError`` naming what is wrong with it.
 
         ``max_new_tokens`` is clipped to what the model's context and the KV pool can hold past
@@ -103,7 +105,10 @@ class Engine:
         request's tokens (whole pages of them) in the cache after it finishes, safe from eviction,
         until ``unpin(request_id)``: a program's shared trunk, say, that branches will reuse. A pin
         is best-effort: one that would take pinned pages past ``MAX_PINNED_FRACTION`` of the pool
-        is not kept (``stats()["pins_refused"]``), so that pins never starve running requests."""
+        is not kept (``stats()["pins_refused"]``), so that pins never starve running requests.
+        ``score_next`` asks for the log-probability of each of these tokens right after the prompt
+        (``next_logprobs`` of the last output): a ``select`` scores the first tokens of all its
+        choices in one request."""
         params = params or SamplingParams()
         params.validate(self.vocab_size)
         tokens = self._tokens(prompt)
@@ -116,6 +121,11 @@ class Engine:
             raise ValueError(f"a request id is a non-empty string, got {request_id!r}")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
+        if any(not isinstance(t, (int, np.integer)) or isinstance(t, bool) for t in score_next):
+            raise ValueError(f"score_next must be token ids, got {score_next!r}")
+        score_next = tuple(int(t) for t in score_next)
+        if bad := [t for t in score_next if not 0 <= t < self.vocab_size]:
+            raise ValueError(f"score_next token ids {bad[:4]} are outside the vocabulary (0..{self.vocab_size - 1})")
         if pin and request_id in self.pins:
             raise ValueError(f"request id {request_id!r} already names a pin: unpin it first")
         room = min(self.max_context, self.pool.num_tokens) - len(tokens)
@@ -129,7 +139,7 @@ class Engine:
         req = Request(request_id, np.asarray(tokens, dtype=np.int32), params, min(params.max_new_tokens, room), namespace,
                       arrival=time.perf_counter() if arrival_time is None else float(arrival_time),
                       prompt_logprobs_from=prompt_logprobs_from, generator=generator, output_text=text, constraint=constraint,
-                      resumed=resumed, pin=bool(pin))
+                      resumed=resumed, pin=bool(pin), score_next=score_next)
         self.requests[request_id] = req
         self.scheduler.waiting.append(req)
         return request_id
@@ -203,15 +213,14 @@ class Engine:
         options = [self._tokens(c) for c in choices]
         if not base or not options or any(not o for o in options):
             raise ValueError("score_choices needs a non-empty prompt, at least one choice, and no empty choice")
-        ids = self._add_all([(base + o, {"prompt_logprobs_from": len(base)}) for o in options],
-                            SamplingParams(max_new_tokens=0), namespace)
-        scores = {}
+        ids = self._add_all(choice_requests(base, options), SamplingParams(max_new_tokens=0), namespace)
+        finished = {}
         for out in self._drive(ids):
             if out.error is not None:
                 raise RequestFailed(out.error)
             if out.finished:
-                scores[out.request_id] = ChoiceScore(tuple(out.prompt_logprobs))
-        return [scores[rid] for rid in ids]
+                finished[out.request_id] = out
+        return choice_scores(base, options, [finished[rid] for rid in ids])
 
     # ---- misc ------------------------------------------------------------------------------
 
@@ -267,6 +276,8 @@ class Engine:
             return self._fail(req, result.error)
         self.scheduler.progress(req, n)
         req.prompt_logprobs += result.prompt_logprobs
+        if result.next_logprobs is not None:
+            req.next_logprobs = result.next_logprobs
         if result.token is None:
             if req.computed == req.length and req.num_output >= req.max_new_tokens:
                 return self._finish(req, "length")  # max_new_tokens == 0: the prompt is computed (and cached)
@@ -323,6 +334,7 @@ class Engine:
             out.text_token_count = req.output_text.tokens_behind(ids) if req.output_text else len(ids)
             if req.prompt_logprobs_from is not None:
                 out.prompt_logprobs = req.prompt_logprobs
+            out.next_logprobs = req.next_logprobs
         return out
 
     def _deliver(self, out: RequestOutput) -> None:

@@ -45,6 +45,7 @@ class StepResult:
     token: int | None = None
     logprob: float = 0.0
     prompt_logprobs: list[float] = field(default_factory=list)
+    next_logprobs: list[float] | None = None  # of the request's ``score_next`` tokens, when this step computed them
     error: str | None = None
 
 
@@ -55,6 +56,8 @@ class _Plan:
     prompt_rows: range  # rows whose logits score prompt tokens
     prompt_targets: np.ndarray  # the prompt tokens they score
     sample_row: int | None
+    next_row: int | None = None  # the prompt's last position, when ``score_next`` tokens are scored there
+    next_targets: tuple[int, ...] = ()
 
 
 class ModelRunner:
@@ -84,6 +87,8 @@ class ModelRunner:
         results = []
         for plan in plans:
             result = StepResult(prompt_logprobs=[next(scored_values) for _ in plan.prompt_rows])
+            if plan.next_row is not None:
+                result.next_logprobs = [next(scored_values) for _ in plan.next_targets]
             if plan.sample_row is not None:
                 token, result.logprob, code = next(sampled_values)
                 result.token, result.error = int(token), _SAMPLE_ERRORS[int(code)]
@@ -98,19 +103,31 @@ class ModelRunner:
             lo = max(start, req.prompt_logprobs_from - 1)
             hi = max(lo, min(end, req.prompt_len - 1))
         first_logit = lo - start if hi > lo else n - 1
+        last = req.prompt_len - 1  # where the score_next tokens are scored
+        scores_next = bool(req.score_next) and req.next_logprobs is None and start <= last < end
+        if scores_next:
+            first_logit = min(first_logit, last - start)
         samples = end == req.length and req.num_output < req.max_new_tokens
         chunk = SequenceChunk(req.tokens[start:end], start, req.pages[: -(-end // self.page_size)], first_logit)
         plan = _Plan(range(first_row, first_row + hi - lo), req.tokens[lo + 1 : hi + 1].copy(),
-                     first_row + n - 1 - first_logit if samples else None)
+                     first_row + n - 1 - first_logit if samples else None,
+                     first_row + last - start - first_logit if scores_next else None, req.score_next)
         return chunk, plan
 
     @staticmethod
     def _score_prompts(logits: torch.Tensor, plans: list[_Plan]) -> torch.Tensor:
-        """Log-probabilities of the prompt tokens that score requests asked for (none, usually)."""
-        rows = [i for p in plans for i in p.prompt_rows]
+        """Log-probabilities of the prompt tokens and the ``score_next`` tokens that score requests
+        asked for (none, usually), plan by plan."""
+        rows, targets = [], []
+        for p in plans:
+            rows += p.prompt_rows
+            targets += p.prompt_targets.tolist()
+            if p.next_row is not None:
+                rows += [p.next_row] * len(p.next_targets)
+                targets += p.next_targets
         if not rows:
             return logits.new_zeros(0)
-        targets = torch.as_tensor(np.concatenate([p.prompt_targets for p in plans]), dtype=torch.long, device=logits.device)
+        targets = torch.as_tensor(targets, dtype=torch.long, device=logits.device)
         return torch.log_softmax(logits[rows], -1).gather(1, targets[:, None])[:, 0]
 
     def _sample(self, logits: torch.Tensor, requests: list[Request], rows: list[int]) -> tuple[torch.Tensor, ...]:

@@ -36,6 +36,7 @@ class RequestOutput:
     cached_tokens: int = 0  # prompt tokens served from the radix cache (known from the first output on)
     text_token_count: int | None = None
     prompt_logprobs: list[float] | None = None  # last output only, when asked for
+    next_logprobs: list[float] | None = None  # last output only: of the ``score_next`` tokens, when asked for
 
 
 @dataclass
@@ -55,6 +56,7 @@ class GenerateOutput:
     cached_tokens: int = 0
     text_token_count: int | None = None
     prompt_logprobs: list[float] | None = None
+    next_logprobs: list[float] | None = None
 
     def add(self, out: RequestOutput) -> None:
         self.text += out.text
@@ -64,7 +66,7 @@ class GenerateOutput:
             self.logprobs = (self.logprobs or []) + out.logprobs
         if out.finished:
             for name in ("finish_reason", "matched_stop", "error", "prompt_tokens", "cached_tokens", "text_token_count",
-                         "prompt_logprobs"):
+                         "prompt_logprobs", "next_logprobs"):
                 setattr(self, name, getattr(out, name))
 
     @property
@@ -84,6 +86,22 @@ class GenerateOutput:
     @property
     def inter_token_latencies(self) -> list[float]:
         return np.diff(self.token_times).tolist()
+
+
+def choice_requests(prompt: list[int], options: list[list[int]]) -> list[tuple[list[int], dict]]:
+    """The prompts (and their ``add_request`` options) that score each of ``options`` after
+    ``prompt``: one request scores every option's first token (``score_next``, at the prompt's last
+    position, computed once); each longer option adds one for its other tokens, which matches the
+    prompt from the cache. An empty prompt scores the options alone (a first token counts 0)."""
+    requests = [(prompt, {"score_next": sorted({o[0] for o in options})})] if prompt else []
+    return requests + [(prompt + o, {"prompt_logprobs_from": len(prompt) + 1}) for o in options if len(o) > 1]
+
+
+def choice_scores(prompt: list[int], options: list[list[int]], outputs: list) -> list[ChoiceScore]:
+    """Each option's ``ChoiceScore`` from the finished outputs of ``choice_requests``, in order."""
+    outputs = iter(outputs)
+    first = dict(zip(sorted({o[0] for o in options}), next(outputs).next_logprobs)) if prompt else {}
+    return [ChoiceScore((first.get(o[0], 0.0), *(next(outputs).prompt_logprobs if len(o) > 1 else ()))) for o in options]
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,7 @@ class Scheduler:
         self.release(req)
         req.computed, req.state = 0, State.WAITING
         req.prompt_logprobs.clear()  # computed again from where the cache stops short of them
+        req.next_logprobs = None
         req.retractions += 1
         self.stats.retractions += 1
         self.waiting.append(req)

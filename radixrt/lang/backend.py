@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from radixrt.engine.outputs import RequestFailed, RequestOutput
+from radixrt.engine.outputs import RequestFailed, RequestOutput, choice_requests, choice_scores
 from radixrt.engine.params import SamplingParams
 from radixrt.lang.chat_template import ChatTemplate
 
@@ -74,8 +74,8 @@ class Backend(ABC):
 
     @abstractmethod
     def submit(self, input_ids: list[int], params: SamplingParams, *, prompt_logprobs_from: int | None = None,
-               pin: bool = False) -> Handle:
-        """Start a request; its outputs come through the handle."""
+               pin: bool = False, score_next: Sequence[int] = ()) -> Handle:
+        """Start a request (options as ``Engine.add_request``'s); its outputs come through the handle."""
 
     @abstractmethod
     def unpin(self, pin_id: str) -> None: ...
@@ -108,16 +108,13 @@ class Backend(ABC):
             raise RequestFailed(out.error)
         return out.request_id
 
-    def score(self, prompt: list[int], options: Sequence[list[int]]) -> list[list[float]]:
-        """Each option's token log-probabilities after ``prompt`` (all options in one batch, the
-        prompt computed once); with an empty prompt, with no context (the first token gets 0)."""
+    def score(self, prompt: list[int], options: list[list[int]]) -> list[list[float]]:
+        """Each option's token log-probabilities after ``prompt`` (as ``Engine.score_choices``: the
+        prompt computed once, all options in one batch); with an empty prompt, with no context."""
         handles = []
         try:
-            for option in options:
-                ids = prompt + option
-                start = len(prompt) if prompt else 1
-                handles.append(self.submit(ids, SamplingParams(max_new_tokens=0),
-                                           prompt_logprobs_from=start if start < len(ids) else None))
+            for ids, options_ in choice_requests(prompt, options):
+                handles.append(self.submit(ids, SamplingParams(max_new_tokens=0), **options_))
             outs = [h.last() for h in handles]
         finally:
             for h in handles:
@@ -125,4 +122,4 @@ class Backend(ABC):
         for out in outs:
             if out.error is not None:
                 raise RequestFailed(out.error)
-        return [([] if prompt else [0.0]) + list(out.prompt_logprobs or []) for out in outs]
+        return [list(score.token_logprobs) for score in choice_scores(prompt, options, outs)]

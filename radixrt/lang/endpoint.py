@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,13 @@ class RuntimeEndpoint(Backend):
             raise
 
     def submit(self, input_ids: list[int], params: SamplingParams, *, prompt_logprobs_from: int | None = None,
-               pin: bool = False) -> Handle:
+               pin: bool = False, score_next: Sequence[int] = ()) -> Handle:
         handle = Handle()
 
         async def pump() -> None:
             try:
-                async for out in self._client.outputs(input_ids, params, prompt_logprobs_from=prompt_logprobs_from, pin=pin):
+                async for out in self._client.outputs(input_ids, params, prompt_logprobs_from=prompt_logprobs_from,
+                                                      pin=pin, score_next=score_next):
                     handle.request_id = out.request_id
                     handle.put(out)
             except Exception as e:

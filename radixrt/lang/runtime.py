@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -36,11 +36,12 @@ class Runtime(Backend):
     # ---- Backend ---------------------------------------------------------------------------
 
     def submit(self, input_ids: list[int], params: SamplingParams, *, prompt_logprobs_from: int | None = None,
-               pin: bool = False) -> Handle:
+               pin: bool = False, score_next: Sequence[int] = ()) -> Handle:
         handle = Handle()
 
         def add(engine: Engine) -> None:
-            rid = engine.add_request(input_ids, params, prompt_logprobs_from=prompt_logprobs_from, pin=pin)
+            rid = engine.add_request(input_ids, params, prompt_logprobs_from=prompt_logprobs_from, pin=pin,
+                                     score_next=score_next)
             handle.request_id = rid
             self._handles[rid] = handle
 

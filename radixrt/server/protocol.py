@@ -79,6 +79,7 @@ class Generate(Message, tag="generate"):
     stream: bool = False
     prompt_logprobs_from: Annotated[int, Meta(ge=1)] | None = None
     pin: bool = False  # keep its tokens cached on its worker, once it finished, until ``Unpin(id)``
+    score_next: list[TokenId] | None = None  # tokens whose logprob right after the prompt is asked for
 
 
 class Abort(Message, tag="abort"):
@@ -144,6 +145,7 @@ class Finished(Message, tag="finished"):
     cached_tokens: int = 0
     text_token_count: int | None = None
     prompt_logprobs: list[float] | None = None
+    next_logprobs: list[float] | None = None
     worker: str = ""
 
 
@@ -198,6 +200,7 @@ class Submit(Message, tag="submit"):
     prompt_logprobs_from: int | None = None
     resumed: int = 0  # the last ``resumed`` input ids are the request's output so far (a moved request)
     pin: bool = False
+    score_next: list[int] = []
 
 
 class Release(Message, tag="release"):
@@ -238,6 +241,7 @@ class TokenOutput(Struct, forbid_unknown_fields=True, omit_defaults=True):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     prompt_logprobs: list[float] | None = None
+    next_logprobs: list[float] | None = None
 
 
 class WireCacheEvent(Struct, array_like=True):

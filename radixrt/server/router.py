@@ -64,6 +64,7 @@ class Job:
     resubmits: int = 0
     cached_tokens: int = 0  # prompt tokens the first worker served from its cache
     pin: bool = False
+    score_next: list[int] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -240,7 +241,7 @@ class Router:
         try:
             prompt = self._prompt(msg)
             params = p.sampling_params(msg.params)
-            self._check(prompt, params, msg.prompt_logprobs_from)
+            self._check(prompt, params, msg.prompt_logprobs_from, msg.score_next or [])
         except ValueError as e:
             self._refuse(client, "invalid_request", str(e), msg.id)
             return
@@ -249,7 +250,7 @@ class Router:
             return
         text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
         job = Job(next(self._keys), client, msg.id, prompt, params, msg.namespace, msg.stream, msg.prompt_logprobs_from, text,
-                  logprobs=[] if params.logprobs else None, pin=msg.pin)
+                  logprobs=[] if params.logprobs else None, pin=msg.pin, score_next=msg.score_next or [])
         jobs[msg.id] = self.jobs[job.key] = job
         self.counters.requests += 1
         self._dispatch(job)
@@ -271,9 +272,12 @@ class Router:
             raise ValueError(f"the chat template refused these messages: {e}") from None
         return np.asarray(ids["input_ids"] if hasattr(ids, "keys") else ids, dtype=np.int32)
 
-    def _check(self, prompt: np.ndarray, params: SamplingParams, prompt_logprobs_from: int | None) -> None:
+    def _check(self, prompt: np.ndarray, params: SamplingParams, prompt_logprobs_from: int | None,
+               score_next: list[int]) -> None:
         info = next(iter(self.workers.values())).info
         params.validate(info.vocab_size)
+        if bad := [t for t in score_next if t >= info.vocab_size]:
+            raise ValueError(f"score_next token ids {bad[:4]} are outside the vocabulary (0..{info.vocab_size - 1})")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer, and this model ships none: use stop_token_ids")
         check_prompt(prompt, info.vocab_size, info.max_context,
@@ -303,7 +307,7 @@ class Router:
         worker.jobs.add(job.key)
         params = p.wire_sampling(job.params, stop=[], max_new_tokens=job.params.max_new_tokens - len(job.tokens))
         self._send_worker(worker, p.Submit(job.key, tokens.tolist(), params, job.namespace, job.prompt_logprobs_from,
-                                           len(job.tokens), job.pin))
+                                           len(job.tokens), job.pin, job.score_next))
 
     def _unroute(self, job: Job) -> None:
         worker = self.workers.get(job.worker) if job.worker else None
@@ -442,7 +446,8 @@ class Router:
         self.counters.failed += reason == "error"
         self._reply(job.client, p.Finished(
             job.id, job.text.text if job.text is not None else "", job.tokens, reason, job.token_times, job.logprobs, matched,
-            error, int(job.prompt.size), job.cached_tokens, count, out.prompt_logprobs if out is not None else None, worker))
+            error, int(job.prompt.size), job.cached_tokens, count, out.prompt_logprobs if out is not None else None,
+            out.next_logprobs if out is not None else None, worker))
 
     def _release(self, pin: tuple[str, str] | None) -> None:
         worker = self.workers.get(pin[0]) if pin is not None else None

@@ -93,7 +93,7 @@ class Worker:
             self.engine.add_request(np.asarray(msg.input_ids, dtype=np.int32), p.sampling_params(msg.params),
                                     request_id=msg.id, namespace=msg.namespace,
                                     prompt_logprobs_from=msg.prompt_logprobs_from, resumed=msg.resumed,
-                                    pin=msg.pin)
+                                    pin=msg.pin, score_next=msg.score_next)
         except (ValueError, TypeError) as e:
             self._replies.append(p.TokenOutput(msg.id, [], [], finished=True, finish_reason="error", error=str(e)))
 
@@ -106,7 +106,7 @@ class Worker:
         stop = out.matched_stop if isinstance(out.matched_stop, int) else None
         return p.TokenOutput(out.request_id, out.token_ids, [t + self._clock for t in out.token_times], out.logprobs,
                              out.finished, out.finish_reason, stop, out.error, out.prompt_tokens, out.cached_tokens,
-                             out.prompt_logprobs)
+                             out.prompt_logprobs, out.next_logprobs)
 
     def _heartbeats(self, context: zmq.Context) -> None:
         sock = client_socket(context, self.address, self.keys, identity=f"{self.name}/heartbeat".encode())
