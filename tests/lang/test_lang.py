@@ -337,3 +337,36 @@ def test_server_info_and_flush(rt):
     assert info["model_path"] and "hit_rate" in info
     assert sgl.flush_cache(rt) is True and rt.stats()["pages_cached"] == 0
     assert sgl.flush_cache() is False or sgl.global_config.default_backend is not None
+
+
+def test_the_rest_of_the_api(rt, capsys):
+    assert (sgl.REGEX_INT, sgl.REGEX_FLOAT, sgl.REGEX_BOOL, sgl.REGEX_STR) == (
+        r"[-+]?[0-9]+[ \n]*", r"[-+]?[0-9]*\.?[0-9]+[ \n]*", r"(True|False)", r"\"[\w\d\s]*\"")
+
+    @sgl.function
+    def prog(s, name, greeting="Hello"):
+        s += sgl.system_begin() + "Be brief." + sgl.system_end()
+        s += sgl.user_begin() + f"{greeting}, {name}" + sgl.user_end()
+        with s.assistant():
+            s += sgl.gen_string("quoted", max_tokens=16) + " " + sgl.gen("long", min_tokens=6, max_tokens=6)
+        with s.copy() as scratch:
+            scratch += sgl.gen("draft", max_tokens=2, ignore_eos=True)
+        s.sync()
+        return len(s.messages())
+
+    sgl.set_default_backend(rt)
+    try:
+        sgl.global_config.verbosity = 2
+        state = prog.bind(greeting="Hi").run(name="Ada", temperature=0)
+        assert state.ret_value == 3 and state.error() is None
+        assert re.fullmatch(sgl.REGEX_STR, state["quoted"])
+        assert state.get_meta_info("long")["completion_tokens"] == 6  # no end-of-sequence before min_tokens
+        assert state["draft"] == [state["draft"][0]] and "draft" not in state.text()  # copy(): joined, text not merged
+        assert state.messages()[1]["content"] == "Hi, Ada"
+        assert list(state.text_iter()) == [state.text()]  # not streamed: the whole text, once
+        assert state.text() in capsys.readouterr().out  # verbosity 2 prints each program's text
+    finally:
+        sgl.global_config.verbosity = 0
+        sgl.set_default_backend(None)
+    with pytest.raises(ValueError, match="no backend"):
+        prog.run(name="x")
