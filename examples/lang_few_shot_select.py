@@ -57,7 +57,9 @@ def main():
         correct = 0
         print(f"{'model':>9} {'expected':>9}  review")
         for (review, expected), state in zip(REVIEWS, states):
-            label = "(failed)" if state.error() is not None else state["label"].strip()
+            if state.error() is not None:
+                sys.exit(f"the program failed: {state.error()}")
+            label = state["label"].strip()
             correct += label == expected
             print(f"{label:>9} {expected:>9}  {review}")
         print(f"{correct} of {len(REVIEWS)} as expected (the default model is tiny: expect mistakes)")

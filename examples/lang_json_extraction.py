@@ -38,8 +38,7 @@ def main():
         for text, state in zip(TEXTS, states):
             print(f"text: {text}")
             if state.error() is not None:
-                print(f"  failed: {state.error()}")
-                continue
+                sys.exit(f"the program failed: {state.error()}")
             raw = state["info"]
             try:
                 info = json.loads(raw)

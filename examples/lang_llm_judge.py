@@ -35,8 +35,7 @@ def main():
     try:
         state = judged_answer.run(question=QUESTION, temperature=0)
         if state.error() is not None:
-            print(f"the program failed: {state.error()}")
-            return
+            sys.exit(f"the program failed: {state.error()}")
         print(f"Q: {QUESTION}\n")
         for i, candidate in enumerate(state["candidates"], 1):
             print(f"candidate {i}: {candidate}")

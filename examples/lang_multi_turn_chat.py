@@ -38,7 +38,7 @@ def main():
             print(f"turn {k}\n  user:      {question}\n  assistant: {answer.strip()}")
             print(f"  prompt tokens: {prompt}, from the cache: {cached} ({cached / max(prompt, 1):.0%})\n")
         if state.error() is not None:
-            print(f"the program failed: {state.error()}")
+            sys.exit(f"the program failed: {state.error()}")
         print(f"{len(state.messages())} messages: {[m['role'] for m in state.messages()]}")
         print(f"cache hit rate: {sgl.get_server_info()['hit_rate']:.1%}")
     finally:

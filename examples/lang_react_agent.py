@@ -85,8 +85,7 @@ def main():
         question = "A ticket costs 15 dollars. How much do 6 tickets cost?"
         state = react_agent.run(question=question, temperature=0)
         if state.error() is not None:
-            print(f"the program failed: {state.error()}")
-            return
+            sys.exit(f"the program failed: {state.error()}")
         print(state.text()[len(PROMPT):])
         for step in range(1, MAX_STEPS + 1):
             if f"input_{step}" in state:

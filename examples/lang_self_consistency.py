@@ -48,8 +48,7 @@ def main():
     try:
         state = self_consistency.run(question=QUESTION, temperature=0)
         if state.error() is not None:
-            print(f"the program failed: {state.error()}")
-            return
+            sys.exit(f"the program failed: {state.error()}")
         print(f"Q: {QUESTION}\n")
         reasonings, answers = state["reasoning"], state["answer"]
         for i, (reasoning, answer) in enumerate(zip(reasonings, answers), 1):

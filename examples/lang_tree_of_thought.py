@@ -42,8 +42,7 @@ def main():
     try:
         state = tree_of_thought.run(question=QUESTION, temperature=0)
         if state.error() is not None:
-            print(f"the program failed: {state.error()}")
-            return
+            sys.exit(f"the program failed: {state.error()}")
         print(f"Question: {QUESTION}\n")
         for i, (thought, steps, oks) in enumerate(zip(state["thought"], state["step"], state["ok"])):
             print(f"Approach {i + 1} ({APPROACHES[i]})\n  thought: {thought.strip()!r}")
