@@ -47,10 +47,12 @@ class Handle:
         return whole
 
     def close(self) -> None:
+        """Abort the request if it is still running; a reader waiting on it raises."""
         if not self.done:
             self.done = True
             if self._abort is not None:
                 self._abort()
+            self._outputs.put(RequestFailed("the request was aborted"))
 
 
 def merge(whole: RequestOutput, out: RequestOutput) -> RequestOutput:

@@ -138,6 +138,8 @@ class StreamExecutor:
         if not self._use_thread:
             if self.error_ is None:
                 self._run(expr)
+            if self.error_ is not None:
+                self._wake_readers()
             return
         with self._wake:
             if self._ended:
@@ -177,6 +179,8 @@ class StreamExecutor:
                 return
             if self.error_ is None:
                 self._run(expr)
+            if self.error_ is not None:  # what is skipped sets its variables' events too: readers wake
+                self._wake_readers()
             with self._wake:
                 self._pending -= 1
                 self._wake.notify_all()
@@ -189,16 +193,17 @@ class StreamExecutor:
                 warnings.warn(f"Error in a radixrt.lang program: {''.join(traceback.format_exception(e))}",
                               stacklevel=1)
             self.error_ = e
-            for event in self.events.values():
-                event.set()
-            self._notify()
+            self._wake_readers()
 
     def _finish(self) -> None:
         if self.trunk_pin is not None:
             self.program.release(self.trunk_pin)
             self.trunk_pin = None
         self.is_finished = True
-        for event in self.events.values():
+        self._wake_readers()
+
+    def _wake_readers(self) -> None:
+        for event in list(self.events.values()):
             event.set()
         self._notify()
 

@@ -370,3 +370,19 @@ def test_the_rest_of_the_api(rt, capsys):
         sgl.set_default_backend(None)
     with pytest.raises(ValueError, match="no backend"):
         prog.run(name="x")
+
+
+def test_what_a_failed_state_queues_later_never_blocks_a_reader(rt):
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("bad", max_tokens=2, top_p=0.0)
+        s.sync()  # the error is in the state now; what comes after is skipped
+        s += sgl.gen("later", max_tokens=2)
+        with s.var_scope("scope"):
+            s += "x"
+
+    s = prog.run(backend=rt)
+    for name in ("later", "scope"):
+        with pytest.raises(KeyError, match="the program failed first"):
+            s[name]
+    assert "top_p" in str(s.error())
