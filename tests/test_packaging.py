@@ -40,3 +40,16 @@ def test_a_client_imports_neither_torch_nor_transformers():
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-3000:]
+
+
+def test_every_package_is_installed():
+    """pyproject lists every folder of radixrt/ with Python files, so a non-editable install has them all."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(root).parts) for p in (root / "radixrt").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert folders <= listed, sorted(folders - listed)
+    assert all((root / p.replace(".", "/") / "__init__.py").exists() for p in folders)

@@ -1,0 +1,1 @@
+"""The server: a router process and worker processes over ZeroMQ (see docs/architecture.md)."""
