@@ -240,6 +240,8 @@ class Engine:
             "pages_locked": self.cache.protected_size(),  # by running requests and pins
             "pins": len(self.pins),
             "pins_refused": self.pins_refused,
+            "max_context": self.max_context,
+            "kv_cache_tokens": self.pool.num_tokens,
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
         }

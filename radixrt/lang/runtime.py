@@ -58,8 +58,7 @@ class Runtime(Backend):
     def get_server_info(self) -> dict[str, Any]:
         engine = self.engine
         return {"model_path": str(engine.model_path), "backend": "radixrt.lang.Runtime", "device": engine.device,
-                "page_size": engine.pool.page_size, "max_context": engine.max_context,
-                "kv_cache_tokens": engine.pool.num_tokens, **self.call(lambda e: e.stats())}
+                "page_size": engine.pool.page_size, **self.call(lambda e: e.stats())}
 
     def shutdown(self) -> None:
         self._stopping = True

@@ -6,6 +6,11 @@ Each request runs match_prefix -> lock -> allocate pages for the uncached tail (
 full, evicting least recently used pages, exactly as many as needed) -> commit (insert, freeing
 the pages that duplicate what was cached meanwhile) -> unlock. Outputs are not cached; a request
 larger than the whole pool is served but not cached.
+
+``engine_rules`` adds the two ways the engine's own admission differs, so that a replay through
+the engine one request at a time (generating nothing) hits exactly as simulated: a request never
+takes its last token from the cache (its logits must be computed), and it holds a page for its
+partial last page too while it runs (K/V is written for every token), freed when it ends.
 """
 from __future__ import annotations
 
@@ -56,7 +61,7 @@ class CacheReplay:
         }
 
 
-def simulate(prompts: Iterable[np.ndarray], page_size: int, capacity_pages: int) -> CacheReplay:
+def simulate(prompts: Iterable[np.ndarray], page_size: int, capacity_pages: int, engine_rules: bool = False) -> CacheReplay:
     """One pass of the admission loop over ``prompts`` with a pool of ``capacity_pages``; only
     the cache calls are timed (the garbage collector is off meanwhile, as in the peer replays)."""
     allocator = PageAllocator(capacity_pages)
@@ -68,16 +73,17 @@ def simulate(prompts: Iterable[np.ndarray], page_size: int, capacity_pages: int)
     try:
         for tokens in prompts:
             n_pages = len(tokens) // page_size
+            held = -(-len(tokens) // page_size) if engine_rules else n_pages  # pages the request needs while it runs
             r.requests += 1
             r.tokens += n_pages * page_size
             t0 = clock()
-            m = cache.match_prefix(tokens)
+            m = cache.match_prefix(tokens[: len(tokens) - 1] if engine_rules else tokens)
             t1 = clock()
             cache.lock(m)
             r.lock_s += clock() - t1
             r.match_s += t1 - t0
             r.hit_tokens += m.length
-            need = n_pages - m.pages.size
+            need = held - m.pages.size
             own = allocator.alloc(need)
             if own is None:
                 t0 = clock()
@@ -92,8 +98,9 @@ def simulate(prompts: Iterable[np.ndarray], page_size: int, capacity_pages: int)
                 r.lock_s += clock() - t0
                 continue
             pages = np.concatenate([m.pages, own])
+            allocator.free(pages[n_pages:])  # the partial last page (engine rules): the request's own
             t0 = clock()
-            cache.commit(tokens, pages, held=m.length)
+            cache.commit(tokens[: n_pages * page_size], pages[:n_pages], held=m.length)
             t1 = clock()
             cache.unlock(m.last_node)
             r.lock_s += clock() - t1
