@@ -179,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     _engine_options(wrk)
     wrk.set_defaults(run=worker)
 
+    from radixrt.replay.command import add_parser as add_replay
+
+    add_replay(commands, _engine_options)
+
     key = commands.add_parser("keys", help="write CURVE key pairs for serving beyond this machine",
                               description="Write a server key pair and a client key pair into DIRECTORY.")
     key.add_argument("directory")

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from radixrt.replay.mooncake import BLOCK_SIZE, load_mooncake
-from radixrt.replay.trace import Message, TraceRequest
+from radixrt.replay.trace import Message, ReadResult, TraceRequest, read_trace
 
 
 def from_mooncake(path: str | Path, block_size: int = BLOCK_SIZE) -> list[TraceRequest]:
@@ -71,6 +71,42 @@ def from_chat_logs(path: str | Path) -> list[TraceRequest]:
                 previous = rid
             history.append(Message(str(message["role"]), str(message["content"])))
     return requests
+
+
+FORMATS = ("auto", "radixrt", "mooncake", "lmcache", "chat")
+
+
+def load(path: str | Path, fmt: str = "auto", on_error: str = "stop") -> ReadResult:
+    """A trace in any of ``FORMATS``; ``auto`` takes a directory for LMCache agent traces, a
+    ``.json`` file for chat logs, and a JSONL file by its first record (Mooncake's have
+    ``hash_ids`` and ``timestamp``, radixrt's a ``session``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such trace")
+    if fmt == "auto":
+        fmt = "lmcache" if path.is_dir() else "chat" if path.suffix == ".json" else _jsonl_kind(path)
+    if fmt == "radixrt":
+        return read_trace(path, on_error)
+    importers = {"mooncake": from_mooncake, "lmcache": lambda p: from_lmcache([p]), "chat": from_chat_logs}
+    if fmt not in importers:
+        raise ValueError(f"trace format is one of {', '.join(FORMATS)}, not {fmt!r}")
+    return ReadResult(importers[fmt](path), [])
+
+
+def _jsonl_kind(path: Path) -> str:
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                try:
+                    first = json.loads(line)
+                except ValueError:
+                    return "radixrt"  # read_trace names the line
+                if isinstance(first, dict) and "hash_ids" in first and "timestamp" in first:
+                    return "mooncake"
+                if isinstance(first, dict) and "session_id" in first and "input" in first:
+                    return "lmcache"
+                return "radixrt"
+    return "radixrt"
 
 
 def _files(paths: Iterable[str | Path]) -> list[Path]:
