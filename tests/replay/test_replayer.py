@@ -83,3 +83,32 @@ def test_one_request_at_a_time_the_engine_hits_what_the_simulator_predicts(tiny_
     assert report["cached_tokens"] == expected.hit_tokens and report["cached_tokens"] > 0
     plain = simulate(prompts, page, pages).hit_tokens  # without the engine's partial page held: a little more
     assert abs(plain - expected.hit_tokens) <= 0.02 * plain
+
+
+def test_a_recorded_program_replays(rt, tmp_path):
+    """The recorder writes a lang program's requests as a trace: one session per state (a fork's
+    branches are sessions of their own), each request the child of the one before in its session."""
+    from radixrt.replay.record import TraceRecorder
+    from radixrt.replay.trace import read_trace
+
+    @sgl.function
+    def prog(s):
+        s += "Background: " + " ".join(["fact"] * 30) + "\n"
+        s += sgl.gen("first", max_tokens=5, ignore_eos=True)
+        forks = s.fork(2)
+        forks += lambda i: f" Branch {i}:" + sgl.gen("b", max_tokens=3, ignore_eos=True)
+        forks.join()
+        s += sgl.gen("last", max_tokens=2, ignore_eos=True)
+
+    recorder = TraceRecorder(rt)
+    state = prog.run(backend=recorder, temperature=0)
+    assert state.error() is None
+    path = tmp_path / "program.jsonl"
+    assert recorder.save(path) == 5  # first gen, the trunk's pin, two branches, last gen
+    trace = read_trace(path).requests
+    assert sorted(r.output_tokens for r in trace) == [0, 2, 3, 3, 5]
+    assert len({r.session for r in trace}) == 4  # the main state, the fork's trunk, two branches
+    main = [r for r in trace if r.session == trace[0].session]
+    assert [r.parent for r in main] == [None, main[0].id] and main[1].output_tokens == 2
+    result = Replayer(rt, ReplayOptions(timing="max", progress=False)).run(trace)
+    assert all(r.error is None for r in result.records)
