@@ -40,6 +40,7 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
                                                         "80%% of the GPU memory left free by the weights)")
     parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page (default 16)")
     parser.add_argument("--max-running", type=int, default=64, help="most requests a worker runs at once (default 64)")
+    parser.add_argument("--no-cache", action="store_true", help="turn the prefix cache off (to measure what it saves)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per worker (default: the cores shared out)")
     parser.add_argument("--keys", metavar="DIR", help="CURVE key directory written by `radixrt keys DIR`")
 
@@ -52,7 +53,8 @@ def _engine(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     kv = int(args.kv_cache_mb * (1 << 20)) if args.kv_cache_mb else None
-    return Engine(args.model, page_size=args.page_size, kv_cache_bytes=kv, max_running=args.max_running, detokenize=False)
+    return Engine(args.model, page_size=args.page_size, kv_cache_bytes=kv, max_running=args.max_running,
+                  enable_cache=not args.no_cache, detokenize=False)
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -115,6 +117,8 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
     for flag, value in (("--model", args.model), ("--kv-cache-mb", args.kv_cache_mb), ("--keys", args.keys)):
         if value is not None:
             worker_args += [flag, str(value)]
+    if args.no_cache:
+        worker_args.append("--no-cache")
     if args.workers and not router.worker_address.startswith("ipc://"):
         print(f"radixrt: workers join at {router.worker_address}", file=sys.stderr)
     run_until_stopped(router, LocalWorkers(args.workers, worker_args))

@@ -34,6 +34,7 @@ def add_parser(commands: Any, engine_options: Any) -> None:
     rep.add_argument("--speedup", type=float, default=1.0, help="divide recorded times by this (default 1)")
     rep.add_argument("--concurrency", type=int, default=64, help="sessions in flight at once (default 64)")
     rep.add_argument("--limit", type=int, help="replay only the first K requests (by arrival)")
+    rep.add_argument("--max-output", type=int, help="generate at most this many tokens a request (default: as recorded)")
     rep.add_argument("--long", choices=["skip", "cut"], default="skip",
                      help="prompts longer than the model takes: skip them (default) or keep their beginning; counted either way")
     rep.add_argument("--on-error", choices=["stop", "skip"], default="stop",
@@ -97,7 +98,8 @@ def _live(args: argparse.Namespace, requests: list, out: Path | None) -> dict[st
     from radixrt.replay.replayer import ReplayOptions, Replayer
 
     options = ReplayOptions(timing=args.timing, rate=args.rate, speedup=args.speedup, concurrency=args.concurrency,
-                            limit=args.limit, long_prompts=args.long, progress=not args.no_progress)
+                            limit=args.limit, long_prompts=args.long, max_output=args.max_output,
+                            progress=not args.no_progress)
     options.check()
     if args.server:
         backend = RuntimeEndpoint(args.server, keys=args.keys)
@@ -108,7 +110,8 @@ def _live(args: argparse.Namespace, requests: list, out: Path | None) -> dict[st
             import torch
 
             torch.set_num_threads(args.threads)
-        backend = Runtime(args.model, page_size=args.page_size or 16, kv_cache_bytes=kv, max_running=args.max_running)
+        backend = Runtime(args.model, page_size=args.page_size or 16, kv_cache_bytes=kv, max_running=args.max_running,
+                          enable_cache=not args.no_cache)
     try:
         result = Replayer(backend, options).run(requests)
     finally:

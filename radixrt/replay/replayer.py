@@ -36,6 +36,7 @@ class ReplayOptions:
     limit: int | None = None  # replay only the first K requests (by arrival)
     long_prompts: str = "skip"  # prompts longer than the model takes: "skip" them, or "cut" them
     default_output: int = 128  # tokens to generate when the trace records no output
+    max_output: int | None = None  # generate at most this many tokens a request
     progress: bool = True
 
     def check(self) -> None:
@@ -151,6 +152,8 @@ class Replayer:
         tokenizer = getattr(self.backend, "tokenizer", None)
         prompt = prompt_tokens(request, tokenizer)
         out = output_length(request, tokenizer, self.options.default_output)
+        if self.options.max_output is not None:
+            out = min(out, self.options.max_output)
         record = RequestRecord(request.id, request.session, prompt, output_tokens=out)
         if room is not None and prompt.size + out >= room:
             if self.options.long_prompts == "skip" or prompt.size == 0:
