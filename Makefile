@@ -32,6 +32,7 @@ bench: setup
 	$(PY) bench/bench_server.py
 	$(PY) bench/bench_constraints.py
 	$(PY) bench/bench_lang.py
+	$(PY) bench/bench_replay.py
 
 # Mutation testing of the scheduler and the sampler (about 5 minutes on two cores);
 # `.venv/bin/mutmut results` lists the survivors. One torch thread per test run, so that
