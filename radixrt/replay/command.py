@@ -27,7 +27,8 @@ def add_parser(commands: Any, engine_options: Any) -> None:
     where.add_argument("--engine", action="store_true", help="replay through the engine in this process (the default)")
     where.add_argument("--simulate", action="store_true", help="simulate the cache alone (no model): LRU and the optimum")
     rep.add_argument("--capacity", default="1k,4k,16k,64k,unlimited",
-                     help="with --simulate: cache capacities in pages (default 1k,4k,16k,64k,unlimited)")
+                     help="cache capacities in pages to simulate (with --simulate, or with --out after a live replay; "
+                          "k = 1000; default 1k,4k,16k,64k,unlimited)")
     rep.add_argument("--timing", choices=["recorded", "rate", "max"], default="recorded",
                      help="when sessions start: at their recorded times (default), at --rate sessions/s, or all at once")
     rep.add_argument("--rate", type=float, default=1.0, help="sessions started per second with --timing rate (default 1)")
@@ -69,26 +70,31 @@ def replay(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace, requests: list, out: Path | None) -> dict[str, Any]:
-    from radixrt.replay.plots import hit_rate_vs_capacity
-    from radixrt.replay.sweep import parse_capacities, sweep
     from radixrt.replay.trace import prompt_tokens
 
-    capacities = parse_capacities(args.capacity)
     blocks = {r.block_size for r in requests if r.block_size is not None}
     page_size = args.page_size or (blocks.pop() if len(blocks) == 1 else 16)
     tokenizer = _tokenizer(args) if any(r.prompt is not None or r.messages is not None for r in requests) else None
     prompts = [prompt_tokens(r, tokenizer) for r in sorted(requests, key=lambda r: r.arrival)][: args.limit]
+    result = {"mode": "simulate", **_sweep(prompts, page_size, args.capacity, out)}
+    result["plots"] = result.pop("sweep_plots")
+    return result
+
+
+def _sweep(prompts: list, page_size: int, capacities: str, out: Path | None) -> dict[str, Any]:
+    """LRU and the optimum at each capacity: printed, and plotted into ``out``."""
+    from radixrt.replay.plots import hit_rate_vs_capacity
+    from radixrt.replay.sweep import parse_capacities, sweep
+
     started = time.perf_counter()
-    rows = sweep(prompts, page_size, capacities)
-    print(f"{len(prompts)} requests, pages of {page_size} tokens, simulated in {time.perf_counter() - started:.1f} s\n")
+    rows = sweep(prompts, page_size, parse_capacities(capacities))
+    print(f"\n{len(prompts)} requests, pages of {page_size} tokens, simulated in {time.perf_counter() - started:.1f} s\n")
     print(f"{'capacity (pages)':>17} {'LRU hit rate':>13} {'optimum':>9} {'LRU / optimum':>14}")
     for r in rows:
         capacity = "unlimited" if r["capacity_pages"] is None else f"{r['capacity_pages']:,}"
         print(f"{capacity:>17} {r['lru_hit_rate']:>13.4f} {r['optimal_hit_rate']:>9.4f} {r['lru_of_optimal']:>14.3f}")
-    result: dict[str, Any] = {"mode": "simulate", "page_size": page_size, "simulation": rows}
-    if out is not None:
-        result["plots"] = [hit_rate_vs_capacity(rows, out / "hit_rate_vs_capacity.png").name]
-    return result
+    plots = [hit_rate_vs_capacity(rows, out / "hit_rate_vs_capacity.png").name] if out is not None else []
+    return {"page_size": page_size, "simulation": rows, "sweep_plots": plots}
 
 
 def _live(args: argparse.Namespace, requests: list, out: Path | None) -> dict[str, Any]:
@@ -121,6 +127,9 @@ def _live(args: argparse.Namespace, requests: list, out: Path | None) -> dict[st
     report: dict[str, Any] = {"mode": "server" if args.server else "engine", "summary": summary}
     if out is not None:
         report["plots"] = [latency_cdfs(result, out / "latency_cdfs.png").name, over_time(result, out / "over_time.png").name]
+        sent = [r for r in result.records if r.skipped is None]
+        report.update(_sweep([r.prompt for r in sent], args.page_size or 16, args.capacity, out))
+        report["plots"] += report.pop("sweep_plots")
         report["per_request"] = [{"id": r.id, "session": r.session, "sent": r.sent - result.started,
                                   "finished": r.finished - result.started, "prompt_tokens": r.prompt_tokens,
                                   "cached_tokens": r.cached_tokens, "output_tokens": r.output_tokens,

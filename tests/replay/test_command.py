@@ -45,7 +45,8 @@ def test_a_live_replay_reports_metrics_and_plots(tmp_path, capsys, tiny_with_tok
     assert "6 succeeded, 0 failed" in out and "hit rate" in out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["summary"]["succeeded"] == 6 and len(report["per_request"]) == 6
-    assert all((tmp_path / "out" / name).exists() for name in report["plots"])
+    assert len(report["plots"]) == 3 and all((tmp_path / "out" / name).exists() for name in report["plots"])
+    assert report["simulation"][-1]["capacity_pages"] is None  # the live replay's prompts, simulated too
 
 
 def test_a_malformed_line_stops_the_replay_or_is_skipped_as_the_flag_says(tmp_path, capsys):

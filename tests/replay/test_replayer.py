@@ -112,3 +112,12 @@ def test_a_recorded_program_replays(rt, tmp_path):
     assert [r.parent for r in main] == [None, main[0].id] and main[1].output_tokens == 2
     result = Replayer(rt, ReplayOptions(timing="max", progress=False)).run(trace)
     assert all(r.error is None for r in result.records)
+
+
+def test_rate_timing_spaces_session_starts(rt):
+    trace = agent_trace(sessions=3, turns=1)
+    result = Replayer(rt, ReplayOptions(timing="rate", rate=5.0, progress=False)).run(trace)
+    starts = sorted(r.sent - result.started for r in result.records)
+    assert all(start >= k / 5.0 - 1e-3 for k, start in enumerate(starts))
+    with pytest.raises(ValueError, match="timing is one of"):
+        Replayer(rt, ReplayOptions(timing="soon"))
