@@ -190,8 +190,8 @@ class StreamExecutor:
             self._execute(expr)
         except Exception as e:  # kept in the state, as SGLang does; what is queued after is skipped
             if not self.program.cancelled:
-                warnings.warn(f"Error in a radixrt.lang program: {''.join(traceback.format_exception(e))}",
-                              stacklevel=1)
+                warnings.warn(f"Error in a radixrt.lang program: {type(e).__name__}: {e}\n"
+                              f"{''.join(traceback.format_exception(e))}", stacklevel=1)
             self.error_ = e
             self._wake_readers()
 
