@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from transformers import AutoTokenizer
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+from bench_radix import mooncake_reference  # noqa: E402
 from report import table  # noqa: E402
 
 from radixrt.lang import Runtime, RuntimeEndpoint  # noqa: E402
@@ -42,19 +42,6 @@ from radixrt.server.launch import ServerProcess  # noqa: E402
 SHARED = BENCH.parents[1] / "shared" / "traces"
 SAMPLE = BENCH.parent / "tests" / "replay" / "data" / "mooncake_head300.jsonl"
 TOLERANCE = 0.002  # Mooncake LRU hit rates against the reference table
-
-
-def mooncake_reference() -> dict[str, float] | None:
-    readme = SHARED / "README.md"
-    if not readme.exists():
-        return None
-    text = readme.read_text()
-    head = re.search(r"^\|\s*cache capacity[^\n]*$", text, re.M)
-    row = re.search(r"^\|\s*block hit rate[^\n]*$", text, re.M)
-    if not head or not row:
-        return None
-    names = [c.strip() for c in head.group(0).strip("|").split("|")[1:]]
-    return dict(zip(names, (float(c) for c in row.group(0).strip("|").split("|")[1:])))
 
 
 def simulated(name: str, prompts: list[np.ndarray], page_size: int, capacities: str) -> list[dict]:
@@ -133,7 +120,7 @@ def main() -> None:
     trace = from_mooncake(mooncake if mooncake.exists() else SAMPLE)
     rows = simulated("mooncake" if mooncake.exists() else "mooncake (300-request sample)", [prompt_tokens(r) for r in trace],
                      512, "1k,4k,16k,64k,unlimited")
-    reference = mooncake_reference() if mooncake.exists() else None
+    reference = mooncake_reference(SHARED / "README.md") if mooncake.exists() else None
     if reference:
         for r in rows:
             r["reference"] = reference.get(r["capacity"])

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from radixrt.replay.mooncake import BLOCK_SIZE, load_mooncake
-from radixrt.replay.trace import Message, ReadResult, TraceRequest, read_trace
+from radixrt.replay.trace import Message, ReadResult, TraceRequest, jsonl_records, read_trace
 
 
 def from_mooncake(path: str | Path, block_size: int = BLOCK_SIZE) -> list[TraceRequest]:
@@ -28,15 +28,8 @@ def from_lmcache(paths: Iterable[str | Path]) -> list[TraceRequest]:
     one before."""
     calls = []
     for path in _files(paths):
-        with open(path) as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                    calls.append((int(r["timestamp"]), str(r["session_id"]), str(r["input"]), str(r.get("output", ""))))
-                except (KeyError, TypeError, ValueError) as e:
-                    raise ValueError(f"{path}:{line_no}: not an LMCache agent-trace record ({e!r})") from None
+        calls += jsonl_records(path, lambda r: (int(r["timestamp"]), str(r["session_id"]), str(r["input"]),
+                                                str(r.get("output", ""))), "an LMCache agent-trace record")
     if not calls:
         return []
     start = min(c[0] for c in calls)

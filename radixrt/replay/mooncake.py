@@ -6,11 +6,12 @@ on the hash makes every shared block a shared token prefix.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from radixrt.replay.trace import jsonl_records
 
 BLOCK_SIZE = 512
 
@@ -24,19 +25,8 @@ class MooncakeRequest:
 
 
 def load_mooncake(path: str | Path) -> list[MooncakeRequest]:
-    requests = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                requests.append(
-                    MooncakeRequest(int(r["timestamp"]), int(r["input_length"]), int(r["output_length"]), tuple(r["hash_ids"]))
-                )
-            except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{line_no}: not a Mooncake trace record ({e!r})") from None
-    return requests
+    return jsonl_records(path, lambda r: MooncakeRequest(int(r["timestamp"]), int(r["input_length"]), int(r["output_length"]),
+                                                         tuple(r["hash_ids"])), "a Mooncake trace record")
 
 
 def block_tokens(hash_ids: tuple[int, ...] | list[int], block_size: int = BLOCK_SIZE) -> np.ndarray:

@@ -7,16 +7,18 @@ such as Mooncake's); the output is the recorded text or only its length in token
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import numpy as np
 from msgspec import Meta, Struct
 
 PROMPT_KINDS = ("prompt", "input_ids", "messages", "hash_ids")
+T = TypeVar("T")
 
 
 class Message(Struct, forbid_unknown_fields=True):
@@ -102,6 +104,21 @@ def _parse(line: bytes, seen: set[str]) -> TraceRequest:
     if request.parent is not None and request.parent not in seen:
         raise ValueError(f"parent: {request.parent!r} names no earlier request")
     return request
+
+
+def jsonl_records(path: str | Path, parse: Callable[[dict], T], what: str) -> list[T]:
+    """``parse`` of each non-blank line of a JSONL file (another tool's trace); a line it cannot
+    take raises ``ValueError`` naming the file, the line and ``what`` it should have been."""
+    records = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(parse(json.loads(line)))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise ValueError(f"{path}:{line_no}: not {what} ({e!r})") from None
+    return records
 
 
 def write_trace(path: str | Path, requests: Iterable[TraceRequest]) -> int:
