@@ -74,13 +74,17 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from radixrt.server.sockets import check_exposure
+    from radixrt.server.sockets import check_exposure, is_loopback
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     address = args.address or f"tcp://{args.host}:{args.port}"
     try:
         for a in (address, args.worker_address or "ipc://"):
             check_exposure(a, args.keys, args.insecure)
+        http_host = args.http_host or args.host
+        if args.http_port is not None and not args.api_key and not args.insecure and not is_loopback(f"tcp://{http_host}:0"):
+            raise ValueError(f"the HTTP API on {http_host} is reachable from other machines: give --api-key KEY so that "
+                             "only key holders get in, or --insecure to serve it to anyone")
     except ValueError as e:
         print(f"radixrt serve: {e}", file=sys.stderr)
         return 2
@@ -121,7 +125,24 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
         worker_args.append("--no-cache")
     if args.workers and not router.worker_address.startswith("ipc://"):
         print(f"radixrt: workers join at {router.worker_address}", file=sys.stderr)
-    run_until_stopped(router, LocalWorkers(args.workers, worker_args))
+    http = None
+    if args.http_port is not None:
+        from radixrt.server.http import HttpConfig, HttpServer
+
+        host = args.http_host or args.host
+        http = HttpServer(HttpConfig(router.address, tuple(args.api_key), args.namespace_by, args.keys), host, args.http_port)
+        try:
+            port = http.start()
+        except RuntimeError as e:
+            router.close()
+            print(f"radixrt serve: {e}", file=sys.stderr)
+            return 2
+        print(f"radixrt: HTTP at http://{host}:{port} (OpenAI-compatible: /v1/completions, /v1/chat/completions)", flush=True)
+    try:
+        run_until_stopped(router, LocalWorkers(args.workers, worker_args))
+    finally:
+        if http is not None:
+            http.stop()
     return 0
 
 
@@ -172,7 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--max-inflight", type=int, default=1024, help="most requests one client may have in flight (default 1024)")
     srv.add_argument("--worker-timeout", type=float, default=2.0, help="seconds of silence after which a worker counts as "
                                                                        "dead (default 2)")
-    srv.add_argument("--insecure", action="store_true", help="allow a non-loopback address without CURVE keys")
+    srv.add_argument("--insecure", action="store_true", help="allow a non-loopback address without CURVE keys "
+                                                               "(or, for HTTP, without --api-key)")
+    srv.add_argument("--http-port", type=int, help="also serve the OpenAI-compatible HTTP API on this port (0 picks one)")
+    srv.add_argument("--http-host", help="the HTTP API's address (default: --host)")
+    srv.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                     help="an API key the HTTP API accepts as 'Authorization: Bearer KEY' (repeat for several)")
+    srv.add_argument("--namespace-by", choices=["key", "user", "none"], default="key",
+                     help="what keeps HTTP tenants' cached prefixes apart: the API key (default), the request's "
+                          "'user' field, or nothing")
     srv.set_defaults(run=serve)
 
     wrk = commands.add_parser("worker", help="run a worker that joins a router (`serve --worker-address tcp://...`)",

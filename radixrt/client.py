@@ -9,7 +9,9 @@ dicts, to which the model's chat template is applied on the server).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
@@ -486,3 +488,26 @@ class AsyncClient:
         while True:
             await self._monitor.recv_multipart()
             _connection_lost(self._mail, self.address)
+
+
+def load_tokenizer(files: dict[str, bytes]) -> Any:
+    """The tokenizer that ``tokenizer_files()`` gave, written once to the local cache (keyed by its
+    contents) and loaded with transformers (imported here, not by the client itself)."""
+    from transformers import AutoTokenizer
+
+    from radixrt.model.loader import cache_root
+
+    digest = hashlib.sha1()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name])
+    directory = cache_root() / "tokenizers" / digest.hexdigest()[:16]
+    if not directory.exists():
+        tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            (tmp / Path(name).name).write_bytes(content)
+        try:
+            tmp.rename(directory)
+        except OSError:  # another process wrote it first
+            pass
+    return AutoTokenizer.from_pretrained(directory)

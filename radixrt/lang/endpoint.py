@@ -4,14 +4,12 @@ the tokenizer comes from the server, so the state's token ids are the server's."
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from radixrt.client import DEFAULT_ADDRESS, AsyncClient
+from radixrt.client import DEFAULT_ADDRESS, AsyncClient, load_tokenizer
 from radixrt.engine.params import SamplingParams
 from radixrt.lang.backend import Backend, Handle
 
@@ -33,7 +31,7 @@ class RuntimeEndpoint(Backend):
         try:
             self._client = self._await(_client(base_url, keys, timeout))
             self.health = self._await(self._client.health())
-            self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(self._await(self._client.tokenizer_files()))
+            self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self._await(self._client.tokenizer_files()))
         except BaseException:
             self.shutdown()
             raise
@@ -86,25 +84,3 @@ class RuntimeEndpoint(Backend):
 
 async def _client(address: str, keys: str | Path | None, timeout: float) -> AsyncClient:
     return AsyncClient(address, keys=keys, timeout=timeout)  # made on the loop that will use it
-
-
-def _load_tokenizer(files: dict[str, bytes]) -> Any:
-    """The server's tokenizer, written once to the local cache (keyed by its contents) and loaded."""
-    from transformers import AutoTokenizer
-
-    from radixrt.model.loader import cache_root
-
-    digest = hashlib.sha1()
-    for name in sorted(files):
-        digest.update(name.encode() + b"\0" + files[name])
-    directory = cache_root() / "tokenizers" / digest.hexdigest()[:16]
-    if not directory.exists():
-        tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        for name, content in files.items():
-            (tmp / Path(name).name).write_bytes(content)
-        try:
-            tmp.rename(directory)
-        except OSError:  # another process wrote it first
-            pass
-    return AutoTokenizer.from_pretrained(directory)

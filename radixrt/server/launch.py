@@ -34,13 +34,17 @@ class ServerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "radixrt", "serve", "--port", "0", *args],
                                      stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True,
                                      env=dict(os.environ, **(env or {})))
+        self.http_url: str | None = None  # with --http-port
         self.address = self._wait_ready(ready_timeout)
 
     def _wait_ready(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
             if select.select([self.proc.stdout], [], [], 0.5)[0]:
-                if match := re.search(r"ready at (\S+)", self.proc.stdout.readline()):
+                line = self.proc.stdout.readline()
+                if match := re.search(r"HTTP at (\S+)", line):
+                    self.http_url = match.group(1)
+                if match := re.search(r"ready at (\S+)", line):
                     return match.group(1)
         self.stop()
         raise RuntimeError(f"radixrt serve did not get ready:\n{self.log.read_text()[-3000:]}")

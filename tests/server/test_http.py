@@ -1,0 +1,119 @@
+"""The OpenAI-compatible HTTP API of a real ``radixrt serve`` (a tiny random model), through the
+official ``openai`` package, and raw HTTP for what a well-behaved client never sends."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from radixrt import SamplingParams
+from radixrt.client import Client
+from tests.server.conftest import wait_for
+from tests.server.test_server import settled
+
+KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="module")
+def served(serve, tiny_with_tokenizer):
+    return serve("--model", tiny_with_tokenizer, "--workers", "1", "--page-size", "4", "--http-port", "0", "--api-key", KEY)
+
+
+@pytest.fixture(scope="module")
+def api(served):
+    with openai.OpenAI(base_url=served.http_url + "/v1", api_key=KEY, max_retries=0, timeout=60) as client:
+        yield client
+
+
+def zmq_text(served, prompt, max_tokens: int = 12, **params) -> str:
+    """The same request through the ZeroMQ client, in the same namespace as the API key's."""
+    import hashlib
+
+    namespace = "key-" + hashlib.sha256(KEY.encode()).hexdigest()[:16]
+    with Client(served.address) as client:
+        return client.generate(prompt, SamplingParams(max_new_tokens=max_tokens, temperature=0, ignore_eos=False, **params),
+                               namespace=namespace).text
+
+
+def test_completions_and_chat_equal_the_zeromq_client(served, api):
+    model = api.models.list().data[0].id
+    out = api.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0)
+    assert out.choices[0].text == zmq_text(served, "Once upon a time")
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    chat = api.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0)
+    assert chat.choices[0].message.content == zmq_text(served, messages)
+    again = api.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens > 0  # the same prompt, served from the cache
+    usage = again.usage
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens and usage.completion_tokens <= 12
+
+
+def test_streaming_n_stop_seed_logprobs(api):
+    messages = [{"role": "user", "content": "Count with me."}]
+    whole = api.chat.completions.create(model="default", messages=messages, max_tokens=16, temperature=0)
+    stream = api.chat.completions.create(model="default", messages=messages, max_tokens=16, temperature=0, stream=True,
+                                         stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    text = whole.choices[0].message.content
+    cut = text[len(text) // 2:len(text) // 2 + 3]
+    stopped = api.chat.completions.create(model="default", messages=messages, max_tokens=16, temperature=0, stop=[cut])
+    assert stopped.choices[0].message.content == text[: text.index(cut)] and stopped.choices[0].finish_reason == "stop"
+    first = api.completions.create(model="default", prompt="Hello", max_tokens=8, n=3, seed=7, temperature=1.0)
+    second = api.completions.create(model="default", prompt="Hello", max_tokens=8, n=3, seed=7, temperature=1.0)
+    assert [c.text for c in first.choices] == [c.text for c in second.choices] and len(first.choices) == 3
+    assert len({c.text for c in first.choices}) > 1
+    with_logprobs = api.chat.completions.create(model="default", messages=messages, max_tokens=6, temperature=0, logprobs=True)
+    content = with_logprobs.choices[0].logprobs.content
+    assert len(content) == with_logprobs.usage.completion_tokens and all(e.logprob <= 0 for e in content)
+    assert "".join(e.token for e in content).startswith(with_logprobs.choices[0].message.content[:3])
+
+
+def test_a_json_schema_response_validates(api):
+    schema = {"type": "object", "properties": {"size": {"enum": [1, 2, 3]}, "ok": {"type": "boolean"}},
+              "required": ["size", "ok"], "additionalProperties": False}
+    for seed in range(5):
+        out = api.chat.completions.create(model="default", messages=[{"role": "user", "content": "A record, please."}],
+                                          max_tokens=40, temperature=1.0, seed=seed,
+                                          response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
+        record = json.loads(out.choices[0].message.content)
+        assert set(record) == {"size", "ok"} and record["size"] in (1, 2, 3) and isinstance(record["ok"], bool)
+
+
+@pytest.mark.parametrize("body, headers, status, message", [
+    (b"{not json", {}, 400, "not valid JSON"),
+    (json.dumps({"prompt": "x", "bogus": 1}).encode(), {}, 400, "unknown field `bogus`"),
+    (json.dumps({"prompt": "x", "max_tokens": "many"}).encode(), {}, 400, "max_tokens"),
+    (json.dumps({"prompt": "x", "temperature": -1}).encode(), {}, 400, "temperature must be >= 0"),
+    (json.dumps({"prompt": 5}).encode(), {}, 400, "prompt must be"),
+    (json.dumps({"prompt": "x", "model": "gpt-9"}).encode(), {}, 404, "does not exist"),
+    (b'{"prompt": "' + b"x" * (9 << 20) + b'"}', {}, 413, "more than the"),
+    (json.dumps({"prompt": "x"}).encode(), {"authorization": ""}, 401, "API key"),
+    (json.dumps({"prompt": "x"}).encode(), {"authorization": "Bearer wrong"}, 401, "API key"),
+])
+def test_bad_requests_get_openai_shaped_errors_and_the_server_goes_on(served, api, body, headers, status, message):
+    sent = {"authorization": f"Bearer {KEY}", "content-type": "application/json", **headers}
+    reply = httpx.post(served.http_url + "/v1/completions", content=body, headers=sent, timeout=30)
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert message in error["message"] and {"message", "type", "param", "code"} <= set(error)
+    assert api.completions.create(model="default", prompt="ok", max_tokens=2).choices[0].text is not None
+
+
+def test_unknown_paths_are_404_in_openai_shape(served):
+    reply = httpx.get(served.http_url + "/v1/nothing", headers={"authorization": f"Bearer {KEY}"})
+    assert reply.status_code == 404 and "error" in reply.json()
+
+
+def test_a_client_that_leaves_mid_stream_aborts_its_request(served):
+    body = {"prompt": "Tell a long story", "max_tokens": 2000, "stream": True}
+    with httpx.stream("POST", served.http_url + "/v1/completions", json=body,
+                      headers={"authorization": f"Bearer {KEY}"}, timeout=30) as reply:
+        lines = reply.iter_lines()
+        got = [next(lines) for _ in range(6)]
+    assert any(line.startswith("data: ") for line in got)
+    with Client(served.address) as client:
+        wait_for(lambda: settled(client), 20, what="the abandoned stream's request to end and free its pages")
