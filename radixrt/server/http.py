@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -29,6 +30,9 @@ from starlette.routing import Route
 from radixrt.client import AsyncClient, ServerError, load_tokenizer
 from radixrt.engine.outputs import RequestOutput
 from radixrt.engine.params import SamplingParams
+from radixrt.server.metrics import metric_families
+
+log = logging.getLogger("radixrt.http")
 
 MAX_BODY_BYTES = 8 << 20
 CHAT_MAX_TOKENS = 4096  # when a chat request sets no limit: clipped by the engine to what fits
@@ -139,6 +143,15 @@ class Frontend:
         await self.connect()
         return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model", "created": self.created,
                                                           "owned_by": "radixrt"}]})
+
+    async def metrics(self, request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        self._authorize(request)
+        families = metric_families(await (await self.connect()).stats())
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Snapshot(families))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def health(self, request: Request) -> Response:
         client = await self.connect()
@@ -367,6 +380,16 @@ def _json_schema(fmt: ResponseFormat | None) -> str | None:
                         "\"json_schema\": {\"name\": ..., \"schema\": {...}}}", "response_format")
 
 
+@dataclass(eq=False)
+class _Snapshot:
+    """A Prometheus collector that yields one scrape's metric families."""
+
+    families: list[Any]
+
+    def collect(self) -> list[Any]:
+        return self.families
+
+
 def make_app(config: HttpConfig) -> Starlette:
     frontend = Frontend(config)
 
@@ -380,6 +403,9 @@ def make_app(config: HttpConfig) -> Starlette:
                 return ApiError(_SERVER_STATUS.get(e.code, 500), str(e), code=e.code).response()
             except (ConnectionError, TimeoutError) as e:
                 return ApiError(503, f"the server's router does not answer: {e}").response()
+            except Exception as e:  # a bug: the client hears of it in OpenAI's shape, the server goes on
+                log.exception("error while handling %s %s", request.method, request.url.path)
+                return ApiError(500, f"internal error: {type(e).__name__}: {e}").response()
         return endpoint
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
@@ -388,7 +414,8 @@ def make_app(config: HttpConfig) -> Starlette:
     routes = [Route("/v1/completions", guarded(frontend.completions), methods=["POST"]),
               Route("/v1/chat/completions", guarded(frontend.chat), methods=["POST"]),
               Route("/v1/models", guarded(frontend.models), methods=["GET"]),
-              Route("/health", guarded(frontend.health), methods=["GET"])]
+              Route("/health", guarded(frontend.health), methods=["GET"]),
+              Route("/metrics", guarded(frontend.metrics), methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
 
 

@@ -34,6 +34,7 @@ from radixrt.engine.output_text import OutputText
 from radixrt.engine.params import SamplingParams
 from radixrt.engine.request import check_prompt
 from radixrt.server import protocol as p
+from radixrt.server.metrics import Latencies
 from radixrt.server.routing import WorkerView, make_policy
 from radixrt.server.sockets import Authenticator, Departures, Keys, check_exposure, server_socket
 
@@ -65,6 +66,7 @@ class Job:
     cached_tokens: int = 0  # prompt tokens the first worker served from its cache
     pin: bool = False
     score_next: list[int] = field(default_factory=list)
+    arrival: float = field(default_factory=time.time)  # Unix time, as token_times
 
 
 @dataclass(eq=False)
@@ -99,6 +101,7 @@ class Counters:
     bad_frames: int = 0
     clients_lost: int = 0
     workers_lost: int = 0
+    output_tokens: int = 0
 
 
 class Router:
@@ -126,6 +129,7 @@ class Router:
         self.clients: dict[bytes, dict[str, Job]] = {}  # greeted clients -> their jobs by client id
         self.pins: dict[tuple[bytes, str], tuple[str, str]] = {}  # (client, request id) -> (worker, request key)
         self.counters = Counters()
+        self.latency = Latencies()
         self._keys = (f"r{i}" for i in itertools.count())
         self._queries = itertools.count()
         self._stats: dict[int, StatsRequest] = {}
@@ -442,6 +446,9 @@ class Router:
         self.jobs.pop(job.key, None)
         self.clients.get(job.client, {}).pop(job.id, None)
         self.counters.finished += reason in ("stop", "length")
+        if reason in ("stop", "length"):
+            self.counters.output_tokens += len(job.tokens)
+            self.latency.observe(job.arrival, job.token_times, time.time())
         self.counters.aborted += reason == "abort"
         self.counters.failed += reason == "error"
         self._reply(job.client, p.Finished(
@@ -488,7 +495,8 @@ class Router:
                   for k in ("prompt_tokens", "cached_tokens", "computed_tokens", "decode_tokens", "evicted_pages",
                             "retractions", "failed_requests")}
         router = {**self.counters.__dict__, **totals, "inflight": len(self.jobs), "clients": len(self.clients), "pins": len(self.pins),
-                  "policy": self.policy_name, "hit_rate": totals["cached_tokens"] / totals["prompt_tokens"] if totals["prompt_tokens"] else 0.0,
+                  "policy": self.policy_name, "latency": self.latency.to_dict(),
+                  "hit_rate": totals["cached_tokens"] / totals["prompt_tokens"] if totals["prompt_tokens"] else 0.0,
                   "load": {n: w.view.load for n, w in self.workers.items()}}
         self._reply(query.client, p.Stats(router, query.replies))
 

@@ -117,3 +117,32 @@ def test_a_client_that_leaves_mid_stream_aborts_its_request(served):
     assert any(line.startswith("data: ") for line in got)
     with Client(served.address) as client:
         wait_for(lambda: settled(client), 20, what="the abandoned stream's request to end and free its pages")
+
+
+def scrape(served) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reply = httpx.get(served.http_url + "/metrics", headers={"authorization": f"Bearer {KEY}"}, timeout=30)
+    assert reply.status_code == 200
+    values = {}
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+def test_metrics_move_as_requests_run(served, api):
+    before = scrape(served)
+    prompt = "A shared preamble for the metrics test, long enough to span pages. " * 3
+    for _ in range(3):
+        api.completions.create(model="default", prompt=prompt, max_tokens=5, temperature=0, seed=1)
+    after = scrape(served)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert delta["radixrt_requests_total{outcome=finished}"] == 3
+    assert delta["radixrt_output_tokens_total"] == 15
+    assert delta["radixrt_cached_tokens_total"] > 0 and delta["radixrt_prompt_tokens_total"] > delta["radixrt_cached_tokens_total"]
+    assert delta["radixrt_time_to_first_token_seconds_count"] == 3 and delta["radixrt_inter_token_latency_seconds_count"] == 12
+    assert delta["radixrt_e2e_latency_seconds_count"] == 3
+    assert after["radixrt_pages_total{worker=w0}"] > 0 and "radixrt_queue_depth{worker=w0}" in after
+    assert 0 < after["radixrt_hit_rate"] <= 1
