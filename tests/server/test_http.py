@@ -146,3 +146,14 @@ def test_metrics_move_as_requests_run(served, api):
     assert delta["radixrt_e2e_latency_seconds_count"] == 3
     assert after["radixrt_pages_total{worker=w0}"] > 0 and "radixrt_queue_depth{worker=w0}" in after
     assert 0 < after["radixrt_hit_rate"] <= 1
+
+
+def test_the_grafana_dashboard_reads_metrics_that_exist(served):
+    """Every radixrt_* series the dashboard queries is one /metrics serves."""
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "examples" / "grafana.json").read_text())
+    queried = {m for panel in dashboard["panels"] for t in panel["targets"] for m in re.findall(r"radixrt_\w+", t["expr"])}
+    served_names = {name.split("{")[0] for name in scrape(served)}
+    assert queried and queried <= served_names, sorted(queried - served_names)
