@@ -13,6 +13,10 @@ side by side in one run.
 4. Two workers (one torch thread each), cache-aware routing against round-robin, on the default
    model: prompt tokens computed (against the one-worker run, where one cache holds everything),
    hit rate and throughput.
+5. HTTP against ZeroMQ: the agent workload through the official ``openai`` client (streaming
+   completions over ``serve --http-port``) and through the ZeroMQ client, on one server with one
+   worker, runs in the order ZeroMQ, HTTP, HTTP, ZeroMQ: the throughput ratio and the time to
+   first token each adds.
 
 Prints a table per part, then one JSON line.
 """
@@ -20,12 +24,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
+import queue
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -57,10 +64,65 @@ class ServerSystem:
                 for o in self.client.finished(timeout=1.0)]
 
 
-def server(model: Path, workers: int, policy: str, log_dir: Path) -> ServerProcess:
+class HttpSystem:
+    """The workload's ``submit``/``poll`` over the OpenAI client (streamed completions, one thread
+    per request in flight), generating exactly the asked length (``ignore_eos``)."""
+
+    def __init__(self, base_url: str) -> None:
+        import openai
+
+        self.client = openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0, timeout=600)
+        self.pool = ThreadPoolExecutor(64)
+        self.done: queue.Queue = queue.Queue()
+        self.ids = itertools.count()
+
+    def submit(self, prompt: list[int], length: int) -> str:
+        rid, sent = f"h{next(self.ids)}", time.perf_counter()
+
+        def run() -> None:
+            first, text, usage = None, "", None
+            for chunk in self.client.completions.create(model="default", prompt=prompt, max_tokens=length, temperature=0,
+                                                        stream=True, stream_options={"include_usage": True},
+                                                        extra_body={"ignore_eos": True}):
+                if chunk.choices and chunk.choices[0].text:
+                    first = first or time.perf_counter()
+                    text += chunk.choices[0].text
+                usage = chunk.usage or usage
+            self.done.put((rid, {"text": text, "output_tokens": usage.completion_tokens,
+                                 "ttft": (first or time.perf_counter()) - sent}))
+
+        self.pool.submit(run).add_done_callback(lambda f: f.exception() and self.done.put((rid, {"error": f.exception()})))
+        return rid
+
+    def poll(self) -> list[tuple[str, dict]]:
+        try:
+            items = [self.done.get(timeout=1.0)]
+        except queue.Empty:
+            return []
+        while not self.done.empty():
+            items.append(self.done.get_nowait())
+        for _, result in items:
+            if "error" in result:
+                raise RuntimeError(f"an HTTP request failed: {result['error']}")
+        return items
+
+
+def server(model: Path, workers: int, policy: str, log_dir: Path, *extra: str) -> ServerProcess:
     log = log_dir / f"serve-{model.name}-{workers}-{policy}-{time.monotonic_ns()}.log"
     return ServerProcess(["--model", str(model), "--workers", str(workers), "--policy", policy, "--threads", "1",
-                          "--kv-cache-mb", str(KV_MB)], log, env={"OMP_NUM_THREADS": "1"})
+                          "--kv-cache-mb", str(KV_MB), *extra], log, env={"OMP_NUM_THREADS": "1"})
+
+
+def http_overhead(model: Path, tokenizer, system: str, log_dir: Path) -> tuple[list[dict], float]:
+    """ZeroMQ, HTTP, HTTP, ZeroMQ, each on a fresh server; HTTP's mean throughput over ZeroMQ's."""
+    rows = []
+    for name in ("zeromq", "http", "http_again", "zeromq_again"):
+        print(f"running {name} ...", file=sys.stderr)
+        with server(model, 1, "cache_aware", log_dir, "--http-port", "0") as served, Client(served.address) as client:
+            system_ = HttpSystem(served.http_url) if name.startswith("http") else ServerSystem(client)
+            rows.append(measure(name, system_, tokenizer, system, lambda: client.stats()["router"]["computed_tokens"]))
+    mean = lambda prefix: statistics.mean(r["output_tok_per_s"] for r in rows if r["system"].startswith(prefix))  # noqa: E731
+    return rows, round(mean("http") / mean("zeromq"), 3)
 
 
 def run_server(name: str, model: Path, workers: int, policy: str, tokenizer, system: str, log_dir: Path) -> dict:
@@ -132,7 +194,7 @@ def two_layer_model(out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a Hugging Face directory with the default model's tokenizer (default: the default model)")
-    ap.add_argument("--parts", default="1,2,3,4", help="which parts to run (default 1,2,3,4)")
+    ap.add_argument("--parts", default="1,2,3,4,5", help="which parts to run (default 1,2,3,4,5)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -178,6 +240,16 @@ def main() -> None:
             summary.update(routing_rows=routed, cache_aware_over_round_robin=speedup,
                            cache_aware_computed_over_one_worker=aware["computed_over_one_worker"],
                            round_robin_computed_over_one_worker=rr["computed_over_one_worker"])
+        if 5 in parts:
+            http_rows, http_ratio = http_overhead(model, tokenizer, system, tmp)
+            zmq_ttft = statistics.mean(r["ttft_median_s"] for r in http_rows if r["system"].startswith("zeromq"))
+            http_ttft = statistics.mean(r["ttft_median_s"] for r in http_rows if r["system"].startswith("http"))
+            print(f"\n5. HTTP (openai client, streaming) against ZeroMQ, agent workload on {model.name}, one worker\n")
+            print(table(http_rows, list(http_rows[0])))
+            print(f"\nhttp/zeromq throughput: {http_ratio}; median time to first token added by HTTP: "
+                  f"{1000 * (http_ttft - zmq_ttft):.1f} ms")
+            summary.update(http_rows=http_rows, http_over_zeromq=http_ratio,
+                           http_added_ttft_ms=round(1000 * (http_ttft - zmq_ttft), 1))
     print()
     print(json.dumps(summary))
 

@@ -62,6 +62,7 @@ class Common(msgspec.Struct, forbid_unknown_fields=True):
     user: str | None = None
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    ignore_eos: bool = False  # an extension (as vLLM and SGLang have): generate max_tokens whatever comes
 
 
 class CompletionBody(Common):
@@ -203,7 +204,7 @@ class Frontend:
         stop = body.stop if body.stop is None or isinstance(body.stop, str) else tuple(body.stop)
         params = SamplingParams(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, stop=stop,
                                 seed=body.seed, logprobs=logprobs, frequency_penalty=body.frequency_penalty,
-                                presence_penalty=body.presence_penalty, json_schema=json_schema)
+                                presence_penalty=body.presence_penalty, json_schema=json_schema, ignore_eos=body.ignore_eos)
         try:
             params.validate(1 << 31)
         except ValueError as e:
