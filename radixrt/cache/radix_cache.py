@@ -51,7 +51,7 @@ _NO_PAGES.flags.writeable = False
 
 
 class Node:
-    __slots__ = ("key", "pages", "children", "parent", "lock_ref", "tick", "id", "lru_entry", "namespace", "version")
+    __slots__ = ("key", "pages", "children", "parent", "lock_ref", "tick", "id", "lru_entry", "namespace", "version", "hits")
 
     def __init__(self, key: bytes, pages: IdArray, parent: Node | None, tick: int, id: int, lock_ref: int = 0):
         self.key = key
@@ -64,6 +64,7 @@ class Node:
         self.lru_entry: tuple[int, int, Node] | None = None
         self.namespace: Hashable = None
         self.version = 0  # bumped when evict trims or removes the node: its older matches are stale
+        self.hits = 0  # requests that reused this node's prefix (record_hit)
 
     @property
     def tokens(self) -> np.ndarray:
@@ -269,6 +270,34 @@ class RadixCache:
         if leaf.lock_ref == 0 and not leaf.children and leaf.lru_entry is None:
             self._lru_add(leaf)
 
+    def record_hit(self, match: MatchResult) -> None:
+        """Count a request's reuse of ``match``'s prefix (every node of its path), for ``top_prefixes``."""
+        node = match.last_node if match.length else None
+        while node is not None and not node.is_root:
+            node.hits += 1
+            node = node.parent
+
+    def top_prefixes(self, k: int = 8, head_tokens: int = 32) -> list[dict]:
+        """The ``k`` most reused cached prefixes: each one's first ``head_tokens`` token ids, its
+        length in tokens and how many requests reused it. A prefix whose longer continuation was
+        reused as often stands aside for it."""
+        candidates = [n for n in self.nodes() if not n.is_root and n.hits
+                      and all(c.hits < n.hits for c in n.children.values())]
+        best = sorted(candidates, key=lambda n: (-n.hits, n.id))[:k]
+        result = []
+        for node in best:
+            path, length = [], 0
+            at = node
+            while not at.is_root:
+                path.append(at.key)
+                length += len(at.key) // TOKEN_BYTES
+                at = at.parent
+            head = np.frombuffer(b"".join(reversed(path))[: head_tokens * TOKEN_BYTES], dtype=ID_DTYPE)
+            namespace = at.namespace  # ``at`` is the root now: its tree's namespace
+            result.append({"tokens": head.tolist(), "length": length, "hits": node.hits,
+                           "namespace": None if namespace is None else str(namespace)})
+        return result
+
     def evict(self, num_pages: int) -> int:
         """Free ``num_pages`` least recently used unlocked pages, leaves first; returns how many
         were freed (fewer only when fewer are evictable)."""
@@ -396,6 +425,7 @@ class RadixCache:
         tail (so a request holding ``child`` still holds the deepest node of its path)."""
         p = n // self._page_bytes
         head = Node(child.key[:n], child.pages[:p], child.parent, child.tick, next(self._ids), child.lock_ref)
+        head.hits = child.hits
         child.parent.children[child.key[: self._page_bytes]] = head
         child.key, child.pages, child.parent = child.key[n:], child.pages[p:], head
         head.children[child.key[: self._page_bytes]] = child

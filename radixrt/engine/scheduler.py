@@ -166,6 +166,8 @@ class Scheduler:
             self.stats.prompt_tokens += req.prompt_len
             self.stats.cached_tokens += min(matched, req.prompt_len)
             req.cached_tokens = matched
+            if self.enable_cache:
+                self.cache.record_hit(m)
         req.pages, req.node, req.in_tree, req.computed = np.concatenate([prefix_pages, own]), node, matched, matched
         req.state = State.RUNNING
         self.waiting.remove(req)

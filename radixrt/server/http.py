@@ -18,13 +18,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from radixrt.client import AsyncClient, ServerError, load_tokenizer
@@ -35,6 +36,7 @@ from radixrt.server.metrics import metric_families
 log = logging.getLogger("radixrt.http")
 
 MAX_BODY_BYTES = 8 << 20
+CACHE_PAGE = Path(__file__).with_name("cache_page.html")
 CHAT_MAX_TOKENS = 4096  # when a chat request sets no limit: clipped by the engine to what fits
 
 
@@ -154,6 +156,14 @@ class Frontend:
         registry.register(_Snapshot(families))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def page(self, request: Request) -> Response:
+        """The live cache page (it reads ``stats.json``, with the ``?key=`` it was opened with)."""
+        return HTMLResponse(CACHE_PAGE.read_text())
+
+    async def stats(self, request: Request) -> Response:
+        self._authorize(request)
+        return JSONResponse(await (await self.connect()).stats())
+
     async def health(self, request: Request) -> Response:
         client = await self.connect()
         health = await client.health()
@@ -188,6 +198,8 @@ class Frontend:
         if not keys:
             return
         given = request.headers.get("authorization", "")
+        if request.query_params.get("key") in keys:  # the cache page, opened as /?key=KEY
+            return
         if not given.startswith("Bearer ") or given[7:] not in keys:
             raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key")
 
@@ -416,7 +428,9 @@ def make_app(config: HttpConfig) -> Starlette:
               Route("/v1/chat/completions", guarded(frontend.chat), methods=["POST"]),
               Route("/v1/models", guarded(frontend.models), methods=["GET"]),
               Route("/health", guarded(frontend.health), methods=["GET"]),
-              Route("/metrics", guarded(frontend.metrics), methods=["GET"])]
+              Route("/metrics", guarded(frontend.metrics), methods=["GET"]),
+              Route("/", guarded(frontend.page), methods=["GET"]),
+              Route("/stats.json", guarded(frontend.stats), methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
 
 

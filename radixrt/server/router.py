@@ -487,6 +487,10 @@ class Router:
 
     def _answer_stats(self, query_id: int) -> None:
         query = self._stats.pop(query_id)
+        if self.tokenizer is not None:  # the cache page shows the most reused prefixes' first words
+            for stats in query.replies.values():
+                for prefix in stats.get("top_prefixes", []):
+                    prefix["text"] = self.tokenizer.decode(prefix["tokens"])
         if query.flush:
             flushed = {name: bool(reply.get("flushed")) for name, reply in query.replies.items()}
             self._reply(query.client, p.CacheFlushed(bool(flushed) and all(flushed.values()), flushed))

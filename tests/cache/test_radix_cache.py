@@ -355,3 +355,20 @@ def test_prefix_length_is_the_match_length_and_changes_nothing(page_size, data):
     assert lengths == [matched.match_prefix(q).length for q in queries]
     assert eviction_order(peeked) == eviction_order(build())
     assert peeked.prefix_length([0] * 12, namespace="nobody") == 0
+
+
+def test_top_prefixes_name_the_most_reused_prefixes():
+    """Hits count on every node of a reused path; a prefix whose continuation was reused as often
+    stands aside for the longer one."""
+    from radixrt.cache import RadixCache as Cache
+
+    cache = Cache(page_size=1)
+    system, a, b = [1, 2, 3, 4], [5, 6], [7, 8, 9]
+    cache.insert(system + a, list(range(6)))
+    cache.insert(system + b, list(range(6, 13))[:7])
+    for tokens in (system + a + [10], system + a + [11], system + b + [12]):
+        cache.record_hit(cache.match_prefix(tokens))
+    cache.record_hit(cache.match_prefix([99]))  # nothing matched: nothing counted
+    top = cache.top_prefixes(k=3, head_tokens=5)
+    assert [(t["length"], t["hits"]) for t in top] == [(4, 3), (6, 2), (7, 1)]
+    assert top[0]["tokens"] == system and top[1]["tokens"] == (system + a)[:5]

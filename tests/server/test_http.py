@@ -157,3 +157,28 @@ def test_the_grafana_dashboard_reads_metrics_that_exist(served):
     queried = {m for panel in dashboard["panels"] for t in panel["targets"] for m in re.findall(r"radixrt_\w+", t["expr"])}
     served_names = {name.split("{")[0] for name in scrape(served)}
     assert queried and queried <= served_names, sorted(queried - served_names)
+
+
+def test_the_cache_page_renders_the_figures_in_a_real_browser(served, api, tmp_path):
+    """Headless Chromium opens the live cache page; its script fills in the hit rate, the pages and
+    the most reused prefix (the shared system prompt's first words)."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
+    system = {"role": "system", "content": "Zanzibar travel desk: answer in one short sentence."}
+    for question in ("Where is it?", "When to go?", "What to eat?"):
+        api.chat.completions.create(model="default", messages=[system, {"role": "user", "content": question}], max_tokens=4)
+    page = f"{served.http_url}/?key={KEY}"
+    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=8000",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert 'id="hit-rate">' in dom and 'id="hit-rate">-<' not in dom, dom[:2000]
+    hit = dom.split('id="hit-rate-total">')[1].split("<")[0]
+    assert hit.endswith("%") and float(hit[:-1]) > 0
+    assert "worker w0" in dom and "Zanzibar" in dom.split("most reused cached prefixes")[1]
+    shot = tmp_path / "cache_page.png"
+    subprocess.run([browser, *flags, "--window-size=1100,900", f"--screenshot={shot}", page], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 10_000
