@@ -82,7 +82,7 @@ class _Requests:
         return GenerateOutput(msg.id, arrival, msg.text, list(msg.token_ids), msg.logprobs,
                               [t - self.clock for t in msg.token_times], msg.finish_reason, msg.matched_stop, msg.error,
                               msg.prompt_tokens, msg.cached_tokens, msg.text_token_count, msg.prompt_logprobs,
-                              msg.next_logprobs)
+                              msg.next_logprobs, msg.top_logprobs)
 
 
 class Client:
@@ -311,14 +311,15 @@ class _News:
             self.tokens += len(msg.token_ids)
             self.chars += len(msg.text)
             return RequestOutput(self.id, list(msg.token_ids), msg.text, msg.logprobs,
-                                 [time.perf_counter()] * len(msg.token_ids))
+                                 [time.perf_counter()] * len(msg.token_ids), top_logprobs=msg.top_logprobs)
         self.done = True
         new = slice(self.tokens, None)
         return RequestOutput(self.id, list(msg.token_ids[new]), msg.text[self.chars:],
                              msg.logprobs[new] if msg.logprobs is not None else None,
                              [t - self.requests.clock for t in msg.token_times[new]], True, msg.finish_reason,
                              msg.matched_stop, msg.error, msg.prompt_tokens, msg.cached_tokens, msg.text_token_count,
-                             msg.prompt_logprobs, msg.next_logprobs)
+                             msg.prompt_logprobs, msg.next_logprobs,
+                             msg.top_logprobs[new] if msg.top_logprobs is not None else None)
 
 
 def _connection_lost(mail: dict[str, Any], address: str) -> None:

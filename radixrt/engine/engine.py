@@ -286,7 +286,7 @@ class Engine:
                 return self._finish(req, "length")  # max_new_tokens == 0: the prompt is computed (and cached)
             return None
         p, token = req.params, result.token
-        req.append(token, result.logprob, now)
+        req.append(token, result.logprob, now, result.top_logprobs)
         stop_token = token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos)
         out_of_room = req.num_output >= req.max_new_tokens
         if req.constraint is not None:
@@ -329,7 +329,8 @@ class Engine:
         new, req.reported = slice(req.reported, req.num_output), req.num_output
         out = RequestOutput(req.id, req.output[new].tolist(), req.output_text.take(final=req.done) if req.output_text else "",
                             req.logprobs[new] if req.params.logprobs else None, req.token_times[new],
-                            prompt_tokens=req.prompt_len, cached_tokens=req.cached_tokens)
+                            prompt_tokens=req.prompt_len, cached_tokens=req.cached_tokens,
+                            top_logprobs=req.top_logprobs[new] if req.params.top_logprobs else None)
         if req.done:
             stop_token = req.finish_reason == "stop" and isinstance(req.matched_stop, int)
             out.finished, out.finish_reason, out.matched_stop, out.error = True, req.finish_reason, req.matched_stop, req.error

@@ -46,6 +46,7 @@ class StepResult:
     logprob: float = 0.0
     prompt_logprobs: list[float] = field(default_factory=list)
     next_logprobs: list[float] | None = None  # of the request's ``score_next`` tokens, when this step computed them
+    top_logprobs: list[tuple[int, float]] | None = None  # the sampled step's most likely tokens, when asked for
     error: str | None = None
 
 
@@ -58,6 +59,7 @@ class _Plan:
     sample_row: int | None
     next_row: int | None = None  # the prompt's last position, when ``score_next`` tokens are scored there
     next_targets: tuple[int, ...] = ()
+    top_logprobs: int = 0  # the sampled row's most likely tokens to report
 
 
 class ModelRunner:
@@ -78,9 +80,10 @@ class ModelRunner:
         with torch.no_grad():
             logits = self.model(build_batch(chunks, self.page_size, self.device), self.pool)
             sampled = [(req, p.sample_row) for (req, _), p in zip(batch, plans) if p.sample_row is not None]
-            tokens, logprobs, status = self._sample(logits, [r for r, _ in sampled], [i for _, i in sampled])
+            tokens, logprobs, status, top = self._sample(logits, [r for r, _ in sampled], [i for _, i in sampled])
             scored = self._score_prompts(logits, plans)
             values = torch.cat([tokens.double(), logprobs.double(), status.double(), scored.double()]).tolist()  # the one host copy
+            tops = iter(zip(top[0].tolist(), top[1].tolist())) if top is not None else None  # a second, when asked for
         k = len(sampled)
         scored_values = iter(values[3 * k :])
         sampled_values = iter(zip(values[:k], values[k : 2 * k], values[2 * k : 3 * k]))
@@ -92,6 +95,10 @@ class ModelRunner:
             if plan.sample_row is not None:
                 token, result.logprob, code = next(sampled_values)
                 result.token, result.error = int(token), _SAMPLE_ERRORS[int(code)]
+                k = plan.top_logprobs
+                if k:
+                    ids, lps = next(tops)
+                    result.top_logprobs = list(zip(ids[:k], lps[:k]))
             results.append(result)
         return results
 
@@ -111,7 +118,8 @@ class ModelRunner:
         chunk = SequenceChunk(req.tokens[start:end], start, req.pages[: -(-end // self.page_size)], first_logit)
         plan = _Plan(range(first_row, first_row + hi - lo), req.tokens[lo + 1 : hi + 1].copy(),
                      first_row + n - 1 - first_logit if samples else None,
-                     first_row + last - start - first_logit if scores_next else None, req.score_next)
+                     first_row + last - start - first_logit if scores_next else None, req.score_next,
+                     req.params.top_logprobs if samples else 0)
         return chunk, plan
 
     @staticmethod
@@ -140,11 +148,22 @@ class ModelRunner:
         allowed = picked.amax(-1) > -torch.inf
         status = torch.where(broken, 1, torch.where(allowed, 0, 2))
         if not requests:
-            return picked.new_zeros(0), picked.new_zeros(0), status
+            return picked.new_zeros(0), picked.new_zeros(0), status, None
         tokens, logprobs = sample_batch(picked, [r.params for r in requests], [r.generator for r in requests],
                                         [r.tokens[: r.penalty_split] for r in requests],
                                         [r.tokens[r.penalty_split :] for r in requests])
-        return tokens, logprobs, status
+        return tokens, logprobs, status, self._top(picked, requests)
+
+    @staticmethod
+    def _top(picked: torch.Tensor, requests: list[Request]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The most likely tokens and their log-probabilities (of the logits the sampler saw, before
+        temperature) for the rows that ask for ``top_logprobs``, in row order."""
+        rows = [i for i, r in enumerate(requests) if r.params.top_logprobs]
+        if not rows:
+            return None
+        k = max(requests[i].params.top_logprobs for i in rows)
+        values, ids = picked[rows].float().log_softmax(-1).topk(k, -1)
+        return ids, values
 
 
 _SAMPLE_ERRORS = (None, "the logits are not finite (NaN or +infinity)", "the logits processors left no token allowed")

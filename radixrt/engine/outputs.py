@@ -37,6 +37,7 @@ class RequestOutput:
     text_token_count: int | None = None
     prompt_logprobs: list[float] | None = None  # last output only, when asked for
     next_logprobs: list[float] | None = None  # last output only: of the ``score_next`` tokens, when asked for
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per new token: (token id, logprob), most likely first
 
 
 @dataclass
@@ -57,6 +58,7 @@ class GenerateOutput:
     text_token_count: int | None = None
     prompt_logprobs: list[float] | None = None
     next_logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
     def add(self, out: RequestOutput) -> None:
         self.text += out.text
@@ -64,6 +66,8 @@ class GenerateOutput:
         self.token_times += out.token_times
         if out.logprobs is not None:
             self.logprobs = (self.logprobs or []) + out.logprobs
+        if out.top_logprobs is not None:
+            self.top_logprobs = (self.top_logprobs or []) + out.top_logprobs
         if out.finished:
             for name in ("finish_reason", "matched_stop", "error", "prompt_tokens", "cached_tokens", "text_token_count",
                          "prompt_logprobs", "next_logprobs"):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["GREEDY_EPS", "SamplingParams"]
 
+MAX_TOP_LOGPROBS = 20
 GREEDY_EPS = 1e-5
 """Temperatures below this are greedy: dividing logits by them overflows (as in SGLang)."""
 
@@ -28,6 +29,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: bool = False  # log-probability of each chosen token
+    top_logprobs: int = 0  # and of this many most likely tokens at each step (0..20)
     regex: str | None = None  # the output must match this regular expression ...
     json_schema: str | None = None  # ... or be JSON valid under this schema (a dict is taken too) ...
     choices: tuple[str, ...] | None = None  # ... or be one of these strings
@@ -82,6 +84,8 @@ class SamplingParams:
             value = getattr(self, name)
             if not _finite(value) or not -2 <= value <= 2:
                 problems.append(f"{name} must be in [-2, 2], got {value!r}")
+        if not _integer(self.top_logprobs) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            problems.append(f"top_logprobs must be an integer in 0..{MAX_TOP_LOGPROBS}, got {self.top_logprobs!r}")
         if self.seed is not None and not _integer(self.seed):
             problems.append(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.stop, tuple) or any(not isinstance(s, str) or not s for s in self.stop):

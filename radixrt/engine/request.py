@@ -77,6 +77,7 @@ class Request:
     in_tree: int = 0
     cached_tokens: int = 0  # prompt tokens served from the cache when first admitted
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # per output token, when asked for
     prompt_logprobs: list[float] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)
     finish_reason: str | None = None
@@ -123,10 +124,12 @@ class Request:
     def done(self) -> bool:
         return self.state in (State.FINISHED, State.ABORTED, State.FAILED)
 
-    def append(self, token: int, logprob: float, at: float) -> None:
+    def append(self, token: int, logprob: float, at: float, top: list[tuple[int, float]] | None = None) -> None:
         if self.length == self._buf.size:
             self._buf = np.concatenate([self._buf, np.empty(self._buf.size, dtype=ID_DTYPE)])
         self._buf[self.length] = token
         self.length += 1
         self.logprobs.append(logprob)
         self.token_times.append(at)
+        if top is not None:
+            self.top_logprobs.append(top)

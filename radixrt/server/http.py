@@ -69,7 +69,7 @@ class Common(msgspec.Struct, forbid_unknown_fields=True):
 
 class CompletionBody(Common):
     prompt: Any = None  # text, token ids, or a list of either
-    logprobs: int | None = None  # the chosen token's logprob when >= 0 (alternatives are not returned)
+    logprobs: int | None = None  # each chosen token's logprob, and this many most likely tokens' (0..20)
 
 
 class ChatBody(Common):
@@ -125,20 +125,20 @@ class Frontend:
     async def completions(self, request: Request) -> Response:
         body = await self._body(request, CompletionBody)
         prompts = _prompts(body.prompt)
-        params = self._params(body, body.max_tokens if body.max_tokens is not None else 16, body.logprobs is not None)
+        params = self._params(body, body.max_tokens if body.max_tokens is not None else 16, body.logprobs is not None,
+                              top_logprobs=body.logprobs or 0)
         return await self._respond(request, body, prompts, params, chat=False)
 
     async def chat(self, request: Request) -> Response:
         body = await self._body(request, ChatBody)
         if not body.messages:
             raise ApiError(400, "messages must be a non-empty list", "messages")
-        if body.top_logprobs:
-            raise ApiError(400, "top_logprobs is not supported: logprobs gives each chosen token's log-probability",
-                           "top_logprobs")
+        if body.top_logprobs and not body.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
         messages = [_message(m, i) for i, m in enumerate(body.messages)]
         limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params = self._params(body, CHAT_MAX_TOKENS if limit is None else limit, body.logprobs,
-                              _json_schema(body.response_format))
+                              _json_schema(body.response_format), body.top_logprobs or 0)
         return await self._respond(request, body, [messages], params, chat=True)
 
     async def models(self, request: Request) -> Response:
@@ -212,10 +212,12 @@ class Frontend:
         return None
 
     @staticmethod
-    def _params(body: Common, max_tokens: int, logprobs: bool, json_schema: str | None = None) -> SamplingParams:
+    def _params(body: Common, max_tokens: int, logprobs: bool, json_schema: str | None = None,
+                top_logprobs: int = 0) -> SamplingParams:
         stop = body.stop if body.stop is None or isinstance(body.stop, str) else tuple(body.stop)
         params = SamplingParams(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, stop=stop,
-                                seed=body.seed, logprobs=logprobs, frequency_penalty=body.frequency_penalty,
+                                seed=body.seed, logprobs=logprobs, top_logprobs=top_logprobs,
+                                frequency_penalty=body.frequency_penalty,
                                 presence_penalty=body.presence_penalty, json_schema=json_schema, ignore_eos=body.ignore_eos)
         try:
             params.validate(1 << 31)
@@ -262,23 +264,33 @@ class _Reply:
     def token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id]) if self.tokenizer is not None else str(token_id)
 
+    def logprobs(self, outs: list[RequestOutput]) -> dict[str, Any] | None:
+        """OpenAI's logprobs object for these outputs' tokens (None when not asked for)."""
+        logprobs = [lp for o in outs for lp in (o.logprobs or [])]
+        if not logprobs:
+            return None
+        ids = [t for o in outs for t in o.token_ids]
+        tops = [top for o in outs for top in (o.top_logprobs or [])] or [[] for _ in ids]
+        tokens = [self.token(t) for t in ids]
+        if self.chat:
+            return {"content": [{"token": tok, "logprob": lp, "bytes": list(tok.encode()),
+                                 "top_logprobs": [{"token": self.token(t), "logprob": v, "bytes": list(self.token(t).encode())}
+                                                  for t, v in top]}
+                                for tok, lp, top in zip(tokens, logprobs, tops)]}
+        return {"tokens": tokens, "token_logprobs": logprobs, "text_offset": None,
+                "top_logprobs": [{self.token(t): v for t, v in top} for top in tops] if any(tops) else None}
+
     def whole(self, results: list[list[RequestOutput]]) -> dict[str, Any]:
         choices = []
         for index, outs in enumerate(results):
             text = "".join(o.text for o in outs)
             last = outs[-1]
             choice: dict[str, Any] = {"index": index, "finish_reason": _finish(last)}
-            logprobs = [lp for o in outs for lp in (o.logprobs or [])]
-            ids = [t for o in outs for t in o.token_ids]
-            tokens = [self.token(t) for t in ids] if logprobs else []
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": text}
-                choice["logprobs"] = {"content": [{"token": tok, "logprob": lp, "bytes": list(tok.encode()), "top_logprobs": []}
-                                                  for tok, lp in zip(tokens, logprobs)]} if logprobs else None
             else:
                 choice["text"] = text
-                choice["logprobs"] = {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None,
-                                      "text_offset": None} if logprobs else None
+            choice["logprobs"] = self.logprobs(outs)
             choices.append(choice)
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion", "created": self.created,
                 "model": self.model, "choices": choices, "usage": _usage(results)}
@@ -312,9 +324,9 @@ class _Reply:
                     continue
                 results[index].append(item)
                 finish = _finish(item) if item.finished else None
-                if item.text or finish:
+                if item.text or finish or item.logprobs:
                     delta = {"delta": {"content": item.text}} if self.chat else {"text": item.text}
-                    yield self._event([{"index": index, **delta, "finish_reason": finish}])
+                    yield self._event([{"index": index, **delta, "logprobs": self.logprobs([item]), "finish_reason": finish}])
             if self.include_usage:
                 yield self._event([], usage=_usage([r for r in results if r]))
             yield b"data: [DONE]\n\n"

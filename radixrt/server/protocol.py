@@ -117,11 +117,15 @@ class Welcome(Message, tag="welcome"):
     max_inflight: int
 
 
+TopLogprobs = list[list[tuple[int, float]]]  # per token: (token id, logprob), most likely first
+
+
 class Delta(Struct, forbid_unknown_fields=True, omit_defaults=True):
     id: str
     text: str
     token_ids: list[int]
     logprobs: list[float] | None = None
+    top_logprobs: TopLogprobs | None = None
 
 
 class Deltas(Message, tag="deltas"):
@@ -147,6 +151,7 @@ class Finished(Message, tag="finished"):
     prompt_logprobs: list[float] | None = None
     next_logprobs: list[float] | None = None
     worker: str = ""
+    top_logprobs: TopLogprobs | None = None
 
 
 class Error(Message, tag="error"):
@@ -242,6 +247,7 @@ class TokenOutput(Struct, forbid_unknown_fields=True, omit_defaults=True):
     cached_tokens: int = 0
     prompt_logprobs: list[float] | None = None
     next_logprobs: list[float] | None = None
+    top_logprobs: TopLogprobs | None = None
 
 
 class WireCacheEvent(Struct, array_like=True):

@@ -60,6 +60,7 @@ class Job:
     tokens: list[int] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)
     logprobs: list[float] | None = None
+    top_logprobs: list | None = None
     worker: str | None = None
     route: Node | None = None
     resubmits: int = 0
@@ -254,7 +255,8 @@ class Router:
             return
         text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
         job = Job(next(self._keys), client, msg.id, prompt, params, msg.namespace, msg.stream, msg.prompt_logprobs_from, text,
-                  logprobs=[] if params.logprobs else None, pin=msg.pin, score_next=msg.score_next or [])
+                  logprobs=[] if params.logprobs else None, top_logprobs=[] if params.top_logprobs else None, pin=msg.pin,
+                  score_next=msg.score_next or [])
         jobs[msg.id] = self.jobs[job.key] = job
         self.counters.requests += 1
         self._dispatch(job)
@@ -414,6 +416,8 @@ class Router:
                 job.cached_tokens = out.cached_tokens
             if job.logprobs is not None and out.logprobs is not None:
                 job.logprobs += out.logprobs
+            if job.top_logprobs is not None and out.top_logprobs is not None:
+                job.top_logprobs += out.top_logprobs
             if out.finished:
                 self._end(job, out.finish_reason or "error", out)
                 continue
@@ -422,7 +426,8 @@ class Router:
                 self._end(job, "stop")
                 continue
             if job.stream:
-                deltas[job.client].append(p.Delta(job.id, job.text.take() if job.text else "", out.token_ids, out.logprobs))
+                deltas[job.client].append(p.Delta(job.id, job.text.take() if job.text else "", out.token_ids, out.logprobs,
+                                                  out.top_logprobs))
         for client, items in deltas.items():
             self.counters.deltas += len(items)
             self._reply(client, p.Deltas(items))
@@ -454,7 +459,7 @@ class Router:
         self._reply(job.client, p.Finished(
             job.id, job.text.text if job.text is not None else "", job.tokens, reason, job.token_times, job.logprobs, matched,
             error, int(job.prompt.size), job.cached_tokens, count, out.prompt_logprobs if out is not None else None,
-            out.next_logprobs if out is not None else None, worker))
+            out.next_logprobs if out is not None else None, worker, job.top_logprobs))
 
     def _release(self, pin: tuple[str, str] | None) -> None:
         worker = self.workers.get(pin[0]) if pin is not None else None

@@ -106,7 +106,7 @@ class Worker:
         stop = out.matched_stop if isinstance(out.matched_stop, int) else None
         return p.TokenOutput(out.request_id, out.token_ids, [t + self._clock for t in out.token_times], out.logprobs,
                              out.finished, out.finish_reason, stop, out.error, out.prompt_tokens, out.cached_tokens,
-                             out.prompt_logprobs, out.next_logprobs)
+                             out.prompt_logprobs, out.next_logprobs, out.top_logprobs)
 
     def _heartbeats(self, context: zmq.Context) -> None:
         sock = client_socket(context, self.address, self.keys, identity=f"{self.name}/heartbeat".encode())

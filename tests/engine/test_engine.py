@@ -405,3 +405,16 @@ def test_a_failed_or_aborted_pin_holds_nothing(tiny):
     run_to_end(engine)
     assert not engine.pins and not engine.unpin(rid)
     check_pages(engine)
+
+
+def test_top_logprobs_list_the_most_likely_tokens_of_each_step(tiny):
+    engine = Engine(tiny, kv_cache_bytes=4 << 20)
+    out = engine.generate([3, 4, 5], SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True, logprobs=True,
+                                                    top_logprobs=3))
+    assert len(out.top_logprobs) == 6
+    for token, logprob, top in zip(out.token_ids, out.logprobs, out.top_logprobs):
+        assert len(top) == 3 and top[0][0] == token and top[0][1] == pytest.approx(logprob, abs=1e-5)
+        assert [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+    assert engine.generate([3, 4, 5], SamplingParams(max_new_tokens=2)).top_logprobs is None
+    with pytest.raises(ValueError, match="top_logprobs"):
+        engine.generate([3], SamplingParams(top_logprobs=21))

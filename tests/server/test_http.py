@@ -66,10 +66,17 @@ def test_streaming_n_stop_seed_logprobs(api):
     second = api.completions.create(model="default", prompt="Hello", max_tokens=8, n=3, seed=7, temperature=1.0)
     assert [c.text for c in first.choices] == [c.text for c in second.choices] and len(first.choices) == 3
     assert len({c.text for c in first.choices}) > 1
-    with_logprobs = api.chat.completions.create(model="default", messages=messages, max_tokens=6, temperature=0, logprobs=True)
+    with_logprobs = api.chat.completions.create(model="default", messages=messages, max_tokens=6, temperature=0, logprobs=True,
+                                                top_logprobs=3)
     content = with_logprobs.choices[0].logprobs.content
     assert len(content) == with_logprobs.usage.completion_tokens and all(e.logprob <= 0 for e in content)
     assert "".join(e.token for e in content).startswith(with_logprobs.choices[0].message.content[:3])
+    for entry in content:  # greedy: the chosen token is the most likely one
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob, abs=1e-4)
+    completion = api.completions.create(model="default", prompt="Hello", max_tokens=4, temperature=0, logprobs=2)
+    assert len(completion.choices[0].logprobs.top_logprobs) == 4
+    assert all(len(top) <= 2 for top in completion.choices[0].logprobs.top_logprobs)
 
 
 def test_a_json_schema_response_validates(api):
