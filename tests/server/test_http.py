@@ -14,11 +14,13 @@ from tests.server.conftest import wait_for
 from tests.server.test_server import settled
 
 KEY = "sk-test-key"
+OTHER_KEY = "sk-other-tenant"
 
 
 @pytest.fixture(scope="module")
 def served(serve, tiny_with_tokenizer):
-    return serve("--model", tiny_with_tokenizer, "--workers", "1", "--page-size", "4", "--http-port", "0", "--api-key", KEY)
+    return serve("--model", tiny_with_tokenizer, "--workers", "1", "--page-size", "4", "--http-port", "0", "--api-key", KEY,
+                 "--api-key", OTHER_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +191,20 @@ def test_the_cache_page_renders_the_figures_in_a_real_browser(served, api, tmp_p
     shot = tmp_path / "cache_page.png"
     subprocess.run([browser, *flags, "--window-size=1100,900", f"--screenshot={shot}", page], capture_output=True, timeout=120)
     assert shot.stat().st_size > 10_000
+
+
+def test_tenants_never_share_cached_prefixes(served, api):
+    prompt = "A tenant's private preamble that spans a few pages of tokens, " * 2
+    first = api.completions.create(model="default", prompt=prompt + "one", max_tokens=2)
+    again = api.completions.create(model="default", prompt=prompt + "two", max_tokens=2)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0 and again.usage.prompt_tokens_details.cached_tokens > 0
+    with openai.OpenAI(base_url=served.http_url + "/v1", api_key=OTHER_KEY, max_retries=0) as other:
+        theirs = other.completions.create(model="default", prompt=prompt + "three", max_tokens=2)
+    assert theirs.usage.prompt_tokens_details.cached_tokens == 0  # the other key's namespace has none of it
+
+
+def test_a_reachable_http_api_needs_a_key(capsys):
+    from radixrt.cli import main
+
+    assert main(["serve", "--port", "0", "--http-port", "0", "--http-host", "0.0.0.0"]) == 2
+    assert "--api-key" in capsys.readouterr().err
