@@ -210,9 +210,10 @@ class Client:
         """End a request of this client; its output (finish reason "abort") is dropped."""
         self._socket.send(p.encode(p.Abort(request_id)))
 
-    def stats(self) -> dict[str, Any]:
-        """``{"router": {...}, "workers": {name: engine stats}}``."""
-        reply = self._call(p.GetStats(), p.Stats)
+    def stats(self, prefixes: bool = False) -> dict[str, Any]:
+        """``{"router": {...}, "workers": {name: engine stats}}``; with ``prefixes``, each worker's
+        ``top_prefixes`` too (its most reused cached prefixes: a walk of its whole cache)."""
+        reply = self._call(p.GetStats(prefixes), p.Stats)
         return {"router": reply.router, "workers": reply.workers}
 
     def health(self) -> dict[str, Any]:
@@ -408,8 +409,8 @@ class AsyncClient:
         await self._connect()
         await self._socket.send(p.encode(p.Abort(request_id)))
 
-    async def stats(self) -> dict[str, Any]:
-        reply = await self._call(p.GetStats(), p.Stats)
+    async def stats(self, prefixes: bool = False) -> dict[str, Any]:
+        reply = await self._call(p.GetStats(prefixes), p.Stats)
         return {"router": reply.router, "workers": reply.workers}
 
     async def health(self) -> dict[str, Any]:

@@ -242,7 +242,6 @@ class Engine:
             "pins_refused": self.pins_refused,
             "max_context": self.max_context,
             "kv_cache_tokens": self.pool.num_tokens,
-            "top_prefixes": self.cache.top_prefixes(),
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
         }

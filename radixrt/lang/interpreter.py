@@ -305,8 +305,9 @@ class StreamExecutor:
             raise RequestFailed(last.error)
         ids = last.token_ids[: last.text_token_count]
         self.ids = prompt + ids
-        decoded = IncrementalDetokenizer(self.backend.tokenizer).update(ids, final=True)
-        self.tail = text[len(decoded):] if text.startswith(decoded) else ""  # a token's part before a stop string
+        if isinstance(last.matched_stop, str):  # the text may end with a token's part before the stop string
+            decoded = IncrementalDetokenizer(self.backend.tokenizer).update(ids, final=True)
+            self.tail = text[len(decoded):] if text.startswith(decoded) else ""
         self.meta_info[name] = _meta(last, engine_params.logprobs, chunk=False)
         self._set(name, text, final=True)
 

@@ -162,7 +162,7 @@ class Frontend:
 
     async def stats(self, request: Request) -> Response:
         self._authorize(request)
-        return JSONResponse(await (await self.connect()).stats())
+        return JSONResponse(await (await self.connect()).stats(prefixes=True))
 
     async def health(self, request: Request) -> Response:
         client = await self.connect()

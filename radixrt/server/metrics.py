@@ -88,16 +88,12 @@ def metric_families(stats: dict[str, Any]) -> list[Any]:
                                       value=router.get("hit_rate", 0.0)))
     families.append(GaugeMetricFamily("radixrt_inflight_requests", "requests in flight", value=router.get("inflight", 0)))
     families.append(GaugeMetricFamily("radixrt_workers", "workers connected", value=len(workers)))
-    for key, (name, help_) in WORKER_GAUGES.items():
-        family = GaugeMetricFamily(name, help_, labels=["worker"])
-        for worker, s in sorted(workers.items()):
-            family.add_metric([worker], s.get(key, 0))
-        families.append(family)
-    for key, (name, help_) in WORKER_COUNTERS.items():
-        family = CounterMetricFamily(name, help_, labels=["worker"])
-        for worker, s in sorted(workers.items()):
-            family.add_metric([worker], s.get(key, 0))
-        families.append(family)
+    for kind, table in ((GaugeMetricFamily, WORKER_GAUGES), (CounterMetricFamily, WORKER_COUNTERS)):
+        for key, (name, help_) in table.items():
+            family = kind(name, help_, labels=["worker"])
+            for worker, s in sorted(workers.items()):
+                family.add_metric([worker], s.get(key, 0))
+            families.append(family)
     for key, (name, help_) in {"ttft": ("radixrt_time_to_first_token_seconds", "time to first token"),
                                "itl": ("radixrt_inter_token_latency_seconds", "time between tokens"),
                                "e2e": ("radixrt_e2e_latency_seconds", "request latency, arrival to end")}.items():

@@ -93,7 +93,7 @@ class Unpin(Message, tag="unpin"):
 
 
 class GetStats(Message, tag="get_stats"):
-    pass
+    prefixes: bool = False  # also each worker's most reused cached prefixes (a walk of its whole cache)
 
 
 class GetHealth(Message, tag="get_health"):
@@ -220,6 +220,7 @@ class Cancel(Message, tag="cancel"):
 
 class StatsQuery(Message, tag="stats_query"):
     query: int
+    prefixes: bool = False
 
 
 class Flush(Message, tag="flush"):

@@ -217,7 +217,7 @@ class Router:
         elif isinstance(msg, p.Unpin):
             self._release(self.pins.pop((client, msg.id), None))
         elif isinstance(msg, p.GetStats):
-            self._ask_stats(client)
+            self._ask_stats(client, prefixes=msg.prefixes)
         elif isinstance(msg, p.FlushCache):
             self._ask_stats(client, flush=True)
         elif isinstance(msg, p.GetTokenizer):
@@ -482,11 +482,11 @@ class Router:
 
     # ---- stats and deadlines ---------------------------------------------------------------
 
-    def _ask_stats(self, client: bytes, flush: bool = False) -> None:
+    def _ask_stats(self, client: bytes, flush: bool = False, prefixes: bool = False) -> None:
         query_id = next(self._queries)
         self._stats[query_id] = StatsRequest(client, set(self.workers), time.monotonic() + STATS_TIMEOUT, flush)
         for w in self.workers.values():
-            self._send_worker(w, p.Flush(query_id) if flush else p.StatsQuery(query_id))
+            self._send_worker(w, p.Flush(query_id) if flush else p.StatsQuery(query_id, prefixes))
         if not self.workers:
             self._answer_stats(query_id)
 

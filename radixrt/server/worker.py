@@ -82,7 +82,10 @@ class Worker:
                 for rid in msg.ids:
                     self.engine.unpin(rid)
             elif isinstance(msg, p.StatsQuery):
-                sock.send(p.encode(p.WorkerStats(msg.query, self.engine.stats())))
+                stats = self.engine.stats()
+                if msg.prefixes:
+                    stats["top_prefixes"] = self.engine.cache.top_prefixes()
+                sock.send(p.encode(p.WorkerStats(msg.query, stats)))
             elif isinstance(msg, p.Flush):
                 sock.send(p.encode(p.WorkerStats(msg.query, {"flushed": self.engine.flush_cache()})))
             elif isinstance(msg, p.Shutdown):

@@ -390,3 +390,20 @@ def test_what_a_failed_state_queues_later_never_blocks_a_reader(rt):
         with pytest.raises(KeyError, match="the program failed first"):
             s[name]
     assert "top_p" in str(s.error())
+
+
+def test_a_stop_string_inside_a_token_keeps_text_and_token_ids_in_step(rt):
+    """A stop string that begins inside a generated token: the state's text keeps that token's part
+    before it, and its token ids stand for exactly that text."""
+    tokenizer = rt.engine.tokenizer
+
+    @sgl.function
+    def prog(s, end):
+        s += "Story:" + sgl.gen("g", max_tokens=12, ignore_eos=True, stop=end)
+
+    free = prog.run(end=None, backend=rt, temperature=0)
+    ids = tokenizer.encode(free["g"], add_special_tokens=False)
+    word = next(tokenizer.decode([t]) for t in ids if len(tokenizer.decode([t]).strip()) >= 3)
+    s = prog.run(end=word[2:], backend=rt, temperature=0)
+    assert s["g"].endswith(word[:2]) and s.get_meta_info("g")["finish_reason"]["matched"] == word[2:]
+    assert tokenizer.decode(s.token_ids()) == s.text()
