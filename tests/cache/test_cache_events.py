@@ -27,8 +27,7 @@ from hypothesis.stateful import (
 )
 
 from radixrt.cache import CacheEvent, MatchResult, PageAllocator, RadixCache
-from tests.cache.test_radix_cache import make, put
-from tests.cache.test_radix_cache_model import token_streams
+from testkit.caches import make, put, token_streams
 
 NAMESPACES = (None, "tenant-b")
 

@@ -4,19 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radixrt.cache import PageAllocator, RadixCache
-
-
-def make(page_size: int = 1, num_pages: int = 64) -> tuple[RadixCache, PageAllocator]:
-    allocator = PageAllocator(num_pages)
-    return RadixCache(page_size, allocator), allocator
-
-
-def put(cache: RadixCache, allocator: PageAllocator, tokens, namespace=None) -> np.ndarray:
-    pages = allocator.alloc(len(tokens) // cache.page_size)
-    cached = cache.insert(tokens, pages, namespace)
-    allocator.free(pages[: cached // cache.page_size])
-    return pages
+from radixrt.cache import RadixCache
+from testkit.caches import make, put
 
 
 def edges(cache: RadixCache) -> list[list[int]]:

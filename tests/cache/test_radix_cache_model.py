@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from radixrt.cache import MatchResult, PageAllocator, RadixCache
+from testkit.caches import token_streams
 
 NAMESPACES = (None, "tenant-b")
 
@@ -100,19 +101,6 @@ class Pending:
     namespace: object
     match: MatchResult
     entries: list[Entry]
-
-
-def token_streams(page_size: int):
-    """Prompts built from a few page-sized pieces, so that prefixes collide often. Pieces 0 and 1
-    differ only in their last token (a split inside a page); a ragged tail tests page alignment."""
-    rng = np.random.default_rng(page_size)
-    pieces = [rng.integers(0, 1000, page_size).tolist() for _ in range(4)]
-    pieces.append(pieces[0][:-1] + [pieces[0][-1] + 1])
-    return st.builds(
-        lambda ids, tail: [t for i in ids for t in pieces[i]] + tail,
-        st.lists(st.integers(0, len(pieces) - 1), max_size=6),
-        st.lists(st.integers(0, 999), max_size=page_size - 1),
-    )
 
 
 class RadixCacheMachine(RuleBasedStateMachine):

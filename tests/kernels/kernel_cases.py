@@ -1,10 +1,40 @@
-"""Random paged batches for the kernel tests."""
+"""Random paged batches for the kernel tests, and running a Triton kernel where it runs."""
+import dataclasses
+import os
+
 import numpy as np
 import torch
 
-from radixrt.kernels import PagedKV
+from radixrt.kernels.layout import PagedKV
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def on_device(kernel):
+    """``kernel`` over the tests' CPU tensors: interpreted on them without a GPU; with one, run on
+    copies on the GPU, with every tensor argument (written in place or not) and the result copied
+    back, so a test compares against the CPU reference the same way on both."""
+    if not GPU:
+        return kernel
+
+    def run(*args, **kwargs):
+        moved = []
+
+        def to_gpu(x):
+            if isinstance(x, PagedKV):
+                return PagedKV(**{f.name: to_gpu(getattr(x, f.name)) for f in dataclasses.fields(x)})
+            if isinstance(x, torch.Tensor):
+                moved.append((x, x.cuda()))
+                return moved[-1][1]
+            return x
+
+        result = kernel(*map(to_gpu, args), **{k: to_gpu(v) for k, v in kwargs.items()})
+        for cpu_tensor, gpu_tensor in moved:
+            cpu_tensor.copy_(gpu_tensor)
+        return result.cpu() if isinstance(result, torch.Tensor) else result
+
+    return run
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -3,13 +3,14 @@ float64 reference."""
 import pytest
 import torch
 
-from radixrt.kernels import PagedKV, cpu, reference
+from radixrt.kernels import cpu, reference
+from radixrt.kernels.layout import PagedKV
 from radixrt.kernels import decode as triton_decode
 from radixrt.kernels import extend as triton_extend
 
-from kernel_cases import TOLERANCE, consecutive_pages, make_paged, rel_err, share_pages
+from kernel_cases import TOLERANCE, consecutive_pages, make_paged, on_device, rel_err, share_pages
 
-IMPLS = {"triton": (triton_decode.decode_attention, triton_extend.extend_attention),
+IMPLS = {"triton": (on_device(triton_decode.decode_attention), on_device(triton_extend.extend_attention)),
          "cpu": (cpu.decode_attention, cpu.extend_attention)}
 
 # (lens, page_size, kv_heads, group, head_dim, dtype): every page size, head dim, GQA ratio and
@@ -51,7 +52,7 @@ def test_decode_splits_merge_exactly(num_splits, gen):
     kv = make_paged(gen, lens, 16, 2, 64, torch.float32)
     q = torch.randn(3, 4, 64, generator=gen)
     seq_lens = torch.tensor(lens, dtype=torch.int32)
-    out = triton_decode.decode_attention(q, kv, seq_lens, num_splits=num_splits, out=torch.full_like(q, float("nan")))
+    out = on_device(triton_decode.decode_attention)(q, kv, seq_lens, num_splits=num_splits, out=torch.full_like(q, float("nan")))
     ref = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens)
     assert rel_err(out, ref) < 1e-5
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-import radixrt.kernels
+from radixrt.kernels import attention
 from radixrt import Engine, SamplingParams
-from radixrt.kernels import attention_backend, cpu
+from radixrt.kernels import cpu
+from radixrt.kernels.attention import attention_backend
 from radixrt.kernels import decode as triton_decode
 from radixrt.kernels import extend as triton_extend
 from radixrt.kernels import kv_write as triton_kv_write
@@ -78,12 +79,12 @@ def test_engine_through_triton_matches_cpu_path(tiny, monkeypatch):
     for name, module in (("decode_attention", triton_decode), ("extend_attention", triton_extend), ("write_kv", triton_kv_write)):
         calls[name] = count_calls(monkeypatch, [module, cpu], name)
 
-    monkeypatch.setattr(radixrt.kernels, "ATTENTION", "auto")
+    monkeypatch.setattr(attention, "ATTENTION", "auto")
     expected = run_scenario(tiny, "cpu")
     assert all(set(c) == {"radixrt.kernels.cpu"} for c in calls.values()), calls
     for c in calls.values():
         c.clear()
-    monkeypatch.setattr(radixrt.kernels, "ATTENTION", "triton")
+    monkeypatch.setattr(attention, "ATTENTION", "triton")
     got = run_scenario(tiny, "cpu" if INTERPRET else "cuda")
     assert all(set(c) == {"radixrt.kernels." + m} for c, m in zip(calls.values(), ("decode", "extend", "kv_write"))), calls
 

@@ -6,7 +6,9 @@ import torch
 from radixrt.kernels import cpu, reference
 from radixrt.kernels import kv_write as triton_kv_write
 
-IMPLS = {"triton": triton_kv_write.write_kv, "cpu": cpu.write_kv}
+from kernel_cases import on_device
+
+IMPLS = {"triton": on_device(triton_kv_write.write_kv), "cpu": cpu.write_kv}
 
 
 def pools(num_pages, page_size, kv_heads, head_dim, dtype):

@@ -6,7 +6,7 @@ import pytest
 
 import radixrt.lang as sgl
 from radixrt.client import Client
-from tests.server.conftest import start_server, wait_for
+from testkit.servers import start_server, wait_for
 
 
 @sgl.function

@@ -13,8 +13,8 @@ from radixrt.cli import main
 from radixrt.client import Client
 from radixrt.replay.sweep import parse_capacities
 from radixrt.replay.trace import TraceRequest, write_trace
-from tests.replay.test_replayer import agent_trace
-from tests.server.conftest import start_server, wait_for
+from testkit.servers import start_server, wait_for
+from testkit.traces import agent_trace
 
 
 def test_capacities_parse():

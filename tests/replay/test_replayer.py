@@ -10,6 +10,7 @@ from radixrt.replay.cache_sim import simulate
 from radixrt.replay.metrics import summarize, unique_tokens
 from radixrt.replay.replayer import ReplayOptions, Replayer
 from radixrt.replay.trace import TraceRequest
+from testkit.traces import agent_trace
 
 
 @pytest.fixture(scope="module")
@@ -17,20 +18,6 @@ def rt(tiny_with_tokenizer):
     runtime = sgl.Runtime(tiny_with_tokenizer, page_size=4, kv_cache_bytes=8 << 20)
     yield runtime
     runtime.shutdown()
-
-
-def agent_trace(sessions: int = 3, turns: int = 3, seed: int = 0) -> list[TraceRequest]:
-    """Sessions whose prompts grow turn by turn over a shared system prompt."""
-    rng = np.random.default_rng(seed)
-    system = rng.integers(10, 40000, 40).tolist()
-    requests = []
-    for s in range(sessions):
-        history = system + rng.integers(10, 40000, 10).tolist()
-        for t in range(turns):
-            requests.append(TraceRequest(f"s{s}", f"s{s}-{t}", arrival=0.01 * (s + t), input_ids=list(history),
-                                         output_tokens=4, parent=f"s{s}-{t - 1}" if t else None))
-            history += rng.integers(10, 40000, 12).tolist()
-    return requests
 
 
 def test_sessions_are_closed_loops_and_the_metrics_add_up(rt):

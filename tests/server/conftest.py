@@ -2,27 +2,10 @@
 checked for leftover processes) even when a test fails."""
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
 
-from radixrt.server.launch import ServerProcess, pid_alive  # noqa: F401  (the tests use pid_alive)
-
-
-def wait_for(condition, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def start_server(args: list[str], log: Path) -> ServerProcess:
-    """A server on loopback with one torch thread per worker."""
-    return ServerProcess(["--threads", "1", *args], log, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+from radixrt.server.launch import ServerProcess
+from testkit.servers import start_server
 
 
 @pytest.fixture(scope="module")

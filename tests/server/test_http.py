@@ -10,8 +10,7 @@ import pytest
 
 from radixrt import SamplingParams
 from radixrt.client import Client
-from tests.server.conftest import wait_for
-from tests.server.test_server import settled
+from testkit.servers import settled, wait_for
 
 KEY = "sk-test-key"
 OTHER_KEY = "sk-other-tenant"

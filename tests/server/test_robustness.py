@@ -20,8 +20,7 @@ from radixrt import SamplingParams
 from radixrt.client import AsyncClient, Client, InvalidRequest, RequestFailed, ServerError
 from radixrt.server import protocol as p
 from radixrt.server.sockets import free_port
-from tests.server.conftest import pid_alive, start_server, wait_for
-from tests.server.test_server import settled
+from testkit.servers import pid_alive, settled, start_server, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 
 from radixrt import Engine, SamplingParams
 from radixrt.client import AsyncClient, Client
-from tests.server.conftest import pid_alive, wait_for
+from testkit.servers import pid_alive, settled, wait_for
 
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0)
 SYSTEM = {"role": "system", "content": "You are a helpful assistant who answers in one sentence."}
@@ -40,14 +40,6 @@ def two_workers(serve):
 
 def chats() -> list[list[dict]]:
     return [[SYSTEM, {"role": "user", "content": q}] for q in QUESTIONS]
-
-
-def settled(client: Client) -> bool:
-    """Nothing in flight and no page lost: every worker's pages are free or cached."""
-    stats = client.stats()
-    workers = stats["workers"].values()
-    return stats["router"]["inflight"] == 0 and all(
-        w["running"] == 0 and w["waiting"] == 0 and w["pages_free"] + w["pages_cached"] == w["pages_total"] for w in workers)
 
 
 @pytest.mark.parametrize("workers", [1, 2])

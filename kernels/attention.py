@@ -1,8 +1,10 @@
 """Paged attention over the KV pool: Triton kernels on a GPU, a vectorised PyTorch path on a CPU.
 
-Installed as ``radixrt.kernels``: kept outside ``radixrt/`` so it knows nothing of the rest of the
-runtime, and under ``radixrt.`` so it never shadows the unrelated PyPI package ``kernels`` that
-transformers probes for.
+The folder ``kernels/`` is installed as ``radixrt.kernels``: kept outside ``radixrt/`` so it knows
+nothing of the rest of the runtime. It has no ``__init__.py`` on purpose: a folder that is not a
+package never shadows a real one, so with the repository root on ``sys.path`` (``python -m pytest``,
+``python -m radixrt``) ``import kernels`` still finds the unrelated PyPI package that transformers
+imports. This module is the entry point: ``from radixrt.kernels.attention import decode_attention``.
 
 Page table layout: CSR. Sequence b's pages are ``kv_indices[kv_indptr[b]:kv_indptr[b+1]]`` (int32
 physical page ids, in order), and token t of the sequence lives at page ``t // page_size``,
