@@ -31,7 +31,7 @@ from report import table  # noqa: E402
 import radixrt.engine.scheduler as scheduler_module  # noqa: E402
 from radixrt.cache import PageAllocator, RadixCache  # noqa: E402
 from radixrt.engine.request import Request  # noqa: E402
-from radixrt.engine.params import SamplingParams  # noqa: E402
+from radixrt.params import SamplingParams  # noqa: E402
 from radixrt.engine.scheduler import Scheduler  # noqa: E402
 
 PAGE_SIZE = 16

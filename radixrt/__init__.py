@@ -1,12 +1,16 @@
 """radixrt: a prefix-caching LLM serving runtime."""
+from radixrt.outputs import GenerateOutput
+from radixrt.params import SamplingParams
+
 __version__ = "0.1.0"
+__all__ = ["Engine", "GenerateOutput", "SamplingParams"]
 
 
 def __getattr__(name: str):
-    """``radixrt.Engine`` and ``radixrt.SamplingParams`` without importing the model stack for
-    users of the cache alone."""
-    if name in ("Engine", "SamplingParams", "GenerateOutput"):
-        import radixrt.engine
+    """``radixrt.Engine`` without importing torch and the model stack for users of the client or
+    the cache alone."""
+    if name == "Engine":
+        from radixrt.engine import Engine
 
-        return getattr(radixrt.engine, name)
+        return Engine
     raise AttributeError(f"module 'radixrt' has no attribute {name!r}")

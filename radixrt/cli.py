@@ -13,7 +13,9 @@ MODEL_HELP = "a Hugging Face checkpoint directory or a .gguf file (default: Smol
 
 
 def generate(args: argparse.Namespace) -> int:
-    from radixrt.engine import Engine, RequestFailed, SamplingParams
+    from radixrt.engine import Engine
+    from radixrt.outputs import RequestFailed
+    from radixrt.params import SamplingParams
     from radixrt.model import ModelNotFoundError
 
     print(f"loading {args.model or 'the default model (SmolLM2-135M-Instruct)'} ...", file=sys.stderr)
@@ -59,7 +61,7 @@ def _engine(args: argparse.Namespace):
 
 def worker(args: argparse.Namespace) -> int:
     from radixrt.model import ModelNotFoundError
-    from radixrt.server.sockets import Keys
+    from radixrt.wire.sockets import Keys
     from radixrt.server.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -74,7 +76,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from radixrt.server.sockets import check_exposure, is_loopback
+    from radixrt.wire.sockets import check_exposure, is_loopback
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     address = args.address or f"tcp://{args.host}:{args.port}"
@@ -102,7 +104,7 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
     from radixrt.model.loader import hf_directory
     from radixrt.server.router import Router
     from radixrt.server.serve import LocalWorkers, run_until_stopped
-    from radixrt.server.sockets import Keys
+    from radixrt.wire.sockets import Keys
 
     try:
         keys = Keys.load(args.keys) if args.keys else None
@@ -127,7 +129,7 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
         print(f"radixrt: workers join at {router.worker_address}", file=sys.stderr)
     http = None
     if args.http_port is not None:
-        from radixrt.server.http import HttpConfig, HttpServer
+        from radixrt.http.app import HttpConfig, HttpServer
 
         host = args.http_host or args.host
         http = HttpServer(HttpConfig(router.address, tuple(args.api_key), args.namespace_by, args.keys), host, args.http_port)
@@ -147,7 +149,7 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    from radixrt.server.sockets import write_keys
+    from radixrt.wire.sockets import write_keys
 
     write_keys(args.directory)
     print(f"wrote the server's and a client's CURVE key pairs to {args.directory}. `serve --keys {args.directory}` lets in "

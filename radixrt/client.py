@@ -22,10 +22,10 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from radixrt.engine.outputs import GenerateOutput, RequestFailed, RequestOutput
-from radixrt.engine.params import SamplingParams
-from radixrt.server import protocol as p
-from radixrt.server.sockets import Keys, client_socket
+from radixrt.outputs import GenerateOutput, RequestFailed, RequestOutput
+from radixrt.params import SamplingParams
+from radixrt.wire import protocol as p
+from radixrt.wire.sockets import Keys, client_socket
 
 Prompt = str | Sequence[int] | np.ndarray | list[dict[str, str]]
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"

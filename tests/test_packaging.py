@@ -35,7 +35,7 @@ def test_a_client_imports_neither_torch_nor_transformers():
         import sys
         from radixrt import SamplingParams
         from radixrt.client import AsyncClient, Client
-        from radixrt.engine import GenerateOutput, RequestFailed
+        from radixrt.outputs import GenerateOutput, RequestFailed
         heavy = [m for m in ("torch", "transformers") if m in sys.modules]
         assert not heavy, heavy
         print("ok")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from radixrt.engine.params import SamplingParams
+from radixrt.params import SamplingParams
 
 
 class Grammars:

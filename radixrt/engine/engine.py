@@ -26,10 +26,10 @@ from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
 from radixrt.engine.output_text import OutputText
-from radixrt.engine.outputs import (ChoiceScore, GenerateOutput, RequestFailed, RequestOutput, choice_requests,
+from radixrt.outputs import (ChoiceScore, GenerateOutput, RequestFailed, RequestOutput, choice_requests,
                                     choice_scores)
 from radixrt.engine.request import Request, State, check_prompt
-from radixrt.engine.params import SamplingParams
+from radixrt.params import SamplingParams
 from radixrt.engine.scheduler import Scheduler
 from radixrt.model import load_model
 

@@ -12,7 +12,7 @@ import numpy as np
 from radixrt.cache import Node
 from radixrt.cache.ids import ID_DTYPE
 from radixrt.engine.output_text import OutputText
-from radixrt.engine.params import SamplingParams
+from radixrt.params import SamplingParams
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from radixrt.engine.params import GREEDY_EPS, SamplingParams
+from radixrt.params import GREEDY_EPS, SamplingParams
 
 __all__ = ["GREEDY_EPS", "SamplingParams", "sample_batch"]
 

@@ -9,8 +9,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from radixrt.engine.outputs import RequestFailed, RequestOutput, choice_requests, choice_scores
-from radixrt.engine.params import SamplingParams
+from radixrt.outputs import RequestFailed, RequestOutput, choice_requests, choice_scores
+from radixrt.params import SamplingParams
 from radixrt.lang.chat_template import ChatTemplate
 
 

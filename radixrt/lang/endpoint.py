@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from radixrt.client import DEFAULT_ADDRESS, AsyncClient, load_tokenizer
-from radixrt.engine.params import SamplingParams
+from radixrt.params import SamplingParams
 from radixrt.lang.backend import Backend, Handle
 
 

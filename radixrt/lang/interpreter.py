@@ -27,7 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 from radixrt.engine.detokenizer import IncrementalDetokenizer
-from radixrt.engine.outputs import RequestFailed
+from radixrt.outputs import RequestFailed
 from radixrt.lang.global_config import global_config
 from radixrt.lang.backend import Backend, Handle, merge
 from radixrt.lang.ir import (SglConcateAndAppend, SglConstantText, SglExpr, SglExprList, SglFunction, SglGen,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from radixrt.engine.params import SamplingParams
+from radixrt.params import SamplingParams
 from radixrt.lang.choices import ChoicesSamplingMethod
 
 REGEX_INT = r"[-+]?[0-9]+[ \n]*"

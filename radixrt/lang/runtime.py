@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from radixrt.engine import Engine
-from radixrt.engine.params import SamplingParams
+from radixrt.params import SamplingParams
 from radixrt.lang.backend import Backend, Handle
 
 IDLE_WAIT = 0.05

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from radixrt.engine.outputs import RequestOutput
-from radixrt.engine.params import SamplingParams
+from radixrt.outputs import RequestOutput
+from radixrt.params import SamplingParams
 from radixrt.lang.backend import Backend, Handle
 from radixrt.replay.trace import TraceRequest, write_trace
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from radixrt.engine.params import SamplingParams
+from radixrt.params import SamplingParams
 from radixrt.lang.backend import Backend
 from radixrt.replay.trace import TraceRequest, output_length, prompt_tokens, sessions
 

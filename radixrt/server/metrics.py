@@ -1,9 +1,5 @@
-"""Serving metrics: latency histograms the router fills as requests end, and their rendering,
-with the router's and the workers' counters, for Prometheus (``/metrics`` of the HTTP API).
-
-The router keeps plain bucket counts (no Prometheus library in the router's loop); the HTTP front
-end turns a ``stats`` reply into Prometheus metric families on each scrape.
-"""
+"""Latency histograms the router fills as requests end: plain bucket counts (no Prometheus library
+in the router's loop), sent in its ``stats`` replies. ``radixrt.http.prometheus`` renders them."""
 from __future__ import annotations
 
 import bisect
@@ -49,60 +45,3 @@ class Latencies:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ttft": self.ttft.to_dict(), "itl": self.itl.to_dict(), "e2e": self.e2e.to_dict()}
-
-
-WORKER_GAUGES = {  # engine stats key -> (metric name, help)
-    "pages_free": ("radixrt_pages_free", "KV pages free"),
-    "pages_cached": ("radixrt_pages_cached", "KV pages holding cached prefixes"),
-    "pages_total": ("radixrt_pages_total", "KV pages in the pool"),
-    "pages_locked": ("radixrt_pages_locked", "cached pages held by running requests and pins"),
-    "running": ("radixrt_running_requests", "requests running"),
-    "waiting": ("radixrt_queue_depth", "requests waiting to be scheduled"),
-    "pins": ("radixrt_pins", "prefixes pinned by programs"),
-    "hit_rate": ("radixrt_worker_hit_rate", "prompt tokens served from the cache / prompt tokens"),
-}
-WORKER_COUNTERS = {
-    "prompt_tokens": ("radixrt_worker_prompt_tokens", "prompt tokens"),
-    "cached_tokens": ("radixrt_worker_cached_tokens", "prompt tokens served from the cache"),
-    "computed_tokens": ("radixrt_worker_computed_tokens", "prompt tokens computed"),
-    "decode_tokens": ("radixrt_worker_decode_tokens", "tokens decoded"),
-    "evicted_pages": ("radixrt_evicted_pages", "KV pages evicted from the cache"),
-    "retractions": ("radixrt_retractions", "running requests retracted for memory"),
-}
-
-
-def metric_families(stats: dict[str, Any]) -> list[Any]:
-    """Prometheus metric families for a ``stats`` reply (``{"router": ..., "workers": ...}``)."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
-    router, workers = stats["router"], stats["workers"]
-    families: list[Any] = []
-    outcomes = CounterMetricFamily("radixrt_requests", "requests by outcome", labels=["outcome"])
-    for outcome in ("finished", "aborted", "failed", "refused"):
-        outcomes.add_metric([outcome], router.get(outcome, 0))
-    families.append(outcomes)
-    for key, help_ in (("prompt_tokens", "prompt tokens"), ("cached_tokens", "prompt tokens served from the cache"),
-                       ("computed_tokens", "prompt tokens computed"), ("output_tokens", "tokens generated")):
-        families.append(CounterMetricFamily(f"radixrt_{key}", help_, value=router.get(key, 0)))
-    families.append(GaugeMetricFamily("radixrt_hit_rate", "prompt tokens served from the cache / prompt tokens",
-                                      value=router.get("hit_rate", 0.0)))
-    families.append(GaugeMetricFamily("radixrt_inflight_requests", "requests in flight", value=router.get("inflight", 0)))
-    families.append(GaugeMetricFamily("radixrt_workers", "workers connected", value=len(workers)))
-    for kind, table in ((GaugeMetricFamily, WORKER_GAUGES), (CounterMetricFamily, WORKER_COUNTERS)):
-        for key, (name, help_) in table.items():
-            family = kind(name, help_, labels=["worker"])
-            for worker, s in sorted(workers.items()):
-                family.add_metric([worker], s.get(key, 0))
-            families.append(family)
-    for key, (name, help_) in {"ttft": ("radixrt_time_to_first_token_seconds", "time to first token"),
-                               "itl": ("radixrt_inter_token_latency_seconds", "time between tokens"),
-                               "e2e": ("radixrt_e2e_latency_seconds", "request latency, arrival to end")}.items():
-        h = router.get("latency", {}).get(key)
-        if h is None:
-            continue
-        cumulative, buckets = 0, []
-        for bound, count in zip([*h["bounds"], float("inf")], h["counts"]):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        families.append(HistogramMetricFamily(name, help_, buckets=buckets, sum_value=h["sum"]))
-    return families

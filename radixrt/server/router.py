@@ -31,12 +31,12 @@ from radixrt.cache import Node
 from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.output_text import OutputText
-from radixrt.engine.params import SamplingParams
+from radixrt.params import SamplingParams
 from radixrt.engine.request import check_prompt
-from radixrt.server import protocol as p
+from radixrt.wire import protocol as p
 from radixrt.server.metrics import Latencies
 from radixrt.server.routing import WorkerView, make_policy
-from radixrt.server.sockets import Authenticator, Departures, Keys, check_exposure, server_socket
+from radixrt.wire.sockets import Authenticator, Departures, Keys, check_exposure, server_socket
 
 log = logging.getLogger("radixrt.router")
 

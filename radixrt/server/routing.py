@@ -18,7 +18,7 @@ import numpy as np
 
 from radixrt.cache import Node, RadixCache
 from radixrt.cache.ids import ID_DTYPE
-from radixrt.server.protocol import WireCacheEvent
+from radixrt.wire.protocol import WireCacheEvent
 
 
 @dataclass(eq=False)

@@ -19,9 +19,9 @@ import numpy as np
 import zmq
 
 from radixrt.engine import Engine
-from radixrt.engine.outputs import RequestOutput
-from radixrt.server import protocol as p
-from radixrt.server.sockets import Keys, client_socket
+from radixrt.outputs import RequestOutput
+from radixrt.wire import protocol as p
+from radixrt.wire.sockets import Keys, client_socket
 
 HEARTBEAT_INTERVAL = 0.25
 IDLE_POLL_MS = 50

@@ -8,7 +8,7 @@ from conftest import TINY_VOCAB, check_pages, prompts, run_to_end
 from transformers import AutoModelForCausalLM
 
 from radixrt import Engine, SamplingParams
-from radixrt.engine import RequestFailed
+from radixrt.outputs import RequestFailed
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.output_text import OutputText
 from radixrt.model import ModelNotFoundError

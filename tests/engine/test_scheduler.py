@@ -6,7 +6,7 @@ import pytest
 
 from radixrt.cache import PageAllocator, RadixCache
 from radixrt.engine.request import Request, State
-from radixrt.engine.params import SamplingParams
+from radixrt.params import SamplingParams
 from radixrt.engine.scheduler import LPM_MAX_WAITING, Scheduler
 
 PAGE = 4

@@ -18,8 +18,8 @@ import zmq
 
 from radixrt import SamplingParams
 from radixrt.client import AsyncClient, Client, InvalidRequest, RequestFailed, ServerError
-from radixrt.server import protocol as p
-from radixrt.server.sockets import free_port
+from radixrt.wire import protocol as p
+from radixrt.wire.sockets import free_port
 from testkit.servers import pid_alive, settled, start_server, wait_for
 
 

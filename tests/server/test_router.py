@@ -4,7 +4,7 @@ import msgspec
 import pytest
 import zmq
 
-from radixrt.server import protocol as p
+from radixrt.wire import protocol as p
 from radixrt.server.router import Router
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from radixrt.cache import PageAllocator, RadixCache
-from radixrt.server.protocol import WireCacheEvent
+from radixrt.wire.protocol import WireCacheEvent
 from radixrt.server.routing import CacheAware, RoundRobin, WorkerView
 
 PAGE = 4

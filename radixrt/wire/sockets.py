@@ -13,7 +13,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from radixrt.server.protocol import MAX_MESSAGE_BYTES
+from radixrt.wire.protocol import MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct, field
 
-from radixrt.engine.params import SamplingParams
+from radixrt.params import SamplingParams
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 << 20

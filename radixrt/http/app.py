@@ -29,9 +29,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from radixrt.client import AsyncClient, ServerError, load_tokenizer
-from radixrt.engine.outputs import RequestOutput
-from radixrt.engine.params import SamplingParams
-from radixrt.server.metrics import metric_families
+from radixrt.outputs import RequestOutput
+from radixrt.params import SamplingParams
+from radixrt.http.prometheus import metric_families
 
 log = logging.getLogger("radixrt.http")
 
