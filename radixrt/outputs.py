@@ -2,7 +2,7 @@
 collects, a choice's score, and the error a failed request raises. No torch here: clients use them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -40,16 +40,25 @@ class RequestOutput:
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per new token: (token id, logprob), most likely first
 
 
+STREAMED = ("text", "token_ids", "logprobs", "token_times", "top_logprobs")
+"""``RequestOutput`` fields that each output extends; the others but ``request_id`` and ``finished``
+are the last output's alone (``FINAL``)."""
+FINAL = tuple(f.name for f in fields(RequestOutput) if f.name not in (*STREAMED, "request_id", "finished"))
+
+
 @dataclass
 class GenerateOutput:
-    """A request's outputs put together (``add`` each ``RequestOutput`` in order)."""
+    """A request's outputs put together: ``add`` each ``RequestOutput`` in order. The one
+    accumulator of outputs: the engine's ``generate``, the clients and the language use it."""
 
     request_id: str
-    arrival: float
+    arrival: float = 0.0  # when the request was queued (the clock of ``token_times``)
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None
     token_times: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    finished: bool = False
     finish_reason: str | None = None
     matched_stop: str | int | None = None
     error: str | None = None
@@ -58,20 +67,18 @@ class GenerateOutput:
     text_token_count: int | None = None
     prompt_logprobs: list[float] | None = None
     next_logprobs: list[float] | None = None
-    top_logprobs: list[list[tuple[int, float]]] | None = None
 
-    def add(self, out: RequestOutput) -> None:
-        self.text += out.text
-        self.token_ids += out.token_ids
-        self.token_times += out.token_times
-        if out.logprobs is not None:
-            self.logprobs = (self.logprobs or []) + out.logprobs
-        if out.top_logprobs is not None:
-            self.top_logprobs = (self.top_logprobs or []) + out.top_logprobs
+    def add(self, out: RequestOutput) -> GenerateOutput:
+        for name in STREAMED:
+            new = getattr(out, name)
+            if new is not None:
+                old = getattr(self, name)
+                setattr(self, name, new if old is None else old + new)
         if out.finished:
-            for name in ("finish_reason", "matched_stop", "error", "prompt_tokens", "cached_tokens", "text_token_count",
-                         "prompt_logprobs", "next_logprobs"):
+            self.finished = True
+            for name in FINAL:
                 setattr(self, name, getattr(out, name))
+        return self
 
     @property
     def text_token_ids(self) -> list[int]:

@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from radixrt.outputs import RequestFailed, RequestOutput, choice_requests, choice_scores
+from radixrt.outputs import GenerateOutput, RequestFailed, RequestOutput, choice_requests, choice_scores
 from radixrt.params import SamplingParams
 from radixrt.lang.chat_template import ChatTemplate
 
@@ -39,11 +39,11 @@ class Handle:
         finally:
             self.close()
 
-    def last(self) -> RequestOutput:
-        """Wait for the end; the finished output with every token, text and logprob put together."""
+    def last(self) -> GenerateOutput:
+        """Wait for the end; every output put together."""
         whole = None
         for out in self:
-            whole = out if whole is None else merge(whole, out)
+            whole = (whole or GenerateOutput(out.request_id)).add(out)
         return whole
 
     def close(self) -> None:
@@ -53,19 +53,6 @@ class Handle:
             if self._abort is not None:
                 self._abort()
             self._outputs.put(RequestFailed("the request was aborted"))
-
-
-def merge(whole: RequestOutput, out: RequestOutput) -> RequestOutput:
-    """``whole`` (the outputs so far, put together) followed by ``out``."""
-    whole.token_ids = whole.token_ids + out.token_ids
-    whole.text += out.text
-    whole.token_times = whole.token_times + out.token_times
-    if out.logprobs is not None:
-        whole.logprobs = (whole.logprobs or []) + out.logprobs
-    for name in ("finished", "finish_reason", "matched_stop", "error", "prompt_tokens", "cached_tokens",
-                 "text_token_count", "prompt_logprobs"):
-        setattr(whole, name, getattr(out, name))
-    return whole
 
 
 class Backend(ABC):

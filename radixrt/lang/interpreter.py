@@ -27,9 +27,9 @@ from typing import Any
 from tqdm import tqdm
 
 from radixrt.engine.detokenizer import IncrementalDetokenizer
-from radixrt.outputs import RequestFailed
+from radixrt.outputs import GenerateOutput, RequestFailed
 from radixrt.lang.global_config import global_config
-from radixrt.lang.backend import Backend, Handle, merge
+from radixrt.lang.backend import Backend, Handle
 from radixrt.lang.ir import (SglConcateAndAppend, SglConstantText, SglExpr, SglExprList, SglFunction, SglGen,
                              SglImage, SglRoleBegin, SglRoleEnd, SglSamplingParams, SglSelect, SglVarScopeBegin,
                              SglVarScopeEnd, SglVideo)
@@ -297,7 +297,7 @@ class StreamExecutor:
                 self.meta_info[name] = _meta(out, engine_params.logprobs, chunk=True)
                 if self.stream:
                     self.chunks.setdefault(name, []).append((out.text, self.meta_info[name]))
-                last = out if last is None else merge(last, out)
+                last = (last or GenerateOutput(out.request_id)).add(out)
                 self._notify()
         finally:
             self.program.finished(handle)
