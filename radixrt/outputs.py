@@ -24,10 +24,10 @@ class RequestOutput:
     at most the part of one token that preceded a stop string."""
 
     request_id: str
-    token_ids: list[int]
-    text: str
-    logprobs: list[float] | None  # of the new tokens, when asked for
-    token_times: list[float]  # time.perf_counter() when each new token was sampled
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    logprobs: list[float] | None = None  # of the new tokens, when asked for
+    token_times: list[float] = field(default_factory=list)  # time.perf_counter() when each new token was sampled
     finished: bool = False
     finish_reason: str | None = None  # "stop", "length", "abort" or "error"
     matched_stop: str | int | None = None  # the stop string or stop token id that ended it

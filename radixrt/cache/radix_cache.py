@@ -37,62 +37,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Hashable, Sequence
-from typing import NamedTuple
 
 import numpy as np
 from sortedcontainers import SortedList
 
 from radixrt.cache.allocator import PageAllocator
 from radixrt.cache.ids import ID_DTYPE, IdArray, as_ids
-
-TOKEN_BYTES = ID_DTYPE.itemsize
+from radixrt.cache.node import TOKEN_BYTES, CacheEvent, MatchResult, Node, top_prefixes
 _NO_PAGES = np.zeros(0, dtype=ID_DTYPE)
 _NO_PAGES.flags.writeable = False
-
-
-class Node:
-    __slots__ = ("key", "pages", "children", "parent", "lock_ref", "tick", "id", "lru_entry", "namespace", "version", "hits")
-
-    def __init__(self, key: bytes, pages: IdArray, parent: Node | None, tick: int, id: int, lock_ref: int = 0):
-        self.key = key
-        self.pages = pages
-        self.children: dict[bytes, Node] = {}
-        self.parent = parent
-        self.lock_ref = lock_ref
-        self.tick = tick
-        self.id = id
-        self.lru_entry: tuple[int, int, Node] | None = None
-        self.namespace: Hashable = None
-        self.version = 0  # bumped when evict trims or removes the node: its older matches are stale
-        self.hits = 0  # requests that reused this node's prefix (record_hit)
-
-    @property
-    def tokens(self) -> np.ndarray:
-        return np.frombuffer(self.key, dtype=ID_DTYPE)
-
-    @property
-    def is_root(self) -> bool:
-        return self.parent is None
-
-    def __repr__(self) -> str:
-        return f"Node(id={self.id}, tokens={len(self.key) // TOKEN_BYTES}, pages={self.pages.size}, lock_ref={self.lock_ref})"
-
-
-class MatchResult(NamedTuple):
-    pages: IdArray  # the cached prefix's page ids, in order (a copy the caller may keep)
-    last_node: Node  # what lock(match) pins and unlock(node) releases; a root when nothing matched
-    length: int  # matched tokens, a multiple of page_size
-    version: int  # last_node.version at match time: lock refuses the match once it changes
-
-
-class CacheEvent(NamedTuple):
-    """The prefix ``tokens`` (raw int32 bytes, whole pages) was cached (``stored``: its tokens
-    from ``start`` on are new to the tree) or dropped from ``start`` on (evicted)."""
-
-    stored: bool
-    namespace: Hashable
-    tokens: bytes
-    start: int
 
 
 class RadixCache:
@@ -278,25 +231,8 @@ class RadixCache:
             node = node.parent
 
     def top_prefixes(self, k: int = 8, head_tokens: int = 32) -> list[dict]:
-        """The ``k`` most reused cached prefixes: each one's first ``head_tokens`` token ids, its
-        length in tokens and how many requests reused it. A prefix whose longer continuation was
-        reused as often stands aside for it."""
-        candidates = [n for n in self.nodes() if not n.is_root and n.hits
-                      and all(c.hits < n.hits for c in n.children.values())]
-        best = sorted(candidates, key=lambda n: (-n.hits, n.id))[:k]
-        result = []
-        for node in best:
-            path, length = [], 0
-            at = node
-            while not at.is_root:
-                path.append(at.key)
-                length += len(at.key) // TOKEN_BYTES
-                at = at.parent
-            head = np.frombuffer(b"".join(reversed(path))[: head_tokens * TOKEN_BYTES], dtype=ID_DTYPE)
-            namespace = at.namespace  # ``at`` is the root now: its tree's namespace
-            result.append({"tokens": head.tolist(), "length": length, "hits": node.hits,
-                           "namespace": None if namespace is None else str(namespace)})
-        return result
+        """The ``k`` most reused cached prefixes (see ``node.top_prefixes``)."""
+        return top_prefixes(self.nodes(), k, head_tokens)
 
     def evict(self, num_pages: int) -> int:
         """Free ``num_pages`` least recently used unlocked pages, leaves first; returns how many

@@ -3,18 +3,43 @@ matcher that says which tokens may come next. Before each sampling, the token ma
 constrained request in the batch are filled and applied to their logits in one call; after it,
 each matcher takes the sampled token.
 
-Compiled grammars are cached by xgrammar, so a schema that many requests share is compiled once.
-xgrammar is imported on the first constrained request: an engine that never sees one never loads it.
+A JSON schema's output is strict JSON (RFC 8259), whatever xgrammar's own lowering of the schema allows:
+see ``strict_json_grammar``. Compiled grammars are cached by xgrammar, so a schema that many requests share
+is compiled once. xgrammar is imported on the first constrained request: an engine that never sees one
+never loads it.
 """
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from radixrt.params import SamplingParams
+
+# In xgrammar's printed EBNF: a quoted literal (a Regex's pattern too), or a character class.
+_LITERAL_OR_CLASS = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]', re.DOTALL)
+_BOUNDED_STRING_CHARACTER = r'[^\"\\\r\n]'
+_STRICT_STRING_CHARACTER = r'[^\"\\\0-\x1f]'
+
+
+@functools.lru_cache(maxsize=256)
+def strict_json_grammar(schema: str) -> str:
+    r"""The EBNF of xgrammar's grammar for ``schema``, with no raw control character allowed in strings.
+
+    xgrammar (0.2.9 at least, mlc-ai/xgrammar#800) lowers a string with ``minLength`` or ``maxLength`` to
+    repetitions of the class ``[^"\\\r\n]``, which lets U+0000..U+001F other than CR and LF through unescaped,
+    and strict parsers (Python's ``json.loads``) reject the output. That class becomes the one xgrammar's
+    unbounded strings use; literals are left alone. Escapes stay out of bounded strings, as xgrammar has them.
+    """
+    import xgrammar
+
+    ebnf = str(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False))
+    return _LITERAL_OR_CLASS.sub(
+        lambda m: _STRICT_STRING_CHARACTER if m[0] == _BOUNDED_STRING_CHARACTER else m[0], ebnf)
 
 
 class Grammars:
@@ -40,7 +65,7 @@ class Grammars:
             if params.regex is not None:
                 grammar = self.compiler.compile_regex(params.regex)
             elif params.json_schema is not None:
-                grammar = self.compiler.compile_json_schema(params.json_schema, any_whitespace=False)
+                grammar = self.compiler.compile_grammar(strict_json_grammar(params.json_schema))
             else:
                 alternatives = " | ".join(json.dumps(c) for c in params.choices)
                 grammar = self.compiler.compile_grammar(f"root ::= {alternatives}")

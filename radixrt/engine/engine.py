@@ -25,15 +25,16 @@ from radixrt.cache.radix_cache import Node
 from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
-from radixrt.engine.output_text import OutputText
+from radixrt.engine.output_text import OutputText, text_token_count
 from radixrt.outputs import (ChoiceScore, GenerateOutput, RequestFailed, RequestOutput, choice_requests,
                                     choice_scores)
-from radixrt.engine.request import Request, State, check_prompt
+from radixrt.engine.admission import ModelLimits, admit
+from radixrt.engine.request import Request, State
 from radixrt.params import SamplingParams
+from radixrt.prompts import Prompt, chat_ids, prompt_ids
 from radixrt.engine.scheduler import Scheduler
 from radixrt.model import load_model
 
-Prompt = str | Sequence[int] | np.ndarray
 MAX_PINNED_FRACTION = 0.5  # of the KV pool's pages: the most that pins may hold
 
 
@@ -110,22 +111,16 @@ class Engine:
         (``next_logprobs`` of the last output): a ``select`` scores the first tokens of all its
         choices in one request."""
         params = params or SamplingParams()
-        params.validate(self.vocab_size)
-        tokens = self._tokens(prompt)
-        check_prompt(np.asarray(tokens, dtype=np.int64), self.vocab_size, self.max_context, self.pool.num_tokens,
-                     prompt_logprobs_from)
-        if params.stop and not self.detokenize:
-            raise ValueError("stop strings need a tokenizer, and this engine does not decode text: use stop_token_ids")
+        tokens = prompt_ids(prompt, self.tokenizer)
+        grammars = self._grammars() if params.constrained and self.tokenizer is not None else None
+        score_next = admit(tokens, params, self.limits, grammars,
+                           prompt_logprobs_from=prompt_logprobs_from, score_next=score_next)
+        tokens = tokens.tolist()
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if not isinstance(request_id, str) or not request_id:
             raise ValueError(f"a request id is a non-empty string, got {request_id!r}")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        if any(not isinstance(t, (int, np.integer)) or isinstance(t, bool) for t in score_next):
-            raise ValueError(f"score_next must be token ids, got {score_next!r}")
-        score_next = tuple(int(t) for t in score_next)
-        if bad := [t for t in score_next if not 0 <= t < self.vocab_size]:
-            raise ValueError(f"score_next token ids {bad[:4]} are outside the vocabulary (0..{self.vocab_size - 1})")
         if pin and request_id in self.pins:
             raise ValueError(f"request id {request_id!r} already names a pin: unpin it first")
         room = min(self.max_context, self.pool.num_tokens) - len(tokens)
@@ -209,8 +204,8 @@ class Engine:
         """The log-probability of each token of each continuation in ``choices`` after ``prompt``
         (what the frontend's ``select`` ranks). Each choice is a request that the scheduler
         batches with the rest; the prompt is computed once and shared through the cache."""
-        base = self._tokens(prompt)
-        options = [self._tokens(c) for c in choices]
+        base = prompt_ids(prompt, self.tokenizer).tolist()
+        options = [prompt_ids(c, self.tokenizer).tolist() for c in choices]
         if not base or not options or any(not o for o in options):
             raise ValueError("score_choices needs a non-empty prompt, at least one choice, and no empty choice")
         ids = self._add_all(choice_requests(base, options), SamplingParams(max_new_tokens=0), namespace)
@@ -225,8 +220,11 @@ class Engine:
     # ---- misc ------------------------------------------------------------------------------
 
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
-        ids = self._tokenizer().apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return chat_ids(self._tokenizer(), messages, add_generation_prompt)
+
+    @property
+    def limits(self) -> ModelLimits:
+        return ModelLimits(self.vocab_size, self.max_context, self.pool.num_tokens, self.detokenize)
 
     def stats(self) -> dict:
         s = self.scheduler.stats
@@ -333,8 +331,7 @@ class Engine:
         if req.done:
             stop_token = req.finish_reason == "stop" and isinstance(req.matched_stop, int)
             out.finished, out.finish_reason, out.matched_stop, out.error = True, req.finish_reason, req.matched_stop, req.error
-            ids = req.output[:-1] if stop_token else req.output
-            out.text_token_count = req.output_text.tokens_behind(ids) if req.output_text else len(ids)
+            out.text_token_count = text_token_count(req.output_text, req.output, stop_token)
             if req.prompt_logprobs_from is not None:
                 out.prompt_logprobs = req.prompt_logprobs
             out.next_logprobs = req.next_logprobs
@@ -398,16 +395,6 @@ class Engine:
         if self.tokenizer is None:
             raise ValueError("this model ships no tokenizer: give prompts as token ids")
         return self.tokenizer
-
-    def _tokens(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str):
-            return list(self._tokenizer().encode(prompt, add_special_tokens=False))
-        if isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu":
-            return prompt.tolist()
-        if isinstance(prompt, (bytes, dict)) or not isinstance(prompt, Sequence) or any(
-                not isinstance(t, (int, np.integer)) or isinstance(t, bool) for t in prompt):
-            raise ValueError("a prompt is a string or a sequence of integer token ids")
-        return [int(t) for t in prompt]
 
     def _eos_ids(self) -> set[int]:
         ids = set()

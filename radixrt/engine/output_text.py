@@ -2,6 +2,7 @@
 stop string, and streamed without anything that could still turn out to be a stop string."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from radixrt.engine.detokenizer import IncrementalDetokenizer
@@ -63,3 +64,11 @@ class OutputText:
             if any(s.startswith(text[-k:]) for s in self.stops):
                 return k
         return 0
+
+
+def text_token_count(text: OutputText | None, output: Sequence[int], stop_token: bool) -> int:
+    """How many of the generated ``output`` stand behind the output text (``RequestOutput``'s
+    ``text_token_count``): a stop token that ended the request never does, nor a token that a stop
+    string cut."""
+    ids = output[:-1] if stop_token else output
+    return text.tokens_behind(ids) if text is not None else len(ids)

@@ -18,24 +18,6 @@ if TYPE_CHECKING:
     import torch
 
 
-def check_prompt(tokens: np.ndarray, vocab_size: int, max_context: int, kv_tokens: int,
-                 prompt_logprobs_from: int | None = None) -> None:
-    """Raise ``ValueError`` naming what makes ``tokens`` no prompt for this model: empty, ids
-    outside the vocabulary, not shorter than the tighter of the context and the KV cache, or a
-    ``prompt_logprobs_from`` that is not a position in it. The engine and the router both ask."""
-    if tokens.size == 0:
-        raise ValueError("the prompt is empty")
-    bad = tokens[(tokens < 0) | (tokens >= vocab_size)]
-    if bad.size:
-        raise ValueError(f"token ids {bad[:4].tolist()} are outside the vocabulary (0..{vocab_size - 1})")
-    if tokens.size >= min(max_context, kv_tokens):
-        limit = f"the model's context is {max_context}" if max_context <= kv_tokens else f"the KV cache holds {kv_tokens}"
-        raise ValueError(f"the prompt has {tokens.size} tokens; {limit}")
-    if prompt_logprobs_from is not None and (isinstance(prompt_logprobs_from, bool) or not isinstance(prompt_logprobs_from, int)
-                                             or not 1 <= prompt_logprobs_from < tokens.size):
-        raise ValueError(f"prompt_logprobs_from must be a position in 1..{tokens.size - 1}, got {prompt_logprobs_from!r}")
-
-
 class State(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"

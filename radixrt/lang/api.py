@@ -6,9 +6,20 @@ from collections.abc import Callable
 from typing import Any
 
 from radixrt.lang.choices import ChoicesSamplingMethod, token_length_normalized
+from radixrt.lang.function import SglFunction
 from radixrt.lang.global_config import global_config
-from radixrt.lang.ir import (SglExpr, SglExprList, SglFunction, SglGen, SglImage, SglRoleBegin, SglRoleEnd,
-                             SglSamplingParams, SglSelect, SglVideo, _expr)
+from radixrt.lang.ir import (
+    SglExpr,
+    SglExprList,
+    SglGen,
+    SglImage,
+    SglRoleBegin,
+    SglRoleEnd,
+    SglSamplingParams,
+    SglSelect,
+    SglVideo,
+    _expr,
+)
 
 
 def function(func: Callable | None = None, num_api_spec_tokens: int | None = None):
@@ -53,16 +64,16 @@ def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int 
             re.compile(regex)
         except re.error as e:
             raise ValueError(f"gen(regex=...): {regex!r} is not a regular expression: {e}") from None
-    return SglGen(name, SglSamplingParams(max_tokens, min_tokens, n, stop, stop_token_ids, stop_regex, temperature, top_p,
-                                          top_k, min_p, frequency_penalty, presence_penalty, ignore_eos, return_logprob,
-                                          logprob_start_len, top_logprobs_num, return_text_in_logprobs, json_schema,
-                                          dtype, regex))
+    return SglGen(name, SglSamplingParams(max_tokens, min_tokens, n, stop, stop_token_ids, stop_regex, temperature,
+                                          top_p, top_k, min_p, frequency_penalty, presence_penalty, ignore_eos,
+                                          return_logprob, logprob_start_len, top_logprobs_num, return_text_in_logprobs,
+                                          json_schema, dtype, regex))
 
 
 def gen_int(name: str | None = None, max_tokens: int | None = None, n: int | None = None,
-            stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None, temperature: float | None = None,
-            top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
-            frequency_penalty: float | None = None, presence_penalty: float | None = None,
+            stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None,
+            temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+            min_p: float | None = None, frequency_penalty: float | None = None, presence_penalty: float | None = None,
             ignore_eos: bool | None = None, return_logprob: bool | None = None, logprob_start_len: int | None = None,
             top_logprobs_num: int | None = None, return_text_in_logprobs: bool | None = None) -> SglExpr:
     return gen(name, max_tokens, None, n, stop, stop_token_ids, temperature, top_p, top_k, min_p, frequency_penalty,

@@ -1,30 +1,59 @@
 """What a program runs on: a ``Backend`` takes token ids and sampling parameters and gives the
 engine's ``RequestOutput``s back on the calling thread, however it talks to the engine (in-process
 in ``Runtime``, over ZeroMQ in ``RuntimeEndpoint``). Both share everything else here: the
-tokenizer and chat template, scoring of ``select``'s choices, and pins."""
+tokenizer and chat template, scoring of ``select``'s choices, pins, and the count of tokens used."""
 from __future__ import annotations
 
 import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from radixrt.lang.chat_template import ChatTemplate
 from radixrt.outputs import GenerateOutput, RequestFailed, RequestOutput, choice_requests, choice_scores
 from radixrt.params import SamplingParams
-from radixrt.lang.chat_template import ChatTemplate
+
+
+@dataclass
+class TokenUsage:
+    """The tokens of every request a backend ran (``backend.token_usage``; SGLang's ``TokenUsage``):
+    gens, ``select``'s scoring requests and forks' trunks alike. ``cached_tokens`` (a radixrt
+    addition) are the prompt tokens among them that the radix cache served."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, out: RequestOutput) -> None:
+        with self._lock:
+            self.completion_tokens += len(out.token_ids)
+            if out.finished:
+                self.prompt_tokens += out.prompt_tokens
+                self.cached_tokens += out.cached_tokens
+
+    def reset(self) -> None:
+        with self._lock:
+            self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
 
 class Handle:
     """A request's outputs, put by the thread that talks to the engine and read by the program's
-    thread. Iterating ends after the finished output; closing before that aborts the request."""
+    thread. Iterating ends after the finished output; closing before that aborts the request.
+    Each output counts into ``usage`` as it is put, whether or not anyone reads it."""
 
-    def __init__(self) -> None:
+    def __init__(self, usage: TokenUsage | None = None) -> None:
         self.request_id: str | None = None
         self._outputs: queue.SimpleQueue[RequestOutput | BaseException] = queue.SimpleQueue()
         self._abort: Callable[[], None] | None = None
+        self._usage = usage
         self.done = False
 
     def put(self, item: RequestOutput | BaseException) -> None:
+        if self._usage is not None and isinstance(item, RequestOutput):
+            self._usage.count(item)
         self._outputs.put(item)
 
     def __iter__(self) -> Iterator[RequestOutput]:
@@ -84,18 +113,43 @@ class Backend(ABC):
             self._chat_template = ChatTemplate.from_tokenizer(self.tokenizer)
         return self._chat_template
 
+    @property
+    def token_usage(self) -> TokenUsage:
+        """Made on first use, so that a subclass needs no ``__init__`` of ours (``setdefault``: one,
+        even if two threads ask at once)."""
+        usage = self.__dict__.get("_token_usage")
+        return usage if usage is not None else self.__dict__.setdefault("_token_usage", TokenUsage())
+
+    def new_handle(self) -> Handle:
+        """A new request's handle, counting into ``token_usage``."""
+        return Handle(self.token_usage)
+
     def get_tokenizer(self) -> Any:
         return self.tokenizer
+
+    def get_chat_template(self) -> ChatTemplate:
+        return self.chat_template
+
+    def get_model_name(self) -> str:
+        """The served model's path (SGLang's ``RuntimeEndpoint.get_model_name``)."""
+        return self.get_server_info()["model_path"]
+
+    def cache_prefix(self, prefix_str: str) -> None:
+        """Compute ``prefix_str``'s tokens into the cache (evictable, as any cached prefix)."""
+        self._prefill(self.encode(prefix_str))
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def pin(self, input_ids: list[int]) -> str:
         """Compute ``input_ids`` and keep them cached until ``unpin``; the pin's id."""
-        out = self.submit(input_ids, SamplingParams(max_new_tokens=0), pin=True).last()
+        return self._prefill(input_ids, pin=True).request_id
+
+    def _prefill(self, input_ids: list[int], pin: bool = False) -> GenerateOutput:
+        out = self.submit(input_ids, SamplingParams(max_new_tokens=0), pin=pin).last()
         if out.error is not None:
             raise RequestFailed(out.error)
-        return out.request_id
+        return out
 
     def score(self, prompt: list[int], options: list[list[int]]) -> list[list[float]]:
         """Each option's token log-probabilities after ``prompt`` (as ``Engine.score_choices``: the

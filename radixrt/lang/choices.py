@@ -80,7 +80,8 @@ class UnconditionalLikelihoodNormalized(ChoicesSamplingMethod):
                   for given, alone in zip(input_token_logprobs, unconditional_token_logprobs)]
         return ChoicesDecision(choices[int(np.argmax(scores))], {
             "normalized_prompt_logprobs": normalized_prompt_logprobs, "input_token_logprobs": input_token_logprobs,
-            "output_token_logprobs": output_token_logprobs, "unconditional_token_logprobs": unconditional_token_logprobs,
+            "output_token_logprobs": output_token_logprobs,
+            "unconditional_token_logprobs": unconditional_token_logprobs,
             "normalized_unconditional_prompt_logprobs": scores})
 
 

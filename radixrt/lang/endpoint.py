@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from radixrt.client import DEFAULT_ADDRESS, AsyncClient, load_tokenizer
-from radixrt.params import SamplingParams
 from radixrt.lang.backend import Backend, Handle
+from radixrt.params import SamplingParams
 
 
 class RuntimeEndpoint(Backend):
@@ -31,14 +31,16 @@ class RuntimeEndpoint(Backend):
         try:
             self._client = self._await(_client(base_url, keys, timeout))
             self.health = self._await(self._client.health())
-            self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self._await(self._client.tokenizer_files()))
+            if tokenizer is None:
+                tokenizer = load_tokenizer(self._await(self._client.tokenizer_files()))
+            self.tokenizer = tokenizer
         except BaseException:
             self.shutdown()
             raise
 
     def submit(self, input_ids: list[int], params: SamplingParams, *, prompt_logprobs_from: int | None = None,
                pin: bool = False, score_next: Sequence[int] = ()) -> Handle:
-        handle = Handle()
+        handle = self.new_handle()
 
         async def pump() -> None:
             try:
@@ -66,6 +68,9 @@ class RuntimeEndpoint(Backend):
         return {"address": self.address, "backend": "radixrt.lang.RuntimeEndpoint", "model_path": info.model,
                 "num_workers": info.workers, "max_inflight": info.max_inflight, "hit_rate": stats["router"]["hit_rate"],
                 **stats}
+
+    def get_model_name(self) -> str:
+        return self._client.info.model
 
     def shutdown(self) -> None:
         if self._loop.is_closed():

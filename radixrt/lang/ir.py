@@ -1,18 +1,16 @@
 """The program's pieces: what ``s += ...`` appends (text, ``gen``, ``select``, role and variable-scope
-markers, lists of these) and ``@function``, the program itself, with its ``run`` and ``run_batch``.
+markers, lists of these) and the sampling options of a ``gen`` and of a run.
 
 Sampling options follow SGLang: a ``gen`` leaves unset (None) what the ``run`` call decides, and a
 ``gen`` that sets ``stop`` replaces the run's stop strings rather than adding to them.
 """
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from radixrt.params import SamplingParams
 from radixrt.lang.choices import ChoicesSamplingMethod
+from radixrt.params import SamplingParams
 
 REGEX_INT = r"[-+]?[0-9]+[ \n]*"
 REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
@@ -59,8 +57,6 @@ class SglSamplingParams:
             raise ValueError("gen(n=...) > 1 is not supported: fork the state (s.fork(n)) for n samples")
         if self.stop_regex:
             raise ValueError("stop_regex is not supported: constrain the output with regex= instead")
-        if self.top_logprobs_num:
-            raise ValueError("top_logprobs_num is not supported: return_logprob gives each chosen token's logprob")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         regex = self.regex
         if self.dtype is not None:
@@ -73,13 +69,20 @@ class SglSamplingParams:
             max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens or 0, stop=stop,
             stop_token_ids=tuple(self.stop_token_ids or ()), temperature=self.temperature, top_p=self.top_p,
             top_k=max(0, self.top_k), min_p=self.min_p, frequency_penalty=self.frequency_penalty,
-            presence_penalty=self.presence_penalty, ignore_eos=bool(self.ignore_eos), logprobs=bool(self.return_logprob),
+            presence_penalty=self.presence_penalty, ignore_eos=bool(self.ignore_eos),
+            logprobs=bool(self.return_logprob), top_logprobs=(self.top_logprobs_num or 0) if self.return_logprob else 0,
             regex=regex, json_schema=self.json_schema)
 
 
 RUN_DEFAULTS = SglSamplingParams(max_new_tokens=128, min_new_tokens=0, n=1, stop=(), stop_token_ids=(), stop_regex=(),
                                  temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0, frequency_penalty=0.0,
                                  presence_penalty=0.0, ignore_eos=False, return_logprob=False)
+
+
+def run_options(values: dict[str, Any]) -> SglSamplingParams:
+    """A run's sampling options from the keyword arguments of ``run``/``run_batch``."""
+    given = {f.name: values[f.name] for f in fields(SglSamplingParams) if f.name in values}
+    return SglSamplingParams(**given).over(RUN_DEFAULTS)
 
 
 # ---- expressions -------------------------------------------------------------------------------
@@ -119,8 +122,10 @@ class SglGen(SglExpr):
 
 
 class SglSelect(SglExpr):
-    def __init__(self, name: str | None, choices: list[str], temperature: float, choices_method: ChoicesSamplingMethod):
-        self.name, self.choices, self.temperature, self.choices_method = name, list(choices), temperature, choices_method
+    def __init__(self, name: str | None, choices: list[str], temperature: float,
+                 choices_method: ChoicesSamplingMethod) -> None:
+        self.name, self.choices, self.temperature = name, list(choices), temperature
+        self.choices_method = choices_method
 
     def __repr__(self) -> str:
         return f"Select({self.name!r}, choices={self.choices})"
@@ -157,14 +162,10 @@ class SglVideo(SglExpr):
 
 
 class SglConcateAndAppend(SglExpr):
-    def __init__(self, states: list) -> None:
-        self.states = states
+    """``join("concate_and_append")``: the branches (their executors) whose text the state appends."""
 
-
-def _run_options(values: dict[str, Any]) -> SglSamplingParams:
-    """A run's sampling options from the keyword arguments of ``run``/``run_batch``."""
-    given = {f.name: values[f.name] for f in fields(SglSamplingParams) if f.name in values}
-    return SglSamplingParams(**given).over(RUN_DEFAULTS)
+    def __init__(self, branches: list) -> None:
+        self.branches = branches
 
 
 def _expr(x: SglExpr | str) -> SglExpr:
@@ -173,68 +174,3 @@ def _expr(x: SglExpr | str) -> SglExpr:
     if isinstance(x, str):
         return SglConstantText(x)
     raise TypeError(f"a program appends text (str) or gen/select/role expressions, not {type(x).__name__}")
-
-
-# ---- the program -------------------------------------------------------------------------------
-
-class SglFunction:
-    """A program: ``@function def f(s, ...)``; its first parameter is the state ``s``."""
-
-    def __init__(self, func: Callable, num_api_spec_tokens: int | None = None,
-                 bind_arguments: dict[str, Any] | None = None) -> None:
-        self.func, self.num_api_spec_tokens = func, num_api_spec_tokens
-        spec = inspect.getfullargspec(func)
-        if not spec.args or spec.args[0] != "s":
-            raise TypeError(f'{func.__name__}: the first argument of a program must be "s" (the state)')
-        self.arg_names, self.arg_defaults = spec.args[1:], spec.defaults or ()
-        self.bind_arguments = bind_arguments or {}
-
-    def bind(self, **kwargs: Any) -> SglFunction:
-        unknown = set(kwargs) - set(self.arg_names)
-        if unknown:
-            raise TypeError(f"{self.func.__name__} has no argument(s) {sorted(unknown)}")
-        return SglFunction(self.func, self.num_api_spec_tokens, {**self.bind_arguments, **kwargs})
-
-    def run(self, *args: Any, max_new_tokens: int = 128, min_new_tokens: int = 0, n: int = 1,
-            stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None, stop_regex: Any = None,
-            temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0,
-            frequency_penalty: float = 0.0, presence_penalty: float = 0.0, ignore_eos: bool = False,
-            return_logprob: bool | None = None, logprob_start_len: int | None = None, top_logprobs_num: int | None = None,
-            return_text_in_logprobs: bool | None = None, stream: bool = False, backend: Any = None,
-            use_thread: bool = True, **kwargs: Any):
-        """Run the program; returns its ``ProgramState`` as soon as the function has returned (the
-        generations it queued go on; reading a variable or the text waits for them). With
-        ``stream=True`` the function itself runs on a thread, for ``text_iter``."""
-        from radixrt.lang.interpreter import run_program
-
-        defaults = _run_options(locals())
-        return run_program(self, backend, args, kwargs, defaults, stream=stream, use_thread=use_thread)
-
-    def run_batch(self, batch_kwargs: list[dict[str, Any]] | list[tuple], *, max_new_tokens: int = 128,
-                  min_new_tokens: int = 0, n: int = 1, stop: str | list[str] | None = None,
-                  stop_token_ids: list[int] | None = None, stop_regex: Any = None, temperature: float = 1.0,
-                  top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0, frequency_penalty: float = 0.0,
-                  presence_penalty: float = 0.0, ignore_eos: bool = False, return_logprob: bool | None = None,
-                  logprob_start_len: int | None = None, top_logprobs_num: int | None = None,
-                  return_text_in_logprobs: bool | None = None, backend: Any = None, num_threads: int | str = "auto",
-                  progress_bar: bool = False, generator_style: bool = False):
-        """Run the program once per element of ``batch_kwargs`` (dicts of arguments, or tuples in
-        argument order) on ``num_threads`` threads ("auto": as many as SGLang uses), so that their
-        generations batch together; returns the finished states in input order (or yields them,
-        with ``generator_style``)."""
-        from radixrt.lang.interpreter import run_program_batch
-
-        if not isinstance(batch_kwargs, (list, tuple)):
-            raise TypeError(f"run_batch takes a list of argument dicts, got {type(batch_kwargs).__name__}")
-        batch = [a if isinstance(a, dict) else self._positional(a) for a in batch_kwargs]
-        defaults = _run_options(locals())
-        return run_program_batch(self, backend, batch, defaults, num_threads, progress_bar, generator_style)
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        return self.run(*args, **kwargs)
-
-    def _positional(self, values: Any) -> dict[str, Any]:
-        if not isinstance(values, (list, tuple)) or not (
-                len(self.arg_names) - len(self.arg_defaults) <= len(values) <= len(self.arg_names)):
-            raise TypeError(f"{values!r} does not fit the arguments of {self.func.__name__}{tuple(self.arg_names)}")
-        return dict(zip(self.arg_names, values))

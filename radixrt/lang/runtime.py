@@ -9,8 +9,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from radixrt.engine import Engine
-from radixrt.params import SamplingParams
 from radixrt.lang.backend import Backend, Handle
+from radixrt.params import SamplingParams
 
 IDLE_WAIT = 0.05
 
@@ -37,7 +37,7 @@ class Runtime(Backend):
 
     def submit(self, input_ids: list[int], params: SamplingParams, *, prompt_logprobs_from: int | None = None,
                pin: bool = False, score_next: Sequence[int] = ()) -> Handle:
-        handle = Handle()
+        handle = self.new_handle()
 
         def add(engine: Engine) -> None:
             rid = engine.add_request(input_ids, params, prompt_logprobs_from=prompt_logprobs_from, pin=pin,
@@ -57,8 +57,18 @@ class Runtime(Backend):
 
     def get_server_info(self) -> dict[str, Any]:
         engine = self.engine
-        return {"model_path": str(engine.model_path), "backend": "radixrt.lang.Runtime", "device": engine.device,
+        return {"model_path": self.get_model_name(), "backend": "radixrt.lang.Runtime", "device": engine.device,
                 "page_size": engine.pool.page_size, **self.call(lambda e: e.stats())}
+
+    def get_model_name(self) -> str:
+        return str(self.engine.model_path)
+
+    @property
+    def endpoint(self) -> Runtime:
+        """What SGLang programs reach the server through (``sgl.global_config.default_backend.endpoint``):
+        SGLang's ``Runtime`` starts a server and talks to it through a ``RuntimeEndpoint``; this one
+        runs the engine in the process and is its own endpoint."""
+        return self
 
     def shutdown(self) -> None:
         self._stopping = True

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from radixrt import cache_root
 from radixrt.kernels.layout import check_head_dim
 from radixrt.model.llama import LlamaForCausalLM
 
@@ -35,10 +36,6 @@ class LoadedModel:
     model: LlamaForCausalLM
     tokenizer: PreTrainedTokenizerBase | None  # None for a checkpoint that ships none (token ids only)
     path: Path  # the Hugging Face directory the weights came from
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("RADIXRT_CACHE", Path.home() / ".cache" / "radixrt"))
 
 
 def default_gguf() -> Path:

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from radixrt.replay.mooncake import BLOCK_SIZE, load_mooncake
-from radixrt.replay.trace import Message, ReadResult, TraceRequest, jsonl_records, read_trace
+from radixrt.replay.jsonl import jsonl_records
+from radixrt.replay.trace import Message, ReadResult, TraceRequest, read_trace
 
 
 def from_mooncake(path: str | Path, block_size: int = BLOCK_SIZE) -> list[TraceRequest]:

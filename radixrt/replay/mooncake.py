@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radixrt.replay.trace import jsonl_records
+from radixrt.replay.jsonl import jsonl_records
 
 BLOCK_SIZE = 512
 

@@ -46,6 +46,11 @@ class TraceRecorder(Backend):
         with self._lock:
             return write_trace(path, list(self.requests))
 
+    @property
+    def token_usage(self):
+        """The wrapped backend's: the requests run there."""
+        return self.backend.token_usage
+
     def unpin(self, pin_id: str) -> None:
         self.backend.unpin(pin_id)
 

@@ -7,18 +7,19 @@ such as Mooncake's); the output is the recorded text or only its length in token
 """
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 from msgspec import Meta, Struct
 
+from radixrt.prompts import prompt_ids
+from radixrt.replay.mooncake import block_tokens
+
 PROMPT_KINDS = ("prompt", "input_ids", "messages", "hash_ids")
-T = TypeVar("T")
 
 
 class Message(Struct, forbid_unknown_fields=True):
@@ -106,21 +107,6 @@ def _parse(line: bytes, seen: set[str]) -> TraceRequest:
     return request
 
 
-def jsonl_records(path: str | Path, parse: Callable[[dict], T], what: str) -> list[T]:
-    """``parse`` of each non-blank line of a JSONL file (another tool's trace); a line it cannot
-    take raises ``ValueError`` naming the file, the line and ``what`` it should have been."""
-    records = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(parse(json.loads(line)))
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise ValueError(f"{path}:{line_no}: not {what} ({e!r})") from None
-    return records
-
-
 def write_trace(path: str | Path, requests: Iterable[TraceRequest]) -> int:
     """Write ``requests`` as JSONL; how many were written."""
     n = 0
@@ -146,16 +132,11 @@ def prompt_tokens(request: TraceRequest, tokenizer: Any = None) -> np.ndarray:
     if request.input_ids is not None:
         return np.asarray(request.input_ids, dtype=np.int32)
     if request.hash_ids is not None:
-        from radixrt.replay.mooncake import block_tokens
-
         return block_tokens(request.hash_ids, request.block_size)
     if tokenizer is None:
         raise ValueError(f"request {request.id!r}: a text or chat prompt needs the served model's tokenizer")
-    if request.prompt is not None:
-        return np.asarray(tokenizer.encode(request.prompt, add_special_tokens=False), dtype=np.int32)
-    chat = [{"role": m.role, "content": m.content} for m in request.messages]
-    ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
-    return np.asarray(ids["input_ids"] if hasattr(ids, "keys") else ids, dtype=np.int32)
+    chat = [{"role": m.role, "content": m.content} for m in request.messages] if request.messages is not None else None
+    return prompt_ids(request.prompt if request.prompt is not None else chat, tokenizer).astype(np.int32)
 
 
 def output_length(request: TraceRequest, tokenizer: Any = None, default: int = 128) -> int:

@@ -16,93 +16,28 @@ from __future__ import annotations
 
 import itertools
 import logging
-import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
 import zmq
 
-from radixrt.cache import Node
-from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
-from radixrt.engine.output_text import OutputText
-from radixrt.params import SamplingParams
-from radixrt.engine.request import check_prompt
-from radixrt.wire import protocol as p
+from radixrt.engine.output_text import OutputText, text_token_count
+from radixrt.outputs import GenerateOutput, RequestOutput
+from radixrt.server.intake import Intake
+from radixrt.server.bookkeeping import Counters, Job, StatsRequest, WorkerState, router_stats
 from radixrt.server.metrics import Latencies
 from radixrt.server.routing import WorkerView, make_policy
+from radixrt.wire import protocol as p
 from radixrt.wire.sockets import Authenticator, Departures, Keys, check_exposure, server_socket
 
 log = logging.getLogger("radixrt.router")
 
 DRAIN_BATCH = 256  # messages taken from one socket per turn, so that neither side starves the other
 STATS_TIMEOUT = 2.0
-
-
-@dataclass(eq=False)
-class Job:
-    """A request in flight: ``key`` is the name workers know it by, ``id`` the client's."""
-
-    key: str
-    client: bytes
-    id: str
-    prompt: np.ndarray
-    params: SamplingParams
-    namespace: str | None
-    stream: bool
-    prompt_logprobs_from: int | None
-    text: OutputText | None
-    tokens: list[int] = field(default_factory=list)
-    token_times: list[float] = field(default_factory=list)
-    logprobs: list[float] | None = None
-    top_logprobs: list | None = None
-    worker: str | None = None
-    route: Node | None = None
-    resubmits: int = 0
-    cached_tokens: int = 0  # prompt tokens the first worker served from its cache
-    pin: bool = False
-    score_next: list[int] = field(default_factory=list)
-    arrival: float = field(default_factory=time.time)  # Unix time, as token_times
-
-
-@dataclass(eq=False)
-class WorkerState:
-    info: p.Register
-    identity: bytes
-    view: WorkerView
-    last_seen: float
-    jobs: set[str] = field(default_factory=set)
-
-
-@dataclass
-class StatsRequest:
-    """A client's question to every worker (``get_stats``, or ``flush_cache`` when ``flush``)."""
-
-    client: bytes
-    waiting: set[str]
-    deadline: float
-    flush: bool = False
-    replies: dict[str, dict] = field(default_factory=dict)
-
-
-@dataclass
-class Counters:
-    requests: int = 0
-    finished: int = 0
-    aborted: int = 0
-    failed: int = 0
-    refused: int = 0
-    resubmitted: int = 0
-    deltas: int = 0
-    bad_frames: int = 0
-    clients_lost: int = 0
-    workers_lost: int = 0
-    output_tokens: int = 0
 
 
 class Router:
@@ -135,8 +70,7 @@ class Router:
         self._queries = itertools.count()
         self._stats: dict[int, StatsRequest] = {}
         self._decode_client = p.decoder(p.ClientMessage).decode
-        self._grammars: Grammars | None = None  # compiles constraints to check them; made on first use
-        self._tokenizer_cache: dict[str, bytes] | None = None
+        self.intake = Intake(tokenizer)
         self._decode_worker = p.decoder(p.FromWorker).decode
 
     # ---- the loop --------------------------------------------------------------------------
@@ -188,7 +122,7 @@ class Router:
         except Exception as e:  # a bug: the client hears of it, the router goes on
             log.exception("error while handling a client message")
             self._refuse(client, "internal", f"the router failed on this message: {type(e).__name__}: {e}",
-                         _request_id(frame) if frame else None)
+                         p.request_id_of(frame) if frame else None)
 
     def _handle_client(self, client: bytes, frame: bytes | None) -> None:
         if frame is None:
@@ -197,7 +131,7 @@ class Router:
         try:
             msg = self._decode_client(frame)
         except msgspec.MsgspecError as e:
-            self._refuse(client, "bad_message", str(e), _request_id(frame))
+            self._refuse(client, "bad_message", str(e), p.request_id_of(frame))
             return
         if isinstance(msg, p.Hello):
             if msg.version != p.PROTOCOL_VERSION:
@@ -224,7 +158,7 @@ class Router:
             if self.tokenizer is None:
                 self._refuse(client, "invalid_request", "this model ships no tokenizer")
             else:
-                self._reply(client, p.TokenizerFiles(self._tokenizer_files()))
+                self._reply(client, p.TokenizerFiles(self.intake.tokenizer_files()))
         elif isinstance(msg, p.GetHealth):
             self._reply(client, p.Health(bool(self.workers), sorted(self.workers), len(self.jobs)))
 
@@ -244,9 +178,7 @@ class Router:
             self._refuse(client, "unavailable", "no worker is connected", msg.id)
             return
         try:
-            prompt = self._prompt(msg)
-            params = p.sampling_params(msg.params)
-            self._check(prompt, params, msg.prompt_logprobs_from, msg.score_next or [])
+            prompt, params, score_next = self.intake.admit(msg, [w.info for w in self.workers.values()])
         except ValueError as e:
             self._refuse(client, "invalid_request", str(e), msg.id)
             return
@@ -254,53 +186,12 @@ class Router:
             self._refuse(client, "invalid_request", f"the prompt could not be tokenized: {type(e).__name__}: {e}", msg.id)
             return
         text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
-        job = Job(next(self._keys), client, msg.id, prompt, params, msg.namespace, msg.stream, msg.prompt_logprobs_from, text,
-                  logprobs=[] if params.logprobs else None, top_logprobs=[] if params.top_logprobs else None, pin=msg.pin,
-                  score_next=msg.score_next or [])
+        key = next(self._keys)
+        job = Job(key, client, msg.id, prompt.astype(np.int32), params, msg.namespace, msg.stream, msg.prompt_logprobs_from,
+                  text, GenerateOutput(key, arrival=time.time()), pin=msg.pin, score_next=list(score_next))
         jobs[msg.id] = self.jobs[job.key] = job
         self.counters.requests += 1
         self._dispatch(job)
-
-    def _prompt(self, msg: p.Generate) -> np.ndarray:
-        given = [name for name in ("prompt", "input_ids", "messages") if getattr(msg, name) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of prompt, input_ids and messages (got {', '.join(given) or 'none'})")
-        if msg.input_ids is not None:
-            return np.asarray(msg.input_ids, dtype=np.int32)
-        if self.tokenizer is None:
-            raise ValueError("this model ships no tokenizer: give input_ids")
-        if msg.prompt is not None:
-            return np.asarray(self.tokenizer.encode(msg.prompt, add_special_tokens=False), dtype=np.int32)
-        try:
-            ids = self.tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in msg.messages],
-                                                     add_generation_prompt=True)
-        except Exception as e:  # a template that refuses the conversation (roles out of order, say)
-            raise ValueError(f"the chat template refused these messages: {e}") from None
-        return np.asarray(ids["input_ids"] if hasattr(ids, "keys") else ids, dtype=np.int32)
-
-    def _check(self, prompt: np.ndarray, params: SamplingParams, prompt_logprobs_from: int | None,
-               score_next: list[int]) -> None:
-        info = next(iter(self.workers.values())).info
-        params.validate(info.vocab_size)
-        if bad := [t for t in score_next if t >= info.vocab_size]:
-            raise ValueError(f"score_next token ids {bad[:4]} are outside the vocabulary (0..{info.vocab_size - 1})")
-        if params.stop and self.tokenizer is None:
-            raise ValueError("stop strings need a tokenizer, and this model ships none: use stop_token_ids")
-        check_prompt(prompt, info.vocab_size, info.max_context,
-                     min(w.info.num_pages * w.info.page_size for w in self.workers.values()), prompt_logprobs_from)
-        if params.constrained:
-            if self.tokenizer is None:
-                raise ValueError("constraints need a tokenizer, and this model ships none")
-            if self._grammars is None:
-                self._grammars = Grammars(self.tokenizer, info.vocab_size)
-            self._grammars.compile(params)  # cached by xgrammar: a bad one is refused here, before any worker
-
-    def _tokenizer_files(self) -> dict[str, bytes]:
-        if self._tokenizer_cache is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                self.tokenizer.save_pretrained(tmp)
-                self._tokenizer_cache = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
-        return self._tokenizer_cache
 
     # ---- routing ---------------------------------------------------------------------------
 
@@ -410,14 +301,9 @@ class Router:
             job = self.jobs.get(out.id)
             if job is None or job.worker != worker.info.worker:
                 continue  # it ended here already (a stop string, an abort) or moved on
-            job.tokens += out.token_ids
-            job.token_times += out.token_times
+            job.output.add(p.from_wire(RequestOutput, out, finished=False))  # how it ends is judged here
             if not job.resubmits:
-                job.cached_tokens = out.cached_tokens
-            if job.logprobs is not None and out.logprobs is not None:
-                job.logprobs += out.logprobs
-            if job.top_logprobs is not None and out.top_logprobs is not None:
-                job.top_logprobs += out.top_logprobs
+                job.output.cached_tokens = out.cached_tokens
             if out.finished:
                 self._end(job, out.finish_reason or "error", out)
                 continue
@@ -426,24 +312,26 @@ class Router:
                 self._end(job, "stop")
                 continue
             if job.stream:
-                deltas[job.client].append(p.Delta(job.id, job.text.take() if job.text else "", out.token_ids, out.logprobs,
-                                                  out.top_logprobs))
+                deltas[job.client].append(p.to_wire(p.Delta, out, id=job.id, text=job.text.take() if job.text else "",
+                                                    prompt_tokens=int(job.prompt.size), cached_tokens=job.output.cached_tokens))
         for client, items in deltas.items():
             self.counters.deltas += len(items)
             self._reply(client, p.Deltas(items))
 
     def _end(self, job: Job, reason: str, out: p.TokenOutput | None = None, error: str | None = None) -> None:
         """Tell the client how ``job`` ended and forget it (cancelling it on the worker is the caller's)."""
-        matched: str | int | None = out.matched_stop if out is not None else None
-        error = error or (out.error if out is not None else None)
-        count = len(job.tokens)
+        result = job.output
+        result.matched_stop = out.matched_stop if out is not None else None
+        stop_token = result.matched_stop is not None
         if job.text is not None:
-            stop_token = matched is not None
             if job.text.feed(job.tokens, stop_token, final=True) is not None:
-                reason, matched = "stop", job.text.matched
-            count = job.text.tokens_behind(job.tokens[:-1] if stop_token else job.tokens)
-        elif reason == "stop" and matched is not None:
-            count -= 1
+                reason, result.matched_stop = "stop", job.text.matched
+            result.text = job.text.text
+        result.finish_reason, result.error = reason, error or (out.error if out is not None else None)
+        result.text_token_count = text_token_count(job.text, job.tokens, stop_token)
+        result.prompt_tokens = int(job.prompt.size)
+        if out is not None:
+            result.prompt_logprobs, result.next_logprobs = out.prompt_logprobs, out.next_logprobs
         worker = job.worker or ""
         if job.pin and worker and out is not None and out.finish_reason in ("stop", "length"):
             self.pins[job.client, job.id] = (worker, job.key)
@@ -453,13 +341,10 @@ class Router:
         self.counters.finished += reason in ("stop", "length")
         if reason in ("stop", "length"):
             self.counters.output_tokens += len(job.tokens)
-            self.latency.observe(job.arrival, job.token_times, time.time())
+            self.latency.observe(result.arrival, result.token_times, time.time())
         self.counters.aborted += reason == "abort"
         self.counters.failed += reason == "error"
-        self._reply(job.client, p.Finished(
-            job.id, job.text.text if job.text is not None else "", job.tokens, reason, job.token_times, job.logprobs, matched,
-            error, int(job.prompt.size), job.cached_tokens, count, out.prompt_logprobs if out is not None else None,
-            out.next_logprobs if out is not None else None, worker, job.top_logprobs))
+        self._reply(job.client, p.to_wire(p.Finished, result, id=job.id, worker=worker))
 
     def _release(self, pin: tuple[str, str] | None) -> None:
         worker = self.workers.get(pin[0]) if pin is not None else None
@@ -500,12 +385,8 @@ class Router:
             flushed = {name: bool(reply.get("flushed")) for name, reply in query.replies.items()}
             self._reply(query.client, p.CacheFlushed(bool(flushed) and all(flushed.values()), flushed))
             return
-        totals = {k: sum(s.get(k, 0) for s in query.replies.values())
-                  for k in ("prompt_tokens", "cached_tokens", "computed_tokens", "decode_tokens", "evicted_pages",
-                            "retractions", "failed_requests")}
-        router = {**self.counters.__dict__, **totals, "inflight": len(self.jobs), "clients": len(self.clients), "pins": len(self.pins),
-                  "policy": self.policy_name, "latency": self.latency.to_dict(),
-                  "hit_rate": totals["cached_tokens"] / totals["prompt_tokens"] if totals["prompt_tokens"] else 0.0,
+        router = {**router_stats(self.counters, query.replies), "inflight": len(self.jobs), "clients": len(self.clients),
+                  "pins": len(self.pins), "policy": self.policy_name, "latency": self.latency.to_dict(),
                   "load": {n: w.view.load for n, w in self.workers.items()}}
         self._reply(query.client, p.Stats(router, query.replies))
 
@@ -540,13 +421,3 @@ class Router:
             sock.send_multipart([identity, p.encode(msg)], zmq.NOBLOCK)
         except zmq.ZMQError as e:  # the peer is gone or its queue is full: nothing to do but note it
             log.warning("could not send %s: %s", type(msg).__name__, e)
-
-
-def _request_id(frame: bytes) -> str | None:
-    """The ``id`` of a frame that failed validation, if it has a usable one, so the error names its request."""
-    try:
-        obj = msgspec.msgpack.decode(frame)
-    except Exception:
-        return None
-    rid = obj.get("id") if isinstance(obj, dict) else None
-    return rid if isinstance(rid, str) and 0 < len(rid) <= 256 else None

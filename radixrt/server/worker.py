@@ -98,7 +98,7 @@ class Worker:
                                     prompt_logprobs_from=msg.prompt_logprobs_from, resumed=msg.resumed,
                                     pin=msg.pin, score_next=msg.score_next)
         except (ValueError, TypeError) as e:
-            self._replies.append(p.TokenOutput(msg.id, [], [], finished=True, finish_reason="error", error=str(e)))
+            self._replies.append(p.TokenOutput(id=msg.id, finished=True, finish_reason="error", error=str(e)))
 
     def _step_output(self, outputs: list[RequestOutput], events: list) -> p.StepOutput:
         wire = [self._token_output(o) for o in outputs] + self._replies
@@ -106,10 +106,8 @@ class Worker:
         return p.StepOutput(wire, [p.WireCacheEvent(e.stored, e.namespace, e.tokens, e.start) for e in events])
 
     def _token_output(self, out: RequestOutput) -> p.TokenOutput:
-        stop = out.matched_stop if isinstance(out.matched_stop, int) else None
-        return p.TokenOutput(out.request_id, out.token_ids, [t + self._clock for t in out.token_times], out.logprobs,
-                             out.finished, out.finish_reason, stop, out.error, out.prompt_tokens, out.cached_tokens,
-                             out.prompt_logprobs, out.next_logprobs, out.top_logprobs)
+        return p.to_wire(p.TokenOutput, out, token_times=[t + self._clock for t in out.token_times],
+                         matched_stop=out.matched_stop if isinstance(out.matched_stop, int) else None)
 
     def _heartbeats(self, context: zmq.Context) -> None:
         sock = client_socket(context, self.address, self.keys, identity=f"{self.name}/heartbeat".encode())

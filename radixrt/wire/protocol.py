@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct, field
 
+from radixrt.outputs import GenerateOutput, RequestOutput
 from radixrt.params import SamplingParams
 
 PROTOCOL_VERSION = 1
@@ -117,15 +118,41 @@ class Welcome(Message, tag="welcome"):
     max_inflight: int
 
 
-TopLogprobs = list[list[tuple[int, float]]]  # per token: (token id, logprob), most likely first
+def _output_struct(name: str, source: type, *, tag: str | None = None, keep: tuple[str, ...] | None = None,
+                   drop: tuple[str, ...] = (), types: dict[str, Any] | None = None,
+                   extra: tuple[tuple[str, Any, Any], ...] = ()) -> type[Struct]:
+    """A wire struct with ``source``'s fields (a dataclass of ``radixrt.outputs``): the same names,
+    types and defaults, ``request_id`` called ``id``. One definition of the outputs, so a field
+    added there reaches the wire without a copy here."""
+    hints, types = typing.get_type_hints(source), types or {}
+    fields = []
+    for f in dataclasses.fields(source):
+        if f.name in drop or (keep is not None and f.name not in keep and f.name != "request_id"):
+            continue
+        default = (f.default if f.default is not dataclasses.MISSING else
+                   field(default_factory=f.default_factory) if f.default_factory is not dataclasses.MISSING else msgspec.NODEFAULT)
+        fields.append(("id" if f.name == "request_id" else f.name, types.get(f.name, hints[f.name]), default))
+    fields += extra
+    return msgspec.defstruct(name, fields, bases=(Message,) if tag else (), tag=tag, forbid_unknown_fields=True,
+                             omit_defaults=True, module=__name__)
 
 
-class Delta(Struct, forbid_unknown_fields=True, omit_defaults=True):
-    id: str
-    text: str
-    token_ids: list[int]
-    logprobs: list[float] | None = None
-    top_logprobs: TopLogprobs | None = None
+def to_wire(struct: type[Struct], output: Any, **changes: Any) -> Struct:
+    """``output`` (a ``RequestOutput`` or ``GenerateOutput``) as the wire ``struct``."""
+    names = [n for n in struct.__struct_fields__ if n not in changes]
+    return struct(**{n: getattr(output, "request_id" if n == "id" else n) for n in names}, **changes)
+
+
+def from_wire(cls: type, msg: Struct, **changes: Any) -> Any:
+    """The wire ``msg`` as a ``cls`` of ``radixrt.outputs`` (fields the message lacks keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(cls)} - changes.keys()
+    values = {("request_id" if n == "id" else n): getattr(msg, n) for n in type(msg).__struct_fields__}
+    return cls(**{n: v for n, v in values.items() if n in names}, **changes)
+
+
+Delta = _output_struct("Delta", RequestOutput,
+                       keep=("text", "token_ids", "logprobs", "top_logprobs", "prompt_tokens", "cached_tokens"))
+"""A streamed request's news in one step (token times come with ``Finished``)."""
 
 
 class Deltas(Message, tag="deltas"):
@@ -134,24 +161,10 @@ class Deltas(Message, tag="deltas"):
     items: list[Delta]
 
 
-class Finished(Message, tag="finished"):
-    """A request's whole output (``GenerateOutput``'s fields); ``token_times`` are Unix times."""
-
-    id: str
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-    token_times: list[float] = []
-    logprobs: list[float] | None = None
-    matched_stop: str | int | None = None
-    error: str | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    text_token_count: int | None = None
-    prompt_logprobs: list[float] | None = None
-    next_logprobs: list[float] | None = None
-    worker: str = ""
-    top_logprobs: TopLogprobs | None = None
+Finished = _output_struct("Finished", GenerateOutput, tag="finished", drop=("arrival", "finished"),
+                          extra=(("worker", str, ""),))
+"""A request's whole output (``GenerateOutput``'s fields but ``arrival``); ``token_times`` are Unix
+times; ``worker`` names the worker that ran it last."""
 
 
 class Error(Message, tag="error"):
@@ -233,22 +246,10 @@ class Shutdown(Message, tag="shutdown"):
     pass
 
 
-class TokenOutput(Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """One request's news in one step (the engine's ``RequestOutput`` less its text)."""
-
-    id: str
-    token_ids: list[int]
-    token_times: list[float]  # Unix times
-    logprobs: list[float] | None = None
-    finished: bool = False
-    finish_reason: str | None = None
-    matched_stop: int | None = None
-    error: str | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    prompt_logprobs: list[float] | None = None
-    next_logprobs: list[float] | None = None
-    top_logprobs: TopLogprobs | None = None
+TokenOutput = _output_struct("TokenOutput", RequestOutput, drop=("text", "text_token_count"),
+                             types={"matched_stop": int | None})
+"""One request's news in one step (the engine's ``RequestOutput`` less its text: text and stop
+strings are the router's); ``token_times`` are Unix times."""
 
 
 class WireCacheEvent(Struct, array_like=True):
@@ -286,3 +287,13 @@ encode = msgspec.msgpack.Encoder().encode
 
 def decoder(union: Any) -> msgspec.msgpack.Decoder:
     return msgspec.msgpack.Decoder(union)
+
+
+def request_id_of(frame: bytes) -> str | None:
+    """The ``id`` of a frame that failed validation, if it has a usable one, so the error names its request."""
+    try:
+        obj = msgspec.msgpack.decode(frame)
+    except Exception:
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str) and 0 < len(rid) <= 256 else None

@@ -2,6 +2,8 @@
 greedy text, and pins that the server releases."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import radixrt.lang as sgl
@@ -13,7 +15,7 @@ from testkit.servers import start_server, wait_for
 def program(s, topic):
     s += sgl.system("You answer briefly.")
     s += sgl.user(f"Tell me about {topic}.")
-    s += sgl.assistant(sgl.gen("answer", max_tokens=12, ignore_eos=True))
+    s += sgl.assistant(sgl.gen("answer", max_tokens=12, ignore_eos=True, return_logprob=True, top_logprobs_num=3))
     forks = s.fork(3)
     forks += lambda i: sgl.user(f"Idea {i}?") + sgl.assistant(sgl.gen("idea", max_tokens=6, ignore_eos=True))
     forks.join()
@@ -43,6 +45,14 @@ def test_a_program_gives_the_same_greedy_text_in_process_and_through_serve(serve
             assert a.error() is None and b.error() is None, (a.error(), b.error())
             assert a.text() == b.text() and a["idea"] == b["idea"] and a["pick"] == b["pick"]
             assert a.token_ids() == b.token_ids()
+            here_top, there_top = (s.get_meta_info("answer")["output_top_logprobs"] for s in (a, b))
+            assert [[t for _, t, _ in top] for top in here_top] == [[t for _, t, _ in top] for top in there_top]
+            assert [lp for top in here_top for lp, _, _ in top] == pytest.approx(
+                [lp for top in there_top for lp, _, _ in top], abs=1e-3)
+        used = [(b.token_usage.prompt_tokens, b.token_usage.completion_tokens) for b in (local, remote)]
+        assert used[0] == used[1] and used[0][0] > 0 and used[0][1] > 0  # the same requests, counted alike
+        assert local.get_model_name() == tiny_with_tokenizer
+        assert remote.get_model_name() == remote.get_server_info()["model_path"] == Path(tiny_with_tokenizer).name
         info = sgl.get_server_info(remote)
         assert info["num_workers"] == 2 == len(info["workers"]) and info["hit_rate"] > 0.3
         assert sgl.flush_cache(remote) is True

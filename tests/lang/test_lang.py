@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 import radixrt.lang as sgl
-from radixrt.lang.interpreter import ProgramState
+from radixrt.lang.state import ProgramState
 
 GREEDY = {"temperature": 0}
 # programs that fail on purpose warn with the traceback (as SGLang's do); test_a_failed_gen_... checks it
@@ -108,7 +108,8 @@ def test_dtype_and_regex_constrain_what_is_sampled(rt):
     for s in states:
         assert s.error() is None, s.error()
         record = json.loads(s["json"])
-        assert set(record) == {"size", "kind", "ok"} and record["kind"] in ("cat", "dog") and record["size"] in (1, 2, 3)
+        assert set(record) == {"size", "kind", "ok"}
+        assert record["kind"] in ("cat", "dog") and record["size"] in (1, 2, 3)
         assert isinstance(record["ok"], bool)
         assert re.fullmatch(r"[A-Z]{2}-[0-9]{3}", s["code"])
         assert re.fullmatch(sgl.REGEX_INT, s["count"] + " ") or re.fullmatch(sgl.REGEX_INT, s["count"])
@@ -163,8 +164,9 @@ def test_select_takes_the_argmax_of_the_engine_s_choice_scores(rt, method):
     else:  # less each choice's mean logprob without context (its first token counts 0)
         def alone(choice: str) -> list[float]:
             ids = rt.encode(choice)
-            rest = rt.call(lambda engine: engine.score_choices(ids[:1], [ids[1:]])[0].token_logprobs) if len(ids) > 1 else ()
-            return [0.0, *rest]
+            if len(ids) == 1:
+                return [0.0]
+            return [0.0, *rt.call(lambda engine: engine.score_choices(ids[:1], [ids[1:]])[0].token_logprobs)]
 
         gains = [m - sum(a) / len(a) for m, a in zip(means, map(alone, choices))]
         expected = gains.index(max(gains))
@@ -213,7 +215,7 @@ def test_join_modes(rt):
     def prog(s):
         s += "Base."
         forks = s.fork(2)
-        forks += [" one" + sgl.gen("x", max_tokens=2, ignore_eos=True), " two" + sgl.gen("x", max_tokens=2, ignore_eos=True)]
+        forks += [f" {word}" + sgl.gen("x", max_tokens=2, ignore_eos=True) for word in ("one", "two")]
         forks.join()
         again = s.fork(2)
         again += lambda i: sgl.gen("x", max_tokens=1, ignore_eos=True)
@@ -286,25 +288,54 @@ def test_a_failed_gen_is_kept_in_the_state(rt):
         s += None
 
 
-def test_streaming_text_iter_and_per_chunk_logprobs(rt):
+def test_streaming_text_iter_gives_the_text_and_a_variable_piece_by_piece(rt):
     @sgl.function
     def prog(s):
         s += "Story:"
-        s += sgl.gen("story", max_tokens=10, ignore_eos=True, return_logprob=True)
+        s += sgl.gen("story", max_tokens=10, ignore_eos=True)
 
     s = prog.run(backend=rt, stream=True, **GREEDY)
     pieces = list(s.text_iter())
     assert "".join(pieces) == s.text() and len(pieces) > 1
+    s = prog.run(backend=rt, stream=True, **GREEDY)
+    assert "".join(s.text_iter("story")) == s["story"] and s.text().endswith(s["story"])
 
-    async def chunks():
-        state = prog.run(backend=rt, stream=True, **GREEDY)
-        return [c async for c in state.text_async_iter("story", return_meta_data=True)], state
 
-    got, state = asyncio.run(chunks())
-    assert "".join(text for text, _ in got) == state["story"]
-    logprobs = [entry for _, meta in got for entry in meta["output_token_logprobs"]]
-    assert len(logprobs) == 10  # each chunk's logprobs are its own new tokens', none repeated
-    assert [t for _, t, _ in logprobs] == [t for _, t, _ in state.get_meta_info("story")["output_token_logprobs"]]
+async def _streamed(state: ProgramState, name: str) -> list[tuple[str, dict]]:
+    return [chunk async for chunk in state.text_async_iter(name, return_meta_data=True)]
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["length", "stop-string"])
+def test_each_streamed_chunk_s_meta_info_agrees_with_itself(rt, stopped):
+    """As SGLang's incremental streaming: a chunk's counts are the tokens so far
+    (``completion_tokens == output_token_logprobs_length``), its logprobs are its new tokens' only.
+    With a stop string, text that might become the stop is held back: tokens without text ride on."""
+    @sgl.function
+    def prog(s, end):
+        s += "Story:"
+        s += sgl.gen("story", max_tokens=16, ignore_eos=True, return_logprob=True, top_logprobs_num=2, stop=end)
+
+    end = None
+    if stopped:  # a stop string that begins with two whole tokens: their text waits for the next token's
+        free = prog.run(end=None, backend=rt, **GREEDY).get_meta_info("story")
+        ids = [t for _, t, _ in free["output_token_logprobs"]]
+        text = [rt.tokenizer.decode(ids[:n]) for n in (8, 10, 11)]
+        end = text[1][len(text[0]):] + text[2][len(text[1]):][:1]
+    state = prog.run(end=end, backend=rt, stream=True, **GREEDY)
+    chunks = asyncio.run(_streamed(state, "story"))
+    whole = state.get_meta_info("story")
+    seen, tops = [], []
+    for _, meta in chunks:
+        seen += meta["output_token_logprobs"]
+        tops += meta["output_top_logprobs"]
+        assert meta["completion_tokens"] == meta["output_token_logprobs_length"] == len(seen) == len(tops), meta
+    assert "".join(text for text, _ in chunks) == state["story"]
+    assert seen == whole["output_token_logprobs"] and tops == whole["output_top_logprobs"]
+    assert whole["completion_tokens"] == whole["output_token_logprobs_length"] == len(seen)
+    assert chunks[-1][1]["finish_reason"] == whole["finish_reason"]
+    assert whole["finish_reason"]["type"] == ("stop" if stopped else "length")
+    if stopped:  # the tokens held back came with a later chunk
+        assert max(len(meta["output_token_logprobs"]) for _, meta in chunks) > 1
 
 
 def test_run_batch_keeps_order_and_takes_positional_arguments(rt):
@@ -334,6 +365,63 @@ def test_unsupported_inputs_say_so(rt):
         sgl.function(lambda state: None)
     n2 = sgl.function(lambda s: s.__iadd__(sgl.gen("x", n=2)))
     assert "fork" in str(n2.run(backend=rt).error())
+
+
+def test_top_logprobs_num_gives_each_token_s_most_likely_alternatives(rt, tokenizer):
+    @sgl.function
+    def prog(s, k):
+        s += "Story:" + sgl.gen("g", max_tokens=6, ignore_eos=True, return_logprob=True, top_logprobs_num=k,
+                                return_text_in_logprobs=True)
+        s += sgl.gen("plain", max_tokens=2, top_logprobs_num=k)
+
+    meta = prog.run(k=3, backend=rt, **GREEDY).get_meta_info("g")
+    assert len(meta["output_top_logprobs"]) == len(meta["output_token_logprobs"]) == 6
+    for (logprob, token, text), top in zip(meta["output_token_logprobs"], meta["output_top_logprobs"]):
+        assert len(top) == 3 and [e[0] for e in top] == sorted((e[0] for e in top), reverse=True)
+        assert top[0][1] == token and top[0][0] == pytest.approx(logprob, abs=1e-4)  # greedy: the most likely
+        assert text == tokenizer.decode([token]) and all(e[2] == tokenizer.decode([e[1]]) for e in top)
+    s = prog.run(k=2, backend=rt, **GREEDY)
+    assert "output_top_logprobs" not in s.get_meta_info("plain")  # without return_logprob, none (as SGLang)
+    assert "output_token_logprobs_length" not in s.get_meta_info("plain")
+    assert "top_logprobs" in str(prog.run(k=21, backend=rt, **GREEDY).error())  # the engine gives at most 20
+
+
+def test_logprob_start_len_gives_the_prompt_s_token_logprobs_from_there(rt):
+    @sgl.function
+    def prog(s):
+        s += "Once upon a time, in a land far away,"
+        s += sgl.gen("g", max_tokens=3, ignore_eos=True, return_logprob=True, logprob_start_len=2)
+
+    s = prog.run(backend=rt, **GREEDY)
+    prompt = s.token_ids()[:-3]
+    scores = rt.call(lambda engine: engine.score_choices(prompt[:2], [prompt[2:]])[0].token_logprobs)
+    entries = s.get_meta_info("g")["input_token_logprobs"]
+    assert [t for _, t, _ in entries] == prompt[2:] and [lp for lp, _, _ in entries] == pytest.approx(scores, abs=1e-4)
+
+
+def test_the_runtime_is_its_own_endpoint_and_counts_token_usage(rt):
+    @sgl.function
+    def prog(s):
+        s["model"] = sgl.global_config.default_backend.endpoint.get_model_name()
+        s += "Name a color:" + sgl.gen("color", max_tokens=5, ignore_eos=True)
+
+    sgl.set_default_backend(rt)
+    try:
+        usage = rt.endpoint.token_usage
+        usage.reset()
+        s = prog.run(**GREEDY)
+        meta = s.get_meta_info("color")
+    finally:
+        sgl.set_default_backend(None)
+    assert s["model"] == rt.get_server_info()["model_path"] == str(rt.engine.model_path)
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (
+        meta["prompt_tokens"], 5, meta["cached_tokens"])
+    usage.reset()
+    prefix = "A prefix long enough to fill a page of the cache, and then some more words."
+    rt.endpoint.cache_prefix(prefix)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (len(rt.encode(prefix)), 0)
+    assert rt.stats()["pages_cached"] > 0 and rt.endpoint.flush_cache() is True
+    assert rt.endpoint.get_chat_template() is rt.chat_template and rt.endpoint is rt
 
 
 def test_server_info_and_flush(rt):

@@ -1,0 +1,64 @@
+"""Admission: whether a request fits the model it is sent to. The engine asks before it queues a
+request, the router before it sends one to a worker, with the same rules and the same messages."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from radixrt.params import SamplingParams
+
+if TYPE_CHECKING:
+    from radixrt.engine.constraints import Grammars
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a request is checked against: the vocabulary, the context, the KV pool's tokens, and
+    whether there is a tokenizer for stop strings and constraints."""
+
+    vocab_size: int
+    max_context: int
+    kv_tokens: int
+    has_tokenizer: bool = True
+
+
+def check_prompt(tokens: np.ndarray, limits: ModelLimits, prompt_logprobs_from: int | None = None) -> None:
+    """Raise ``ValueError`` naming what makes ``tokens`` no prompt for this model: empty, ids
+    outside the vocabulary, not shorter than the tighter of the context and the KV cache, or a
+    ``prompt_logprobs_from`` that is not a position in it."""
+    vocab_size, max_context, kv_tokens = limits.vocab_size, limits.max_context, limits.kv_tokens
+    if tokens.size == 0:
+        raise ValueError("the prompt is empty")
+    bad = tokens[(tokens < 0) | (tokens >= vocab_size)]
+    if bad.size:
+        raise ValueError(f"token ids {bad[:4].tolist()} are outside the vocabulary (0..{vocab_size - 1})")
+    if tokens.size >= min(max_context, kv_tokens):
+        limit = f"the model's context is {max_context}" if max_context <= kv_tokens else f"the KV cache holds {kv_tokens}"
+        raise ValueError(f"the prompt has {tokens.size} tokens; {limit}")
+    if prompt_logprobs_from is not None and (isinstance(prompt_logprobs_from, bool) or not isinstance(prompt_logprobs_from, int)
+                                             or not 1 <= prompt_logprobs_from < tokens.size):
+        raise ValueError(f"prompt_logprobs_from must be a position in 1..{tokens.size - 1}, got {prompt_logprobs_from!r}")
+
+
+def admit(tokens: np.ndarray, params: SamplingParams, limits: ModelLimits, grammars: Grammars | None = None, *,
+          prompt_logprobs_from: int | None = None, score_next: Sequence[int] = ()) -> tuple[int, ...]:
+    """Raise ``ValueError`` naming what makes this request unfit for the model; returns
+    ``score_next`` as ints. A constraint is compiled (``grammars``; xgrammar caches it), so one
+    that cannot compile is refused here, before anything runs."""
+    params.validate(limits.vocab_size)
+    check_prompt(tokens, limits, prompt_logprobs_from)
+    if params.stop and not limits.has_tokenizer:
+        raise ValueError("stop strings need a tokenizer, and this model ships none: use stop_token_ids")
+    if any(not isinstance(t, (int, np.integer)) or isinstance(t, bool) for t in score_next):
+        raise ValueError(f"score_next must be token ids, got {score_next!r}")
+    score_next = tuple(int(t) for t in score_next)
+    if bad := [t for t in score_next if not 0 <= t < limits.vocab_size]:
+        raise ValueError(f"score_next token ids {bad[:4]} are outside the vocabulary (0..{limits.vocab_size - 1})")
+    if params.constrained:
+        if grammars is None:
+            raise ValueError("constraints need a tokenizer, and this model ships none")
+        grammars.compile(params)
+    return score_next
