@@ -16,6 +16,7 @@ import torch
 
 from radixrt import Engine, SamplingParams
 from radixrt.client import AsyncClient, Client
+from radixrt.outputs import GenerateOutput
 from testkit.servers import pid_alive, settled, wait_for
 
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0)
@@ -57,6 +58,9 @@ def test_greedy_outputs_equal_the_engine(engine, serve, two_workers, workers):
         assert [o.token_ids for o in by_ids] == [e.token_ids for e in expected]
         streamed = ["".join(client.stream(p, GREEDY)) for p in prompts]
         assert streamed == [e.text for e in expected]
+        outs = list(client.outputs(prompts[0], GREEDY))  # every step's output says what its prompt cost
+        assert len(outs) > 1 and {(o.prompt_tokens, o.cached_tokens) for o in outs} == {(len(prompts[0]), outs[-1].cached_tokens)}
+        assert GenerateOutput(outs[0].request_id).add(outs[0]).token_ids == outs[0].token_ids
         if workers == 2:
             assert set(o.cached_tokens > 0 for o in by_ids) == {True}  # each went where its prefix was
         wait_for(lambda: settled(client), 10, what="idle workers")
