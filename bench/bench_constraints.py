@@ -6,6 +6,7 @@ masks per step (goal: under 10% of a decode step).
 
 Prints a table, then one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,16 @@ from report import table  # noqa: E402
 from radixrt import Engine, SamplingParams  # noqa: E402
 from radixrt.engine.constraints import Grammars  # noqa: E402
 
-SCHEMA = {"type": "object",
-          "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"},
-                         "tags": {"type": "array", "items": {"type": "string"}}},
-          "required": ["name", "age", "city", "tags"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "city": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["name", "age", "city", "tags"],
+}
 
 
 MASK_TIMES: list[float] = []
@@ -43,8 +50,16 @@ Grammars.__call__ = _timed_mask  # the benchmark's stopwatch around each step's 
 
 
 def run(engine: Engine, batch: int, tokens: int, constrained: bool) -> dict:
-    params = [SamplingParams(max_new_tokens=tokens, temperature=1.0, seed=i, ignore_eos=not constrained,
-                             json_schema=SCHEMA if constrained else None) for i in range(batch)]
+    params = [
+        SamplingParams(
+            max_new_tokens=tokens,
+            temperature=1.0,
+            seed=i,
+            ignore_eos=not constrained,
+            json_schema=SCHEMA if constrained else None,
+        )
+        for i in range(batch)
+    ]
     for i, p in enumerate(params):
         engine.add_request(f"Person {i}, as JSON:", p)
     steps, decode_times = 0, []
@@ -67,15 +82,26 @@ def main() -> None:
     free = run(engine, args.batch, args.tokens, constrained=False)
     constrained = run(engine, args.batch, args.tokens, constrained=True)
     mask_ms = 1000 * statistics.median(MASK_TIMES)
-    rows = [{"run": "free", **free, "mask_ms_median": 0.0},
-            {"run": "json_schema", **constrained, "mask_ms_median": round(mask_ms, 3)}]
+    rows = [
+        {"run": "free", **free, "mask_ms_median": 0.0},
+        {"run": "json_schema", **constrained, "mask_ms_median": round(mask_ms, 3)},
+    ]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"{args.batch} requests decoding {args.tokens} tokens on {engine.model_path.name} ({device})\n")
     print(table(rows, list(rows[0])))
     share = mask_ms / constrained["step_ms_median"]
     print(f"\nmasking: {share:.1%} of a constrained decode step")
-    print(json.dumps({"bench": "constraints", "device": device, "batch": args.batch, "rows": rows,
-                      "mask_share_of_step": round(share, 4)}))
+    print(
+        json.dumps(
+            {
+                "bench": "constraints",
+                "device": device,
+                "batch": args.batch,
+                "rows": rows,
+                "mask_share_of_step": round(share, 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ unique (the distinct prefixes of all prompts), and time to first token.
 
 Prints a table, then one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,19 +43,25 @@ NOUNS = ["flights", "hotels", "weather", "currency", "visas", "trains", "cars", 
 def system_prompt(tokenizer, target_tokens: int = 1500) -> str:
     """Tool descriptions, deterministic, about ``target_tokens`` long."""
     rng = np.random.default_rng(0)
-    lines = ["You are a travel agent that solves tasks step by step. Think, then call one tool per turn as "
-             "Action: tool_name(arguments). You have these tools:"]
+    lines = [
+        "You are a travel agent that solves tasks step by step. Think, then call one tool per turn as "
+        "Action: tool_name(arguments). You have these tools:"
+    ]
     while len(tokenizer.encode("\n".join(lines))) < target_tokens:
         verb, noun = rng.choice(VERBS), rng.choice(NOUNS)
         args = ", ".join(f"{rng.choice(NOUNS)[:-1]}_{rng.choice(['id', 'name', 'date', 'count'])}" for _ in range(3))
-        lines.append(f"- {verb}_{noun}({args}): {verb}s {noun} for the customer, checking availability, prices "
-                     f"and policies; returns a JSON list with the {noun} that match, ordered by relevance.")
+        lines.append(
+            f"- {verb}_{noun}({args}): {verb}s {noun} for the customer, checking availability, prices "
+            f"and policies; returns a JSON list with the {noun} that match, ordered by relevance."
+        )
     return "\n".join(lines)
 
 
 def tool_result(session: int, turn: int, variant: int) -> str:
     rng = np.random.default_rng(1000 * session + 10 * turn + variant)
-    items = ", ".join(f'{{"id": {int(rng.integers(1000, 9999))}, "price": {int(rng.integers(50, 900))}}}' for _ in range(6))
+    items = ", ".join(
+        f'{{"id": {int(rng.integers(1000, 9999))}, "price": {int(rng.integers(50, 900))}}}' for _ in range(6)
+    )
     return f"Observation: [{items}]"
 
 
@@ -68,9 +75,13 @@ class Workload:
         self.prompts: list[list[int]] = []
 
     def run(self, system) -> list[dict]:
-        history = [[{"role": "system", "content": self.system},
-                    {"role": "user", "content": f"Task {s}: plan a {3 + s}-day trip for a customer from city {s}."}]
-                   for s in range(SESSIONS)]
+        history = [
+            [
+                {"role": "system", "content": self.system},
+                {"role": "user", "content": f"Task {s}: plan a {3 + s}-day trip for a customer from city {s}."},
+            ]
+            for s in range(SESSIONS)
+        ]
         turn, answers, owner, results = [0] * SESSIONS, [{} for _ in range(SESSIONS)], {}, []
 
         def submit_turn(s: int) -> None:
@@ -124,8 +135,16 @@ class RadixrtSystem:
             collected.add(out)
             if out.finished:
                 del self.outputs[out.request_id]
-                done.append((out.request_id, {"text": collected.text, "output_tokens": len(collected.token_ids),
-                                              "ttft": collected.time_to_first_token}))
+                done.append(
+                    (
+                        out.request_id,
+                        {
+                            "text": collected.text,
+                            "output_tokens": len(collected.token_ids),
+                            "ttft": collected.time_to_first_token,
+                        },
+                    )
+                )
         return done
 
 
@@ -162,9 +181,24 @@ class TransformersSystem:
         key, prompt, length, submitted = self.queue.pop(0)
         clock = FirstTokenClock()
         with torch.no_grad():
-            ids = self.model.generate(torch.tensor([prompt], device=self.device), max_new_tokens=length, min_new_tokens=length, do_sample=False, streamer=clock)
-        new = ids[0, len(prompt):].tolist()
-        return [(key, {"text": self.tokenizer.decode(new, skip_special_tokens=True), "output_tokens": len(new), "ttft": clock.first - submitted})]
+            ids = self.model.generate(
+                torch.tensor([prompt], device=self.device),
+                max_new_tokens=length,
+                min_new_tokens=length,
+                do_sample=False,
+                streamer=clock,
+            )
+        new = ids[0, len(prompt) :].tolist()
+        return [
+            (
+                key,
+                {
+                    "text": self.tokenizer.decode(new, skip_special_tokens=True),
+                    "output_tokens": len(new),
+                    "ttft": clock.first - submitted,
+                },
+            )
+        ]
 
 
 def measure(name: str, served, tokenizer, system: str, computed) -> dict:
@@ -174,17 +208,26 @@ def measure(name: str, served, tokenizer, system: str, computed) -> dict:
     wall = time.perf_counter() - start
     output_tokens = sum(r["output_tokens"] for r in results)
     total = sum(len(p) for p in workload.prompts)
-    return {"system": name, "requests": len(results), "output_tok_per_s": round(output_tokens / wall, 1), "wall_s": round(wall, 2),
-            "prompt_tokens": total, "unique_prompt_tokens": workload.unique_tokens(),
-            "computed_prompt_tokens": computed() if computed else total,
-            "ttft_median_s": round(statistics.median(r["ttft"] for r in results), 3)}
+    return {
+        "system": name,
+        "requests": len(results),
+        "output_tok_per_s": round(output_tokens / wall, 1),
+        "wall_s": round(wall, 2),
+        "prompt_tokens": total,
+        "unique_prompt_tokens": workload.unique_tokens(),
+        "computed_prompt_tokens": computed() if computed else total,
+        "ttft_median_s": round(statistics.median(r["ttft"] for r in results), 3),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline (the slowest part)")
-    ap.add_argument("--model", help="a Hugging Face directory or .gguf file with the default model's tokenizer "
-                                    "(default: the default model; bench/random_model.py makes one with random weights)")
+    ap.add_argument(
+        "--model",
+        help="a Hugging Face directory or .gguf file with the default model's tokenizer "
+        "(default: the default model; bench/random_model.py makes one with random weights)",
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     model = hf_directory(args.model)
@@ -203,22 +246,31 @@ def main() -> None:
     rows = [radixrt(True, "radixrt"), radixrt(False, "radixrt_no_cache")]
     if not args.no_transformers:
         print("running transformers generate per request ...", file=sys.stderr)
-        rows.append(measure("transformers", TransformersSystem(tokenizer, model, device, dtype), tokenizer, system, None))
+        rows.append(
+            measure("transformers", TransformersSystem(tokenizer, model, device, dtype), tokenizer, system, None)
+        )
     rows.append(radixrt(True, "radixrt_again"))
     ours = statistics.mean(row["output_tok_per_s"] for row in rows if row["system"] in ("radixrt", "radixrt_again"))
     for row in rows:
         row["radixrt_speedup"] = round(ours / row["output_tok_per_s"], 2)
         row["computed_over_unique"] = round(row["computed_prompt_tokens"] / row["unique_prompt_tokens"], 3)
-    print(f"agent workload on {model.name} ({device}, {str(dtype).removeprefix('torch.')}): "
-          f"{SESSIONS} sessions x {TURNS} turns, a {FORKS}-way fork on turn {FORK_TURN + 1} in half of them\n")
+    print(
+        f"agent workload on {model.name} ({device}, {str(dtype).removeprefix('torch.')}): "
+        f"{SESSIONS} sessions x {TURNS} turns, a {FORKS}-way fork on turn {FORK_TURN + 1} in half of them\n"
+    )
     print(table(rows, list(rows[0])))
     print(f"\nradixrt_speedup: the mean of radixrt's two runs, {ours:.1f} output tokens/s, over the row's")
     by_name = {row["system"]: row for row in rows}
-    summary = {"bench": "engine", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "model": model.name,
-               "dtype": str(dtype).removeprefix("torch."), "rows": rows,
-               "radixrt_output_tok_per_s": round(ours, 1),
-               "speedup_vs_no_cache": by_name["radixrt_no_cache"]["radixrt_speedup"],
-               "computed_over_unique": by_name["radixrt"]["computed_over_unique"]}
+    summary = {
+        "bench": "engine",
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "model": model.name,
+        "dtype": str(dtype).removeprefix("torch."),
+        "rows": rows,
+        "radixrt_output_tok_per_s": round(ours, 1),
+        "speedup_vs_no_cache": by_name["radixrt_no_cache"]["radixrt_speedup"],
+        "computed_over_unique": by_name["radixrt"]["computed_over_unique"],
+    }
     if not args.no_transformers:
         summary["speedup_vs_transformers"] = by_name["transformers"]["radixrt_speedup"]
     print()

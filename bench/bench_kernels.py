@@ -13,6 +13,7 @@ shapes (SmolLM2-135M's: 9 query heads, 3 KV heads, head dim 64, float32), as spe
 
 Prints tables, then one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ from radixrt.kernels import cpu, reference  # noqa: E402
 from radixrt.kernels.layout import PagedKV  # noqa: E402
 
 
-def paged_batch(lens: list[int], page_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: str,
-                seed: int = 0) -> PagedKV:
+def paged_batch(
+    lens: list[int], page_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: str, seed: int = 0
+) -> PagedKV:
     """Random K/V for sequences of ``lens`` tokens, on pages in random physical order."""
     gen = torch.Generator(device=device).manual_seed(seed)
     counts = [-(-n // page_size) for n in lens]
@@ -96,7 +98,9 @@ def copy_bandwidth(device: str) -> float:
     return 2 * src.numel() / gpu_time(lambda: dst.copy_(src))
 
 
-def gpu_decode_rows(q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, copy_bw: float, max_gib: float) -> list[dict]:
+def gpu_decode_rows(
+    q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, copy_bw: float, max_gib: float
+) -> list[dict]:
     from radixrt.kernels.decode import decode_attention
 
     rows = []
@@ -111,8 +115,16 @@ def gpu_decode_rows(q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dty
                 seq_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
                 seconds = gpu_time(lambda: decode_attention(q, kv, seq_lens, max_seq_len=context))
                 moved = kv_bytes + 2 * q.numel() * q.element_size()
-                rows.append({"page_size": page_size, "batch": batch, "context": context, "us": round(seconds * 1e6, 1),
-                             "GB_per_s": round(moved / seconds / 1e9, 1), "pct_of_copy": round(100 * moved / seconds / copy_bw, 1)})
+                rows.append(
+                    {
+                        "page_size": page_size,
+                        "batch": batch,
+                        "context": context,
+                        "us": round(seconds * 1e6, 1),
+                        "GB_per_s": round(moved / seconds / 1e9, 1),
+                        "pct_of_copy": round(100 * moved / seconds / copy_bw, 1),
+                    }
+                )
                 kv = None  # free this shape's pool before the next one is made
     return rows
 
@@ -137,21 +149,40 @@ def gpu_extend_rows(q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dty
         # The same keys and values laid out contiguously for SDPA, KV heads already repeated for
         # GQA so that SDPA may pick its flash (causal) or memory-efficient (masked) kernel.
         group = q_heads // kv_heads
-        k_all = torch.cat([contiguous(kv, kv.k, prefix_lens)[0], k_new.transpose(0, 1)], 1).repeat_interleave(group, 0)[None].contiguous()
-        v_all = torch.cat([contiguous(kv, kv.v, prefix_lens)[0], v_new.transpose(0, 1)], 1).repeat_interleave(group, 0)[None].contiguous()
+        k_all = (
+            torch.cat([contiguous(kv, kv.k, prefix_lens)[0], k_new.transpose(0, 1)], 1)
+            .repeat_interleave(group, 0)[None]
+            .contiguous()
+        )
+        v_all = (
+            torch.cat([contiguous(kv, kv.v, prefix_lens)[0], v_new.transpose(0, 1)], 1)
+            .repeat_interleave(group, 0)[None]
+            .contiguous()
+        )
         q4 = q.transpose(0, 1)[None].contiguous()
         if prefix:
-            mask = torch.arange(prefix + new, device="cuda")[None, :] <= prefix + torch.arange(new, device="cuda")[:, None]
+            mask = (
+                torch.arange(prefix + new, device="cuda")[None, :] <= prefix + torch.arange(new, device="cuda")[:, None]
+            )
             sdpa = gpu_time(lambda: F.scaled_dot_product_attention(q4, k_all, v_all, attn_mask=mask))
         else:
             sdpa = gpu_time(lambda: F.scaled_dot_product_attention(q4, k_all, v_all, is_causal=True))
         flops = causal_flops(new, prefix, q_heads, head_dim)
-        rows.append({"new_tokens": new, "prefix": prefix, "radixrt_TFLOPs": round(flops / ours / 1e12, 1),
-                     "sdpa_TFLOPs": round(flops / sdpa / 1e12, 1), "pct_of_sdpa": round(100 * sdpa / ours, 1)})
+        rows.append(
+            {
+                "new_tokens": new,
+                "prefix": prefix,
+                "radixrt_TFLOPs": round(flops / ours / 1e12, 1),
+                "sdpa_TFLOPs": round(flops / sdpa / 1e12, 1),
+                "pct_of_sdpa": round(100 * sdpa / ours, 1),
+            }
+        )
     return rows
 
 
-def eager_attention(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, mask: torch.Tensor | None, group: int) -> torch.Tensor:
+def eager_attention(
+    q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, mask: torch.Tensor | None, group: int
+) -> torch.Tensor:
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
     module = SimpleNamespace(num_key_value_groups=group, training=False)
@@ -170,11 +201,24 @@ def cpu_rows(q_heads: int, kv_heads: int, head_dim: int, iters: int) -> list[dic
         ours = cpu_time(lambda: cpu.decode_attention(q, kv, seq_lens, max_seq_len=context), iters)
         eager = cpu_time(lambda: eager_attention(q[:, :, None], k4, v4, None, group), iters)
         ref = cpu_time(lambda: reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens), 1)
-        rows.append({"op": "decode", "batch": batch, "context": context, "shared_prefix": shared, "cpu_path_ms": round(ours * 1e3, 3),
-                     "x_vs_eager": round(eager / ours, 2), "x_vs_reference": round(ref / ours, 1)})
+        rows.append(
+            {
+                "op": "decode",
+                "batch": batch,
+                "context": context,
+                "shared_prefix": shared,
+                "cpu_path_ms": round(ours * 1e3, 3),
+                "x_vs_eager": round(eager / ours, 2),
+                "x_vs_reference": round(ref / ours, 1),
+            }
+        )
     for prefix, new in ((0, 512), (1024, 512)):
         kv = paged_batch([prefix + new], 16, kv_heads, head_dim, torch.float32, "cpu")
-        q, k_new, v_new = torch.randn(new, q_heads, head_dim), torch.randn(new, kv_heads, head_dim), torch.randn(new, kv_heads, head_dim)
+        q, k_new, v_new = (
+            torch.randn(new, q_heads, head_dim),
+            torch.randn(new, kv_heads, head_dim),
+            torch.randn(new, kv_heads, head_dim),
+        )
         qo_indptr, prefix_lens = torch.tensor([0, new], dtype=torch.int32), torch.tensor([prefix], dtype=torch.int32)
         k4 = torch.cat([contiguous(kv, kv.k, prefix_lens)[0], k_new.transpose(0, 1)], 1)[None]
         v4 = torch.cat([contiguous(kv, kv.v, prefix_lens)[0], v_new.transpose(0, 1)], 1)[None]
@@ -182,16 +226,34 @@ def cpu_rows(q_heads: int, kv_heads: int, head_dim: int, iters: int) -> list[dic
         mask = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[None, None]
         ours = cpu_time(lambda: cpu.extend_attention(q, k_new, v_new, kv, qo_indptr, prefix_lens), iters)
         eager = cpu_time(lambda: eager_attention(q.transpose(0, 1)[None], k4, v4, mask, group), iters)
-        ref = cpu_time(lambda: reference.extend_attention(q, k_new, v_new, kv.k, kv.v, qo_indptr, kv.indptr, kv.indices, prefix_lens), 1)
-        rows.append({"op": "extend", "batch": 1, "context": prefix + new, "shared_prefix": 0, "cpu_path_ms": round(ours * 1e3, 3),
-                     "x_vs_eager": round(eager / ours, 2), "x_vs_reference": round(ref / ours, 1)})
+        ref = cpu_time(
+            lambda: reference.extend_attention(
+                q, k_new, v_new, kv.k, kv.v, qo_indptr, kv.indptr, kv.indices, prefix_lens
+            ),
+            1,
+        )
+        rows.append(
+            {
+                "op": "extend",
+                "batch": 1,
+                "context": prefix + new,
+                "shared_prefix": 0,
+                "cpu_path_ms": round(ours * 1e3, 3),
+                "x_vs_eager": round(eager / ours, 2),
+                "x_vs_reference": round(ref / ours, 1),
+            }
+        )
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cpu-iters", type=int, default=20, help="timed runs per CPU shape; the median counts (default 20)")
-    ap.add_argument("--max-gib", type=float, default=24.0, help="skip GPU decode shapes whose K/V exceed this (default 24)")
+    ap.add_argument(
+        "--cpu-iters", type=int, default=20, help="timed runs per CPU shape; the median counts (default 20)"
+    )
+    ap.add_argument(
+        "--max-gib", type=float, default=24.0, help="skip GPU decode shapes whose K/V exceed this (default 24)"
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     summary: dict = {"bench": "kernels", "torch": torch.__version__}
@@ -202,16 +264,27 @@ def main() -> None:
         copy_bw = copy_bandwidth("cuda")
         decode_rows = gpu_decode_rows(32, 8, 128, torch.bfloat16, copy_bw, args.max_gib)
         extend_rows = gpu_extend_rows(32, 8, 128, torch.bfloat16)
-        print(f"{summary['device']}: decode attention, bf16, 32 q heads / 8 KV heads x 128; copy bandwidth {copy_bw / 1e9:.0f} GB/s\n")
+        print(
+            f"{summary['device']}: decode attention, bf16, 32 q heads / 8 KV heads x 128; "
+            f"copy bandwidth {copy_bw / 1e9:.0f} GB/s\n"
+        )
         print(table(decode_rows, list(decode_rows[0])))
         print("\nextend attention vs scaled_dot_product_attention on contiguous K/V\n")
         print(table(extend_rows, list(extend_rows[0])))
-        goal = next((r for r in decode_rows if r["batch"] == 64 and r["context"] == 4096 and r["page_size"] == 16), None)
-        summary.update(copy_GB_per_s=round(copy_bw / 1e9, 1), decode=decode_rows, extend=extend_rows,
-                       decode_b64_4k_pct_of_copy=goal and goal["pct_of_copy"],
-                       extend_pct_of_sdpa=min(r["pct_of_sdpa"] for r in extend_rows))
+        goal = next(
+            (r for r in decode_rows if r["batch"] == 64 and r["context"] == 4096 and r["page_size"] == 16), None
+        )
+        summary.update(
+            copy_GB_per_s=round(copy_bw / 1e9, 1),
+            decode=decode_rows,
+            extend=extend_rows,
+            decode_b64_4k_pct_of_copy=goal and goal["pct_of_copy"],
+            extend_pct_of_sdpa=min(r["pct_of_sdpa"] for r in extend_rows),
+        )
     rows = cpu_rows(9, 3, 64, args.cpu_iters)
-    print("\nCPU path (float32, 9 q heads / 3 KV heads x 64) vs transformers eager attention and the float64 reference\n")
+    print(
+        "\nCPU path (float32, 9 q heads / 3 KV heads x 64) vs transformers eager attention and the float64 reference\n"
+    )
     print(table(rows, list(rows[0])))
     summary["cpu"] = rows
     print()

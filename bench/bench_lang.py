@@ -34,6 +34,7 @@ whole step's time; ``bench_constraints.py`` measures it on a larger constrained 
 
 Prints a table, then one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,10 @@ from radixrt.engine.constraints import Grammars  # noqa: E402
 
 EXAMPLES = BENCH.parent / "examples"
 GOAL = 1.05
-EXTRA_REVIEWS = [("Nothing works and the manual is useless.", "negative"),
-                 ("Lovely little cafe with the best coffee in town.", "positive")]
+EXTRA_REVIEWS = [
+    ("Nothing works and the manual is useless.", "negative"),
+    ("Lovely little cafe with the best coffee in town.", "positive"),
+]
 
 
 MASK_TIMES: list[float] = []  # seconds, per call that masked at least one request's logits
@@ -144,8 +147,7 @@ def floor_tokens(prompts: list[tuple[list[int], int | None]]) -> int:
 
 
 def workloads(quick: bool) -> dict:
-    tot, sc, few = (load_example(n) for n in ("lang_tree_of_thought", "lang_self_consistency",
-                                              "lang_few_shot_select"))
+    tot, sc, few = (load_example(n) for n in ("lang_tree_of_thought", "lang_self_consistency", "lang_few_shot_select"))
     reviews = [r for r, _ in few.REVIEWS + EXTRA_REVIEWS][: 4 if quick else 8]
     samples = 3 if quick else sc.NUM_SAMPLES
 
@@ -158,8 +160,7 @@ def workloads(quick: bool) -> dict:
     def few_shot_batch() -> list:
         return few.classify.run_batch([{"review": r} for r in reviews], temperature=0)
 
-    return {"tree_of_thought": tree_of_thought, "self_consistency": self_consistency,
-            "few_shot_batch": few_shot_batch}
+    return {"tree_of_thought": tree_of_thought, "self_consistency": self_consistency, "few_shot_batch": few_shot_batch}
 
 
 def measure(rt: RecordingRuntime, name: str, program, mode: str, page_size: int) -> dict:
@@ -177,11 +178,20 @@ def measure(rt: RecordingRuntime, name: str, program, mode: str, page_size: int)
         raise RuntimeError(f"{name}: the program failed: {next(e for e in errors if e)}")
     prompt, cached, computed = (after[k] - before[k] for k in ("prompt_tokens", "cached_tokens", "computed_tokens"))
     unique, floor = unique_tokens(rt.prompts), floor_tokens(rt.prompts)
-    return {"workload": name, "cache": mode, "page_size": page_size, "requests": len(rt.prompts),
-            "prompt_tokens": prompt, "computed_tokens": computed, "unique_tokens": unique, "floor_tokens": floor,
-            "computed_over_unique": round(computed / unique, 3) if unique else None,
-            "computed_over_floor": round(computed / floor, 3) if floor else None,
-            "hit_rate": round(cached / prompt, 3) if prompt else 0.0, "wall_s": round(wall, 2)}
+    return {
+        "workload": name,
+        "cache": mode,
+        "page_size": page_size,
+        "requests": len(rt.prompts),
+        "prompt_tokens": prompt,
+        "computed_tokens": computed,
+        "unique_tokens": unique,
+        "floor_tokens": floor,
+        "computed_over_unique": round(computed / unique, 3) if unique else None,
+        "computed_over_floor": round(computed / floor, 3) if floor else None,
+        "hit_rate": round(cached / prompt, 3) if prompt else 0.0,
+        "wall_s": round(wall, 2),
+    }
 
 
 def run_mode(cache: bool, page_size: int, quick: bool) -> tuple[list[dict], list[tuple[float, float]], str]:
@@ -190,8 +200,10 @@ def run_mode(cache: bool, page_size: int, quick: bool) -> tuple[list[dict], list
     try:
         warm = load_example("lang_few_shot_select")
         warm.classify.run(review="Fine.", temperature=0, backend=rt).sync()  # first-call costs out of the timings
-        rows = [measure(rt, name, lambda p=program: _on(rt, p), "on" if cache else "off", page_size)
-                for name, program in workloads(quick).items()]
+        rows = [
+            measure(rt, name, lambda p=program: _on(rt, p), "on" if cache else "off", page_size)
+            for name, program in workloads(quick).items()
+        ]
         return rows, list(rt.masked_steps), rt.engine.model_path.name
     finally:
         rt.shutdown()
@@ -208,9 +220,14 @@ def _on(rt: RecordingRuntime, program):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--page-size", type=int, default=16, help="KV page size (default 16, the engine's); the cache "
-                    "holds whole pages only, so a cache-on run with page size 1 is added for comparison (not with "
-                    "--quick)")
+    ap.add_argument(
+        "--page-size",
+        type=int,
+        default=16,
+        help="KV page size (default 16, the engine's); the cache "
+        "holds whole pages only, so a cache-on run with page size 1 is added for comparison (not with "
+        "--quick)",
+    )
     ap.add_argument("--quick", action="store_true", help="fewer samples and programs, and no page-size-1 run")
     args = ap.parse_args()
     modes = [(True, args.page_size), (False, args.page_size)]
@@ -230,8 +247,10 @@ def main() -> None:
     for on, off in zip(on_rows, off_rows):
         saved = 1 - on["computed_tokens"] / off["computed_tokens"] if off["computed_tokens"] else 0.0
         speedup = off["wall_s"] / on["wall_s"] if on["wall_s"] else float("nan")
-        print(f"{on['workload']:>16}: the cache computes {saved:.0%} fewer prompt tokens; wall time off / on: "
-              f"{speedup:.2f}x")
+        print(
+            f"{on['workload']:>16}: the cache computes {saved:.0%} fewer prompt tokens; wall time off / on: "
+            f"{speedup:.2f}x"
+        )
     goal = {}
     for (cache, page_size), group in results.items():
         if cache:
@@ -239,22 +258,42 @@ def main() -> None:
             goal[f"page_size_{page_size}"] = {"worst_computed_over_unique": worst, "met": worst <= GOAL}
             worst_floor = max(r["computed_over_floor"] for r in group if r["computed_over_floor"] is not None)
             goal[f"page_size_{page_size}"]["worst_computed_over_floor"] = worst_floor
-            print(f"goal (cache on, page size {page_size}): computed prompt tokens within {GOAL}x of unique: "
-                  f"{'met' if worst <= GOAL else 'NOT met'} (worst {worst:.3f}x; against the floor, "
-                  f"worst {worst_floor:.3f}x)")
+            print(
+                f"goal (cache on, page size {page_size}): computed prompt tokens within {GOAL}x of unique: "
+                f"{'met' if worst <= GOAL else 'NOT met'} (worst {worst:.3f}x; against the floor, "
+                f"worst {worst_floor:.3f}x)"
+            )
     mask = None
     if masked:
         mask_ms = 1000 * statistics.median(m for _, m in masked)
         step_ms = 1000 * statistics.median(st for st, _ in masked)
-        mask = {"steps": len(masked), "mask_ms_median": round(mask_ms, 3),
-                "mask_ms_mean": round(1000 * statistics.fmean(m for _, m in masked), 3),
-                "step_ms_median": round(step_ms, 2), "share_of_step": round(mask_ms / step_ms, 4)}
-        print(f"constrained decoding: {len(masked)} steps with token masks; masking {mask_ms:.3f} ms median "
-              f"({mask['mask_ms_mean']:.3f} ms mean) = {mask_ms / step_ms:.1%} of the {step_ms:.1f} ms median step "
-              "(bench_constraints.py measures a larger constrained batch)")
-    print(json.dumps({"bench": "lang", "device": device, "model": model, "page_size": args.page_size,
-                      "quick": args.quick, "rows": rows, "goal": GOAL, "goal_computed_over_unique": goal,
-                      "mask": mask}))
+        mask = {
+            "steps": len(masked),
+            "mask_ms_median": round(mask_ms, 3),
+            "mask_ms_mean": round(1000 * statistics.fmean(m for _, m in masked), 3),
+            "step_ms_median": round(step_ms, 2),
+            "share_of_step": round(mask_ms / step_ms, 4),
+        }
+        print(
+            f"constrained decoding: {len(masked)} steps with token masks; masking {mask_ms:.3f} ms median "
+            f"({mask['mask_ms_mean']:.3f} ms mean) = {mask_ms / step_ms:.1%} of the {step_ms:.1f} ms median step "
+            "(bench_constraints.py measures a larger constrained batch)"
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "lang",
+                "device": device,
+                "model": model,
+                "page_size": args.page_size,
+                "quick": args.quick,
+                "rows": rows,
+                "goal": GOAL,
+                "goal_computed_over_unique": goal,
+                "mask": mask,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

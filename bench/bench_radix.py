@@ -15,6 +15,7 @@ the same run and the speed ratio (requests per second of cache-call time) is rep
 
 Prints tables, then one JSON line of all figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,15 @@ def peer_python() -> str | None:
 
 
 def run_peer(python: str, requests: Path, page_size: int, capacity_tokens: int) -> dict:
-    cmd = [python, str(SHARED / "peers" / "sglang_radix_replay.py"), str(requests),
-           "--page-size", str(page_size), "--capacity-tokens", str(capacity_tokens)]
+    cmd = [
+        python,
+        str(SHARED / "peers" / "sglang_radix_replay.py"),
+        str(requests),
+        "--page-size",
+        str(page_size),
+        "--capacity-tokens",
+        str(capacity_tokens),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -101,20 +109,29 @@ def side_by_side(python: str, runs: list[tuple[str, list[np.ndarray], int, int |
             for _ in range(repeats):
                 ours.append(simulate(prompts, page_size, pages))
                 theirs.append(run_peer(python, path, page_size, (capacity or 0) * page_size))
-            rows.append({
-                "stream": name, "requests": len(prompts), "page_size": page_size,
-                "capacity": capacity or "unlimited",
-                "radixrt_req_per_s": round(statistics.median(o.requests / o.cache_s for o in ours), 1),
-                "sglang_req_per_s": statistics.median(t["requests_per_s"] for t in theirs),
-                "ratio": round(statistics.median(o.requests / o.cache_s / t["requests_per_s"] for o, t in zip(ours, theirs)), 2),
-                "radixrt_hit": round(ours[0].hit_rate, 4), "sglang_hit": theirs[0]["token_hit_rate"],
-            })
+            rows.append(
+                {
+                    "stream": name,
+                    "requests": len(prompts),
+                    "page_size": page_size,
+                    "capacity": capacity or "unlimited",
+                    "radixrt_req_per_s": round(statistics.median(o.requests / o.cache_s for o in ours), 1),
+                    "sglang_req_per_s": statistics.median(t["requests_per_s"] for t in theirs),
+                    "ratio": round(
+                        statistics.median(o.requests / o.cache_s / t["requests_per_s"] for o, t in zip(ours, theirs)), 2
+                    ),
+                    "radixrt_hit": round(ours[0].hit_rate, 4),
+                    "sglang_hit": theirs[0]["token_hit_rate"],
+                }
+            )
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3, help="runs per synthetic configuration; speed is the median (default 3)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="runs per synthetic configuration; speed is the median (default 3)"
+    )
     ap.add_argument("--no-peer", action="store_true", help="skip the side-by-side run of SGLang's radix cache")
     ap.add_argument("--no-mooncake", action="store_true", help="skip the Mooncake trace")
     ap.add_argument("--mooncake", type=Path, default=SHARED / "traces" / "mooncake" / "conversation_trace.jsonl")
@@ -137,14 +154,27 @@ def main() -> None:
             results.append({"stream": "mooncake", "page_size": BLOCK_SIZE, "capacity": cap, **r.figures()})
             mooncake_hits[cap] = round(r.hit_rate, 4)
 
-    columns = ["stream", "page_size", "capacity", "requests", "hit_rate", "requests_per_s", "match_ops_per_s",
-               "insert_ops_per_s", "evict_ops_per_s", "match_tokens_per_s"]
+    columns = [
+        "stream",
+        "page_size",
+        "capacity",
+        "requests",
+        "hit_rate",
+        "requests_per_s",
+        "match_ops_per_s",
+        "insert_ops_per_s",
+        "evict_ops_per_s",
+        "match_tokens_per_s",
+    ]
     print("radix cache: match -> lock -> alloc/evict -> insert -> unlock, cache-call time only\n")
     print(table(results, columns))
 
     summary: dict = {
         "bench": "radix",
-        "streams": {n: {"requests": len(p), "mean_tokens": round(float(np.mean([len(t) for t in p])), 1)} for n, p in streams.items()},
+        "streams": {
+            n: {"requests": len(p), "mean_tokens": round(float(np.mean([len(t) for t in p])), 1)}
+            for n, p in streams.items()
+        },
         "results": results,
     }
     if mooncake:
@@ -156,8 +186,20 @@ def main() -> None:
             summary["mooncake_max_abs_diff"] = max(abs(d) for d in diffs.values())
             summary["mooncake_matches_reference"] = summary["mooncake_max_abs_diff"] <= MOONCAKE_TOLERANCE
             print("\nMooncake block hit rate vs. the reference figures (tolerance 0.002)\n")
-            print(table([{"capacity": c, "radixrt": mooncake_hits[c], "reference": reference.get(c), "diff": diffs.get(c)} for c in mooncake_hits],
-                        ["capacity", "radixrt", "reference", "diff"]))
+            print(
+                table(
+                    [
+                        {
+                            "capacity": c,
+                            "radixrt": mooncake_hits[c],
+                            "reference": reference.get(c),
+                            "diff": diffs.get(c),
+                        }
+                        for c in mooncake_hits
+                    ],
+                    ["capacity", "radixrt", "reference", "diff"],
+                )
+            )
 
     python = None if args.no_peer else peer_python()
     if python:
@@ -165,7 +207,9 @@ def main() -> None:
         runs.append(("agent_evicting_16k_pages", streams["agent"], 1, CAPACITIES["16k"]))
         runs.append(("agent_page16_evicting_4k_pages", streams["agent"], 16, CAPACITIES["4k"]))
         if mooncake:
-            runs.append(("mooncake", [block_tokens(q.hash_ids) for q in mooncake[:PEER_MOONCAKE_REQUESTS]], BLOCK_SIZE, None))
+            runs.append(
+                ("mooncake", [block_tokens(q.hash_ids) for q in mooncake[:PEER_MOONCAKE_REQUESTS]], BLOCK_SIZE, None)
+            )
         rows = side_by_side(python, runs, args.repeats)
         print("\nSide by side with SGLang's RadixCache: same request files, median of adjacent pairs\n")
         print(table(rows, list(rows[0])))

@@ -12,6 +12,7 @@ The shared traces are not part of the repository: without them, the Mooncake par
 
 Prints tables, then one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ from radixrt.model.loader import hf_directory  # noqa: E402
 from radixrt.replay.cache_sim import simulate  # noqa: E402
 from radixrt.replay.importers import from_lmcache, from_mooncake  # noqa: E402
 from radixrt.replay.metrics import summarize  # noqa: E402
-from radixrt.replay.replayer import ReplayOptions, Replayer  # noqa: E402
+from radixrt.replay.replayer import Replayer, ReplayOptions  # noqa: E402
 from radixrt.replay.sweep import parse_capacities, sweep  # noqa: E402
 from radixrt.replay.trace import TraceRequest, prompt_tokens  # noqa: E402
 from radixrt.server.launch import ServerProcess  # noqa: E402
@@ -49,9 +50,19 @@ def simulated(name: str, prompts: list[np.ndarray], page_size: int, capacities: 
     rows = sweep(prompts, page_size, parse_capacities(capacities))
     seconds = time.perf_counter() - started
     labels = [c.strip() for c in capacities.split(",")]
-    return [{"trace": name, "page_size": page_size, "capacity": label, "requests": len(prompts),
-             "lru_hit_rate": round(r["lru_hit_rate"], 4), "optimal_hit_rate": round(r["optimal_hit_rate"], 4),
-             "lru_of_optimal": round(r["lru_of_optimal"], 3), "sweep_s": round(seconds, 1)} for label, r in zip(labels, rows)]
+    return [
+        {
+            "trace": name,
+            "page_size": page_size,
+            "capacity": label,
+            "requests": len(prompts),
+            "lru_hit_rate": round(r["lru_hit_rate"], 4),
+            "optimal_hit_rate": round(r["optimal_hit_rate"], 4),
+            "lru_of_optimal": round(r["lru_of_optimal"], 3),
+            "sweep_s": round(seconds, 1),
+        }
+        for label, r in zip(labels, rows)
+    ]
 
 
 def agent_slice(trace: list[TraceRequest], tokenizer, sessions: int, turns: int, max_tokens: int) -> list[TraceRequest]:
@@ -78,13 +89,22 @@ def live(requests: list[TraceRequest], cache: bool, log_dir: Path, max_output: i
             summary = summarize(Replayer(backend, options).run(requests))
         finally:
             backend.shutdown()
-    return {"cache": "on" if cache else "off", "requests": summary["succeeded"], "failed": summary["failed"],
-            "prompt_tokens": summary["prompt_tokens"], "computed_tokens": summary["computed_tokens"],
-            "unique_prompt_tokens": summary["unique_prompt_tokens"], "hit_rate": round(summary["hit_rate"], 4),
-            "ttft_p50_s": round(summary["ttft_s"]["p50"], 3), "ttft_p90_s": round(summary["ttft_s"]["p90"], 3),
-            "itl_p50_ms": round(1000 * summary["itl_s"]["p50"], 1), "e2e_p50_s": round(summary["e2e_s"]["p50"], 2),
-            "e2e_p99_s": round(summary["e2e_s"]["p99"], 2), "output_tok_s": round(summary["output_tokens_per_s"], 2),
-            "duration_s": round(summary["duration_s"], 1)}
+    return {
+        "cache": "on" if cache else "off",
+        "requests": summary["succeeded"],
+        "failed": summary["failed"],
+        "prompt_tokens": summary["prompt_tokens"],
+        "computed_tokens": summary["computed_tokens"],
+        "unique_prompt_tokens": summary["unique_prompt_tokens"],
+        "hit_rate": round(summary["hit_rate"], 4),
+        "ttft_p50_s": round(summary["ttft_s"]["p50"], 3),
+        "ttft_p90_s": round(summary["ttft_s"]["p90"], 3),
+        "itl_p50_ms": round(1000 * summary["itl_s"]["p50"], 1),
+        "e2e_p50_s": round(summary["e2e_s"]["p50"], 2),
+        "e2e_p99_s": round(summary["e2e_s"]["p99"], 2),
+        "output_tok_s": round(summary["output_tokens_per_s"], 2),
+        "duration_s": round(summary["duration_s"], 1),
+    }
 
 
 def agreement(requests: list[TraceRequest], tokenizer, page_size: int, pages: int) -> dict:
@@ -102,24 +122,34 @@ def agreement(requests: list[TraceRequest], tokenizer, page_size: int, pages: in
         rt.shutdown()
     exact, plain = simulate(prompts, page_size, pages, engine_rules=True), simulate(prompts, page_size, pages)
     engine = summary["cached_tokens"] / summary["prompt_tokens"]
-    return {"capacity_pages": pages, "requests": len(prompts), "engine_hit_rate": round(engine, 4),
-            "simulated_engine_rules": round(exact.hit_tokens / summary["prompt_tokens"], 4),
-            "simulated_plain": round(plain.hit_rate, 4),
-            "engine_vs_plain": round(engine / plain.hit_rate, 4) if plain.hit_rate else None}
+    return {
+        "capacity_pages": pages,
+        "requests": len(prompts),
+        "engine_hit_rate": round(engine, 4),
+        "simulated_engine_rules": round(exact.hit_tokens / summary["prompt_tokens"], 4),
+        "simulated_plain": round(plain.hit_rate, 4),
+        "engine_vs_plain": round(engine / plain.hit_rate, 4) if plain.hit_rate else None,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smaller live slice")
-    ap.add_argument("--max-output", type=int, default=16, help="tokens generated a request in the live replay (default 16)")
+    ap.add_argument(
+        "--max-output", type=int, default=16, help="tokens generated a request in the live replay (default 16)"
+    )
     args = ap.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(hf_directory())
     results: dict = {"bench": "replay", "quick": args.quick}
 
     mooncake = SHARED / "mooncake" / "conversation_trace.jsonl"
     trace = from_mooncake(mooncake if mooncake.exists() else SAMPLE)
-    rows = simulated("mooncake" if mooncake.exists() else "mooncake (300-request sample)", [prompt_tokens(r) for r in trace],
-                     512, "1k,4k,16k,64k,unlimited")
+    rows = simulated(
+        "mooncake" if mooncake.exists() else "mooncake (300-request sample)",
+        [prompt_tokens(r) for r in trace],
+        512,
+        "1k,4k,16k,64k,unlimited",
+    )
     reference = mooncake_reference(SHARED / "README.md") if mooncake.exists() else None
     if reference:
         for r in rows:
@@ -133,27 +163,36 @@ def main() -> None:
     print("Simulated hit rate against cache capacity (pages): LRU and the offline optimum\n")
     print(table(rows, list(rows[0])))
     if "mooncake_matches_reference" in results:
-        print(f"\nMooncake LRU against the reference table (tolerance {TOLERANCE}): "
-              f"{'equal' if results['mooncake_matches_reference'] else 'DIFFERENT'}")
+        print(
+            f"\nMooncake LRU against the reference table (tolerance {TOLERANCE}): "
+            f"{'equal' if results['mooncake_matches_reference'] else 'DIFFERENT'}"
+        )
     results["simulation"] = rows
 
     if "miniswe" in agent_traces:
         sessions, turns = (2, 3) if args.quick else (3, 5)
         requests = agent_slice(agent_traces["miniswe"], tokenizer, sessions, turns, max_tokens=6000)
-        print(f"\nLive replay: {len(requests)} mini-SWE-agent calls ({sessions} sessions x {turns} turns), through "
-              f"`radixrt serve` (one worker, the default model), {args.max_output} tokens generated each", file=sys.stderr)
+        print(
+            f"\nLive replay: {len(requests)} mini-SWE-agent calls ({sessions} sessions x {turns} turns), through "
+            f"`radixrt serve` (one worker, the default model), {args.max_output} tokens generated each",
+            file=sys.stderr,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             live_rows = [live(requests, cache, Path(tmp), args.max_output) for cache in (True, False)]
         print(f"\nLive replay of {len(requests)} mini-SWE-agent calls through serve, cache on and off\n")
         print(table(live_rows, list(live_rows[0])))
         on, off = live_rows
-        print(f"\nthe cache computes {1 - on['computed_tokens'] / off['computed_tokens']:.0%} fewer prompt tokens; "
-              f"duration off / on: {off['duration_s'] / on['duration_s']:.2f}x; p50 TTFT off / on: "
-              f"{off['ttft_p50_s'] / on['ttft_p50_s']:.2f}x")
+        print(
+            f"\nthe cache computes {1 - on['computed_tokens'] / off['computed_tokens']:.0%} fewer prompt tokens; "
+            f"duration off / on: {off['duration_s'] / on['duration_s']:.2f}x; p50 TTFT off / on: "
+            f"{off['ttft_p50_s'] / on['ttft_p50_s']:.2f}x"
+        )
         near = agent_slice(agent_traces["miniswe"], tokenizer, 4 if args.quick else 6, 3, max_tokens=3000)
         agree = agreement(near, tokenizer, 16, pages=250)  # 4,000 tokens: a prompt fits, the working set does not
-        print(f"\n{len(near)} mini-SWE-agent calls through the engine one at a time (nothing generated) against the "
-              "simulator, at equal capacity\n")
+        print(
+            f"\n{len(near)} mini-SWE-agent calls through the engine one at a time (nothing generated) against the "
+            "simulator, at equal capacity\n"
+        )
         print(table([agree], list(agree)))
         results.update(live=live_rows, agreement=agree)
     print(json.dumps(results))

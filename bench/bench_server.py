@@ -20,6 +20,7 @@ side by side in one run.
 
 Prints a table per part, then one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,10 @@ class ServerSystem:
         return self.client.submit(prompt, SamplingParams(max_new_tokens=length, temperature=0, ignore_eos=True))
 
     def poll(self) -> list[tuple[str, dict]]:
-        return [(o.request_id, {"text": o.text, "output_tokens": len(o.token_ids), "ttft": o.time_to_first_token})
-                for o in self.client.finished(timeout=1.0)]
+        return [
+            (o.request_id, {"text": o.text, "output_tokens": len(o.token_ids), "ttft": o.time_to_first_token})
+            for o in self.client.finished(timeout=1.0)
+        ]
 
 
 class HttpSystem:
@@ -81,17 +84,33 @@ class HttpSystem:
 
         def run() -> None:
             first, text, usage = None, "", None
-            for chunk in self.client.completions.create(model="default", prompt=prompt, max_tokens=length, temperature=0,
-                                                        stream=True, stream_options={"include_usage": True},
-                                                        extra_body={"ignore_eos": True}):
+            for chunk in self.client.completions.create(
+                model="default",
+                prompt=prompt,
+                max_tokens=length,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            ):
                 if chunk.choices and chunk.choices[0].text:
                     first = first or time.perf_counter()
                     text += chunk.choices[0].text
                 usage = chunk.usage or usage
-            self.done.put((rid, {"text": text, "output_tokens": usage.completion_tokens,
-                                 "ttft": (first or time.perf_counter()) - sent}))
+            self.done.put(
+                (
+                    rid,
+                    {
+                        "text": text,
+                        "output_tokens": usage.completion_tokens,
+                        "ttft": (first or time.perf_counter()) - sent,
+                    },
+                )
+            )
 
-        self.pool.submit(run).add_done_callback(lambda f: f.exception() and self.done.put((rid, {"error": f.exception()})))
+        self.pool.submit(run).add_done_callback(
+            lambda f: f.exception() and self.done.put((rid, {"error": f.exception()}))
+        )
         return rid
 
     def poll(self) -> list[tuple[str, dict]]:
@@ -109,8 +128,23 @@ class HttpSystem:
 
 def server(model: Path, workers: int, policy: str, log_dir: Path, *extra: str) -> ServerProcess:
     log = log_dir / f"serve-{model.name}-{workers}-{policy}-{time.monotonic_ns()}.log"
-    return ServerProcess(["--model", str(model), "--workers", str(workers), "--policy", policy, "--threads", "1",
-                          "--kv-cache-mb", str(KV_MB), *extra], log, env={"OMP_NUM_THREADS": "1"})
+    return ServerProcess(
+        [
+            "--model",
+            str(model),
+            "--workers",
+            str(workers),
+            "--policy",
+            policy,
+            "--threads",
+            "1",
+            "--kv-cache-mb",
+            str(KV_MB),
+            *extra,
+        ],
+        log,
+        env={"OMP_NUM_THREADS": "1"},
+    )
 
 
 def http_overhead(model: Path, tokenizer, system: str, log_dir: Path) -> tuple[list[dict], float]:
@@ -128,7 +162,9 @@ def http_overhead(model: Path, tokenizer, system: str, log_dir: Path) -> tuple[l
 def run_server(name: str, model: Path, workers: int, policy: str, tokenizer, system: str, log_dir: Path) -> dict:
     print(f"running {name} ...", file=sys.stderr)
     with server(model, workers, policy, log_dir) as served, Client(served.address) as client:
-        row = measure(name, ServerSystem(client), tokenizer, system, lambda: client.stats()["router"]["computed_tokens"])
+        row = measure(
+            name, ServerSystem(client), tokenizer, system, lambda: client.stats()["router"]["computed_tokens"]
+        )
         row["hit_rate"] = round(client.stats()["router"]["hit_rate"], 3)
     return row
 
@@ -143,10 +179,12 @@ def run_engine(name: str, model: Path, tokenizer, system: str) -> dict:
 
 def overhead(model: Path, tokenizer, system: str, log_dir: Path) -> tuple[list[dict], float]:
     """Engine, server, server, engine; the ratio of the server's mean throughput to the engine's."""
-    rows = [run_engine("engine", model, tokenizer, system),
-            run_server("serve_1_worker", model, 1, "cache_aware", tokenizer, system, log_dir),
-            run_server("serve_1_worker_again", model, 1, "cache_aware", tokenizer, system, log_dir),
-            run_engine("engine_again", model, tokenizer, system)]
+    rows = [
+        run_engine("engine", model, tokenizer, system),
+        run_server("serve_1_worker", model, 1, "cache_aware", tokenizer, system, log_dir),
+        run_server("serve_1_worker_again", model, 1, "cache_aware", tokenizer, system, log_dir),
+        run_engine("engine_again", model, tokenizer, system),
+    ]
     mean = lambda prefix: statistics.mean(r["output_tok_per_s"] for r in rows if r["system"].startswith(prefix))  # noqa: E731
     return rows, round(mean("serve") / mean("engine"), 3)
 
@@ -157,6 +195,7 @@ def delta_rate(model: Path, log_dir: Path, streams: int = 64, tokens: int = 200)
 
     async def run(address: str) -> float:
         async with AsyncClient(address) as client:
+
             async def consume(i: int) -> None:
                 async for _ in client.stream(f"Stream number {i}: tell a story.", params):
                     pass
@@ -171,8 +210,15 @@ def delta_rate(model: Path, log_dir: Path, streams: int = 64, tokens: int = 200)
         cpu = cpu_seconds(served.proc.pid) - cpu
         with Client(served.address) as client:
             deltas = client.stats()["router"]["deltas"]
-    return {"streams": streams, "tokens_each": tokens, "deltas": deltas, "wall_s": round(wall, 2),
-            "deltas_per_s": round(deltas / wall), "router_cpu_s": round(cpu, 2), "deltas_per_router_cpu_s": round(deltas / cpu)}
+    return {
+        "streams": streams,
+        "tokens_each": tokens,
+        "deltas": deltas,
+        "wall_s": round(wall, 2),
+        "deltas_per_s": round(deltas / wall),
+        "router_cpu_s": round(cpu, 2),
+        "deltas_per_router_cpu_s": round(deltas / cpu),
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -193,7 +239,9 @@ def two_layer_model(out: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="a Hugging Face directory with the default model's tokenizer (default: the default model)")
+    ap.add_argument(
+        "--model", help="a Hugging Face directory with the default model's tokenizer (default: the default model)"
+    )
     ap.add_argument("--parts", default="1,2,3,4,5", help="which parts to run (default 1,2,3,4,5)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -227,29 +275,43 @@ def main() -> None:
             summary["delta_rate"] = rate
         if 4 in parts:
             one_worker = one_worker or run_server("serve_1_worker", model, 1, "cache_aware", tokenizer, system, tmp)
-            routed = [run_server(f"2_workers_{policy}", model, 2, policy, tokenizer, system, tmp)
-                      for policy in ("cache_aware", "round_robin")]
+            routed = [
+                run_server(f"2_workers_{policy}", model, 2, policy, tokenizer, system, tmp)
+                for policy in ("cache_aware", "round_robin")
+            ]
             for r in routed:
-                r["computed_over_one_worker"] = round(r["computed_prompt_tokens"] / one_worker["computed_prompt_tokens"], 3)
+                r["computed_over_one_worker"] = round(
+                    r["computed_prompt_tokens"] / one_worker["computed_prompt_tokens"], 3
+                )
             aware, rr = routed
             speedup = round(aware["output_tok_per_s"] / rr["output_tok_per_s"], 2)
-            print("\n4. two workers: cache-aware routing against round-robin (one worker computed "
-                  f"{one_worker['computed_prompt_tokens']:,} prompt tokens)\n")
+            print(
+                "\n4. two workers: cache-aware routing against round-robin (one worker computed "
+                f"{one_worker['computed_prompt_tokens']:,} prompt tokens)\n"
+            )
             print(table(routed, list(routed[0])))
             print(f"\ncache-aware / round-robin throughput: {speedup}")
-            summary.update(routing_rows=routed, cache_aware_over_round_robin=speedup,
-                           cache_aware_computed_over_one_worker=aware["computed_over_one_worker"],
-                           round_robin_computed_over_one_worker=rr["computed_over_one_worker"])
+            summary.update(
+                routing_rows=routed,
+                cache_aware_over_round_robin=speedup,
+                cache_aware_computed_over_one_worker=aware["computed_over_one_worker"],
+                round_robin_computed_over_one_worker=rr["computed_over_one_worker"],
+            )
         if 5 in parts:
             http_rows, http_ratio = http_overhead(model, tokenizer, system, tmp)
             zmq_ttft = statistics.mean(r["ttft_median_s"] for r in http_rows if r["system"].startswith("zeromq"))
             http_ttft = statistics.mean(r["ttft_median_s"] for r in http_rows if r["system"].startswith("http"))
             print(f"\n5. HTTP (openai client, streaming) against ZeroMQ, agent workload on {model.name}, one worker\n")
             print(table(http_rows, list(http_rows[0])))
-            print(f"\nhttp/zeromq throughput: {http_ratio}; median time to first token added by HTTP: "
-                  f"{1000 * (http_ttft - zmq_ttft):.1f} ms")
-            summary.update(http_rows=http_rows, http_over_zeromq=http_ratio,
-                           http_added_ttft_ms=round(1000 * (http_ttft - zmq_ttft), 1))
+            print(
+                f"\nhttp/zeromq throughput: {http_ratio}; median time to first token added by HTTP: "
+                f"{1000 * (http_ttft - zmq_ttft):.1f} ms"
+            )
+            summary.update(
+                http_rows=http_rows,
+                http_over_zeromq=http_ratio,
+                http_added_ttft_ms=round(1000 * (http_ttft - zmq_ttft), 1),
+            )
     print()
     print(json.dumps(summary))
 

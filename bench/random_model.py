@@ -8,6 +8,7 @@ on the weights' values, and the benchmarks fix their output lengths.
 ``DIR`` needs only config.json and the tokenizer files (default: the default model's directory), so
 a few MB carried to another machine are enough to rebuild the default model's shape there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ def main() -> None:
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(like), dtype=torch.float32)
     model.save_pretrained(args.out)
     AutoTokenizer.from_pretrained(like).save_pretrained(args.out)
-    print(f"wrote {args.out}: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M random parameters shaped like {like}",
-          file=sys.stderr)
+    print(
+        f"wrote {args.out}: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M random parameters "
+        f"shaped like {like}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Plain-text tables for the benchmarks' human-readable output."""
+
 from __future__ import annotations
 
 

@@ -3,6 +3,7 @@
 Each stream is a list of prompts (int32 token-id arrays, as the cache keeps them) in arrival order. Token ids are random
 but fixed by the seed, so two runs replay the same stream.
 """
+
 from __future__ import annotations
 
 import numpy as np

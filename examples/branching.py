@@ -6,6 +6,7 @@ tokens the cache holds.
 
 Run: make run    (or .venv/bin/python examples/branching.py [tcp://HOST:PORT] for a running server)
 """
+
 import sys
 
 import radixrt.lang as sgl

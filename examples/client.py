@@ -1,5 +1,6 @@
 """Talk to a running server: start one with `radixrt serve` (it prints its address when ready),
 then run `python examples/client.py [ADDRESS]`."""
+
 import asyncio
 import sys
 
@@ -28,5 +29,6 @@ async def main() -> None:
     async with AsyncClient(address) as client:  # any number of coroutines can share one client
         outs = await asyncio.gather(*(client.generate(f"Fact {i} about the moon:", greedy) for i in range(4)))
         print([o.text[:30] for o in outs])
+
 
 asyncio.run(main())

@@ -5,6 +5,7 @@ served from the prefix cache (the hit rate printed at the end shows it).
 
 Run: .venv/bin/python examples/lang_few_shot_select.py [tcp://HOST:PORT]
 """
+
 import sys
 
 import radixrt.lang as sgl

@@ -5,6 +5,7 @@ samples to a JSON object of the schema, so the model's answer always parses. The
 
 Run: .venv/bin/python examples/lang_json_extraction.py [tcp://HOST:PORT]
 """
+
 import json
 import sys
 

@@ -6,6 +6,7 @@ prefix cache holds.
 
 Run: .venv/bin/python examples/lang_llm_judge.py [tcp://HOST:PORT]
 """
+
 import sys
 
 import radixrt.lang as sgl

@@ -6,6 +6,7 @@ it prints how many of that request's prompt tokens came from the cache.
 
 Run: .venv/bin/python examples/lang_multi_turn_chat.py [tcp://HOST:PORT]
 """
+
 import sys
 
 import radixrt.lang as sgl

@@ -6,6 +6,7 @@ request begins with everything before it, which the prefix cache already holds.
 
 Run: .venv/bin/python examples/lang_react_agent.py [tcp://HOST:PORT]
 """
+
 import ast
 import operator
 import sys
@@ -86,7 +87,7 @@ def main():
         state = react_agent.run(question=question, temperature=0)
         if state.error() is not None:
             sys.exit(f"the program failed: {state.error()}")
-        print(state.text()[len(PROMPT):])
+        print(state.text()[len(PROMPT) :])
         for step in range(1, MAX_STEPS + 1):
             if f"input_{step}" in state:
                 expression = state[f"input_{step}"].removesuffix("]")

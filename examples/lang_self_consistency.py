@@ -5,6 +5,7 @@ its few-shot example are computed once and pinned while the forks read them from
 
 Run: .venv/bin/python examples/lang_self_consistency.py [tcp://HOST:PORT]
 """
+
 import sys
 from collections import Counter
 

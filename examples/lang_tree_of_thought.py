@@ -5,14 +5,17 @@ and its parent thought from the prefix cache: only what a branch adds is compute
 
 Run: .venv/bin/python examples/lang_tree_of_thought.py [tcp://HOST:PORT]
 """
+
 import sys
 
 import radixrt.lang as sgl
 
-QUESTION = ("Pens cost 3 dollars each. Tom buys 4 pens and pays with a 20 dollar bill. "
-            "How much change does he get?")
-APPROACHES = ["Work out the total cost first.", "Start from the 20 dollars and take away the pens one by one.",
-              "Write it as one calculation."]
+QUESTION = "Pens cost 3 dollars each. Tom buys 4 pens and pays with a 20 dollar bill. How much change does he get?"
+APPROACHES = [
+    "Work out the total cost first.",
+    "Start from the 20 dollars and take away the pens one by one.",
+    "Write it as one calculation.",
+]
 SUB_BRANCHES = ["\nNext step:", "\nDouble-check:"]
 
 
@@ -20,8 +23,7 @@ SUB_BRANCHES = ["\nNext step:", "\nDouble-check:"]
 def tree_of_thought(s, question):
     s += "Question: " + question + "\n"
     thoughts = s.fork(len(APPROACHES))
-    thoughts += lambda i: (f"Approach {i + 1}: {APPROACHES[i]}\nThought:"
-                           + sgl.gen("thought", max_tokens=32, stop="\n"))
+    thoughts += lambda i: f"Approach {i + 1}: {APPROACHES[i]}\nThought:" + sgl.gen("thought", max_tokens=32, stop="\n")
     nested = []
     for thought in thoughts:  # the nested forks: each thought branches again
         steps = thought.fork(len(SUB_BRANCHES))  # waits for this thought's text, not for the others

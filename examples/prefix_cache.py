@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python examples/prefix_cache.py
 """
+
 import numpy as np
 
 from radixrt.cache import KVPool, PageAllocator, RadixCache
@@ -30,7 +31,9 @@ def serve(prompt: np.ndarray) -> None:
     cache.commit(prompt, pages[:full_pages], held=match.length)  # frees duplicates of what was cached meanwhile
     allocator.free(pages[full_pages:])  # a partial last page is not cached
     cache.unlock(match.last_node)
-    print(f"prompt of {len(prompt):5} tokens: {match.length:5} served from cache, {len(prompt) - match.length:5} computed")
+    print(
+        f"prompt of {len(prompt):5} tokens: {match.length:5} served from cache, {len(prompt) - match.length:5} computed"
+    )
 
 
 for question in range(3):

@@ -28,6 +28,7 @@ default) runs the Triton kernels on CUDA tensors and the PyTorch path on CPU ten
 runs the kernels on CPU tensors too, which needs ``TRITON_INTERPRET=1`` set before triton is
 imported: that is how the tests run the whole engine through the kernels without a GPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,17 +70,39 @@ def decode_attention(q: torch.Tensor, kv: PagedKV, seq_lens: torch.Tensor, **opt
     return cpu.decode_attention(q, kv, seq_lens, **options)
 
 
-def extend_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv: PagedKV, qo_indptr: torch.Tensor,
-                     prefix_lens: torch.Tensor, **options) -> torch.Tensor:
+def extend_attention(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    kv: PagedKV,
+    qo_indptr: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    **options,
+) -> torch.Tensor:
     if _use_triton(q):
         return _triton()[1].extend_attention(q, k_new, v_new, kv, qo_indptr, prefix_lens, **options)
     return cpu.extend_attention(q, k_new, v_new, kv, qo_indptr, prefix_lens, **options)
 
 
-def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-             k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> None:
+def write_kv(
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    slots: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
     impl = _triton()[2].write_kv if _use_triton(k_pool) else cpu.write_kv
     impl(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
 
 
-__all__ = ["ATTENTION", "PagedKV", "attention_backend", "check_head_dim", "decode_attention", "extend_attention", "write_kv"]
+__all__ = [
+    "ATTENTION",
+    "PagedKV",
+    "attention_backend",
+    "check_head_dim",
+    "decode_attention",
+    "extend_attention",
+    "write_kv",
+]

@@ -5,6 +5,7 @@ K/V are gathered head by head: one ``index_select`` of head_dim-sized rows lays 
 attention over a padded batch (shared prefixes once, see :func:`plan_decode`); extend runs SDPA per
 sequence with a causal mask shifted by the prefix length.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,9 @@ class Scratch:
 SCRATCH = Scratch()
 
 
-def gather(pool: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype,
-           scratch: str | None = None) -> torch.Tensor:
+def gather(
+    pool: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype, scratch: str | None = None
+) -> torch.Tensor:
     """The vectors at ``rows [..., kv_heads, tokens]`` (from :func:`head_rows`) of ``pool`` ->
     ``[..., kv_heads, tokens, head_dim]`` in ``dtype``, dequantised: one ``index_select``, whose
     result is laid out head by head as the matmuls want it. With ``scratch``, the result lives in
@@ -131,7 +133,9 @@ def plan_pool_reads(kv: PagedKV, seqs: list[int], lens: list[int]) -> PoolPlan:
             skip[i] = common
         pages = head[:common]
         if (np.diff(pages) == 1).all():
-            shared.append(SharedPrefix(torch.tensor(group), None, (int(pages[0]) * page_size, int(pages[-1] + 1) * page_size)))
+            shared.append(
+                SharedPrefix(torch.tensor(group), None, (int(pages[0]) * page_size, int(pages[-1] + 1) * page_size))
+            )
         else:
             shared.append(SharedPrefix(torch.tensor(group), head_rows(torch.from_numpy(pages), page_size, kv.kv_heads)))
     counts = [-(-n // page_size) - s for n, s in zip(lens, skip)]
@@ -154,8 +158,16 @@ class PlanCache:
         self.plan: PoolPlan | None = None
 
     def get(self, kv: PagedKV, seqs: list[int], lens: list[int]) -> PoolPlan:
-        key = (id(kv.indices), kv.indices._version, id(kv.indptr), kv.indptr._version, kv.page_size, kv.kv_heads,
-               tuple(seqs), tuple(lens))
+        key = (
+            id(kv.indices),
+            kv.indices._version,
+            id(kv.indptr),
+            kv.indptr._version,
+            kv.page_size,
+            kv.kv_heads,
+            tuple(seqs),
+            tuple(lens),
+        )
         if self.plan is None or key != self.key:
             self.plan = plan_pool_reads(kv, seqs, lens)
             self.key, self.tables = key, (kv.indices, kv.indptr)
@@ -221,9 +233,16 @@ def attend_pool(q: torch.Tensor, kv: PagedKV, seqs: list[int], lens: list[int], 
     return part
 
 
-def decode_attention(q: torch.Tensor, kv: PagedKV, seq_lens: torch.Tensor, *, sm_scale: float | None = None,
-                     max_seq_len: int | None = None, num_splits: int | None = None,
-                     out: torch.Tensor | None = None) -> torch.Tensor:
+def decode_attention(
+    q: torch.Tensor,
+    kv: PagedKV,
+    seq_lens: torch.Tensor,
+    *,
+    sm_scale: float | None = None,
+    max_seq_len: int | None = None,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     batch, q_heads, head_dim = q.shape
     kv.check(q, batch)
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
@@ -231,9 +250,18 @@ def decode_attention(q: torch.Tensor, kv: PagedKV, seq_lens: torch.Tensor, *, sm
     return result if out is None else out.copy_(result)
 
 
-def extend_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv: PagedKV, qo_indptr: torch.Tensor,
-                     prefix_lens: torch.Tensor, *, sm_scale: float | None = None,
-                     max_extend_len: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+def extend_attention(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    kv: PagedKV,
+    qo_indptr: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    *,
+    sm_scale: float | None = None,
+    max_extend_len: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Sequences with one new token after a prefix (decode tokens in a mixed batch) as in
     :func:`decode_attention`, merged with the token itself; the others one by one: the prefix
     gathered head by head, then SDPA with the causal mask shifted by the prefix length."""
@@ -248,7 +276,11 @@ def extend_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, 
         at = torch.tensor([bounds[b] for b in single])
         queries = q[at]
         pool = attend_pool(queries, kv, single, [prefixes[b] for b in single], scale)
-        qg, k_own, v_own = queries.view(*pool.acc.shape), k_new[at][:, :, None], v_new[at][:, :, None]  # [n, kv_heads, 1|group, head_dim]
+        qg, k_own, v_own = (
+            queries.view(*pool.acc.shape),
+            k_new[at][:, :, None],
+            v_new[at][:, :, None],
+        )  # [n, kv_heads, 1|group, head_dim]
         own = Partial((qg * k_own).sum(-1, keepdim=True).mul_(scale), torch.ones_like(pool.total), v_own.expand_as(qg))
         out[at] = pool.merge(own).result().view(len(single), q_heads, head_dim)
     done = set(single)
@@ -265,13 +297,22 @@ def extend_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, 
             m = hi - lo
             causal = dict(attn_mask=torch.arange(p + m)[None, :] <= p + torch.arange(m)[:, None])
         queries = q[lo:hi].transpose(0, 1).contiguous()  # SDPA is 3x slower on strided input
-        attended = F.scaled_dot_product_attention(queries[None], k[None], v[None], scale=sm_scale, enable_gqa=True, **causal)
+        attended = F.scaled_dot_product_attention(
+            queries[None], k[None], v[None], scale=sm_scale, enable_gqa=True, **causal
+        )
         out[lo:hi] = attended[0].transpose(0, 1)
     return out
 
 
-def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-             k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> None:
+def write_kv(
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    slots: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
     quantized = check_write(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
     slots = slots.long()
     for pool, new, scale in ((k_pool, k_new, k_scale), (v_pool, v_new, v_scale)):

@@ -5,6 +5,7 @@ split) runs an online softmax over its chunk for all the query heads of that KV 
 each K/V tile is loaded once for the whole group, padded to 16 rows for ``tl.dot``) and writes a
 partial output with its log-sum-exp. Stage 2 merges the partials of each (sequence, head).
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,11 +21,29 @@ MIN_TOKENS_PER_SPLIT = 256
 
 @triton.jit
 def _decode_partial(
-    Q, K, V, KV_INDPTR, KV_INDICES, SEQ_LENS, K_SCALE, V_SCALE, PART_O, PART_LSE,
-    stride_qb, stride_qh, sm_scale, num_splits,
-    Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
-    QUANTIZED: tl.constexpr, IEEE: tl.constexpr,
+    Q,
+    K,
+    V,
+    KV_INDPTR,
+    KV_INDICES,
+    SEQ_LENS,
+    K_SCALE,
+    V_SCALE,
+    PART_O,
+    PART_LSE,
+    stride_qb,
+    stride_qh,
+    sm_scale,
+    num_splits,
+    Q_HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    QUANTIZED: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -46,8 +65,23 @@ def _decode_partial(
     for n0 in range(start, end, BLOCK_N):
         t = n0 + tl.arange(0, BLOCK_N)
         t_ok = t < end
-        k, v = load_paged_tile(K, V, KV_INDICES, first_page, t, t_ok, kv_head, d, K_SCALE, V_SCALE, q.dtype,
-                               KV_HEADS, HEAD_DIM, PAGE_SIZE, QUANTIZED)
+        k, v = load_paged_tile(
+            K,
+            V,
+            KV_INDICES,
+            first_page,
+            t,
+            t_ok,
+            kv_head,
+            d,
+            K_SCALE,
+            V_SCALE,
+            q.dtype,
+            KV_HEADS,
+            HEAD_DIM,
+            PAGE_SIZE,
+            QUANTIZED,
+        )
         m_i, l_i, acc = attend_tile(q, k, v, t_ok[None, :], m_i, l_i, acc, sm_scale, IEEE)
 
     has_tokens = l_i > 0
@@ -60,8 +94,15 @@ def _decode_partial(
 
 @triton.jit
 def _decode_merge(
-    PART_O, PART_LSE, O, stride_ob, stride_oh, num_splits,
-    Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+    PART_O,
+    PART_LSE,
+    O,
+    stride_ob,
+    stride_oh,
+    num_splits,
+    Q_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -109,15 +150,43 @@ def decode_attention(
     group = q_heads // kv.kv_heads
     k_scale, v_scale = kv.scales()
     _decode_partial[(batch, kv.kv_heads, num_splits)](
-        q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens, k_scale, v_scale, part_o, part_lse,
-        q.stride(0), q.stride(1), sm_scale, num_splits,
-        Q_HEADS=q_heads, KV_HEADS=kv.kv_heads, GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=kv.page_size,
-        BLOCK_N=64 if q.element_size() < 4 else 32, BLOCK_H=max(16, triton.next_power_of_2(group)),
-        QUANTIZED=kv.quantized, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
+        q,
+        kv.k,
+        kv.v,
+        kv.indptr,
+        kv.indices,
+        seq_lens,
+        k_scale,
+        v_scale,
+        part_o,
+        part_lse,
+        q.stride(0),
+        q.stride(1),
+        sm_scale,
+        num_splits,
+        Q_HEADS=q_heads,
+        KV_HEADS=kv.kv_heads,
+        GROUP=group,
+        HEAD_DIM=head_dim,
+        PAGE_SIZE=kv.page_size,
+        BLOCK_N=64 if q.element_size() < 4 else 32,
+        BLOCK_H=max(16, triton.next_power_of_2(group)),
+        QUANTIZED=kv.quantized,
+        IEEE=q.dtype == torch.float32,
+        num_warps=4,
+        num_stages=2,
     )
     out = torch.empty_like(q) if out is None else out
     _decode_merge[(batch, q_heads)](
-        part_o, part_lse, out, out.stride(0), out.stride(1), num_splits,
-        Q_HEADS=q_heads, HEAD_DIM=head_dim, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4,
+        part_o,
+        part_lse,
+        out,
+        out.stride(0),
+        out.stride(1),
+        num_splits,
+        Q_HEADS=q_heads,
+        HEAD_DIM=head_dim,
+        BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+        num_warps=4,
     )
     return out

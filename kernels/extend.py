@@ -6,6 +6,7 @@ Program (sequence, query head, block of new tokens) first streams the prefix fro
 then the sequence's new K/V from the contiguous ``k_new``/``v_new`` (no padding between
 sequences), masking keys after each query.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,10 +19,35 @@ from radixrt.kernels.tiles import attend_tile, load_paged_tile
 
 @triton.jit
 def _extend(
-    Q, K_NEW, V_NEW, K, V, QO_INDPTR, KV_INDPTR, KV_INDICES, PREFIX_LENS, K_SCALE, V_SCALE, O,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, sm_scale,
-    KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QUANTIZED: tl.constexpr, IEEE: tl.constexpr,
+    Q,
+    K_NEW,
+    V_NEW,
+    K,
+    V,
+    QO_INDPTR,
+    KV_INDPTR,
+    KV_INDICES,
+    PREFIX_LENS,
+    K_SCALE,
+    V_SCALE,
+    O,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    sm_scale,
+    KV_HEADS: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    QUANTIZED: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -44,21 +70,44 @@ def _extend(
     for n0 in range(0, prefix_len, BLOCK_N):
         t = n0 + tl.arange(0, BLOCK_N)
         t_ok = t < prefix_len
-        k, v = load_paged_tile(K, V, KV_INDICES, first_page, t, t_ok, kv_head, d, K_SCALE, V_SCALE, q.dtype,
-                               KV_HEADS, HEAD_DIM, PAGE_SIZE, QUANTIZED)
+        k, v = load_paged_tile(
+            K,
+            V,
+            KV_INDICES,
+            first_page,
+            t,
+            t_ok,
+            kv_head,
+            d,
+            K_SCALE,
+            V_SCALE,
+            q.dtype,
+            KV_HEADS,
+            HEAD_DIM,
+            PAGE_SIZE,
+            QUANTIZED,
+        )
         m_i, l_i, acc = attend_tile(q, k, v, t_ok[None, :], m_i, l_i, acc, sm_scale, IEEE)
 
     last = tl.minimum((m_block + 1) * BLOCK_M, q_len)
     for n0 in range(0, last, BLOCK_N):
         j = n0 + tl.arange(0, BLOCK_N)
         j_ok = j < q_len
-        k = tl.load(K_NEW + (q_start + j)[:, None] * stride_kt + kv_head * stride_kh + d[None, :], mask=j_ok[:, None], other=0.0)
-        v = tl.load(V_NEW + (q_start + j)[:, None] * stride_vt + kv_head * stride_vh + d[None, :], mask=j_ok[:, None], other=0.0)
+        k = tl.load(
+            K_NEW + (q_start + j)[:, None] * stride_kt + kv_head * stride_kh + d[None, :], mask=j_ok[:, None], other=0.0
+        )
+        v = tl.load(
+            V_NEW + (q_start + j)[:, None] * stride_vt + kv_head * stride_vh + d[None, :], mask=j_ok[:, None], other=0.0
+        )
         keep = j_ok[None, :] & (j[None, :] <= rows[:, None])
         m_i, l_i, acc = attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE)
 
     out = acc / l_i[:, None]
-    tl.store(O + (q_start + rows)[:, None] * stride_ot + h * stride_oh + d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(
+        O + (q_start + rows)[:, None] * stride_ot + h * stride_oh + d[None, :],
+        out.to(O.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
 
 
 def extend_attention(
@@ -81,7 +130,10 @@ def extend_attention(
     batch = prefix_lens.shape[0]
     kv.check(q, batch)
     if k_new.shape != (total, kv.kv_heads, head_dim) or v_new.shape != k_new.shape:
-        raise ValueError(f"k_new and v_new must be [{total}, {kv.kv_heads}, {head_dim}], got {tuple(k_new.shape)} and {tuple(v_new.shape)}")
+        raise ValueError(
+            f"k_new and v_new must be [{total}, {kv.kv_heads}, {head_dim}], "
+            f"got {tuple(k_new.shape)} and {tuple(v_new.shape)}"
+        )
     if qo_indptr.shape != (batch + 1,):
         raise ValueError(f"qo_indptr must have batch + 1 = {batch + 1} entries, got {tuple(qo_indptr.shape)}")
     sm_scale = head_dim**-0.5 if sm_scale is None else sm_scale
@@ -94,11 +146,36 @@ def extend_attention(
     block_m, block_n = (64, 64) if small else (32, 32)
     k_scale, v_scale = kv.scales()
     _extend[(batch, q_heads, triton.cdiv(max_extend_len, block_m))](
-        q, k_new, v_new, kv.k, kv.v, qo_indptr, kv.indptr, kv.indices, prefix_lens, k_scale, v_scale, out,
-        q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
-        out.stride(0), out.stride(1), sm_scale,
-        KV_HEADS=kv.kv_heads, GROUP=q_heads // kv.kv_heads, HEAD_DIM=head_dim, PAGE_SIZE=kv.page_size,
-        BLOCK_M=block_m, BLOCK_N=block_n, QUANTIZED=kv.quantized, IEEE=q.dtype == torch.float32,
-        num_warps=4, num_stages=2,
+        q,
+        k_new,
+        v_new,
+        kv.k,
+        kv.v,
+        qo_indptr,
+        kv.indptr,
+        kv.indices,
+        prefix_lens,
+        k_scale,
+        v_scale,
+        out,
+        q.stride(0),
+        q.stride(1),
+        k_new.stride(0),
+        k_new.stride(1),
+        v_new.stride(0),
+        v_new.stride(1),
+        out.stride(0),
+        out.stride(1),
+        sm_scale,
+        KV_HEADS=kv.kv_heads,
+        GROUP=q_heads // kv.kv_heads,
+        HEAD_DIM=head_dim,
+        PAGE_SIZE=kv.page_size,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        QUANTIZED=kv.quantized,
+        IEEE=q.dtype == torch.float32,
+        num_warps=4,
+        num_stages=2,
     )
     return out

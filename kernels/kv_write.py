@@ -1,4 +1,5 @@
 """Storing new tokens' K and V into the paged pool at their slots (``page * page_size + offset``)."""
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,21 @@ FP8_MAX = tl.constexpr(448.0)  # largest finite float8 e4m3fn: quantised values 
 
 @triton.jit
 def _write_kv(
-    K_NEW, V_NEW, K, V, SLOTS, K_SCALE, V_SCALE, stride_kt, stride_kh, stride_vt, stride_vh,
-    KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, QUANTIZED: tl.constexpr,
+    K_NEW,
+    V_NEW,
+    K,
+    V,
+    SLOTS,
+    K_SCALE,
+    V_SCALE,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    QUANTIZED: tl.constexpr,
 ):
     i = tl.program_id(0)
     slot = tl.load(SLOTS + i).to(tl.int64)
@@ -32,8 +46,15 @@ def _write_kv(
     tl.store(V + dst, v.to(V.dtype.element_ty), mask=h_ok[:, None])
 
 
-def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-             k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> None:
+def write_kv(
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    slots: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
     """Token i of ``k_new``/``v_new [tokens, kv_heads, head_dim]`` goes to slot ``slots[i]``; an
     fp8 pool stores ``value / scale`` per KV head, saturated to the fp8 range."""
     quantized = check_write(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
@@ -43,8 +64,20 @@ def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, k_
     if not quantized:
         k_scale = v_scale = slots.new_ones(1, dtype=torch.float32)  # unused pointer
     _write_kv[(slots.numel(),)](
-        k_new, v_new, k_pool, v_pool, slots, k_scale, v_scale,
-        k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
-        KV_HEADS=kv_heads, HEAD_DIM=head_dim, BLOCK_H=triton.next_power_of_2(kv_heads),
-        QUANTIZED=quantized, num_warps=1,
+        k_new,
+        v_new,
+        k_pool,
+        v_pool,
+        slots,
+        k_scale,
+        v_scale,
+        k_new.stride(0),
+        k_new.stride(1),
+        v_new.stride(0),
+        v_new.stride(1),
+        KV_HEADS=kv_heads,
+        HEAD_DIM=head_dim,
+        BLOCK_H=triton.next_power_of_2(kv_heads),
+        QUANTIZED=quantized,
+        num_warps=1,
     )

@@ -1,4 +1,5 @@
 """One layer's paged K/V together with a batch's page table, validated once for every backend."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +51,10 @@ class PagedKV:
         if q.dtype not in COMPUTE_DTYPES:
             raise ValueError(f"queries must be float32, float16 or bfloat16, got {q.dtype}")
         if self.k.dim() != 4 or self.k.shape != self.v.shape:
-            raise ValueError(f"K and V pools must both be [num_pages, page_size, kv_heads, head_dim], got {tuple(self.k.shape)} and {tuple(self.v.shape)}")
+            raise ValueError(
+                "K and V pools must both be [num_pages, page_size, kv_heads, head_dim], "
+                f"got {tuple(self.k.shape)} and {tuple(self.v.shape)}"
+            )
         if not (self.k.is_contiguous() and self.v.is_contiguous()):
             raise ValueError("K and V pools must be contiguous")
         q_heads, head_dim = q.shape[-2:]
@@ -79,8 +83,15 @@ class PagedKV:
         return ones, ones
 
 
-def check_write(k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-                k_scale: torch.Tensor | None, v_scale: torch.Tensor | None) -> bool:
+def check_write(
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    slots: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
+) -> bool:
     """Raise ``ValueError`` naming the problem; returns whether the pool is fp8."""
     shape = (slots.numel(), *k_pool.shape[2:])
     if k_pool.shape != v_pool.shape or not (k_pool.is_contiguous() and v_pool.is_contiguous()):

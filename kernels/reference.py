@@ -7,6 +7,7 @@ Shapes (see ``kernels/__init__.py`` for the page-table layout):
     kv_indptr    [batch + 1]  int32, sequence b's pages are kv_indices[kv_indptr[b]:kv_indptr[b+1]]
     kv_indices   [total pages] int32 physical page ids
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,9 @@ def gather_kv(pool: torch.Tensor, pages: torch.Tensor, length: int, scale: torch
     return kv
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, causal_from: int | None) -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, causal_from: int | None
+) -> torch.Tensor:
     """Softmax attention of ``q [m, Hq, D]`` over ``k, v [n, Hkv, D]``; with ``causal_from`` = p,
     query i sees keys ``0 .. p + i``. Query heads are grouped onto KV heads in order (GQA)."""
     group = q.shape[1] // k.shape[1]

@@ -1,4 +1,5 @@
 """Triton building blocks shared by the decode and extend kernels."""
+
 from __future__ import annotations
 
 import triton
@@ -6,9 +7,23 @@ import triton.language as tl
 
 
 @triton.jit
-def load_paged_tile(K, V, KV_INDICES, first_page, t, t_ok, kv_head, d, K_SCALE, V_SCALE, dtype: tl.constexpr,
-                    KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                    QUANTIZED: tl.constexpr):
+def load_paged_tile(
+    K,
+    V,
+    KV_INDICES,
+    first_page,
+    t,
+    t_ok,
+    kv_head,
+    d,
+    K_SCALE,
+    V_SCALE,
+    dtype: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    QUANTIZED: tl.constexpr,
+):
     """K and V ``[len(t), HEAD_DIM]`` of tokens ``t`` of a sequence whose pages start at
     ``KV_INDICES + first_page``, for one KV head, dequantised to ``dtype``; masked tokens read 0."""
     page = tl.load(KV_INDICES + first_page + t // PAGE_SIZE, mask=t_ok, other=0)

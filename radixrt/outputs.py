@@ -1,5 +1,6 @@
 """What the engine reports: the output each step gives for a request, the whole output a caller
 collects, a choice's score, and the error a failed request raises. No torch here: clients use them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -112,7 +113,9 @@ def choice_scores(prompt: list[int], options: list[list[int]], outputs: list) ->
     """Each option's ``ChoiceScore`` from the finished outputs of ``choice_requests``, in order."""
     outputs = iter(outputs)
     first = dict(zip(sorted({o[0] for o in options}), next(outputs).next_logprobs)) if prompt else {}
-    return [ChoiceScore((first.get(o[0], 0.0), *(next(outputs).prompt_logprobs if len(o) > 1 else ()))) for o in options]
+    return [
+        ChoiceScore((first.get(o[0], 0.0), *(next(outputs).prompt_logprobs if len(o) > 1 else ()))) for o in options
+    ]
 
 
 @dataclass(frozen=True)

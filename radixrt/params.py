@@ -1,5 +1,6 @@
 """Sampling parameters, validated: what a request asks of the sampler, shared by the engine, the
 server's wire protocol and the clients (no torch here, so a client imports none)."""
+
 from __future__ import annotations
 
 import json
@@ -68,7 +69,8 @@ class SamplingParams:
         if not _integer(self.max_new_tokens) or self.max_new_tokens < 0:
             problems.append(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
         if not _integer(self.min_new_tokens) or not 0 <= self.min_new_tokens <= (
-                self.max_new_tokens if _integer(self.max_new_tokens) else 0):
+            self.max_new_tokens if _integer(self.max_new_tokens) else 0
+        ):
             problems.append(f"min_new_tokens must be an integer in 0..max_new_tokens, got {self.min_new_tokens!r}")
         if not _finite(self.temperature) or self.temperature < 0:
             problems.append(f"temperature must be >= 0 (0 is greedy), got {self.temperature!r}")
@@ -103,8 +105,11 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 problems.append(f"{name} must be a non-empty string, got {value!r}")
-        if self.choices is not None and (not isinstance(self.choices, tuple) or not self.choices
-                                         or any(not isinstance(c, str) or not c for c in self.choices)):
+        if self.choices is not None and (
+            not isinstance(self.choices, tuple)
+            or not self.choices
+            or any(not isinstance(c, str) or not c for c in self.choices)
+        ):
             problems.append(f"choices must be a non-empty list of non-empty strings, got {self.choices!r}")
         if problems:
             raise ValueError("; ".join(problems))

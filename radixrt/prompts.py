@@ -1,5 +1,6 @@
 """Prompts to token ids: text, token ids or a chat, the one way the engine, the router and the
 replayer all turn them into what the model reads. No torch here: the router and tools import it."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -28,12 +29,19 @@ def prompt_ids(prompt: Prompt | Chat, tokenizer: Any = None) -> np.ndarray:
     if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)):
         if tokenizer is None:
             raise ValueError("this model ships no tokenizer: give prompts as token ids")
-        ids = tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else chat_ids(tokenizer, prompt)
+        ids = (
+            tokenizer.encode(prompt, add_special_tokens=False)
+            if isinstance(prompt, str)
+            else chat_ids(tokenizer, prompt)
+        )
         return np.asarray(ids, dtype=np.int64)
     if isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu":
         return prompt.astype(np.int64, copy=False)
-    if isinstance(prompt, (bytes, dict)) or not isinstance(prompt, Sequence) or any(
-            not isinstance(t, (int, np.integer)) or isinstance(t, bool) for t in prompt):
+    if (
+        isinstance(prompt, (bytes, dict))
+        or not isinstance(prompt, Sequence)
+        or any(not isinstance(t, (int, np.integer)) or isinstance(t, bool) for t in prompt)
+    ):
         raise ValueError("a prompt is a string, a chat or a sequence of integer token ids")
     try:
         return np.asarray(prompt, dtype=np.int64) if len(prompt) else np.zeros(0, dtype=np.int64)

@@ -1,5 +1,6 @@
 """Test-wide setup. Without a GPU, Triton kernels run in the interpreter on CPU tensors; that must
 be chosen before any kernel module is imported."""
+
 import os
 
 import pytest
@@ -20,9 +21,17 @@ def tiny_with_tokenizer(tmp_path_factory) -> str:
     stop strings work, and a step takes milliseconds."""
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(hf_directory())
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
     path = tmp_path_factory.mktemp("tiny-tok")
     AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -1,4 +1,5 @@
 """The ``radixrt`` command: output, the stop option, and exit codes."""
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
@@ -8,16 +9,22 @@ from radixrt.model.loader import converted_dir, default_gguf
 
 
 def test_generate_prints_the_continuation(capsys):
-    assert main(["generate", "Count from 1 to 10, separated by commas.", "--chat", "--max-tokens", "40", "--stop", ", 4"]) == 0
+    assert (
+        main(["generate", "Count from 1 to 10, separated by commas.", "--chat", "--max-tokens", "40", "--stop", ", 4"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.strip().endswith("3") and ", 4" not in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--top-p", "0"], "top_p must be in"),
-    (["--model", "no/such/model"], "not found"),
-    (["--max-tokens", "-3"], "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--top-p", "0"], "top_p must be in"),
+        (["--model", "no/such/model"], "not found"),
+        (["--max-tokens", "-3"], "max_new_tokens"),
+    ],
+)
 def test_bad_input_exits_2_with_the_reason(capsys, args, message):
     assert main(["generate", "Hello", *args]) == 2
     assert message in capsys.readouterr().err
@@ -26,8 +33,15 @@ def test_bad_input_exits_2_with_the_reason(capsys, args, message):
 def test_a_failed_request_exits_1(tmp_path, capsys):
     """A checkpoint whose output layer is NaN: the request fails, and the command says so."""
     tokenizer = AutoTokenizer.from_pretrained(converted_dir(default_gguf()))
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+    )
     model = AutoModelForCausalLM.from_config(cfg)
     with torch.no_grad():
         model.lm_head.weight.fill_(float("nan"))

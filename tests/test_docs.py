@@ -1,5 +1,6 @@
 """The README's Python and the examples run as written; those that talk to a server run against a
 real one (the default model, on a free port, instead of the documented default address)."""
+
 import os
 import re
 import subprocess
@@ -27,9 +28,11 @@ def needs_server(code: str) -> bool:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with ServerProcess(["--threads", "1", "--http-port", "0", "--api-key", "sk-local"],
-                       tmp_path_factory.mktemp("docs") / "serve.log",
-                       env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}) as served:
+    with ServerProcess(
+        ["--threads", "1", "--http-port", "0", "--api-key", "sk-local"],
+        tmp_path_factory.mktemp("docs") / "serve.log",
+        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    ) as served:
         yield served
 
 
@@ -44,6 +47,11 @@ def test_readme_python_runs(code, request):
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
 def test_example_runs(example, request):
     args = [request.getfixturevalue("server").address] if needs_server(example.read_text()) else []
-    out = subprocess.run([sys.executable, str(example), *args], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    out = subprocess.run(
+        [sys.executable, str(example), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     assert out.returncode == 0, out.stderr

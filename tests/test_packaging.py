@@ -1,5 +1,6 @@
 """The CPU path runs without triton (which is installed on Linux only), and a client process loads
 neither torch nor transformers."""
+
 import re
 import subprocess
 import sys
@@ -53,8 +54,11 @@ def test_every_package_is_installed():
     import tomllib  # Python 3.11
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "radixrt").rglob("*.py")
-               if "__pycache__" not in p.parts} | {"radixrt.kernels"}
+    folders = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "radixrt").rglob("*.py")
+        if "__pycache__" not in p.parts
+    } | {"radixrt.kernels"}
     assert folders <= listed, sorted(folders - listed)
     assert all((ROOT / p.replace(".", "/") / "__init__.py").exists() for p in folders - {"radixrt.kernels"})
     assert (ROOT / "radixrt" / "kernels").resolve() == ROOT / "kernels"
@@ -80,12 +84,18 @@ def test_the_kernels_folder_shadows_no_package(tmp_path):
     """)
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-3000:]
-    run = subprocess.run([sys.executable, "-m", "radixrt", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "radixrt", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0 and "serve" in run.stdout, run.stderr[-3000:]
 
 
 def test_nothing_imports_the_kernels_folder_as_a_top_level_package():
-    offenders = [str(p.relative_to(ROOT)) for folder in ("radixrt", "kernels", "tests", "bench", "examples")
-                 for p in (ROOT / folder).rglob("*.py") if "radixrt/kernels" not in str(p.relative_to(ROOT))
-                 and re.search(r"^\s*(from kernels\b|import kernels\b)", p.read_text(), re.M)]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for folder in ("radixrt", "kernels", "tests", "bench", "examples")
+        for p in (ROOT / folder).rglob("*.py")
+        if "radixrt/kernels" not in str(p.relative_to(ROOT))
+        and re.search(r"^\s*(from kernels\b|import kernels\b)", p.read_text(), re.M)
+    ]
     assert offenders == ["tests/test_packaging.py"], offenders  # this file, in the script above

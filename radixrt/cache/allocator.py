@@ -1,4 +1,5 @@
 """Physical KV page ids: a free stack with ownership checks."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,5 +1,6 @@
 """Token ids and page ids as 1-D int32 numpy arrays: half the memory traffic of int64, and what
 the attention kernels' page tables take."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,5 @@
 """The KV pool: every layer's K and V pages in two preallocated tensors."""
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,12 @@ class KVPool:
         num_pages: int | None = None,
         max_bytes: int | None = None,
     ) -> None:
-        for name, value in (("num_layers", num_layers), ("kv_heads", kv_heads), ("head_dim", head_dim), ("page_size", page_size)):
+        for name, value in (
+            ("num_layers", num_layers),
+            ("kv_heads", kv_heads),
+            ("head_dim", head_dim),
+            ("page_size", page_size),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
         if (num_pages is None) == (max_bytes is None):

@@ -1,5 +1,6 @@
 """The radix tree's records: a node (an edge of whole pages and what hangs below it), a match, a
 change of what is cached, and the most reused prefixes as the cache page shows them."""
+
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
@@ -13,7 +14,19 @@ TOKEN_BYTES = ID_DTYPE.itemsize
 
 
 class Node:
-    __slots__ = ("key", "pages", "children", "parent", "lock_ref", "tick", "id", "lru_entry", "namespace", "version", "hits")
+    __slots__ = (
+        "key",
+        "pages",
+        "children",
+        "parent",
+        "lock_ref",
+        "tick",
+        "id",
+        "lru_entry",
+        "namespace",
+        "version",
+        "hits",
+    )
 
     def __init__(self, key: bytes, pages: IdArray, parent: Node | None, tick: int, id: int, lock_ref: int = 0):
         self.key = key
@@ -37,7 +50,8 @@ class Node:
         return self.parent is None
 
     def __repr__(self) -> str:
-        return f"Node(id={self.id}, tokens={len(self.key) // TOKEN_BYTES}, pages={self.pages.size}, lock_ref={self.lock_ref})"
+        tokens = len(self.key) // TOKEN_BYTES
+        return f"Node(id={self.id}, tokens={tokens}, pages={self.pages.size}, lock_ref={self.lock_ref})"
 
 
 class MatchResult(NamedTuple):
@@ -61,8 +75,7 @@ def top_prefixes(nodes: Iterable[Node], k: int = 8, head_tokens: int = 32) -> li
     """The ``k`` most reused cached prefixes: each one's first ``head_tokens`` token ids, its
     length in tokens and how many requests reused it. A prefix whose longer continuation was
     reused as often stands aside for it."""
-    candidates = [n for n in nodes if not n.is_root and n.hits
-                  and all(c.hits < n.hits for c in n.children.values())]
+    candidates = [n for n in nodes if not n.is_root and n.hits and all(c.hits < n.hits for c in n.children.values())]
     best = sorted(candidates, key=lambda n: (-n.hits, n.id))[:k]
     result = []
     for node in best:
@@ -74,6 +87,12 @@ def top_prefixes(nodes: Iterable[Node], k: int = 8, head_tokens: int = 32) -> li
             at = at.parent
         head = np.frombuffer(b"".join(reversed(path))[: head_tokens * TOKEN_BYTES], dtype=ID_DTYPE)
         namespace = at.namespace  # ``at`` is the root now: its tree's namespace
-        result.append({"tokens": head.tolist(), "length": length, "hits": node.hits,
-                       "namespace": None if namespace is None else str(namespace)})
+        result.append(
+            {
+                "tokens": head.tolist(),
+                "length": length,
+                "hits": node.hits,
+                "namespace": None if namespace is None else str(namespace),
+            }
+        )
     return result

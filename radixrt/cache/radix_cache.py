@@ -17,14 +17,8 @@ than dropped whole. Each node carries a ``version`` that trimming or evicting it
 allocator in between (they may already have been handed out again). A split is harmless: the
 deepest node keeps its identity and every matched page stays in the tree.
 
-Candidate leaves are kept in a ``SortedList`` of (tick, id, node) entries, updated lazily so that
-the hot path (match, insert, lock, unlock) never sorts: a touch only moves the node's clock,
-locking or growing a child leaves the entry where it is, and a new entry waits in a list until
-the next eviction sorts it in. ``evict`` pops the
-oldest entry and re-files it if its node was touched since, drops it if the node is locked or no
-longer a leaf, and frees it otherwise. An entry's tick is never newer than its node's, so the
-first entry that survives these checks is the true least recently used leaf. Each node has at
-most one entry, and evicting k leaves costs O(k log n) plus the deferred work of earlier calls.
+Candidate leaves are kept lazily (``lru.py``), so that the hot path (match, insert, lock,
+unlock) never sorts; ``evict`` re-checks each candidate it pops.
 
 Setting ``events`` to a list makes the tree record what it caches and drops (``CacheEvent``s),
 so that another process can keep an exact copy of what is cached: a router that routes each
@@ -33,17 +27,19 @@ request to the worker holding most of its prefix. The copy applies ``stored`` ev
 
 All sizes count pages. Not thread-safe: one scheduler owns a cache.
 """
+
 from __future__ import annotations
 
 import itertools
 from collections.abc import Hashable, Sequence
 
 import numpy as np
-from sortedcontainers import SortedList
 
 from radixrt.cache.allocator import PageAllocator
 from radixrt.cache.ids import ID_DTYPE, IdArray, as_ids
+from radixrt.cache.lru import LruLeaves
 from radixrt.cache.node import TOKEN_BYTES, CacheEvent, MatchResult, Node, top_prefixes
+
 _NO_PAGES = np.zeros(0, dtype=ID_DTYPE)
 _NO_PAGES.flags.writeable = False
 
@@ -74,8 +70,7 @@ class RadixCache:
     def _init_tree(self) -> None:
         self._roots: dict[Hashable, Node] = {}
         self._root(None)
-        self._lru: SortedList = SortedList()
-        self._unfiled: list[tuple[int, int, Node]] = []  # new entries, sorted into _lru when evicting
+        self._lru = LruLeaves()
         self._tick = 0
         self._evictable = 0
         self._protected = 0
@@ -136,7 +131,9 @@ class RadixCache:
 
     # ---- updates -------------------------------------------------------------------------
 
-    def insert(self, tokens: Sequence[int] | np.ndarray, pages: Sequence[int] | np.ndarray, namespace: Hashable = None) -> int:
+    def insert(
+        self, tokens: Sequence[int] | np.ndarray, pages: Sequence[int] | np.ndarray, namespace: Hashable = None
+    ) -> int:
         """Cache ``tokens`` (whole pages; a partial last page is ignored) held in ``pages``.
 
         Returns how many leading tokens were cached already: those pages stay the tree's, and
@@ -161,8 +158,13 @@ class RadixCache:
                 self.events.append(CacheEvent(True, namespace, key, off // TOKEN_BYTES))
         return off // TOKEN_BYTES
 
-    def commit(self, tokens: Sequence[int] | np.ndarray, pages: Sequence[int] | np.ndarray, held: int,
-               namespace: Hashable = None) -> int:
+    def commit(
+        self,
+        tokens: Sequence[int] | np.ndarray,
+        pages: Sequence[int] | np.ndarray,
+        held: int,
+        namespace: Hashable = None,
+    ) -> int:
         """``insert`` a finished prompt, then return to the allocator the caller's own pages that
         duplicate what another request cached meanwhile. Returns what ``insert`` returns.
 
@@ -174,7 +176,9 @@ class RadixCache:
         takes those after them. Unlock the match after committing, not before.
         """
         if self.allocator is None:
-            raise ValueError("commit frees duplicate pages to the cache's allocator, and this cache has none: use insert")
+            raise ValueError(
+                "commit frees duplicate pages to the cache's allocator, and this cache has none: use insert"
+            )
         if held < 0 or held % self.page_size:
             raise ValueError(f"held must be a match length (a multiple of page_size {self.page_size}), got {held}")
         pages = as_ids(pages, "page ids")
@@ -221,7 +225,7 @@ class RadixCache:
                 self._protected -= node.pages.size
             node = node.parent
         if leaf.lock_ref == 0 and not leaf.children and leaf.lru_entry is None:
-            self._lru_add(leaf)
+            self._lru.add(leaf)
 
     def record_hit(self, match: MatchResult) -> None:
         """Count a request's reuse of ``match``'s prefix (every node of its path), for ``top_prefixes``."""
@@ -242,17 +246,13 @@ class RadixCache:
         remaining = num_pages
         freed: list[IdArray] = []
         while remaining > 0:
-            if self._unfiled:
-                self._lru.update(self._unfiled)
-                self._unfiled.clear()
-            if not self._lru:
+            if (entry := self._lru.pop_oldest()) is None:
                 break
-            tick, _, leaf = self._lru.pop(0)
-            leaf.lru_entry = None
+            tick, leaf = entry
             if leaf.children or leaf.children is None or leaf.lock_ref:
                 continue  # no longer a candidate (or forgotten); unlock or eviction of its children files it again
             if tick != leaf.tick:
-                self._lru_add(leaf)  # touched since it was filed
+                self._lru.add(leaf)  # touched since it was filed
                 continue
             n = min(leaf.pages.size, remaining)
             freed.append(self._drop_tail(leaf, leaf.pages.size - n))
@@ -371,7 +371,7 @@ class RadixCache:
         leaf = Node(key, pages.copy(), parent, self._tick, next(self._ids))
         parent.children[key[: self._page_bytes]] = leaf
         self._evictable += pages.size
-        self._lru_add(leaf)
+        self._lru.add(leaf)
 
     def _drop_tail(self, leaf: Node, keep: int) -> IdArray:
         """Cut an unlocked leaf down to its first ``keep`` pages (``keep == 0``: remove it);
@@ -387,7 +387,7 @@ class RadixCache:
         leaf.key = leaf.key[: keep * self._page_bytes]
         leaf.version += 1
         if leaf.lru_entry is None:
-            self._lru_add(leaf)
+            self._lru.add(leaf)
         return cut
 
     def _removal(self, leaf: Node, keep: int) -> CacheEvent:
@@ -410,11 +410,7 @@ class RadixCache:
             if parent.namespace is not None:
                 del self._roots[parent.namespace]
         elif parent.lock_ref == 0 and parent.lru_entry is None:
-            self._lru_add(parent)
-
-    def _lru_add(self, node: Node) -> None:
-        node.lru_entry = (node.tick, node.id, node)
-        self._unfiled.append(node.lru_entry)
+            self._lru.add(parent)
 
     @staticmethod
     def _check_live(node: Node) -> None:

@@ -2,6 +2,7 @@
 stream(...)``. One socket carries any number of concurrent requests; outputs are the engine's
 ``GenerateOutput`` and parameters its ``SamplingParams``, so code moves between an in-process
 ``Engine`` and a server unchanged. ``radixrt.client.Client`` is the same client, blocking."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,17 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from radixrt.client.core import (DEFAULT_ADDRESS, News, Prompt, Requests, ServerError, connection_lost, error, file_reply,
-                                 is_single)
+from radixrt.client.core import (
+    DEFAULT_ADDRESS,
+    News,
+    Prompt,
+    Requests,
+    ServerError,
+    connection_lost,
+    error,
+    file_reply,
+    is_single,
+)
 from radixrt.outputs import GenerateOutput, RequestFailed, RequestOutput
 from radixrt.params import SamplingParams
 from radixrt.wire import protocol as p
@@ -25,7 +35,9 @@ class AsyncClient:
     """The asyncio client: ``await generate(...)``, ``async for piece in stream(...)``; any number
     of coroutines may share one."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, keys: str | Path | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, address: str = DEFAULT_ADDRESS, *, keys: str | Path | None = None, timeout: float = 30.0
+    ) -> None:
         self.address, self.timeout = address, timeout
         self._context = zmq.asyncio.Context()
         self._socket = client_socket(self._context, address, Keys.load(keys) if keys else None)
@@ -40,8 +52,9 @@ class AsyncClient:
         self._lock: asyncio.Lock | None = None
         self.info: p.Welcome | None = None
 
-    async def generate(self, prompts: Prompt | list[Prompt], params: SamplingParams | None = None, *,
-                       namespace: str | None = None) -> GenerateOutput | list[GenerateOutput]:
+    async def generate(
+        self, prompts: Prompt | list[Prompt], params: SamplingParams | None = None, *, namespace: str | None = None
+    ) -> GenerateOutput | list[GenerateOutput]:
         single = is_single(prompts)
         batch = [prompts] if single else list(prompts)
         await self.connect()
@@ -54,21 +67,43 @@ class AsyncClient:
                     self._socket.send(p.encode(p.Abort(rid)))  # still running: refused elsewhere, or cancelled
         return outputs[0] if single else outputs
 
-    async def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
-                     request_id: str | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        namespace: str | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[str]:
         async for out in self.outputs(prompt, params, namespace=namespace, request_id=request_id):
             if out.text:
                 yield out.text
             if out.error is not None:
                 raise RequestFailed(out.error)
 
-    async def outputs(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
-                      request_id: str | None = None, prompt_logprobs_from: int | None = None,
-                      pin: bool = False, score_next: Sequence[int] = ()) -> AsyncIterator[RequestOutput]:
+    async def outputs(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        namespace: str | None = None,
+        request_id: str | None = None,
+        prompt_logprobs_from: int | None = None,
+        pin: bool = False,
+        score_next: Sequence[int] = (),
+    ) -> AsyncIterator[RequestOutput]:
         """As ``Client.outputs``."""
         await self.connect()
-        rid, _ = self._send(prompt, params, namespace, stream=True, request_id=request_id,
-                            prompt_logprobs_from=prompt_logprobs_from, pin=pin, score_next=score_next)
+        rid, _ = self._send(
+            prompt,
+            params,
+            namespace,
+            stream=True,
+            request_id=request_id,
+            prompt_logprobs_from=prompt_logprobs_from,
+            pin=pin,
+            score_next=score_next,
+        )
         box, news = self._mail[rid], News(rid, self._requests)
         try:
             while not news.done:
@@ -80,15 +115,22 @@ class AsyncClient:
 
     async def pin(self, prompt: Prompt, *, namespace: str | None = None, request_id: str | None = None) -> str:
         """As ``Client.pin``."""
-        async for out in self.outputs(prompt, SamplingParams(max_new_tokens=0), namespace=namespace,
-                                      request_id=request_id, pin=True):
+        async for out in self.outputs(
+            prompt, SamplingParams(max_new_tokens=0), namespace=namespace, request_id=request_id, pin=True
+        ):
             if out.error is not None:
                 raise RequestFailed(out.error)
             rid = out.request_id
         return rid
 
-    async def submit(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
-                     request_id: str | None = None) -> str:
+    async def submit(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        namespace: str | None = None,
+        request_id: str | None = None,
+    ) -> str:
         """Send a request without waiting for it; ``finished`` collects it. Returns its id."""
         await self.connect()
         rid, arrival = self._send(prompt, params, namespace, stream=False, request_id=request_id, box=self._done)
@@ -113,8 +155,11 @@ class AsyncClient:
             arrival = self._submitted.pop(msg.id, None)
             if arrival is not None:
                 self._mail.pop(msg.id, None)
-                done.append(self._requests.output(msg, arrival) if isinstance(msg, p.Finished) else
-                            self._requests.refused(msg, arrival))
+                done.append(
+                    self._requests.output(msg, arrival)
+                    if isinstance(msg, p.Finished)
+                    else self._requests.refused(msg, arrival)
+                )
         return done
 
     async def ready(self) -> bool:
@@ -173,10 +218,21 @@ class AsyncClient:
                 self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
             self.info = await self._call(p.Hello(p.PROTOCOL_VERSION), p.Welcome, connect=False)
 
-    def _send(self, prompt: Prompt, params: SamplingParams | None, namespace: str | None, stream: bool,
-              request_id: str | None = None, prompt_logprobs_from: int | None = None, pin: bool = False,
-              score_next: Sequence[int] = (), box: asyncio.Queue | None = None) -> tuple[str, float]:
-        msg = self._requests.message(prompt, params, namespace, stream, request_id, prompt_logprobs_from, pin, score_next)
+    def _send(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None,
+        namespace: str | None,
+        stream: bool,
+        request_id: str | None = None,
+        prompt_logprobs_from: int | None = None,
+        pin: bool = False,
+        score_next: Sequence[int] = (),
+        box: asyncio.Queue | None = None,
+    ) -> tuple[str, float]:
+        msg = self._requests.message(
+            prompt, params, namespace, stream, request_id, prompt_logprobs_from, pin, score_next
+        )
         self._mail[msg.id] = box if box is not None else asyncio.Queue()
         self._socket.send(p.encode(msg))  # queued by ZeroMQ at once; nothing to await
         return msg.id, time.perf_counter()
@@ -199,7 +255,9 @@ class AsyncClient:
             try:
                 reply = await asyncio.wait_for(self._control.get(), self.timeout)
             except asyncio.TimeoutError:
-                raise TimeoutError(f"no answer from a radixrt server at {self.address} in {self.timeout:.0f} s") from None
+                raise TimeoutError(
+                    f"no answer from a radixrt server at {self.address} in {self.timeout:.0f} s"
+                ) from None
         if isinstance(reply, p.Error):
             raise error(reply)
         if not isinstance(reply, reply_type):

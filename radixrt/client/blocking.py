@@ -1,5 +1,6 @@
 """The blocking client: ``AsyncClient`` on an event loop of its own thread, so both behave alike
 by construction. Safe to share between threads."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +21,9 @@ class Client:
     (connecting, ``stats``, ``health``); ``generate`` and ``stream`` wait as long as requests run.
     Every method is ``AsyncClient``'s, waited for."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, keys: str | Path | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, address: str = DEFAULT_ADDRESS, *, keys: str | Path | None = None, timeout: float = 30.0
+    ) -> None:
         self.address, self.timeout = address, timeout
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="radixrt-client")
@@ -32,26 +35,50 @@ class Client:
             self.close()
             raise
 
-    def generate(self, prompts: Prompt | list[Prompt], params: SamplingParams | None = None, *,
-                 namespace: str | None = None) -> GenerateOutput | list[GenerateOutput]:
+    def generate(
+        self, prompts: Prompt | list[Prompt], params: SamplingParams | None = None, *, namespace: str | None = None
+    ) -> GenerateOutput | list[GenerateOutput]:
         """Run prompts to the end; a request that fails comes back with finish reason "error".
         A prompt the server refuses raises ``InvalidRequest`` and aborts the others."""
         return self._wait(self._async.generate(prompts, params, namespace=namespace))
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
-               request_id: str | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        namespace: str | None = None,
+        request_id: str | None = None,
+    ) -> Iterator[str]:
         """The text as it is generated; raises ``RequestFailed`` if the request fails. Closing the
         iterator early aborts the request, and so does ``abort(request_id)``."""
         return self._iterate(self._async.stream(prompt, params, namespace=namespace, request_id=request_id))
 
-    def outputs(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
-                request_id: str | None = None, prompt_logprobs_from: int | None = None,
-                pin: bool = False, score_next: Sequence[int] = ()) -> Iterator[RequestOutput]:
+    def outputs(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        namespace: str | None = None,
+        request_id: str | None = None,
+        prompt_logprobs_from: int | None = None,
+        pin: bool = False,
+        score_next: Sequence[int] = (),
+    ) -> Iterator[RequestOutput]:
         """The request's outputs as the engine's ``step()`` gives them: new tokens, text and
         logprobs as they come, then a last one (``finished``) that says how it ended. A refused
         request raises ``ServerError``; closing the iterator early aborts it."""
-        return self._iterate(self._async.outputs(prompt, params, namespace=namespace, request_id=request_id,
-                                                 prompt_logprobs_from=prompt_logprobs_from, pin=pin, score_next=score_next))
+        return self._iterate(
+            self._async.outputs(
+                prompt,
+                params,
+                namespace=namespace,
+                request_id=request_id,
+                prompt_logprobs_from=prompt_logprobs_from,
+                pin=pin,
+                score_next=score_next,
+            )
+        )
 
     def pin(self, prompt: Prompt, *, namespace: str | None = None, request_id: str | None = None) -> str:
         """Compute ``prompt`` and keep it cached on its worker, safe from eviction, until
@@ -61,8 +88,14 @@ class Client:
     def unpin(self, pin_id: str) -> None:
         self._wait(self._async.unpin(pin_id))
 
-    def submit(self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: str | None = None,
-               request_id: str | None = None) -> str:
+    def submit(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        namespace: str | None = None,
+        request_id: str | None = None,
+    ) -> str:
         """Send a request without waiting for it; ``finished`` collects it. Returns its id."""
         return self._wait(self._async.submit(prompt, params, namespace=namespace, request_id=request_id))
 

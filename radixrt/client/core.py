@@ -1,5 +1,6 @@
 """What both clients share, with no I/O: turning calls into messages, replies into outputs, and
 filing replies where their readers look."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,27 +52,50 @@ class Requests:
         self._ids = itertools.count()
         self.clock = time.time() - time.perf_counter()  # Unix time -> perf_counter
 
-    def message(self, prompt: Prompt, params: SamplingParams | None, namespace: Hashable, stream: bool,
-                request_id: str | None, prompt_logprobs_from: int | None, pin: bool = False,
-                score_next: Sequence[int] = ()) -> p.Generate:
+    def message(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None,
+        namespace: Hashable,
+        stream: bool,
+        request_id: str | None,
+        prompt_logprobs_from: int | None,
+        pin: bool = False,
+        score_next: Sequence[int] = (),
+    ) -> p.Generate:
         if namespace is not None and not isinstance(namespace, str):
             raise TypeError(f"a namespace on the wire is a string, got {type(namespace).__name__}")
         rid = request_id if request_id is not None else f"c{next(self._ids)}"
-        kind = ("prompt" if isinstance(prompt, str) else
-                "messages" if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict) else "input_ids")
+        kind = (
+            "prompt"
+            if isinstance(prompt, str)
+            else "messages"
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)
+            else "input_ids"
+        )
         value = prompt.tolist() if isinstance(prompt, np.ndarray) else list(prompt) if kind == "input_ids" else prompt
         if kind == "messages":
             value = [p.ChatMessage(m["role"], m["content"]) for m in prompt]
-        return p.Generate(rid, namespace=namespace, stream=stream, params=p.wire_sampling(params or SamplingParams()),
-                          prompt_logprobs_from=prompt_logprobs_from, pin=pin,
-                          score_next=[int(t) for t in score_next] or None, **{kind: value})
+        return p.Generate(
+            rid,
+            namespace=namespace,
+            stream=stream,
+            params=p.wire_sampling(params or SamplingParams()),
+            prompt_logprobs_from=prompt_logprobs_from,
+            pin=pin,
+            score_next=[int(t) for t in score_next] or None,
+            **{kind: value},
+        )
 
     def output(self, msg: p.Finished, arrival: float) -> GenerateOutput:
-        return p.from_wire(GenerateOutput, msg, arrival=arrival, finished=True,
-                           token_times=[t - self.clock for t in msg.token_times])
+        return p.from_wire(
+            GenerateOutput, msg, arrival=arrival, finished=True, token_times=[t - self.clock for t in msg.token_times]
+        )
 
     def refused(self, msg: p.Error, arrival: float) -> GenerateOutput:
-        return GenerateOutput(msg.id or "", arrival, finished=True, finish_reason="error", error=f"{msg.code}: {msg.message}")
+        return GenerateOutput(
+            msg.id or "", arrival, finished=True, finish_reason="error", error=f"{msg.code}: {msg.message}"
+        )
 
 
 class News:
@@ -92,11 +116,13 @@ class News:
             self.chars += len(msg.text)
             return p.from_wire(RequestOutput, msg, token_times=[time.perf_counter()] * len(msg.token_ids))
         self.done = True
-        out = p.from_wire(RequestOutput, msg, finished=True, token_times=[t - self.requests.clock for t in msg.token_times])
+        out = p.from_wire(
+            RequestOutput, msg, finished=True, token_times=[t - self.requests.clock for t in msg.token_times]
+        )
         for name in STREAMED_PER_TOKEN:
             if (value := getattr(out, name)) is not None:
-                setattr(out, name, value[self.tokens:])
-        out.text = out.text[self.chars:]
+                setattr(out, name, value[self.tokens :])
+        out.text = out.text[self.chars :]
         return out
 
 

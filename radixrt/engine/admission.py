@@ -1,5 +1,6 @@
 """Admission: whether a request fits the model it is sent to. The engine asks before it queues a
 request, the router before it sends one to a worker, with the same rules and the same messages."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -36,15 +37,29 @@ def check_prompt(tokens: np.ndarray, limits: ModelLimits, prompt_logprobs_from: 
     if bad.size:
         raise ValueError(f"token ids {bad[:4].tolist()} are outside the vocabulary (0..{vocab_size - 1})")
     if tokens.size >= min(max_context, kv_tokens):
-        limit = f"the model's context is {max_context}" if max_context <= kv_tokens else f"the KV cache holds {kv_tokens}"
+        limit = (
+            f"the model's context is {max_context}" if max_context <= kv_tokens else f"the KV cache holds {kv_tokens}"
+        )
         raise ValueError(f"the prompt has {tokens.size} tokens; {limit}")
-    if prompt_logprobs_from is not None and (isinstance(prompt_logprobs_from, bool) or not isinstance(prompt_logprobs_from, int)
-                                             or not 1 <= prompt_logprobs_from < tokens.size):
-        raise ValueError(f"prompt_logprobs_from must be a position in 1..{tokens.size - 1}, got {prompt_logprobs_from!r}")
+    if prompt_logprobs_from is not None and (
+        isinstance(prompt_logprobs_from, bool)
+        or not isinstance(prompt_logprobs_from, int)
+        or not 1 <= prompt_logprobs_from < tokens.size
+    ):
+        raise ValueError(
+            f"prompt_logprobs_from must be a position in 1..{tokens.size - 1}, got {prompt_logprobs_from!r}"
+        )
 
 
-def admit(tokens: np.ndarray, params: SamplingParams, limits: ModelLimits, grammars: Grammars | None = None, *,
-          prompt_logprobs_from: int | None = None, score_next: Sequence[int] = ()) -> tuple[int, ...]:
+def admit(
+    tokens: np.ndarray,
+    params: SamplingParams,
+    limits: ModelLimits,
+    grammars: Grammars | None = None,
+    *,
+    prompt_logprobs_from: int | None = None,
+    score_next: Sequence[int] = (),
+) -> tuple[int, ...]:
     """Raise ``ValueError`` naming what makes this request unfit for the model; returns
     ``score_next`` as ints. A constraint is compiled (``grammars``; xgrammar caches it), so one
     that cannot compile is refused here, before anything runs."""

@@ -8,6 +8,7 @@ see ``strict_json_grammar``. Compiled grammars are cached by xgrammar, so a sche
 is compiled once. xgrammar is imported on the first constrained request: an engine that never sees one
 never loads it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,8 @@ from radixrt.params import SamplingParams
 
 # In xgrammar's printed EBNF: a quoted literal (a Regex's pattern too), or a character class.
 _LITERAL_OR_CLASS = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]', re.DOTALL)
-_BOUNDED_STRING_CHARACTER = r'[^\"\\\r\n]'
-_STRICT_STRING_CHARACTER = r'[^\"\\\0-\x1f]'
+_BOUNDED_STRING_CHARACTER = r"[^\"\\\r\n]"
+_STRICT_STRING_CHARACTER = r"[^\"\\\0-\x1f]"
 
 
 @functools.lru_cache(maxsize=256)
@@ -39,7 +40,8 @@ def strict_json_grammar(schema: str) -> str:
 
     ebnf = str(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False))
     return _LITERAL_OR_CLASS.sub(
-        lambda m: _STRICT_STRING_CHARACTER if m[0] == _BOUNDED_STRING_CHARACTER else m[0], ebnf)
+        lambda m: _STRICT_STRING_CHARACTER if m[0] == _BOUNDED_STRING_CHARACTER else m[0], ebnf
+    )
 
 
 class Grammars:
@@ -51,8 +53,9 @@ class Grammars:
 
         self._xgr = xgrammar
         self.vocab_size = vocab_size
-        self.compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size),
-                                                 max_threads=1)
+        self.compiler = xgrammar.GrammarCompiler(
+            xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size), max_threads=1
+        )
 
     def matcher(self, params: SamplingParams) -> Any:
         """A fresh matcher for ``params``' constraint."""
@@ -70,7 +73,9 @@ class Grammars:
                 alternatives = " | ".join(json.dumps(c) for c in params.choices)
                 grammar = self.compiler.compile_grammar(f"root ::= {alternatives}")
         except (RuntimeError, ValueError, TypeError) as e:
-            kind = "regex" if params.regex is not None else "json_schema" if params.json_schema is not None else "choices"
+            kind = (
+                "regex" if params.regex is not None else "json_schema" if params.json_schema is not None else "choices"
+            )
             raise ValueError(f"the {kind} constraint cannot be compiled: {e}") from None
         return grammar
 

@@ -1,5 +1,6 @@
 """Text of a growing list of token ids, decoded a few tokens at a time rather than from the start
 each time (which costs O(n^2) over a long output)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

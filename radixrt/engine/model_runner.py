@@ -5,6 +5,7 @@ Between the forward and the sampler, ``logits_processors`` edit the rows about t
 place: that is where constrained decoding applies its token bitmasks. The runner knows nothing of
 text, stop rules or the cache; it reports per request what the step computed.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -82,7 +83,9 @@ class ModelRunner:
             sampled = [(req, p.sample_row) for (req, _), p in zip(batch, plans) if p.sample_row is not None]
             tokens, logprobs, status, top = self._sample(logits, [r for r, _ in sampled], [i for _, i in sampled])
             scored = self._score_prompts(logits, plans)
-            values = torch.cat([tokens.double(), logprobs.double(), status.double(), scored.double()]).tolist()  # the one host copy
+            values = torch.cat(
+                [tokens.double(), logprobs.double(), status.double(), scored.double()]
+            ).tolist()  # the one host copy
             tops = iter(zip(top[0].tolist(), top[1].tolist())) if top is not None else None  # a second, when asked for
         k = len(sampled)
         scored_values = iter(values[3 * k :])
@@ -116,10 +119,14 @@ class ModelRunner:
             first_logit = min(first_logit, last - start)
         samples = end == req.length and req.num_output < req.max_new_tokens
         chunk = SequenceChunk(req.tokens[start:end], start, req.pages[: -(-end // self.page_size)], first_logit)
-        plan = _Plan(range(first_row, first_row + hi - lo), req.tokens[lo + 1 : hi + 1].copy(),
-                     first_row + n - 1 - first_logit if samples else None,
-                     first_row + last - start - first_logit if scores_next else None, req.score_next,
-                     req.params.top_logprobs if samples else 0)
+        plan = _Plan(
+            range(first_row, first_row + hi - lo),
+            req.tokens[lo + 1 : hi + 1].copy(),
+            first_row + n - 1 - first_logit if samples else None,
+            first_row + last - start - first_logit if scores_next else None,
+            req.score_next,
+            req.params.top_logprobs if samples else 0,
+        )
         return chunk, plan
 
     @staticmethod
@@ -149,9 +156,13 @@ class ModelRunner:
         status = torch.where(broken, 1, torch.where(allowed, 0, 2))
         if not requests:
             return picked.new_zeros(0), picked.new_zeros(0), status, None
-        tokens, logprobs = sample_batch(picked, [r.params for r in requests], [r.generator for r in requests],
-                                        [r.tokens[: r.penalty_split] for r in requests],
-                                        [r.tokens[r.penalty_split :] for r in requests])
+        tokens, logprobs = sample_batch(
+            picked,
+            [r.params for r in requests],
+            [r.generator for r in requests],
+            [r.tokens[: r.penalty_split] for r in requests],
+            [r.tokens[r.penalty_split :] for r in requests],
+        )
         return tokens, logprobs, status, self._top(picked, requests)
 
     @staticmethod

@@ -1,5 +1,6 @@
 """A request's output text as the caller sees it: decoded incrementally, cut before the first
 stop string, and streamed without anything that could still turn out to be a stop string."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

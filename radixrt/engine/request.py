@@ -1,4 +1,5 @@
 """A request's lifecycle inside the engine (what it reports is in ``outputs.py``)."""
+
 from __future__ import annotations
 
 import enum

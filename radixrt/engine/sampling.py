@@ -4,6 +4,7 @@
 ``sample_batch`` runs on the logits' device for the whole batch and never synchronises with the host:
 the caller copies tokens and log-probabilities back once per step.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,9 @@ def _greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)
 
 
-def _sample(logits: torch.Tensor, params: Sequence[SamplingParams],
-            generators: Sequence[torch.Generator | None]) -> tuple[torch.Tensor, torch.Tensor]:
+def _sample(
+    logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Temperature, then top-k, min-p and top-p with per-row values, then one draw per row."""
     device = logits.device
     x = logits / _column([p.temperature for p in params], device)
@@ -109,13 +111,16 @@ def _race(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> 
     return (probs / noise.clamp_min_(torch.finfo(noise.dtype).tiny)).argmax(-1)
 
 
-def _penalise(logits: torch.Tensor, params: Sequence[SamplingParams],
-              prompt_ids: Sequence[TokenIds] | None, output_ids: Sequence[TokenIds] | None) -> torch.Tensor:
+def _penalise(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    prompt_ids: Sequence[TokenIds] | None,
+    output_ids: Sequence[TokenIds] | None,
+) -> torch.Tensor:
     """Repetition penalty on tokens of prompt or output (positive logits divided, negative multiplied,
     as HF and vLLM); frequency and presence penalties on output counts (OpenAI's definition). Only the
     rows asking for them are touched; ``logits`` itself is never modified."""
-    rows = [b for b, p in enumerate(params)
-            if p.repetition_penalty != 1 or p.frequency_penalty or p.presence_penalty]
+    rows = [b for b, p in enumerate(params) if p.repetition_penalty != 1 or p.frequency_penalty or p.presence_penalty]
     if not rows:
         return logits
     if prompt_ids is None or output_ids is None:

@@ -13,6 +13,7 @@ admitted in the same step waits a step, then finds that prefix in the cache: a p
 burst of requests is computed once. A retracted request keeps what it generated, gives its
 computed K/V to the cache and is re-queued; it is recomputed mostly from the cache.
 """
+
 from __future__ import annotations
 
 import time
@@ -39,8 +40,16 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, cache: RadixCache, allocator: PageAllocator, *, max_batch_tokens: int, chunk_size: int,
-                 max_running: int, enable_cache: bool = True) -> None:
+    def __init__(
+        self,
+        cache: RadixCache,
+        allocator: PageAllocator,
+        *,
+        max_batch_tokens: int,
+        chunk_size: int,
+        max_running: int,
+        enable_cache: bool = True,
+    ) -> None:
         self.cache, self.allocator = cache, allocator
         self.page_size = cache.page_size
         self.max_batch_tokens, self.chunk_size, self.max_running = max_batch_tokens, chunk_size, max_running
@@ -186,7 +195,8 @@ class Scheduler:
             victim = max(self.running, key=lambda r: r.arrival)
             if victim is req and len(self.running) == 1:
                 req.state, req.finish_reason = State.FAILED, "error"
-                req.error = f"out of KV cache memory: {tokens} tokens need more than the {self.allocator.num_pages} pages of the pool"
+                pages = self.allocator.num_pages
+                req.error = f"out of KV cache memory: {tokens} tokens need more than the {pages} pages of the pool"
                 self.failed.append(req)
                 self.remove(req)
                 return False

@@ -1,5 +1,6 @@
 """Prometheus metric families (``/metrics`` of the HTTP API) from a ``stats`` reply: the router's and
 the workers' counters, and the router's latency histograms, turned into families on each scrape."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,12 +35,21 @@ def metric_families(stats: dict[str, Any]) -> list[Any]:
     for outcome in ("finished", "aborted", "failed", "refused"):
         outcomes.add_metric([outcome], router.get(outcome, 0))
     families.append(outcomes)
-    for key, help_ in (("prompt_tokens", "prompt tokens"), ("cached_tokens", "prompt tokens served from the cache"),
-                       ("computed_tokens", "prompt tokens computed"), ("output_tokens", "tokens generated")):
+    for key, help_ in (
+        ("prompt_tokens", "prompt tokens"),
+        ("cached_tokens", "prompt tokens served from the cache"),
+        ("computed_tokens", "prompt tokens computed"),
+        ("output_tokens", "tokens generated"),
+    ):
         families.append(CounterMetricFamily(f"radixrt_{key}", help_, value=router.get(key, 0)))
-    families.append(GaugeMetricFamily("radixrt_hit_rate", "prompt tokens served from the cache / prompt tokens",
-                                      value=router.get("hit_rate", 0.0)))
-    families.append(GaugeMetricFamily("radixrt_inflight_requests", "requests in flight", value=router.get("inflight", 0)))
+    families.append(
+        GaugeMetricFamily(
+            "radixrt_hit_rate", "prompt tokens served from the cache / prompt tokens", value=router.get("hit_rate", 0.0)
+        )
+    )
+    families.append(
+        GaugeMetricFamily("radixrt_inflight_requests", "requests in flight", value=router.get("inflight", 0))
+    )
     families.append(GaugeMetricFamily("radixrt_workers", "workers connected", value=len(workers)))
     for kind, table in ((GaugeMetricFamily, WORKER_GAUGES), (CounterMetricFamily, WORKER_COUNTERS)):
         for key, (name, help_) in table.items():
@@ -47,9 +57,11 @@ def metric_families(stats: dict[str, Any]) -> list[Any]:
             for worker, s in sorted(workers.items()):
                 family.add_metric([worker], s.get(key, 0))
             families.append(family)
-    for key, (name, help_) in {"ttft": ("radixrt_time_to_first_token_seconds", "time to first token"),
-                               "itl": ("radixrt_inter_token_latency_seconds", "time between tokens"),
-                               "e2e": ("radixrt_e2e_latency_seconds", "request latency, arrival to end")}.items():
+    for key, (name, help_) in {
+        "ttft": ("radixrt_time_to_first_token_seconds", "time to first token"),
+        "itl": ("radixrt_inter_token_latency_seconds", "time between tokens"),
+        "e2e": ("radixrt_e2e_latency_seconds", "request latency, arrival to end"),
+    }.items():
         h = router.get("latency", {}).get(key)
         if h is None:
             continue

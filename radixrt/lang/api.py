@@ -1,4 +1,5 @@
 """The functions a program is written with, under SGLang's names and positional orders."""
+
 from __future__ import annotations
 
 import re
@@ -44,57 +45,160 @@ def get_server_info(backend: Any = None) -> dict[str, Any] | None:
     return None if backend is None else backend.get_server_info()
 
 
-def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int | None = None, n: int | None = None,
-        stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None, temperature: float | None = None,
-        top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
-        frequency_penalty: float | None = None, presence_penalty: float | None = None, ignore_eos: bool | None = None,
-        return_logprob: bool | None = None, logprob_start_len: int | None = None, top_logprobs_num: int | None = None,
-        return_text_in_logprobs: bool | None = None, dtype: type | str | None = None, choices: list[str] | None = None,
-        choices_method: ChoicesSamplingMethod | None = None, regex: str | None = None,
-        json_schema: str | dict | None = None, stop_regex: str | list[str] | None = None) -> SglExpr:
+def gen(
+    name: str | None = None,
+    max_tokens: int | None = None,
+    min_tokens: int | None = None,
+    n: int | None = None,
+    stop: str | list[str] | None = None,
+    stop_token_ids: list[int] | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    min_p: float | None = None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    ignore_eos: bool | None = None,
+    return_logprob: bool | None = None,
+    logprob_start_len: int | None = None,
+    top_logprobs_num: int | None = None,
+    return_text_in_logprobs: bool | None = None,
+    dtype: type | str | None = None,
+    choices: list[str] | None = None,
+    choices_method: ChoicesSamplingMethod | None = None,
+    regex: str | None = None,
+    json_schema: str | dict | None = None,
+    stop_regex: str | list[str] | None = None,
+) -> SglExpr:
     """Generate into variable ``name``. Unset options take the ``run`` call's values. With
     ``choices`` it is ``select``. ``regex``, ``json_schema`` and ``dtype`` constrain the tokens
     the engine samples. (``stop_regex``, SGLang 0.5's, is keyword-only here: SGLang 0.4's positional
     order is kept.)"""
     if choices:
-        return SglSelect(name, choices, 0.0 if temperature is None else temperature,
-                         token_length_normalized if choices_method is None else choices_method)
+        return SglSelect(
+            name,
+            choices,
+            0.0 if temperature is None else temperature,
+            token_length_normalized if choices_method is None else choices_method,
+        )
     if regex is not None:
         try:
             re.compile(regex)
         except re.error as e:
             raise ValueError(f"gen(regex=...): {regex!r} is not a regular expression: {e}") from None
-    return SglGen(name, SglSamplingParams(max_tokens, min_tokens, n, stop, stop_token_ids, stop_regex, temperature,
-                                          top_p, top_k, min_p, frequency_penalty, presence_penalty, ignore_eos,
-                                          return_logprob, logprob_start_len, top_logprobs_num, return_text_in_logprobs,
-                                          json_schema, dtype, regex))
+    return SglGen(
+        name,
+        SglSamplingParams(
+            max_tokens,
+            min_tokens,
+            n,
+            stop,
+            stop_token_ids,
+            stop_regex,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            frequency_penalty,
+            presence_penalty,
+            ignore_eos,
+            return_logprob,
+            logprob_start_len,
+            top_logprobs_num,
+            return_text_in_logprobs,
+            json_schema,
+            dtype,
+            regex,
+        ),
+    )
 
 
-def gen_int(name: str | None = None, max_tokens: int | None = None, n: int | None = None,
-            stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None,
-            temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-            min_p: float | None = None, frequency_penalty: float | None = None, presence_penalty: float | None = None,
-            ignore_eos: bool | None = None, return_logprob: bool | None = None, logprob_start_len: int | None = None,
-            top_logprobs_num: int | None = None, return_text_in_logprobs: bool | None = None) -> SglExpr:
-    return gen(name, max_tokens, None, n, stop, stop_token_ids, temperature, top_p, top_k, min_p, frequency_penalty,
-               presence_penalty, ignore_eos, return_logprob, logprob_start_len, top_logprobs_num,
-               return_text_in_logprobs, dtype=int)
+def gen_int(
+    name: str | None = None,
+    max_tokens: int | None = None,
+    n: int | None = None,
+    stop: str | list[str] | None = None,
+    stop_token_ids: list[int] | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    min_p: float | None = None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    ignore_eos: bool | None = None,
+    return_logprob: bool | None = None,
+    logprob_start_len: int | None = None,
+    top_logprobs_num: int | None = None,
+    return_text_in_logprobs: bool | None = None,
+) -> SglExpr:
+    return gen(
+        name,
+        max_tokens,
+        None,
+        n,
+        stop,
+        stop_token_ids,
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        frequency_penalty,
+        presence_penalty,
+        ignore_eos,
+        return_logprob,
+        logprob_start_len,
+        top_logprobs_num,
+        return_text_in_logprobs,
+        dtype=int,
+    )
 
 
-def gen_string(name: str | None = None, max_tokens: int | None = None, n: int | None = None,
-               stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None,
-               temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-               min_p: float | None = None, frequency_penalty: float | None = None,
-               presence_penalty: float | None = None, ignore_eos: bool | None = None,
-               return_logprob: bool | None = None, logprob_start_len: int | None = None,
-               top_logprobs_num: int | None = None, return_text_in_logprobs: bool | None = None) -> SglExpr:
-    return gen(name, max_tokens, None, n, stop, stop_token_ids, temperature, top_p, top_k, min_p, frequency_penalty,
-               presence_penalty, ignore_eos, return_logprob, logprob_start_len, top_logprobs_num,
-               return_text_in_logprobs, dtype=str)
+def gen_string(
+    name: str | None = None,
+    max_tokens: int | None = None,
+    n: int | None = None,
+    stop: str | list[str] | None = None,
+    stop_token_ids: list[int] | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    min_p: float | None = None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    ignore_eos: bool | None = None,
+    return_logprob: bool | None = None,
+    logprob_start_len: int | None = None,
+    top_logprobs_num: int | None = None,
+    return_text_in_logprobs: bool | None = None,
+) -> SglExpr:
+    return gen(
+        name,
+        max_tokens,
+        None,
+        n,
+        stop,
+        stop_token_ids,
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        frequency_penalty,
+        presence_penalty,
+        ignore_eos,
+        return_logprob,
+        logprob_start_len,
+        top_logprobs_num,
+        return_text_in_logprobs,
+        dtype=str,
+    )
 
 
-def select(name: str | None = None, choices: list[str] | None = None, temperature: float = 0.0,
-           choices_method: ChoicesSamplingMethod = token_length_normalized) -> SglExpr:
+def select(
+    name: str | None = None,
+    choices: list[str] | None = None,
+    temperature: float = 0.0,
+    choices_method: ChoicesSamplingMethod = token_length_normalized,
+) -> SglExpr:
     """Append the choice the model finds most likely after the state (by ``choices_method``)."""
     if not choices:
         raise ValueError("select() needs a non-empty list of choices")

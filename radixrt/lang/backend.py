@@ -2,6 +2,7 @@
 engine's ``RequestOutput``s back on the calling thread, however it talks to the engine (in-process
 in ``Runtime``, over ZeroMQ in ``RuntimeEndpoint``). Both share everything else here: the
 tokenizer and chat template, scoring of ``select``'s choices, pins, and the count of tokens used."""
+
 from __future__ import annotations
 
 import queue
@@ -91,8 +92,15 @@ class Backend(ABC):
     _chat_template: ChatTemplate | None = None
 
     @abstractmethod
-    def submit(self, input_ids: list[int], params: SamplingParams, *, prompt_logprobs_from: int | None = None,
-               pin: bool = False, score_next: Sequence[int] = ()) -> Handle:
+    def submit(
+        self,
+        input_ids: list[int],
+        params: SamplingParams,
+        *,
+        prompt_logprobs_from: int | None = None,
+        pin: bool = False,
+        score_next: Sequence[int] = (),
+    ) -> Handle:
         """Start a request (options as ``Engine.add_request``'s); its outputs come through the handle."""
 
     @abstractmethod

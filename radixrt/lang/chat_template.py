@@ -6,6 +6,7 @@ that adds a system turn of its own when a conversation has none (SmolLM2's does)
 as ``default_system_prompt``, which a program whose first role is another gets first, as the
 template would have rendered it (and as SGLang does with its templates' default system prompts).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,10 +38,10 @@ class ChatTemplate:
             text = render([*before, {"role": role, "content": _MARK}])
             if not text.startswith(head) or text.count(_MARK) != 1:
                 raise ValueError(f"cannot find how this model's chat template renders a {role} turn")
-            prefix[role], suffix[role] = text[len(head):].split(_MARK)
+            prefix[role], suffix[role] = text[len(head) :].split(_MARK)
         alone = render([{"role": "user", "content": _MARK}])
         added = alone[: alone.index(_MARK)].removesuffix(prefix["user"])
         default = None
         if added.startswith(prefix["system"]) and added.endswith(suffix["system"]):
-            default = added[len(prefix["system"]): len(added) - len(suffix["system"])] or None
+            default = added[len(prefix["system"]) : len(added) - len(suffix["system"])] or None
         return cls(prefix, suffix, default)

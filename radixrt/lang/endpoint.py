@@ -1,6 +1,7 @@
 """``RuntimeEndpoint``: programs run against ``radixrt serve`` through the ZeroMQ client. One
 ``AsyncClient`` on an event loop of its own carries the requests of every thread of every program;
 the tokenizer comes from the server, so the state's token ids are the server's."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,11 +20,19 @@ class RuntimeEndpoint(Backend):
     key directory of a server that requires keys (see ``radixrt keys``). Pins a program holds are
     released by the server if this process goes away."""
 
-    def __init__(self, base_url: str = DEFAULT_ADDRESS, *, keys: str | Path | None = None, timeout: float = 30.0,
-                 tokenizer: Any = None) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_ADDRESS,
+        *,
+        keys: str | Path | None = None,
+        timeout: float = 30.0,
+        tokenizer: Any = None,
+    ) -> None:
         if base_url.startswith(("http://", "https://")):
-            raise ValueError(f"{base_url}: RuntimeEndpoint speaks radixrt's ZeroMQ protocol; give the tcp:// address "
-                             "that `radixrt serve` prints")
+            raise ValueError(
+                f"{base_url}: RuntimeEndpoint speaks radixrt's ZeroMQ protocol; give the tcp:// address "
+                "that `radixrt serve` prints"
+            )
         self.address = base_url
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="radixrt-endpoint")
@@ -38,14 +47,22 @@ class RuntimeEndpoint(Backend):
             self.shutdown()
             raise
 
-    def submit(self, input_ids: list[int], params: SamplingParams, *, prompt_logprobs_from: int | None = None,
-               pin: bool = False, score_next: Sequence[int] = ()) -> Handle:
+    def submit(
+        self,
+        input_ids: list[int],
+        params: SamplingParams,
+        *,
+        prompt_logprobs_from: int | None = None,
+        pin: bool = False,
+        score_next: Sequence[int] = (),
+    ) -> Handle:
         handle = self.new_handle()
 
         async def pump() -> None:
             try:
-                async for out in self._client.outputs(input_ids, params, prompt_logprobs_from=prompt_logprobs_from,
-                                                      pin=pin, score_next=score_next):
+                async for out in self._client.outputs(
+                    input_ids, params, prompt_logprobs_from=prompt_logprobs_from, pin=pin, score_next=score_next
+                ):
                     handle.request_id = out.request_id
                     handle.put(out)
             except Exception as e:
@@ -65,9 +82,15 @@ class RuntimeEndpoint(Backend):
 
     def get_server_info(self) -> dict[str, Any]:
         info, stats = self._client.info, self._await(self._client.stats())
-        return {"address": self.address, "backend": "radixrt.lang.RuntimeEndpoint", "model_path": info.model,
-                "num_workers": info.workers, "max_inflight": info.max_inflight, "hit_rate": stats["router"]["hit_rate"],
-                **stats}
+        return {
+            "address": self.address,
+            "backend": "radixrt.lang.RuntimeEndpoint",
+            "model_path": info.model,
+            "num_workers": info.workers,
+            "max_inflight": info.max_inflight,
+            "hit_rate": stats["router"]["hit_rate"],
+            **stats,
+        }
 
     def get_model_name(self) -> str:
         return self._client.info.model

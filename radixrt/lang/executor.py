@@ -10,6 +10,7 @@ first computes its trunk and pins it in the cache until the branches join or end
 An error while executing (a refused request, a failed one) is kept in the state (``error_``), as
 SGLang does: the rest of the state's queue is skipped and waiting readers wake up.
 """
+
 from __future__ import annotations
 
 import threading
@@ -44,8 +45,14 @@ class StreamExecutor:
     """A state's executor. Readers wait on ``events`` (a variable is final) and ``changed`` (text
     or a variable grew); ``chunks`` keeps a streamed gen's pieces (text, meta info) for ``text_iter``."""
 
-    def __init__(self, program: Program, arguments: dict[str, Any], defaults: SglSamplingParams, stream: bool,
-                 use_thread: bool = True) -> None:
+    def __init__(
+        self,
+        program: Program,
+        arguments: dict[str, Any],
+        defaults: SglSamplingParams,
+        stream: bool,
+        use_thread: bool = True,
+    ) -> None:
         self.program, self.backend = program, program.backend
         self.arguments, self.defaults, self.stream = arguments, defaults, stream
         self.variables: dict[str | None, Any] = {}
@@ -134,8 +141,11 @@ class StreamExecutor:
             self._execute(expr)
         except Exception as e:  # kept in the state, as SGLang does; what is queued after is skipped
             if not self.program.cancelled:
-                warnings.warn(f"Error in a radixrt.lang program: {type(e).__name__}: {e}\n"
-                              f"{''.join(traceback.format_exception(e))}", stacklevel=1)
+                warnings.warn(
+                    f"Error in a radixrt.lang program: {type(e).__name__}: {e}\n"
+                    f"{''.join(traceback.format_exception(e))}",
+                    stacklevel=1,
+                )
             self.error_ = e
             self._wake_readers()
 
@@ -202,7 +212,7 @@ class StreamExecutor:
         elif isinstance(expr, SglVarScopeBegin):
             self.variables[expr.name] = len(self.text_)
         elif isinstance(expr, SglVarScopeEnd):
-            self._set(expr.name, self.text_[self.variables[expr.name]:], final=True)
+            self._set(expr.name, self.text_[self.variables[expr.name] :], final=True)
         elif isinstance(expr, (SglImage, SglVideo)):
             kind = "image" if isinstance(expr, SglImage) else "video"
             raise ValueError(f"{kind}(): the served model reads text only, and radixrt serves text-only models")
@@ -230,9 +240,14 @@ class StreamExecutor:
         start = params.logprob_start_len if params.return_logprob else None
         logprobs_from = max(1, start) if start is not None and start < len(prompt) else None
         handle = self.program.submit(prompt, engine_params, prompt_logprobs_from=logprobs_from)
-        meta = GenMeta(LogprobFormat(engine_params.logprobs, engine_params.top_logprobs,
-                                     self.backend.tokenizer if params.return_text_in_logprobs else None),
-                       prompt[logprobs_from:] if logprobs_from is not None else ())
+        meta = GenMeta(
+            LogprobFormat(
+                engine_params.logprobs,
+                engine_params.top_logprobs,
+                self.backend.tokenizer if params.return_text_in_logprobs else None,
+            ),
+            prompt[logprobs_from:] if logprobs_from is not None else (),
+        )
         name, text = expr.name, ""
         self.variables[name] = ""
         self.chunks[name] = []
@@ -254,7 +269,7 @@ class StreamExecutor:
         self.ids = prompt + ids
         if isinstance(whole.matched_stop, str):  # the text may end with a token's part before the stop string
             decoded = IncrementalDetokenizer(self.backend.tokenizer).update(ids, final=True)
-            self.tail = text[len(decoded):] if text.startswith(decoded) else ""
+            self.tail = text[len(decoded) :] if text.startswith(decoded) else ""
         self.meta_info[name] = meta.final()
         self._set(name, text, final=True)
 
@@ -271,10 +286,12 @@ class StreamExecutor:
         alone = self.backend.score([], options) if expr.choices_method.requires_unconditional_logprobs else None
         entries = LogprobFormat().entries
         decision = expr.choices_method(
-            choices=expr.choices, normalized_prompt_logprobs=[sum(lp) / len(lp) for lp in given],
+            choices=expr.choices,
+            normalized_prompt_logprobs=[sum(lp) / len(lp) for lp in given],
             input_token_logprobs=[entries(lp, ids) for lp, ids in zip(given, options)],
             output_token_logprobs=[[] for _ in options],
-            unconditional_token_logprobs=None if alone is None else list(map(entries, alone, options)))
+            unconditional_token_logprobs=None if alone is None else list(map(entries, alone, options)),
+        )
         chosen = expr.choices.index(decision.decision)
         self.text_ += decision.decision
         self.ids = prompt + options[chosen]
@@ -300,7 +317,7 @@ class StreamExecutor:
     def _role_end(self, role: str) -> None:
         if self.cur_role != role:
             raise ValueError(f"{role}_end() without {role}_begin()")
-        content = self.text_[self.cur_role_begin_pos:].lstrip()
+        content = self.text_[self.cur_role_begin_pos :].lstrip()
         self.cur_role = None
         self._fill(self.backend.chat_template.suffix[role])
         self.messages_.append({"role": role, "content": content})
@@ -310,8 +327,8 @@ class StreamExecutor:
         self.tokens()
         for child in branches:
             child.sync()
-            self.text_ += child.text_[child.fork_start_text_pos:]
-            self.ids += child.tokens()[child.fork_start_ids:]
+            self.text_ += child.text_[child.fork_start_text_pos :]
+            self.ids += child.tokens()[child.fork_start_ids :]
         self._notify()
 
     # ---- fork ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Settings shared by every program of the process (SGLang's ``global_config``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

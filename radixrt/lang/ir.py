@@ -4,6 +4,7 @@ markers, lists of these) and the sampling options of a ``gen`` and of a run.
 Sampling options follow SGLang: a ``gen`` leaves unset (None) what the ``run`` call decides, and a
 ``gen`` that sets ``stop`` replaces the run's stop strings rather than adding to them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -16,8 +17,12 @@ REGEX_INT = r"[-+]?[0-9]+[ \n]*"
 REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
 REGEX_BOOL = r"(True|False)"
 REGEX_STR = r"\"[\w\d\s]*\""
-_DTYPES = {"int": (REGEX_INT, (" ", "\n")), "float": (REGEX_FLOAT, (" ", "\n")), "bool": (REGEX_BOOL, ()),
-           "str": (REGEX_STR, ())}
+_DTYPES = {
+    "int": (REGEX_INT, (" ", "\n")),
+    "float": (REGEX_FLOAT, (" ", "\n")),
+    "bool": (REGEX_BOOL, ()),
+    "str": (REGEX_STR, ()),
+}
 
 
 @dataclass
@@ -47,8 +52,12 @@ class SglSamplingParams:
 
     def over(self, defaults: SglSamplingParams) -> SglSamplingParams:
         """These options, with the run's ``defaults`` where they are unset."""
-        return SglSamplingParams(**{f.name: v if (v := getattr(self, f.name)) is not None else getattr(defaults, f.name)
-                                    for f in fields(self)})
+        return SglSamplingParams(
+            **{
+                f.name: v if (v := getattr(self, f.name)) is not None else getattr(defaults, f.name)
+                for f in fields(self)
+            }
+        )
 
     def engine_params(self) -> SamplingParams:
         """The engine's ``SamplingParams`` (``dtype`` becomes its regex); raises ``ValueError`` for
@@ -66,17 +75,40 @@ class SglSamplingParams:
             regex, extra_stop = _DTYPES[name]
             stop += tuple(s for s in extra_stop if s not in stop)
         return SamplingParams(
-            max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens or 0, stop=stop,
-            stop_token_ids=tuple(self.stop_token_ids or ()), temperature=self.temperature, top_p=self.top_p,
-            top_k=max(0, self.top_k), min_p=self.min_p, frequency_penalty=self.frequency_penalty,
-            presence_penalty=self.presence_penalty, ignore_eos=bool(self.ignore_eos),
-            logprobs=bool(self.return_logprob), top_logprobs=(self.top_logprobs_num or 0) if self.return_logprob else 0,
-            regex=regex, json_schema=self.json_schema)
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens or 0,
+            stop=stop,
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=max(0, self.top_k),
+            min_p=self.min_p,
+            frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty,
+            ignore_eos=bool(self.ignore_eos),
+            logprobs=bool(self.return_logprob),
+            top_logprobs=(self.top_logprobs_num or 0) if self.return_logprob else 0,
+            regex=regex,
+            json_schema=self.json_schema,
+        )
 
 
-RUN_DEFAULTS = SglSamplingParams(max_new_tokens=128, min_new_tokens=0, n=1, stop=(), stop_token_ids=(), stop_regex=(),
-                                 temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0, frequency_penalty=0.0,
-                                 presence_penalty=0.0, ignore_eos=False, return_logprob=False)
+RUN_DEFAULTS = SglSamplingParams(
+    max_new_tokens=128,
+    min_new_tokens=0,
+    n=1,
+    stop=(),
+    stop_token_ids=(),
+    stop_regex=(),
+    temperature=1.0,
+    top_p=1.0,
+    top_k=-1,
+    min_p=0.0,
+    frequency_penalty=0.0,
+    presence_penalty=0.0,
+    ignore_eos=False,
+    return_logprob=False,
+)
 
 
 def run_options(values: dict[str, Any]) -> SglSamplingParams:
@@ -86,6 +118,7 @@ def run_options(values: dict[str, Any]) -> SglSamplingParams:
 
 
 # ---- expressions -------------------------------------------------------------------------------
+
 
 class SglExpr:
     """What ``s += ...`` takes; ``"text" + gen(...)`` and ``gen(...) + "text"`` make a list."""
@@ -122,8 +155,9 @@ class SglGen(SglExpr):
 
 
 class SglSelect(SglExpr):
-    def __init__(self, name: str | None, choices: list[str], temperature: float,
-                 choices_method: ChoicesSamplingMethod) -> None:
+    def __init__(
+        self, name: str | None, choices: list[str], temperature: float, choices_method: ChoicesSamplingMethod
+    ) -> None:
         self.name, self.choices, self.temperature = name, list(choices), temperature
         self.choices_method = choices_method
 

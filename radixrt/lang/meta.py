@@ -3,6 +3,7 @@ chunk of a streamed ``gen`` (``text_async_iter(name, return_meta_data=True)``) f
 incremental streaming: its counts are the tokens so far (``completion_tokens`` equals
 ``output_token_logprobs_length``) and its ``output_token_logprobs`` and ``output_top_logprobs``
 hold its own new tokens only, so that a reader who concatenates them has each token once."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -69,8 +70,12 @@ class GenMeta:
         """Counts of every token so far; log-probabilities of the tokens from ``start`` on."""
         whole = self.whole
         counts = whole if whole.finished else self
-        meta: dict[str, Any] = {"id": whole.request_id, "prompt_tokens": counts.prompt_tokens,
-                                "cached_tokens": counts.cached_tokens, "completion_tokens": len(whole.token_ids)}
+        meta: dict[str, Any] = {
+            "id": whole.request_id,
+            "prompt_tokens": counts.prompt_tokens,
+            "cached_tokens": counts.cached_tokens,
+            "completion_tokens": len(whole.token_ids),
+        }
         if whole.finished:
             meta["finish_reason"] = {"type": whole.finish_reason, "matched": whole.matched_stop}
         if self.fmt.logprobs and whole.logprobs is not None:

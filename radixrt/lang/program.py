@@ -1,4 +1,5 @@
 """``Program``: one run of a program, shared by its states (the main one and every fork's branches)."""
+
 from __future__ import annotations
 
 import threading

@@ -1,6 +1,7 @@
 """Running programs: ``run_program`` (a program's ``run``) and ``run_program_batch`` (its
 ``run_batch``). An exception raised by the program function propagates out of them, after every
 request the program has running is aborted and every pin it holds is released."""
+
 from __future__ import annotations
 
 import os
@@ -26,9 +27,16 @@ def _backend(backend: Backend | None) -> Backend:
     return backend
 
 
-def run_program(func: Callable[..., Any], backend: Backend | None, args: tuple, kwargs: dict[str, Any],
-                defaults: SglSamplingParams, stream: bool = False, sync: bool = False,
-                use_thread: bool = True) -> ProgramState:
+def run_program(
+    func: Callable[..., Any],
+    backend: Backend | None,
+    args: tuple,
+    kwargs: dict[str, Any],
+    defaults: SglSamplingParams,
+    stream: bool = False,
+    sync: bool = False,
+    use_thread: bool = True,
+) -> ProgramState:
     """Run ``func(s, *args, **kwargs)`` on a new state; with ``stream``, on a thread of its own."""
     state = ProgramState(StreamExecutor(Program(_backend(backend)), kwargs, defaults, stream, use_thread))
     if stream:
@@ -37,8 +45,9 @@ def run_program(func: Callable[..., Any], backend: Backend | None, args: tuple, 
     return _run_function(state, func, args, kwargs, sync)
 
 
-def _run_function(state: ProgramState, func: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
-                  sync: bool) -> ProgramState:
+def _run_function(
+    state: ProgramState, func: Callable[..., Any], args: tuple, kwargs: dict[str, Any], sync: bool
+) -> ProgramState:
     try:
         state.ret_value = func(state, *args, **kwargs)
     except BaseException:
@@ -53,9 +62,15 @@ def _run_function(state: ProgramState, func: Callable[..., Any], args: tuple, kw
     return state
 
 
-def run_program_batch(func: Callable[..., Any], backend: Backend | None, batch: list[dict[str, Any]],
-                      defaults: SglSamplingParams, num_threads: int | str = "auto", progress_bar: bool = False,
-                      generator_style: bool = False) -> list[ProgramState] | Iterator[ProgramState]:
+def run_program_batch(
+    func: Callable[..., Any],
+    backend: Backend | None,
+    batch: list[dict[str, Any]],
+    defaults: SglSamplingParams,
+    num_threads: int | str = "auto",
+    progress_bar: bool = False,
+    generator_style: bool = False,
+) -> list[ProgramState] | Iterator[ProgramState]:
     """Run ``func`` once per dict of keyword arguments, each to its end, on ``num_threads`` threads."""
     backend = _backend(backend)
     if num_threads == "auto":
@@ -69,8 +84,9 @@ def run_program_batch(func: Callable[..., Any], backend: Backend | None, batch: 
     return results if generator_style else list(results)
 
 
-def _map(fn: Callable[[dict[str, Any]], ProgramState], batch: list[dict[str, Any]], threads: int,
-         progress_bar: bool) -> Iterator[ProgramState]:
+def _map(
+    fn: Callable[[dict[str, Any]], ProgramState], batch: list[dict[str, Any]], threads: int, progress_bar: bool
+) -> Iterator[ProgramState]:
     bar = tqdm(total=len(batch), disable=not progress_bar, desc="programs")
     try:
         if threads == 1:

@@ -1,5 +1,6 @@
 """``Runtime``: the engine in this process, its loop on a background thread, so that a program's
 forks and ``run_batch``'s programs submit from their own threads and meet in the same batches."""
+
 from __future__ import annotations
 
 import queue
@@ -35,13 +36,21 @@ class Runtime(Backend):
 
     # ---- Backend ---------------------------------------------------------------------------
 
-    def submit(self, input_ids: list[int], params: SamplingParams, *, prompt_logprobs_from: int | None = None,
-               pin: bool = False, score_next: Sequence[int] = ()) -> Handle:
+    def submit(
+        self,
+        input_ids: list[int],
+        params: SamplingParams,
+        *,
+        prompt_logprobs_from: int | None = None,
+        pin: bool = False,
+        score_next: Sequence[int] = (),
+    ) -> Handle:
         handle = self.new_handle()
 
         def add(engine: Engine) -> None:
-            rid = engine.add_request(input_ids, params, prompt_logprobs_from=prompt_logprobs_from, pin=pin,
-                                     score_next=score_next)
+            rid = engine.add_request(
+                input_ids, params, prompt_logprobs_from=prompt_logprobs_from, pin=pin, score_next=score_next
+            )
             handle.request_id = rid
             self._handles[rid] = handle
 
@@ -57,8 +66,13 @@ class Runtime(Backend):
 
     def get_server_info(self) -> dict[str, Any]:
         engine = self.engine
-        return {"model_path": self.get_model_name(), "backend": "radixrt.lang.Runtime", "device": engine.device,
-                "page_size": engine.pool.page_size, **self.call(lambda e: e.stats())}
+        return {
+            "model_path": self.get_model_name(),
+            "backend": "radixrt.lang.Runtime",
+            "device": engine.device,
+            "page_size": engine.pool.page_size,
+            **self.call(lambda e: e.stats()),
+        }
 
     def get_model_name(self) -> str:
         return str(self.engine.model_path)

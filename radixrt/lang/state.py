@@ -1,5 +1,6 @@
 """What a program holds: ``ProgramState``, the ``s`` it appends to and reads from, and
 ``ProgramStateGroup``, the states of one ``fork``."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,9 @@ class ProgramState:
 
     def _role(self, role: str, expr: SglExpr | str | None):
         if expr is not None:
-            full = SglExprList([SglRoleBegin(role), expr if isinstance(expr, SglExpr) else SglConstantText(expr),
-                                SglRoleEnd(role)])
+            full = SglExprList(
+                [SglRoleBegin(role), expr if isinstance(expr, SglExpr) else SglConstantText(expr), SglRoleEnd(role)]
+            )
             self.stream_executor.submit(full)
             return full
 
@@ -199,8 +201,10 @@ class ProgramStateGroup:
             for state, value in zip(self.states, other):
                 state += value
         else:
-            raise ValueError(f"Invalid value: {other!r} (append a gen/select expression, a list with one value "
-                             "per fork, or a function of the fork's index)")
+            raise ValueError(
+                f"Invalid value: {other!r} (append a gen/select expression, a list with one value "
+                "per fork, or a function of the fork's index)"
+            )
         return self
 
     def join(self, mode: str = "gather_variable") -> None:

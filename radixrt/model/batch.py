@@ -1,4 +1,5 @@
 """The ragged batch one forward computes, and how to build it from sequences' pages."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,12 @@ def build_batch(chunks: list[SequenceChunk], page_size: int, device: torch.devic
     prefix = np.array([c.prefix_len for c in chunks], dtype=np.int64)
     positions = np.concatenate([np.arange(c.prefix_len, c.prefix_len + len(c.tokens)) for c in chunks])
     page_of = [c.pages for c in chunks]
-    slots = np.concatenate([pages[pos // page_size] * page_size + pos % page_size
-                            for pages, pos in zip(page_of, np.split(positions, np.cumsum(new_lens)[:-1]))])
+    slots = np.concatenate(
+        [
+            pages[pos // page_size] * page_size + pos % page_size
+            for pages, pos in zip(page_of, np.split(positions, np.cumsum(new_lens)[:-1]))
+        ]
+    )
     qo_indptr = np.concatenate([[0], np.cumsum(new_lens)])
     rows = [np.arange(qo_indptr[b] + c.first_logit % len(c.tokens), qo_indptr[b + 1]) for b, c in enumerate(chunks)]
     as_tensor = lambda a, dtype: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731

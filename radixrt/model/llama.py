@@ -5,6 +5,7 @@ loads as it is. One forward runs a ragged batch of new tokens (prompt tokens aft
 one decode token per sequence): each layer writes the new K/V into the pool at their slots and
 attends through the page table with ``radixrt.kernels``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,7 +49,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=o_bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch, pool: KVPool
+    ) -> torch.Tensor:
         tokens = x.shape[0]
         q = rotate(self.q_proj(x).view(tokens, self.heads, self.head_dim), cos, sin)
         k = rotate(self.k_proj(x).view(tokens, self.kv_heads, self.head_dim), cos, sin)
@@ -84,7 +87,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config, mlp_bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch, pool: KVPool
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, pool)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -93,14 +98,18 @@ class Backbone(nn.Module):
     def __init__(self, config: PretrainedConfig, qkv_bias: bool, o_bias: bool, mlp_bias: bool) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i, qkv_bias, o_bias, mlp_bias) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i, qkv_bias, o_bias, mlp_bias) for i in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
 class LlamaForCausalLM(nn.Module):
     """Biases are taken from the checkpoint (``has_bias``): Llama has none, Qwen2 has them on q/k/v."""
 
-    def __init__(self, config: PretrainedConfig, qkv_bias: bool = False, o_bias: bool = False, mlp_bias: bool = False) -> None:
+    def __init__(
+        self, config: PretrainedConfig, qkv_bias: bool = False, o_bias: bool = False, mlp_bias: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
         self.model = Backbone(config, qkv_bias, o_bias, mlp_bias)

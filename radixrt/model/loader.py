@@ -5,6 +5,7 @@ A GGUF file is de-quantised once through transformers and cached as a Hugging Fa
 (safetensors, config, tokenizer) under ``$RADIXRT_CACHE`` (default ``~/.cache/radixrt``), so the
 second start reads plain safetensors.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -105,12 +106,16 @@ def hf_directory(model: str | Path | None = None) -> Path:
     return converted_dir(source) if source.is_file() else source
 
 
-def load_model(model: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    model: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> LoadedModel:
     """``model``: a Hugging Face directory, a .gguf file, or None for the default model."""
     path = hf_directory(model)
     config = AutoConfig.from_pretrained(path)
     if config.model_type not in SUPPORTED:
-        raise ValueError(f"{path}: model type {config.model_type!r} is not supported (supported: {', '.join(sorted(SUPPORTED))})")
+        raise ValueError(
+            f"{path}: model type {config.model_type!r} is not supported (supported: {', '.join(sorted(SUPPORTED))})"
+        )
     state = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(file))
@@ -133,5 +138,7 @@ def load_model(model: str | Path | None = None, dtype: torch.dtype = torch.float
     net.load_state_dict(state, strict=True)
     net.to(device=device, dtype=dtype).eval()
     net.inv_freq = net.inv_freq.float()  # RoPE angles stay in float32 whatever the weights are
-    has_tokenizer = any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    has_tokenizer = any(
+        (path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    )
     return LoadedModel(net, AutoTokenizer.from_pretrained(path) if has_tokenizer else None, path)

@@ -12,6 +12,7 @@ the engine one request at a time (generating nothing) hits exactly as simulated:
 takes its last token from the cache (its logits must be computed), and it holds a page for its
 partial last page too while it runs (K/V is written for every token), freed when it ends.
 """
+
 from __future__ import annotations
 
 import gc
@@ -61,7 +62,9 @@ class CacheReplay:
         }
 
 
-def simulate(prompts: Iterable[np.ndarray], page_size: int, capacity_pages: int, engine_rules: bool = False) -> CacheReplay:
+def simulate(
+    prompts: Iterable[np.ndarray], page_size: int, capacity_pages: int, engine_rules: bool = False
+) -> CacheReplay:
     """One pass of the admission loop over ``prompts`` with a pool of ``capacity_pages``; only
     the cache calls are timed (the garbage collector is off meanwhile, as in the peer replays)."""
     allocator = PageAllocator(capacity_pages)

@@ -1,6 +1,7 @@
 """``radixrt replay TRACE``: simulate the cache over a trace (``--simulate``), or replay it live
 through a running server (``--server``) or the in-process engine (``--engine``); print the
 figures and, with ``--out DIR``, write ``report.json`` and the plots."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,31 +16,56 @@ from radixrt.replay.importers import FORMATS, load
 
 def add_parser(commands: Any, engine_options: Any) -> None:
     rep = commands.add_parser(
-        "replay", help="replay a recorded workload (trace) through the server or engine, or simulate its cache",
+        "replay",
+        help="replay a recorded workload (trace) through the server or engine, or simulate its cache",
         description="Replay TRACE (docs/trace-format.md; Mooncake, LMCache agent traces and chat logs are read too) "
-                    "live through a running server (--server) or the engine in this process (--engine, the default), "
-                    "or simulate the prefix cache alone at several capacities (--simulate), with LRU and the offline "
-                    "optimum. Sessions are closed loops: a turn is sent when the previous one has finished.")
-    rep.add_argument("trace", help="a trace file (JSONL), a chat-log .json file, or a directory of LMCache agent traces")
+        "live through a running server (--server) or the engine in this process (--engine, the default), "
+        "or simulate the prefix cache alone at several capacities (--simulate), with LRU and the offline "
+        "optimum. Sessions are closed loops: a turn is sent when the previous one has finished.",
+    )
+    rep.add_argument(
+        "trace", help="a trace file (JSONL), a chat-log .json file, or a directory of LMCache agent traces"
+    )
     rep.add_argument("--format", choices=FORMATS, default="auto", help="the trace's format (default: from the file)")
     where = rep.add_mutually_exclusive_group()
     where.add_argument("--server", metavar="ADDRESS", help="replay through `radixrt serve` at tcp://HOST:PORT")
     where.add_argument("--engine", action="store_true", help="replay through the engine in this process (the default)")
-    where.add_argument("--simulate", action="store_true", help="simulate the cache alone (no model): LRU and the optimum")
-    rep.add_argument("--capacity", default="1k,4k,16k,64k,unlimited",
-                     help="cache capacities in pages to simulate (with --simulate, or with --out after a live replay; "
-                          "k = 1000; default 1k,4k,16k,64k,unlimited)")
-    rep.add_argument("--timing", choices=["recorded", "rate", "max"], default="recorded",
-                     help="when sessions start: at their recorded times (default), at --rate sessions/s, or all at once")
-    rep.add_argument("--rate", type=float, default=1.0, help="sessions started per second with --timing rate (default 1)")
+    where.add_argument(
+        "--simulate", action="store_true", help="simulate the cache alone (no model): LRU and the optimum"
+    )
+    rep.add_argument(
+        "--capacity",
+        default="1k,4k,16k,64k,unlimited",
+        help="cache capacities in pages to simulate (with --simulate, or with --out after a live replay; "
+        "k = 1000; default 1k,4k,16k,64k,unlimited)",
+    )
+    rep.add_argument(
+        "--timing",
+        choices=["recorded", "rate", "max"],
+        default="recorded",
+        help="when sessions start: at their recorded times (default), at --rate sessions/s, or all at once",
+    )
+    rep.add_argument(
+        "--rate", type=float, default=1.0, help="sessions started per second with --timing rate (default 1)"
+    )
     rep.add_argument("--speedup", type=float, default=1.0, help="divide recorded times by this (default 1)")
     rep.add_argument("--concurrency", type=int, default=64, help="sessions in flight at once (default 64)")
     rep.add_argument("--limit", type=int, help="replay only the first K requests (by arrival)")
-    rep.add_argument("--max-output", type=int, help="generate at most this many tokens a request (default: as recorded)")
-    rep.add_argument("--long", choices=["skip", "cut"], default="skip",
-                     help="prompts longer than the model takes: skip them (default) or keep their beginning; counted either way")
-    rep.add_argument("--on-error", choices=["stop", "skip"], default="stop",
-                     help="a malformed trace line stops the replay (default) or is skipped, and reported")
+    rep.add_argument(
+        "--max-output", type=int, help="generate at most this many tokens a request (default: as recorded)"
+    )
+    rep.add_argument(
+        "--long",
+        choices=["skip", "cut"],
+        default="skip",
+        help="prompts longer than the model takes: skip them (default) or keep their beginning; counted either way",
+    )
+    rep.add_argument(
+        "--on-error",
+        choices=["stop", "skip"],
+        default="stop",
+        help="a malformed trace line stops the replay (default) or is skipped, and reported",
+    )
     rep.add_argument("--out", metavar="DIR", help="write report.json and the plots (PNG) here")
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
     engine_options(rep)
@@ -57,7 +83,11 @@ def replay(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"trace": str(args.trace), "requests": len(trace.requests), "malformed_lines": trace.errors}
+    report: dict[str, Any] = {
+        "trace": str(args.trace),
+        "requests": len(trace.requests),
+        "malformed_lines": trace.errors,
+    }
     try:
         report.update(_simulate(args, trace.requests, out) if args.simulate else _live(args, trace.requests, out))
     except (OSError, ValueError) as e:
@@ -88,7 +118,9 @@ def _sweep(prompts: list, page_size: int, capacities: str, out: Path | None) -> 
 
     started = time.perf_counter()
     rows = sweep(prompts, page_size, parse_capacities(capacities))
-    print(f"\n{len(prompts)} requests, pages of {page_size} tokens, simulated in {time.perf_counter() - started:.1f} s\n")
+    print(
+        f"\n{len(prompts)} requests, pages of {page_size} tokens, simulated in {time.perf_counter() - started:.1f} s\n"
+    )
     print(f"{'capacity (pages)':>17} {'LRU hit rate':>13} {'optimum':>9} {'LRU / optimum':>14}")
     for r in rows:
         capacity = "unlimited" if r["capacity_pages"] is None else f"{r['capacity_pages']:,}"
@@ -101,11 +133,18 @@ def _live(args: argparse.Namespace, requests: list, out: Path | None) -> dict[st
     from radixrt.lang import Runtime, RuntimeEndpoint
     from radixrt.replay.metrics import summarize
     from radixrt.replay.plots import latency_cdfs, over_time
-    from radixrt.replay.replayer import ReplayOptions, Replayer
+    from radixrt.replay.replayer import Replayer, ReplayOptions
 
-    options = ReplayOptions(timing=args.timing, rate=args.rate, speedup=args.speedup, concurrency=args.concurrency,
-                            limit=args.limit, long_prompts=args.long, max_output=args.max_output,
-                            progress=not args.no_progress)
+    options = ReplayOptions(
+        timing=args.timing,
+        rate=args.rate,
+        speedup=args.speedup,
+        concurrency=args.concurrency,
+        limit=args.limit,
+        long_prompts=args.long,
+        max_output=args.max_output,
+        progress=not args.no_progress,
+    )
     options.check()
     if args.server:
         backend = RuntimeEndpoint(args.server, keys=args.keys)
@@ -116,8 +155,13 @@ def _live(args: argparse.Namespace, requests: list, out: Path | None) -> dict[st
             import torch
 
             torch.set_num_threads(args.threads)
-        backend = Runtime(args.model, page_size=args.page_size or 16, kv_cache_bytes=kv, max_running=args.max_running,
-                          enable_cache=not args.no_cache)
+        backend = Runtime(
+            args.model,
+            page_size=args.page_size or 16,
+            kv_cache_bytes=kv,
+            max_running=args.max_running,
+            enable_cache=not args.no_cache,
+        )
     try:
         result = Replayer(backend, options).run(requests)
     finally:
@@ -126,26 +170,47 @@ def _live(args: argparse.Namespace, requests: list, out: Path | None) -> dict[st
     _print_summary(summary)
     report: dict[str, Any] = {"mode": "server" if args.server else "engine", "summary": summary}
     if out is not None:
-        report["plots"] = [latency_cdfs(result, out / "latency_cdfs.png").name, over_time(result, out / "over_time.png").name]
+        report["plots"] = [
+            latency_cdfs(result, out / "latency_cdfs.png").name,
+            over_time(result, out / "over_time.png").name,
+        ]
         sent = [r for r in result.records if r.skipped is None]
         report.update(_sweep([r.prompt for r in sent], args.page_size or 16, args.capacity, out))
         report["plots"] += report.pop("sweep_plots")
-        report["per_request"] = [{"id": r.id, "session": r.session, "sent": r.sent - result.started,
-                                  "finished": r.finished - result.started, "prompt_tokens": r.prompt_tokens,
-                                  "cached_tokens": r.cached_tokens, "output_tokens": r.output_tokens,
-                                  "ttft": r.time_to_first_token, "error": r.error, "skipped": r.skipped, "cut": r.cut}
-                                 for r in result.records]
+        report["per_request"] = [
+            {
+                "id": r.id,
+                "session": r.session,
+                "sent": r.sent - result.started,
+                "finished": r.finished - result.started,
+                "prompt_tokens": r.prompt_tokens,
+                "cached_tokens": r.cached_tokens,
+                "output_tokens": r.output_tokens,
+                "ttft": r.time_to_first_token,
+                "error": r.error,
+                "skipped": r.skipped,
+                "cut": r.cut,
+            }
+            for r in result.records
+        ]
     return report
 
 
 def _print_summary(s: dict[str, Any]) -> None:
     ms = lambda v: "-" if v is None else f"{1000 * v:.1f}"  # noqa: E731
-    print(f"requests: {s['succeeded']} succeeded, {s['failed']} failed, {s['skipped_too_long']} skipped (too long), "
-          f"{s['cut_to_fit']} cut to fit")
-    print(f"prompt tokens: {s['prompt_tokens']:,} total, {s['cached_tokens']:,} cached, {s['computed_tokens']:,} computed; "
-          f"unique in the trace: {s['unique_prompt_tokens']:,}; hit rate {s['hit_rate']:.1%}")
-    print(f"throughput: {s['requests_per_s']:.2f} requests/s, {s['output_tokens_per_s']:.1f} output tokens/s "
-          f"over {s['duration_s']:.1f} s")
+    print(
+        f"requests: {s['succeeded']} succeeded, {s['failed']} failed, {s['skipped_too_long']} skipped (too long), "
+        f"{s['cut_to_fit']} cut to fit"
+    )
+    print(
+        f"prompt tokens: {s['prompt_tokens']:,} total, {s['cached_tokens']:,} cached, "
+        f"{s['computed_tokens']:,} computed; "
+        f"unique in the trace: {s['unique_prompt_tokens']:,}; hit rate {s['hit_rate']:.1%}"
+    )
+    print(
+        f"throughput: {s['requests_per_s']:.2f} requests/s, {s['output_tokens_per_s']:.1f} output tokens/s "
+        f"over {s['duration_s']:.1f} s"
+    )
     for name in ("ttft_s", "itl_s", "e2e_s"):
         p = s[name]
         print(f"{name[:-2]:>5} ms: p50 {ms(p['p50'])}, p90 {ms(p['p90'])}, p99 {ms(p['p99'])}")

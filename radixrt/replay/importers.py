@@ -5,21 +5,30 @@
 - OpenAI-style chat logs: a list of conversations; each assistant turn becomes a request whose
   prompt is the conversation before it.
 """
+
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from radixrt.replay.mooncake import BLOCK_SIZE, load_mooncake
 from radixrt.replay.jsonl import jsonl_records
+from radixrt.replay.mooncake import BLOCK_SIZE, load_mooncake
 from radixrt.replay.trace import Message, ReadResult, TraceRequest, read_trace
 
 
 def from_mooncake(path: str | Path, block_size: int = BLOCK_SIZE) -> list[TraceRequest]:
-    return [TraceRequest(session=f"m{i}", id=f"m{i}", arrival=r.timestamp_ms / 1000, hash_ids=list(r.hash_ids),
-                         block_size=block_size, output_tokens=r.output_length)
-            for i, r in enumerate(load_mooncake(path))]
+    return [
+        TraceRequest(
+            session=f"m{i}",
+            id=f"m{i}",
+            arrival=r.timestamp_ms / 1000,
+            hash_ids=list(r.hash_ids),
+            block_size=block_size,
+            output_tokens=r.output_length,
+        )
+        for i, r in enumerate(load_mooncake(path))
+    ]
 
 
 def from_lmcache(paths: Iterable[str | Path]) -> list[TraceRequest]:
@@ -29,8 +38,11 @@ def from_lmcache(paths: Iterable[str | Path]) -> list[TraceRequest]:
     one before."""
     calls = []
     for path in _files(paths):
-        calls += jsonl_records(path, lambda r: (int(r["timestamp"]), str(r["session_id"]), str(r["input"]),
-                                                str(r.get("output", ""))), "an LMCache agent-trace record")
+        calls += jsonl_records(
+            path,
+            lambda r: (int(r["timestamp"]), str(r["session_id"]), str(r["input"]), str(r.get("output", ""))),
+            "an LMCache agent-trace record",
+        )
     if not calls:
         return []
     start = min(c[0] for c in calls)
@@ -38,8 +50,16 @@ def from_lmcache(paths: Iterable[str | Path]) -> list[TraceRequest]:
     for stamp, session, prompt, output in sorted(calls, key=lambda c: (c[1], c[0])):
         k = turns.get(session, 0)
         turns[session] = k + 1
-        requests.append(TraceRequest(session=session, id=f"{session}-{k}", arrival=(stamp - start) / 1e6, prompt=prompt,
-                                     output=output, parent=f"{session}-{k - 1}" if k else None))
+        requests.append(
+            TraceRequest(
+                session=session,
+                id=f"{session}-{k}",
+                arrival=(stamp - start) / 1e6,
+                prompt=prompt,
+                output=output,
+                parent=f"{session}-{k - 1}" if k else None,
+            )
+        )
     return sorted(requests, key=lambda r: r.arrival)
 
 
@@ -60,8 +80,11 @@ def from_chat_logs(path: str | Path) -> list[TraceRequest]:
                 raise ValueError(f"{path}: conversation {c}, message {m}: expected role and content")
             if message["role"] == "assistant" and history:
                 rid = f"c{c}-{m}"
-                requests.append(TraceRequest(session=f"c{c}", id=rid, messages=list(history), output=str(message["content"]),
-                                             parent=previous))
+                requests.append(
+                    TraceRequest(
+                        session=f"c{c}", id=rid, messages=list(history), output=str(message["content"]), parent=previous
+                    )
+                )
                 previous = rid
             history.append(Message(str(message["role"]), str(message["content"])))
     return requests

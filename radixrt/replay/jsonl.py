@@ -1,4 +1,5 @@
 """Reading other tools' traces: JSONL files whose bad lines are named."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """A replay's figures: tokens (total, cached, computed, and the trace's unique prompt tokens),
 latencies at p50/p90/p99, throughput and errors, as ``report.json`` holds them."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,15 +37,24 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         if r.error is not None:
             errors[r.error] = errors.get(r.error, 0) + 1
     return {
-        "requests": len(result.records), "sent": len(sent), "succeeded": len(ok), "failed": len(sent) - len(ok),
-        "skipped_too_long": len(result.records) - len(sent), "cut_to_fit": sum(r.cut for r in sent),
-        "prompt_tokens": prompt, "cached_tokens": cached, "computed_tokens": prompt - cached,
+        "requests": len(result.records),
+        "sent": len(sent),
+        "succeeded": len(ok),
+        "failed": len(sent) - len(ok),
+        "skipped_too_long": len(result.records) - len(sent),
+        "cut_to_fit": sum(r.cut for r in sent),
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "computed_tokens": prompt - cached,
         "unique_prompt_tokens": unique_tokens([r.prompt for r in ok]),
         "hit_rate": cached / prompt if prompt else 0.0,
-        "output_tokens": output, "duration_s": duration,
+        "output_tokens": output,
+        "duration_s": duration,
         "requests_per_s": len(ok) / duration if duration > 0 else 0.0,
         "output_tokens_per_s": output / duration if duration > 0 else 0.0,
-        "ttft_s": _percentiles(ttft), "itl_s": _percentiles(itl), "e2e_s": _percentiles(e2e),
+        "ttft_s": _percentiles(ttft),
+        "itl_s": _percentiles(itl),
+        "e2e_s": _percentiles(e2e),
         "errors": errors,
     }
 

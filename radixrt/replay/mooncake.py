@@ -4,6 +4,7 @@ The trace has no text. Each hash id stands for one block of ``block_size`` token
 the same block wherever it appears, so expanding it to ``block_size`` token ids that depend only
 on the hash makes every shared block a shared token prefix.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,13 @@ class MooncakeRequest:
 
 
 def load_mooncake(path: str | Path) -> list[MooncakeRequest]:
-    return jsonl_records(path, lambda r: MooncakeRequest(int(r["timestamp"]), int(r["input_length"]), int(r["output_length"]),
-                                                         tuple(r["hash_ids"])), "a Mooncake trace record")
+    return jsonl_records(
+        path,
+        lambda r: MooncakeRequest(
+            int(r["timestamp"]), int(r["input_length"]), int(r["output_length"]), tuple(r["hash_ids"])
+        ),
+        "a Mooncake trace record",
+    )
 
 
 def block_tokens(hash_ids: tuple[int, ...] | list[int], block_size: int = BLOCK_SIZE) -> np.ndarray:
@@ -34,5 +40,7 @@ def block_tokens(hash_ids: tuple[int, ...] | list[int], block_size: int = BLOCK_
     so no two blocks share a token and every block's tokens are the same in every request."""
     ids = np.asarray(hash_ids, dtype=np.int64)
     if ids.size and (ids.min() < 0 or (ids.max() + 1) * block_size > np.iinfo(np.int32).max):
-        raise ValueError(f"hash ids must lie in [0, {np.iinfo(np.int32).max // block_size}) to expand to int32 token ids")
+        raise ValueError(
+            f"hash ids must lie in [0, {np.iinfo(np.int32).max // block_size}) to expand to int32 token ids"
+        )
     return (ids[:, None] * block_size + np.arange(block_size)).reshape(-1).astype(np.int32)

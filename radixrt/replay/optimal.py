@@ -52,6 +52,7 @@ gives every use its next use; a forward pass keeps the cached pages in a heap ke
 popped entry that no longer matches its page's current next use is skipped. O(P log P) for P
 page uses; the Mooncake conversation trace (12k requests, ~290k page uses) takes about a second.
 """
+
 from __future__ import annotations
 
 import heapq

@@ -1,4 +1,5 @@
 """The replay report's figures, drawn with matplotlib (no display needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,9 +43,11 @@ def hit_rate_vs_capacity(rows: list[dict], path: Path, title: str = "") -> Path:
 def latency_cdfs(result: ReplayResult, path: Path) -> Path:
     plt = _pyplot()
     ok = [r for r in result.records if r.skipped is None and r.error is None]
-    series = {"time to first token": [r.time_to_first_token for r in ok if r.time_to_first_token is not None],
-              "inter-token latency": [d for r in ok for d in np.diff(r.token_times)],
-              "end-to-end latency": [r.finished - r.sent for r in ok]}
+    series = {
+        "time to first token": [r.time_to_first_token for r in ok if r.time_to_first_token is not None],
+        "inter-token latency": [d for r in ok for d in np.diff(r.token_times)],
+        "end-to-end latency": [r.finished - r.sent for r in ok],
+    }
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for ax, (name, values) in zip(axes, series.items()):
         if values:

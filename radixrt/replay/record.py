@@ -10,6 +10,7 @@ another from a thread of its own: that thread's requests make one session, each 
 one before (a fork computes its trunk from the program function's own thread: a session of its
 own). Prompts are recorded as token ids, outputs as their length in tokens.
 """
+
 from __future__ import annotations
 
 import threading
@@ -18,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from radixrt.lang.backend import Backend, Handle
 from radixrt.outputs import RequestOutput
 from radixrt.params import SamplingParams
-from radixrt.lang.backend import Backend, Handle
 from radixrt.replay.trace import TraceRequest, write_trace
 
 
@@ -35,8 +36,14 @@ class TraceRecorder(Backend):
     def submit(self, input_ids: list[int], params: SamplingParams, **options: Any) -> Handle:
         with self._lock:
             session, parent = self._sessions.get(threading.get_ident(), (f"t{len(self._sessions)}", None))
-            request = TraceRequest(session, f"r{len(self.requests)}", round(time.perf_counter() - self._started, 6),
-                                   input_ids=list(input_ids), output_tokens=0, parent=parent)
+            request = TraceRequest(
+                session,
+                f"r{len(self.requests)}",
+                round(time.perf_counter() - self._started, 6),
+                input_ids=list(input_ids),
+                output_tokens=0,
+                parent=parent,
+            )
             self.requests.append(request)
             self._sessions[threading.get_ident()] = (session, request.id)
         return _Recorded(self.backend.submit(input_ids, params, **options), request)

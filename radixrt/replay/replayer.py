@@ -8,6 +8,7 @@ seconds apart; a session's turns follow one another at once) or ``max`` (every s
 Each request generates its recorded output length with end-of-sequence ignored, so a replay does
 the work the recording did.
 """
+
 from __future__ import annotations
 
 import threading
@@ -19,8 +20,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from radixrt.params import SamplingParams
 from radixrt.lang.backend import Backend
+from radixrt.params import SamplingParams
 from radixrt.replay.trace import TraceRequest, output_length, prompt_tokens, sessions
 
 TIMINGS = ("recorded", "rate", "max")
@@ -100,7 +101,9 @@ class Replayer:
         watcher.start()
         try:
             with ThreadPoolExecutor(opts.concurrency) as pool:
-                futures = [pool.submit(self._session, by_session[name], records, k, bar) for k, name in enumerate(order)]
+                futures = [
+                    pool.submit(self._session, by_session[name], records, k, bar) for k, name in enumerate(order)
+                ]
                 for f in futures:
                     f.result()
         finally:
@@ -182,7 +185,9 @@ def _room(backend: Backend) -> int | None:
     """The most tokens (prompt and output) one request may hold on this backend, if it says."""
     info = backend.get_server_info()
     engines = list(info.get("workers", {}).values()) or [info]
-    rooms = [min(e["max_context"], e["kv_cache_tokens"]) for e in engines if "max_context" in e and "kv_cache_tokens" in e]
+    rooms = [
+        min(e["max_context"], e["kv_cache_tokens"]) for e in engines if "max_context" in e and "kv_cache_tokens" in e
+    ]
     return min(rooms) if rooms else None
 
 

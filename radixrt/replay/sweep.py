@@ -1,6 +1,7 @@
 """Capacity sweeps: a trace's prompts through the cache alone, at several capacities, with LRU
 (what the engine does) and with the offline optimum (Belady's rule on the radix tree's leaves),
 the ceiling no online policy can pass."""
+
 from __future__ import annotations
 
 import re
@@ -40,7 +41,13 @@ def sweep(prompts: list[np.ndarray], page_size: int, capacities: list[int | None
     for capacity in capacities:
         lru = simulate(prompts, page_size, capacity or unlimited)
         best = simulate_optimal(prompts, page_size, capacity)
-        rows.append({"capacity_pages": capacity, "capacity_tokens": capacity * page_size if capacity else None,
-                     "lru_hit_rate": lru.hit_rate, "optimal_hit_rate": best.hit_rate,
-                     "lru_of_optimal": lru.hit_rate / best.hit_rate if best.hit_rate else 1.0})
+        rows.append(
+            {
+                "capacity_pages": capacity,
+                "capacity_tokens": capacity * page_size if capacity else None,
+                "lru_hit_rate": lru.hit_rate,
+                "optimal_hit_rate": best.hit_rate,
+                "lru_of_optimal": lru.hit_rate / best.hit_rate if best.hit_rate else 1.0,
+            }
+        )
     return rows

@@ -5,6 +5,7 @@ is sent when the session's previous turn has finished, and not before its record
 The prompt is text, token ids, a chat, or block hashes with a block size (a trace without text,
 such as Mooncake's); the output is the recorded text or only its length in tokens.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator

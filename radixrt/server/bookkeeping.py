@@ -1,4 +1,5 @@
 """What the router keeps: requests in flight, workers, questions to the workers, and counters."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from radixrt.cache import Node
-from radixrt.engine.output_text import OutputText
-from radixrt.outputs import GenerateOutput
+from radixrt.engine.output_text import OutputText, text_token_count
+from radixrt.outputs import GenerateOutput, RequestOutput
 from radixrt.params import SamplingParams
 from radixrt.server.routing import WorkerView
 from radixrt.wire import protocol as p
@@ -38,6 +39,43 @@ class Job:
     def tokens(self) -> list[int]:
         return self.output.token_ids
 
+    def take(self, out: p.TokenOutput) -> bool:
+        """Add a worker's news (how the request ends is judged here, not there); True if a stop
+        string ended it."""
+        self.output.add(p.from_wire(RequestOutput, out, finished=False))
+        if not self.resubmits:
+            self.output.cached_tokens = out.cached_tokens
+        watch = self.text is not None and (self.stream or self.params.stop) and not out.finished  # see result()
+        return bool(watch) and self.text.feed(self.tokens, False, False) is not None
+
+    def delta(self, out: p.TokenOutput) -> p.Delta:
+        """The step's news for a streaming client: the text that is safe to show."""
+        text = self.text.take() if self.text else ""
+        return p.to_wire(
+            p.Delta,
+            out,
+            id=self.id,
+            text=text,
+            prompt_tokens=int(self.prompt.size),
+            cached_tokens=self.output.cached_tokens,
+        )
+
+    def result(self, reason: str, out: p.TokenOutput | None, error: str | None) -> GenerateOutput:
+        """The whole output, ended for ``reason`` (a stop string the last tokens complete makes it "stop")."""
+        result = self.output
+        result.matched_stop = out.matched_stop if out is not None else None
+        stop_token = result.matched_stop is not None
+        if self.text is not None:
+            if self.text.feed(self.tokens, stop_token, final=True) is not None:
+                reason, result.matched_stop = "stop", self.text.matched
+            result.text = self.text.text
+        result.finish_reason, result.error = reason, error or (out.error if out is not None else None)
+        result.text_token_count = text_token_count(self.text, self.tokens, stop_token)
+        result.prompt_tokens = int(self.prompt.size)
+        if out is not None:
+            result.prompt_logprobs, result.next_logprobs = out.prompt_logprobs, out.next_logprobs
+        return result
+
 
 @dataclass(eq=False)
 class WorkerState:
@@ -46,17 +84,6 @@ class WorkerState:
     view: WorkerView
     last_seen: float
     jobs: set[str] = field(default_factory=set)
-
-
-@dataclass
-class StatsRequest:
-    """A client's question to every worker (``get_stats``, or ``flush_cache`` when ``flush``)."""
-
-    client: bytes
-    waiting: set[str]
-    deadline: float
-    flush: bool = False
-    replies: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,8 +101,15 @@ class Counters:
     output_tokens: int = 0
 
 
-TOTALS = ("prompt_tokens", "cached_tokens", "computed_tokens", "decode_tokens", "evicted_pages", "retractions",
-          "failed_requests")
+TOTALS = (
+    "prompt_tokens",
+    "cached_tokens",
+    "computed_tokens",
+    "decode_tokens",
+    "evicted_pages",
+    "retractions",
+    "failed_requests",
+)
 
 
 def router_stats(counters: Counters, replies: dict[str, dict[str, Any]]) -> dict[str, Any]:

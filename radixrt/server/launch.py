@@ -1,6 +1,7 @@
 """Start ``radixrt serve`` as a child process from Python and wait until it serves: for scripts,
 benchmarks and tests that need a real server. ``stop()`` (or leaving the ``with`` block) sends
 SIGTERM and makes sure that no worker outlives it."""
+
 from __future__ import annotations
 
 import os
@@ -31,9 +32,13 @@ class ServerProcess:
 
     def __init__(self, args: list[str], log: str | Path, ready_timeout: float = 300.0, env: dict | None = None) -> None:
         self.log = Path(log)
-        self.proc = subprocess.Popen([sys.executable, "-m", "radixrt", "serve", "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True,
-                                     env=dict(os.environ, **(env or {})))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "radixrt", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=self.log.open("w"),
+            text=True,
+            env=dict(os.environ, **(env or {})),
+        )
         self.http_url: str | None = None  # with --http-port
         self.address = self._wait_ready(ready_timeout)
 

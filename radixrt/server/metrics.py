@@ -1,5 +1,6 @@
 """Latency histograms the router fills as requests end: plain bucket counts (no Prometheus library
 in the router's loop), sent in its ``stats`` replies. ``radixrt.http.prometheus`` renders them."""
+
 from __future__ import annotations
 
 import bisect

@@ -8,10 +8,11 @@ worker's step outputs brings the request's new tokens, which are detokenized her
 strings (a match ends the request and cancels it on the worker) and streamed to the client.
 
 A worker that disconnects (its process killed: the socket monitor tells), that sends nothing
-(heartbeats included) for ``worker_timeout`` seconds, or that ``radixrt serve`` sees exit is lost: its requests go to a live worker as their prompt followed
-by the tokens generated so far, so their streams go on where they stopped; with no worker left
-they fail. A client that disconnects has its requests cancelled.
+(heartbeats included) for ``worker_timeout`` seconds, or that ``radixrt serve`` sees exit is lost:
+its requests go to a live worker as their prompt followed by the tokens generated so far, so their
+streams go on where they stopped; with no worker left they fail. A client that disconnects has its requests cancelled.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -24,12 +25,10 @@ import msgspec
 import numpy as np
 import zmq
 
-from radixrt.engine.detokenizer import IncrementalDetokenizer
-from radixrt.engine.output_text import OutputText, text_token_count
-from radixrt.outputs import GenerateOutput, RequestOutput
-from radixrt.server.intake import Intake
-from radixrt.server.bookkeeping import Counters, Job, StatsRequest, WorkerState, router_stats
+from radixrt.server.bookkeeping import Counters, Job, WorkerState, router_stats
+from radixrt.server.intake import Intake, Refused, check_room
 from radixrt.server.metrics import Latencies
+from radixrt.server.queries import Queries, StatsRequest, answer
 from radixrt.server.routing import WorkerView, make_policy
 from radixrt.wire import protocol as p
 from radixrt.wire.sockets import Authenticator, Departures, Keys, check_exposure, server_socket
@@ -37,14 +36,24 @@ from radixrt.wire.sockets import Authenticator, Departures, Keys, check_exposure
 log = logging.getLogger("radixrt.router")
 
 DRAIN_BATCH = 256  # messages taken from one socket per turn, so that neither side starves the other
-STATS_TIMEOUT = 2.0
 
 
 class Router:
-    def __init__(self, tokenizer: Any, address: str = "tcp://127.0.0.1:5555", worker_address: str = "tcp://127.0.0.1:0", *,
-                 model: str = "", keys: Keys | None = None, insecure: bool = False, policy: str = "cache_aware",
-                 max_inflight_per_client: int = 1024, worker_timeout: float = 2.0, balance_abs: int = 2,
-                 balance_rel: float = 1.5) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        address: str = "tcp://127.0.0.1:5555",
+        worker_address: str = "tcp://127.0.0.1:0",
+        *,
+        model: str = "",
+        keys: Keys | None = None,
+        insecure: bool = False,
+        policy: str = "cache_aware",
+        max_inflight_per_client: int = 1024,
+        worker_timeout: float = 2.0,
+        balance_abs: int = 2,
+        balance_rel: float = 1.5,
+    ) -> None:
         for a in (address, worker_address):
             check_exposure(a, keys, insecure)
         self.tokenizer, self.model = tokenizer, model
@@ -56,9 +65,17 @@ class Router:
         self.clients_socket, self.address = server_socket(self.context, address, keys)
         self.workers_socket, self.worker_address = server_socket(self.context, worker_address, keys)
         self.workers_socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its name back
-        self.client_departures, self.worker_departures = Departures(self.clients_socket), Departures(self.workers_socket)
+        self.client_departures, self.worker_departures = (
+            Departures(self.clients_socket),
+            Departures(self.workers_socket),
+        )
         self.poller = zmq.Poller()
-        for sock in (self.clients_socket, self.workers_socket, self.client_departures.monitor, self.worker_departures.monitor):
+        for sock in (
+            self.clients_socket,
+            self.workers_socket,
+            self.client_departures.monitor,
+            self.worker_departures.monitor,
+        ):
             self.poller.register(sock, zmq.POLLIN)
         self.workers: dict[str, WorkerState] = {}
         self.jobs: dict[str, Job] = {}
@@ -67,8 +84,7 @@ class Router:
         self.counters = Counters()
         self.latency = Latencies()
         self._keys = (f"r{i}" for i in itertools.count())
-        self._queries = itertools.count()
-        self._stats: dict[int, StatsRequest] = {}
+        self.queries = Queries()
         self._decode_client = p.decoder(p.ClientMessage).decode
         self.intake = Intake(tokenizer)
         self._decode_worker = p.decoder(p.FromWorker).decode
@@ -121,8 +137,12 @@ class Router:
             self._handle_client(client, frame)
         except Exception as e:  # a bug: the client hears of it, the router goes on
             log.exception("error while handling a client message")
-            self._refuse(client, "internal", f"the router failed on this message: {type(e).__name__}: {e}",
-                         p.request_id_of(frame) if frame else None)
+            self._refuse(
+                client,
+                "internal",
+                f"the router failed on this message: {type(e).__name__}: {e}",
+                p.request_id_of(frame) if frame else None,
+            )
 
     def _handle_client(self, client: bytes, frame: bytes | None) -> None:
         if frame is None:
@@ -135,12 +155,16 @@ class Router:
             return
         if isinstance(msg, p.Hello):
             if msg.version != p.PROTOCOL_VERSION:
-                self._refuse(client, "version", f"this server speaks protocol version {p.PROTOCOL_VERSION}, not {msg.version}")
+                self._refuse(
+                    client, "version", f"this server speaks protocol version {p.PROTOCOL_VERSION}, not {msg.version}"
+                )
                 return
             self.clients.setdefault(client, {})
             self._reply(client, p.Welcome(p.PROTOCOL_VERSION, self.model, len(self.workers), self.max_inflight))
         elif client not in self.clients:
-            self._refuse(client, "hello_required", "send hello (with the protocol version) first", getattr(msg, "id", None))
+            self._refuse(
+                client, "hello_required", "send hello (with the protocol version) first", getattr(msg, "id", None)
+            )
         elif isinstance(msg, p.Generate):
             self._generate(client, msg)
         elif isinstance(msg, p.Abort):
@@ -164,31 +188,12 @@ class Router:
 
     def _generate(self, client: bytes, msg: p.Generate) -> None:
         jobs = self.clients[client]
-        if msg.id in jobs:
-            self._refuse(client, "duplicate_id", f"request id {msg.id!r} is already in flight", msg.id)
-            return
-        if msg.pin and (client, msg.id) in self.pins:
-            self._refuse(client, "duplicate_id", f"request id {msg.id!r} names a pin already: unpin it first", msg.id)
-            return
-        if len(jobs) >= self.max_inflight:
-            self._refuse(client, "too_many_requests", f"this client has {len(jobs)} requests in flight, the most allowed; "
-                                                      "wait for one to end", msg.id)
-            return
-        if not self.workers:
-            self._refuse(client, "unavailable", "no worker is connected", msg.id)
-            return
         try:
-            prompt, params, score_next = self.intake.admit(msg, [w.info for w in self.workers.values()])
-        except ValueError as e:
-            self._refuse(client, "invalid_request", str(e), msg.id)
+            check_room(msg, jobs, (client, msg.id) in self.pins, self.max_inflight, len(self.workers))
+            job = self.intake.job(client, msg, next(self._keys), [w.info for w in self.workers.values()])
+        except Refused as e:
+            self._refuse(client, e.code, str(e), msg.id)
             return
-        except Exception as e:  # the tokenizer choked on the text: this request's fault alone
-            self._refuse(client, "invalid_request", f"the prompt could not be tokenized: {type(e).__name__}: {e}", msg.id)
-            return
-        text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
-        key = next(self._keys)
-        job = Job(key, client, msg.id, prompt.astype(np.int32), params, msg.namespace, msg.stream, msg.prompt_logprobs_from,
-                  text, GenerateOutput(key, arrival=time.time()), pin=msg.pin, score_next=list(score_next))
         jobs[msg.id] = self.jobs[job.key] = job
         self.counters.requests += 1
         self._dispatch(job)
@@ -203,8 +208,19 @@ class Router:
         job.worker, job.route = name, worker.view.add(tokens, job.namespace)
         worker.jobs.add(job.key)
         params = p.wire_sampling(job.params, stop=[], max_new_tokens=job.params.max_new_tokens - len(job.tokens))
-        self._send_worker(worker, p.Submit(job.key, tokens.tolist(), params, job.namespace, job.prompt_logprobs_from,
-                                           len(job.tokens), job.pin, job.score_next))
+        self._send_worker(
+            worker,
+            p.Submit(
+                job.key,
+                tokens.tolist(),
+                params,
+                job.namespace,
+                job.prompt_logprobs_from,
+                len(job.tokens),
+                job.pin,
+                job.score_next,
+            ),
+        )
 
     def _unroute(self, job: Job) -> None:
         worker = self.workers.get(job.worker) if job.worker else None
@@ -242,12 +258,8 @@ class Router:
             self._on_step(worker, msg)
         elif isinstance(msg, p.WorkerStats):
             worker.last_seen = now
-            query = self._stats.get(msg.query)
-            if query is not None:
-                query.replies[worker.info.worker] = msg.stats
-                query.waiting.discard(worker.info.worker)
-                if not query.waiting:
-                    self._answer_stats(msg.query)
+            for query in self.queries.reply(worker.info.worker, msg.query, msg.stats):
+                self._answer(query)
 
     def _register(self, identity: bytes, msg: p.Register, now: float) -> None:
         problem = None
@@ -256,7 +268,9 @@ class Router:
         elif self.workers and msg.worker not in self.workers:
             first = next(iter(self.workers.values())).info
             if msg.vocab_size != first.vocab_size:
-                problem = f"its model's vocabulary ({msg.vocab_size}) differs from the other workers' ({first.vocab_size})"
+                problem = (
+                    f"its model's vocabulary ({msg.vocab_size}) differs from the other workers' ({first.vocab_size})"
+                )
         if problem is not None:
             log.error("refused worker %s: %s", msg.worker, problem)
             self._send(self.workers_socket, identity, p.Shutdown())
@@ -264,8 +278,14 @@ class Router:
         if msg.worker in self.workers:
             self.worker_lost(msg.worker, "registered again", shutdown=False)  # the newcomer holds its identity now
         self.workers[msg.worker] = WorkerState(msg, identity, WorkerView(msg.page_size), now)
-        log.info("worker %s joined (pid %d, %s, %d KV pages of %d tokens)", msg.worker, msg.pid, msg.model, msg.num_pages,
-                 msg.page_size)
+        log.info(
+            "worker %s joined (pid %d, %s, %d KV pages of %d tokens)",
+            msg.worker,
+            msg.pid,
+            msg.model,
+            msg.num_pages,
+            msg.page_size,
+        )
 
     def worker_lost(self, name: str, why: str, shutdown: bool = True) -> None:
         """Stop using worker ``name`` (and tell it to stop, in case it is only slow); its requests
@@ -289,10 +309,8 @@ class Router:
         for pin, (holder, _) in list(self.pins.items()):
             if holder == name:
                 del self.pins[pin]
-        for query_id, query in list(self._stats.items()):
-            query.waiting.discard(name)
-            if not query.waiting:
-                self._answer_stats(query_id)
+        for query in self.queries.forget(name):
+            self._answer(query)
 
     def _on_step(self, worker: WorkerState, msg: p.StepOutput) -> None:
         worker.view.apply(msg.events)
@@ -301,38 +319,22 @@ class Router:
             job = self.jobs.get(out.id)
             if job is None or job.worker != worker.info.worker:
                 continue  # it ended here already (a stop string, an abort) or moved on
-            job.output.add(p.from_wire(RequestOutput, out, finished=False))  # how it ends is judged here
-            if not job.resubmits:
-                job.output.cached_tokens = out.cached_tokens
+            stopped = job.take(out)
             if out.finished:
                 self._end(job, out.finish_reason or "error", out)
-                continue
-            if job.text is not None and (job.stream or job.params.stop) and job.text.feed(job.tokens, False, False) is not None:
+            elif stopped:
                 self._cancel(job)
                 self._end(job, "stop")
-                continue
-            if job.stream:
-                deltas[job.client].append(p.to_wire(p.Delta, out, id=job.id, text=job.text.take() if job.text else "",
-                                                    prompt_tokens=int(job.prompt.size), cached_tokens=job.output.cached_tokens))
+            elif job.stream:
+                deltas[job.client].append(job.delta(out))
         for client, items in deltas.items():
             self.counters.deltas += len(items)
             self._reply(client, p.Deltas(items))
 
     def _end(self, job: Job, reason: str, out: p.TokenOutput | None = None, error: str | None = None) -> None:
         """Tell the client how ``job`` ended and forget it (cancelling it on the worker is the caller's)."""
-        result = job.output
-        result.matched_stop = out.matched_stop if out is not None else None
-        stop_token = result.matched_stop is not None
-        if job.text is not None:
-            if job.text.feed(job.tokens, stop_token, final=True) is not None:
-                reason, result.matched_stop = "stop", job.text.matched
-            result.text = job.text.text
-        result.finish_reason, result.error = reason, error or (out.error if out is not None else None)
-        result.text_token_count = text_token_count(job.text, job.tokens, stop_token)
-        result.prompt_tokens = int(job.prompt.size)
-        if out is not None:
-            result.prompt_logprobs, result.next_logprobs = out.prompt_logprobs, out.next_logprobs
-        worker = job.worker or ""
+        result = job.result(reason, out, error)
+        reason, worker = result.finish_reason, job.worker or ""
         if job.pin and worker and out is not None and out.finish_reason in ("stop", "length"):
             self.pins[job.client, job.id] = (worker, job.key)
         self._unroute(job)
@@ -368,35 +370,30 @@ class Router:
     # ---- stats and deadlines ---------------------------------------------------------------
 
     def _ask_stats(self, client: bytes, flush: bool = False, prefixes: bool = False) -> None:
-        query_id = next(self._queries)
-        self._stats[query_id] = StatsRequest(client, set(self.workers), time.monotonic() + STATS_TIMEOUT, flush)
+        query_id, message = self.queries.ask(client, self.workers, flush, prefixes)
         for w in self.workers.values():
-            self._send_worker(w, p.Flush(query_id) if flush else p.StatsQuery(query_id, prefixes))
+            self._send_worker(w, message)
         if not self.workers:
-            self._answer_stats(query_id)
+            self._answer(self.queries.open.pop(query_id))
 
-    def _answer_stats(self, query_id: int) -> None:
-        query = self._stats.pop(query_id)
-        if self.tokenizer is not None:  # the cache page shows the most reused prefixes' first words
-            for stats in query.replies.values():
-                for prefix in stats.get("top_prefixes", []):
-                    prefix["text"] = self.tokenizer.decode(prefix["tokens"])
-        if query.flush:
-            flushed = {name: bool(reply.get("flushed")) for name, reply in query.replies.items()}
-            self._reply(query.client, p.CacheFlushed(bool(flushed) and all(flushed.values()), flushed))
-            return
-        router = {**router_stats(self.counters, query.replies), "inflight": len(self.jobs), "clients": len(self.clients),
-                  "pins": len(self.pins), "policy": self.policy_name, "latency": self.latency.to_dict(),
-                  "load": {n: w.view.load for n, w in self.workers.items()}}
-        self._reply(query.client, p.Stats(router, query.replies))
+    def _answer(self, query: StatsRequest) -> None:
+        router = {
+            **router_stats(self.counters, query.replies),
+            "inflight": len(self.jobs),
+            "clients": len(self.clients),
+            "pins": len(self.pins),
+            "policy": self.policy_name,
+            "latency": self.latency.to_dict(),
+            "load": {n: w.view.load for n, w in self.workers.items()},
+        }
+        self._reply(query.client, answer(query, router, self.tokenizer))
 
     def _check_deadlines(self, now: float) -> None:
         for name, w in list(self.workers.items()):
             if now - w.last_seen > self.worker_timeout:
                 self.worker_lost(name, f"silent for {now - w.last_seen:.1f} s")
-        for query_id, query in list(self._stats.items()):
-            if now > query.deadline:
-                self._answer_stats(query_id)
+        for query in self.queries.due(now):
+            self._answer(query)
 
     # ---- sending ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ it computes them. A request's match on a worker is the longer of the two: a burs
 share a new prefix follows the first one instead of spreading before the prefix is cached.
 Namespaces stay apart in both trees.
 """
+
 from __future__ import annotations
 
 import itertools

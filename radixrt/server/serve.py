@@ -1,6 +1,7 @@
 """``radixrt serve``: the router in this process, and local worker processes that it restarts
 when they die. SIGINT or SIGTERM stops everything it started; workers also end by themselves
 when this process is gone (killed, say), so none is left behind."""
+
 from __future__ import annotations
 
 import logging
@@ -71,8 +72,20 @@ class LocalWorkers:
         if "RADIXRT_DEVICES" in env:  # one GPU per worker
             devices = env["RADIXRT_DEVICES"].split(",")
             env["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)]
-        cmd = [sys.executable, "-m", "radixrt", "worker", "--name", w.name, "--parent-pid", str(os.getpid()), *self.args]
-        w.process = subprocess.Popen(cmd, env=env, start_new_session=True)  # Ctrl-C reaches serve alone, which stops them
+        cmd = [
+            sys.executable,
+            "-m",
+            "radixrt",
+            "worker",
+            "--name",
+            w.name,
+            "--parent-pid",
+            str(os.getpid()),
+            *self.args,
+        ]
+        w.process = subprocess.Popen(
+            cmd, env=env, start_new_session=True
+        )  # Ctrl-C reaches serve alone, which stops them
         w.started, w.restart_at = time.monotonic(), None
 
 

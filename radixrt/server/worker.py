@@ -6,6 +6,7 @@ radix cache's changes of that step, so that the router's copy of the cache is ex
 Workers deal in token ids only. A thread sends heartbeats on a socket of its own, so that a long
 step does not look like a dead worker.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ IDLE_POLL_MS = 50
 
 
 class Worker:
-    def __init__(self, engine: Engine, address: str, name: str, keys: Keys | None = None,
-                 parent_pid: int | None = None) -> None:
+    def __init__(
+        self, engine: Engine, address: str, name: str, keys: Keys | None = None, parent_pid: int | None = None
+    ) -> None:
         self.engine, self.address, self.name, self.keys = engine, address, name, keys
         self.parent_pid = parent_pid
         self.stopping = threading.Event()
@@ -44,8 +46,20 @@ class Worker:
         beat = threading.Thread(target=self._heartbeats, args=(context,), daemon=True)
         try:
             engine = self.engine
-            sock.send(p.encode(p.Register(p.PROTOCOL_VERSION, self.name, os.getpid(), engine.model_path.name,
-                                          engine.vocab_size, engine.max_context, engine.pool.page_size, engine.pool.num_pages)))
+            sock.send(
+                p.encode(
+                    p.Register(
+                        p.PROTOCOL_VERSION,
+                        self.name,
+                        os.getpid(),
+                        engine.model_path.name,
+                        engine.vocab_size,
+                        engine.max_context,
+                        engine.pool.page_size,
+                        engine.pool.num_pages,
+                    )
+                )
+            )
             beat.start()
             while not self.stopping.is_set() and self._parent_alive():
                 if sock.poll(0 if engine.has_work() else IDLE_POLL_MS):
@@ -93,10 +107,16 @@ class Worker:
 
     def _submit(self, msg: p.Submit) -> None:
         try:
-            self.engine.add_request(np.asarray(msg.input_ids, dtype=np.int32), p.sampling_params(msg.params),
-                                    request_id=msg.id, namespace=msg.namespace,
-                                    prompt_logprobs_from=msg.prompt_logprobs_from, resumed=msg.resumed,
-                                    pin=msg.pin, score_next=msg.score_next)
+            self.engine.add_request(
+                np.asarray(msg.input_ids, dtype=np.int32),
+                p.sampling_params(msg.params),
+                request_id=msg.id,
+                namespace=msg.namespace,
+                prompt_logprobs_from=msg.prompt_logprobs_from,
+                resumed=msg.resumed,
+                pin=msg.pin,
+                score_next=msg.score_next,
+            )
         except (ValueError, TypeError) as e:
             self._replies.append(p.TokenOutput(id=msg.id, finished=True, finish_reason="error", error=str(e)))
 
@@ -106,8 +126,12 @@ class Worker:
         return p.StepOutput(wire, [p.WireCacheEvent(e.stored, e.namespace, e.tokens, e.start) for e in events])
 
     def _token_output(self, out: RequestOutput) -> p.TokenOutput:
-        return p.to_wire(p.TokenOutput, out, token_times=[t + self._clock for t in out.token_times],
-                         matched_stop=out.matched_stop if isinstance(out.matched_stop, int) else None)
+        return p.to_wire(
+            p.TokenOutput,
+            out,
+            token_times=[t + self._clock for t in out.token_times],
+            matched_stop=out.matched_stop if isinstance(out.matched_stop, int) else None,
+        )
 
     def _heartbeats(self, context: zmq.Context) -> None:
         sock = client_socket(context, self.address, self.keys, identity=f"{self.name}/heartbeat".encode())
@@ -123,7 +147,9 @@ class Worker:
         return self.parent_pid is None or os.getppid() == self.parent_pid
 
 
-def run_worker(address: str, name: str, engine: Engine, keys: Keys | None = None, parent_pid: int | None = None) -> None:
+def run_worker(
+    address: str, name: str, engine: Engine, keys: Keys | None = None, parent_pid: int | None = None
+) -> None:
     worker = Worker(engine, address, name, keys, parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     worker.run()

@@ -7,6 +7,7 @@ frame is decoded: a frame that is not a valid message raises ``msgspec.Validatio
 parameters are the engine's ``SamplingParams`` fields; their ranges are checked by its
 ``validate`` on receipt, so a wire client and an in-process caller meet the same rules.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,11 @@ def _sampling_struct() -> type[Struct]:
     stop token ids may also be a single string / a list)."""
     hints = typing.get_type_hints(SamplingParams)
     wire_types = {"stop": str | list[str] | None, "stop_token_ids": list[int] | None}
-    fields = [(f.name, wire_types.get(f.name, hints[f.name]), f.default)
-              for f in dataclasses.fields(SamplingParams) if f.name != "extra"]
+    fields = [
+        (f.name, wire_types.get(f.name, hints[f.name]), f.default)
+        for f in dataclasses.fields(SamplingParams)
+        if f.name != "extra"
+    ]
     return msgspec.defstruct("Sampling", fields, forbid_unknown_fields=True, omit_defaults=True, frozen=True)
 
 
@@ -56,6 +60,7 @@ def wire_sampling(params: SamplingParams, **changes: Any) -> Struct:
 
 
 # ---- client -> router ----------------------------------------------------------------------
+
 
 class Hello(Message, tag="hello"):
     version: int
@@ -111,6 +116,7 @@ class GetTokenizer(Message, tag="get_tokenizer"):
 
 # ---- router -> client ----------------------------------------------------------------------
 
+
 class Welcome(Message, tag="welcome"):
     version: int
     model: str
@@ -118,9 +124,16 @@ class Welcome(Message, tag="welcome"):
     max_inflight: int
 
 
-def _output_struct(name: str, source: type, *, tag: str | None = None, keep: tuple[str, ...] | None = None,
-                   drop: tuple[str, ...] = (), types: dict[str, Any] | None = None,
-                   extra: tuple[tuple[str, Any, Any], ...] = ()) -> type[Struct]:
+def _output_struct(
+    name: str,
+    source: type,
+    *,
+    tag: str | None = None,
+    keep: tuple[str, ...] | None = None,
+    drop: tuple[str, ...] = (),
+    types: dict[str, Any] | None = None,
+    extra: tuple[tuple[str, Any, Any], ...] = (),
+) -> type[Struct]:
     """A wire struct with ``source``'s fields (a dataclass of ``radixrt.outputs``): the same names,
     types and defaults, ``request_id`` called ``id``. One definition of the outputs, so a field
     added there reaches the wire without a copy here."""
@@ -129,12 +142,24 @@ def _output_struct(name: str, source: type, *, tag: str | None = None, keep: tup
     for f in dataclasses.fields(source):
         if f.name in drop or (keep is not None and f.name not in keep and f.name != "request_id"):
             continue
-        default = (f.default if f.default is not dataclasses.MISSING else
-                   field(default_factory=f.default_factory) if f.default_factory is not dataclasses.MISSING else msgspec.NODEFAULT)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else field(default_factory=f.default_factory)
+            if f.default_factory is not dataclasses.MISSING
+            else msgspec.NODEFAULT
+        )
         fields.append(("id" if f.name == "request_id" else f.name, types.get(f.name, hints[f.name]), default))
     fields += extra
-    return msgspec.defstruct(name, fields, bases=(Message,) if tag else (), tag=tag, forbid_unknown_fields=True,
-                             omit_defaults=True, module=__name__)
+    return msgspec.defstruct(
+        name,
+        fields,
+        bases=(Message,) if tag else (),
+        tag=tag,
+        forbid_unknown_fields=True,
+        omit_defaults=True,
+        module=__name__,
+    )
 
 
 def to_wire(struct: type[Struct], output: Any, **changes: Any) -> Struct:
@@ -150,8 +175,9 @@ def from_wire(cls: type, msg: Struct, **changes: Any) -> Any:
     return cls(**{n: v for n, v in values.items() if n in names}, **changes)
 
 
-Delta = _output_struct("Delta", RequestOutput,
-                       keep=("text", "token_ids", "logprobs", "top_logprobs", "prompt_tokens", "cached_tokens"))
+Delta = _output_struct(
+    "Delta", RequestOutput, keep=("text", "token_ids", "logprobs", "top_logprobs", "prompt_tokens", "cached_tokens")
+)
 """A streamed request's news in one step (token times come with ``Finished``)."""
 
 
@@ -161,8 +187,9 @@ class Deltas(Message, tag="deltas"):
     items: list[Delta]
 
 
-Finished = _output_struct("Finished", GenerateOutput, tag="finished", drop=("arrival", "finished"),
-                          extra=(("worker", str, ""),))
+Finished = _output_struct(
+    "Finished", GenerateOutput, tag="finished", drop=("arrival", "finished"), extra=(("worker", str, ""),)
+)
 """A request's whole output (``GenerateOutput``'s fields but ``arrival``); ``token_times`` are Unix
 times; ``worker`` names the worker that ran it last."""
 
@@ -198,6 +225,7 @@ class Health(Message, tag="health"):
 
 
 # ---- router <-> worker ---------------------------------------------------------------------
+
 
 class Register(Message, tag="register"):
     version: int
@@ -246,8 +274,9 @@ class Shutdown(Message, tag="shutdown"):
     pass
 
 
-TokenOutput = _output_struct("TokenOutput", RequestOutput, drop=("text", "text_token_count"),
-                             types={"matched_stop": int | None})
+TokenOutput = _output_struct(
+    "TokenOutput", RequestOutput, drop=("text", "text_token_count"), types={"matched_stop": int | None}
+)
 """One request's news in one step (the engine's ``RequestOutput`` less its text: text and stop
 strings are the router's); ``token_times`` are Unix times."""
 

@@ -1,5 +1,6 @@
 """ZeroMQ sockets as the server and its clients set them up: message size limit, disconnect
 notices, and CURVE encryption with client authentication for anything beyond loopback."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -29,7 +30,9 @@ class Keys:
     def load(cls, directory: str | Path) -> Keys:
         directory = Path(directory)
         if not (directory / "server.key").exists():
-            raise ValueError(f"{directory / 'server.key'} is missing: `radixrt keys {directory}` writes a key directory")
+            raise ValueError(
+                f"{directory / 'server.key'} is missing: `radixrt keys {directory}` writes a key directory"
+            )
         return cls(directory)
 
     def server_pair(self) -> tuple[bytes, bytes]:
@@ -78,8 +81,10 @@ def is_loopback(address: str) -> bool:
 
 def check_exposure(address: str, keys: Keys | None, insecure: bool) -> None:
     if keys is None and not insecure and not is_loopback(address):
-        raise ValueError(f"{address} is reachable from other machines: give --keys DIR (written by `radixrt keys DIR`) "
-                         "so that only clients holding a key get in, or --insecure to serve it unencrypted")
+        raise ValueError(
+            f"{address} is reachable from other machines: give --keys DIR (written by `radixrt keys DIR`) "
+            "so that only clients holding a key get in, or --insecure to serve it unencrypted"
+        )
 
 
 class Authenticator:

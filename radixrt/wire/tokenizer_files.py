@@ -1,5 +1,6 @@
 """A tokenizer across the wire: the router sends the files ``save_pretrained`` writes, a client that
 tokenizes on its side loads them (``GetTokenizer`` / ``TokenizerFiles``)."""
+
 from __future__ import annotations
 
 import hashlib

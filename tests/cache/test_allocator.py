@@ -34,7 +34,12 @@ def test_pool_needs_a_page():
 
 @pytest.mark.parametrize(
     "bad, message",
-    [([7, 8], "page id 8 does not belong"), ([-1], "page id -1 does not belong"), ([5, 5], "appear twice"), ([6], "already free")],
+    [
+        ([7, 8], "page id 8 does not belong"),
+        ([-1], "page id -1 does not belong"),
+        ([5, 5], "appear twice"),
+        ([6], "already free"),
+    ],
 )
 def test_bad_free_raises_and_changes_nothing(bad, message):
     a = PageAllocator(8)

@@ -8,6 +8,7 @@ on the cache itself) and after every step applies the drained events to a mirror
 hold exactly the same cached paths. The mirror's edges are cut differently (matches split edges
 only in the real tree), so this also checks that ``forget`` does not depend on where nodes split.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -424,8 +425,14 @@ class EventMirrorPage4Machine(EventMirrorMachine):
     num_pages = 12
 
 
-_SETTINGS = settings(max_examples=100, stateful_step_count=40, deadline=None, derandomize=True, database=None,
-                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+_SETTINGS = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 @pytest.mark.parametrize("machine", [EventMirrorMachine, EventMirrorPage4Machine], ids=["page1", "page4"])
@@ -435,6 +442,10 @@ def test_a_mirror_applying_the_events_holds_what_the_cache_holds(machine):
     # the situations the mirror must follow all came up (the rarer ones, forget cascading or
     # stopping at a lock, are counted too but left to the unit tests above)
     assert set(machine.counts) >= {
-        "evict trimmed a leaf in the middle", "evict cascaded to a parent", "evict around locked nodes",
-        "dropped in a second namespace", "stored again after being dropped", "forget dropped pages",
+        "evict trimmed a leaf in the middle",
+        "evict cascaded to a parent",
+        "evict around locked nodes",
+        "dropped in a second namespace",
+        "stored again after being dropped",
+        "forget dropped pages",
     }, machine.counts

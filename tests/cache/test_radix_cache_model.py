@@ -10,6 +10,7 @@ entries was evicted in between (an entry is an object, so one evicted and cached
 ``prefix_length`` must agree with the model's match and change nothing: the model's ticks do not
 move, so a refreshed tick in the tree would show up as a different eviction order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ class Running:
 @dataclass
 class Pending:
     """A match not locked yet, with the model's entries it covered."""
+
     tokens: list[int]
     namespace: object
     match: MatchResult
@@ -176,8 +178,10 @@ class RadixCacheMachine(RuleBasedStateMachine):
     def lock_later(self, data) -> None:
         """Lock a kept match: refused exactly when eviction took one of its pages meanwhile."""
         p = self.pending.pop(data.draw(st.integers(0, len(self.pending) - 1)))
-        stale = any(self.model.entries.get(key) is not e for key, e in
-                    zip(self.model._prefixes(p.tokens, p.namespace, len(p.entries)), p.entries))
+        stale = any(
+            self.model.entries.get(key) is not e
+            for key, e in zip(self.model._prefixes(p.tokens, p.namespace, len(p.entries)), p.entries)
+        )
         if stale:
             with pytest.raises(RuntimeError, match="trimmed/evicted since the match"):
                 self.cache.lock(p.match)
@@ -275,8 +279,13 @@ class RadixCachePage16Machine(RadixCacheMachine):
     num_pages = 24
 
 
-_settings = settings(max_examples=150, stateful_step_count=40, deadline=None, derandomize=True,
-                     suppress_health_check=[HealthCheck.too_slow])
+_settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 TestRadixCachePage1 = RadixCacheMachine.TestCase
 TestRadixCachePage1.settings = _settings
 TestRadixCachePage16 = RadixCachePage16Machine.TestCase

@@ -1,19 +1,26 @@
 """Engines on a tiny random checkpoint (fast) and on the default model, shared by the engine tests."""
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from radixrt import Engine
-
-TINY_VOCAB = 113
+from testkit.engines import TINY_VOCAB
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> str:
     """A 2-layer random Llama without a tokenizer (token ids only)."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     path = tmp_path_factory.mktemp("tiny")
     AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
     return str(path)
@@ -22,27 +29,3 @@ def tiny(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def default_engine() -> Engine:
     return Engine(page_size=16)
-
-
-def prompts(n: int, shared: int, own: int, seed: int = 0) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    head = torch.randint(0, TINY_VOCAB, (shared,), generator=g).tolist()
-    return [head + torch.randint(0, TINY_VOCAB, (own,), generator=g).tolist() for _ in range(n)]
-
-
-def check_pages(engine: Engine) -> None:
-    """Nothing leaked: every page is free or cached, nothing is pinned, no request is left."""
-    assert engine.allocator.available() + engine.cache.total_size() == engine.pool.num_pages
-    assert engine.cache.protected_size() == 0
-    assert not engine.requests and not engine.scheduler.running and not engine.scheduler.waiting
-
-
-def run_to_end(engine: Engine, max_steps: int = 10_000) -> dict:
-    """Step until nothing is left; every output by request id, in order."""
-    outputs: dict = {}
-    for _ in range(max_steps):
-        for out in engine.step():
-            outputs.setdefault(out.request_id, []).append(out)
-        if not engine.has_work():
-            return outputs
-    raise AssertionError("the engine did not finish its requests")

@@ -1,5 +1,6 @@
 """Constrained decoding: at temperature 1, over 20 seeds, on a random model (which follows no
 format by itself), every output obeys its regex, JSON schema or choices, and JSON is strict JSON."""
+
 import json
 import re
 
@@ -8,17 +9,31 @@ import pytest
 from radixrt import Engine, SamplingParams
 from radixrt.engine.constraints import strict_json_grammar
 
-SCHEMA = {"type": "object",
-          "properties": {"name": {"type": "string", "maxLength": 8},
-                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
-                         "pet": {"enum": ["cat", "dog", "none"]}},
-          "required": ["name", "age", "pet"], "additionalProperties": False}
-NOTE = {"type": "object",
-        "properties": {"title": {"type": "string", "maxLength": 16},
-                       "initials": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 1},
-                                    "minItems": 24, "maxItems": 24},
-                       "body": {"type": "string", "minLength": 1, "maxLength": 24}},
-        "required": ["title", "initials", "body"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "pet": {"enum": ["cat", "dog", "none"]},
+    },
+    "required": ["name", "age", "pet"],
+    "additionalProperties": False,
+}
+NOTE = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 16},
+        "initials": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 1},
+            "minItems": 24,
+            "maxItems": 24,
+        },
+        "body": {"type": "string", "minLength": 1, "maxLength": 24},
+    },
+    "required": ["title", "initials", "body"],
+    "additionalProperties": False,
+}
 REGEX = r"[a-z]{2,5}-[0-9]{1,3}"
 CHOICES = ["yes", "no", "it depends"]
 
@@ -29,20 +44,33 @@ def engine(tiny_with_tokenizer) -> Engine:
 
 
 def valid(person: dict) -> bool:
-    return (set(person) == {"name", "age", "pet"} and isinstance(person["name"], str) and len(person["name"]) <= 8
-            and isinstance(person["age"], int) and 0 <= person["age"] <= 120 and person["pet"] in ("cat", "dog", "none"))
+    return (
+        set(person) == {"name", "age", "pet"}
+        and isinstance(person["name"], str)
+        and len(person["name"]) <= 8
+        and isinstance(person["age"], int)
+        and 0 <= person["age"] <= 120
+        and person["pet"] in ("cat", "dog", "none")
+    )
 
 
 def valid_note(note: dict) -> bool:
-    return (set(note) == {"title", "initials", "body"} and isinstance(note["title"], str) and len(note["title"]) <= 16
-            and isinstance(note["initials"], list) and len(note["initials"]) == 24
-            and all(isinstance(c, str) and len(c) == 1 for c in note["initials"])
-            and isinstance(note["body"], str) and 1 <= len(note["body"]) <= 24)
+    return (
+        set(note) == {"title", "initials", "body"}
+        and isinstance(note["title"], str)
+        and len(note["title"]) <= 16
+        and isinstance(note["initials"], list)
+        and len(note["initials"]) == 24
+        and all(isinstance(c, str) and len(c) == 1 for c in note["initials"])
+        and isinstance(note["body"], str)
+        and 1 <= len(note["body"]) <= 24
+    )
 
 
 def run(engine: Engine, seeds: int = 20, max_new_tokens: int = 120, **constraint) -> list:
-    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, seed=seed, **constraint)
-              for seed in range(seeds)]
+    params = [
+        SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, seed=seed, **constraint) for seed in range(seeds)
+    ]
     ids = [engine.add_request("Answer:", p) for p in params]
     outputs = {}
     while engine.has_work():
@@ -73,18 +101,26 @@ def test_only_bounded_string_characters_change_in_the_grammar():
     def own(schema: dict) -> str:
         return str(xgrammar.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False))
 
-    loose, strict = r'[^\"\\\r\n]', r'[^\"\\\0-\x1f]'
+    loose, strict = r"[^\"\\\r\n]", r"[^\"\\\0-\x1f]"
     assert own(NOTE).count(loose) == 3 and strict_json_grammar(json.dumps(NOTE)) == own(NOTE).replace(loose, strict)
-    tricky = {"anyOf": [{"enum": ['"[', ']"', "a\\", '[^"\\\r\n]']}, {"type": "string", "pattern": '[^"\\\\]+'},
-                        {"type": "string", "maxLength": 2}]}
+    tricky = {
+        "anyOf": [
+            {"enum": ['"[', ']"', "a\\", '[^"\\\r\n]']},
+            {"type": "string", "pattern": '[^"\\\\]+'},
+            {"type": "string", "maxLength": 2},
+        ]
+    }
     assert strict_json_grammar(json.dumps(tricky)) == own(tricky).replace(loose, strict) != own(tricky)
 
 
 def test_json_mode_gives_objects(engine):
     """``response_format: json_object`` arrives as this schema string. Free strings rarely end on a random
     model, so only the outputs that stopped are whole."""
-    done = [text for text, last in run(engine, max_new_tokens=16, json_schema='{"type": "object"}')
-            if last.finish_reason == "stop"]
+    done = [
+        text
+        for text, last in run(engine, max_new_tokens=16, json_schema='{"type": "object"}')
+        if last.finish_reason == "stop"
+    ]
     assert len(done) >= 5 and all(isinstance(json.loads(text), dict) for text in done), done
 
 
@@ -102,8 +138,10 @@ def test_every_choice_output_is_a_choice(engine):
 def test_constrained_and_free_requests_share_a_batch(engine):
     free = SamplingParams(max_new_tokens=12, temperature=0)
     alone = engine.generate("Once upon a time", free)
-    mixed = [engine.add_request("Once upon a time", free),
-             engine.add_request("Digits:", SamplingParams(max_new_tokens=8, regex="[0-9]+", ignore_eos=True))]
+    mixed = [
+        engine.add_request("Once upon a time", free),
+        engine.add_request("Digits:", SamplingParams(max_new_tokens=8, regex="[0-9]+", ignore_eos=True)),
+    ]
     texts = {rid: "" for rid in mixed}
     while engine.has_work():
         for out in engine.step():
@@ -127,7 +165,9 @@ def test_a_resumed_request_s_constraint_goes_on_where_it_stopped(engine):
     whole = engine.generate("Answer:", params)
     prompt = engine.tokenizer.encode("Answer:", add_special_tokens=False)
     head = whole.token_ids[:5]
-    rid = engine.add_request(prompt + head, SamplingParams(max_new_tokens=115, temperature=0, json_schema=SCHEMA), resumed=5)
+    rid = engine.add_request(
+        prompt + head, SamplingParams(max_new_tokens=115, temperature=0, json_schema=SCHEMA), resumed=5
+    )
     tokens = []
     while engine.has_work():
         for out in engine.step():

@@ -1,4 +1,5 @@
 """Incremental detokenisation against decoding the whole output, on the default model's tokenizer."""
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -7,8 +8,33 @@ from transformers import AutoTokenizer
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.model.loader import converted_dir, default_gguf
 
-PIECES = ["Hello", " world", ",", " ", "  ", "\n", "\n\n", "don't", " 42", "3.14", "déjà vu", "naïve", "Straße",
-          "日本語", "の", "😀", "👩‍💻", "🇫🇷", "→", "½", "<|im_end|>", "<|im_start|>", "\t", "tokenisation", "ü"]
+PIECES = [
+    "Hello",
+    " world",
+    ",",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "don't",
+    " 42",
+    "3.14",
+    "déjà vu",
+    "naïve",
+    "Straße",
+    "日本語",
+    "の",
+    "😀",
+    "👩‍💻",
+    "🇫🇷",
+    "→",
+    "½",
+    "<|im_end|>",
+    "<|im_start|>",
+    "\t",
+    "tokenisation",
+    "ü",
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,5 +84,13 @@ def test_word_starts_keep_their_spaces():
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=spm, unk_token="<unk>")
     ids = [1, 2, 3, 4, 5, 6, 7]
     assert tokenizer.decode(ids[1:2]) == "world"
-    assert stream(tokenizer, ids) == ["Hello", "Hello world", "Hello world!", "Hello world! how", "Hello world! how are",
-                                      "Hello world! how are you", "Hello world! how are you?", "Hello world! how are you?"]
+    assert stream(tokenizer, ids) == [
+        "Hello",
+        "Hello world",
+        "Hello world!",
+        "Hello world! how",
+        "Hello world! how are",
+        "Hello world! how are you",
+        "Hello world! how are you?",
+        "Hello world! how are you?",
+    ]

@@ -1,17 +1,18 @@
 """The engine on tiny random checkpoints (fast) and on the default model."""
+
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VOCAB, check_pages, prompts, run_to_end
 from transformers import AutoModelForCausalLM
 
 from radixrt import Engine, SamplingParams
-from radixrt.outputs import RequestFailed
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.output_text import OutputText
 from radixrt.model import ModelNotFoundError
+from radixrt.outputs import RequestFailed
+from testkit.engines import TINY_VOCAB, check_pages, prompts, run_to_end
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
 
@@ -95,7 +96,10 @@ def test_a_prompt_larger_than_the_pool_is_refused_and_max_new_tokens_is_clipped_
     assert tiny_pool.pool.num_tokens == 100
     with pytest.raises(ValueError, match="KV cache holds 100"):
         tiny_pool.add_request(list(range(100)), GREEDY)
-    others = [tiny_pool.add_request(p, SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True)) for p in prompts(2, 4, 4)]
+    others = [
+        tiny_pool.add_request(p, SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True))
+        for p in prompts(2, 4, 4)
+    ]
     long = tiny_pool.add_request(list(range(60)), SamplingParams(max_new_tokens=10_000, temperature=0, ignore_eos=True))
     outputs = run_to_end(tiny_pool)
     assert sum(len(o.token_ids) for o in outputs[long]) == 100 - 60 and outputs[long][-1].finish_reason == "length"
@@ -107,7 +111,9 @@ def test_tiny_temperatures_are_greedy(tiny):
     engine = Engine(tiny, kv_cache_bytes=4 << 20)
     greedy = engine.generate([3, 4, 5], GREEDY)
     for t in (1e-40, 1e-7):
-        out = engine.generate([3, 4, 5], SamplingParams(max_new_tokens=12, temperature=t, ignore_eos=True, logprobs=True))
+        out = engine.generate(
+            [3, 4, 5], SamplingParams(max_new_tokens=12, temperature=t, ignore_eos=True, logprobs=True)
+        )
         assert out.finish_reason == "length" and out.token_ids == greedy.token_ids
         assert all(np.isfinite(out.logprobs))
     check_pages(engine)
@@ -115,10 +121,12 @@ def test_tiny_temperatures_are_greedy(tiny):
 
 def nan_for(request_ids: set[str]):
     """A logits processor that poisons the rows of some requests, as a broken model would."""
+
     def processor(logits: torch.Tensor, requests) -> None:
         for row, req in enumerate(requests):
             if req.id in request_ids:
                 logits[row] = float("nan")
+
     return processor
 
 
@@ -213,7 +221,9 @@ def test_arrival_time_dates_the_request(tiny):
 
 def test_sampling_is_seeded(tiny):
     engine = Engine(tiny, kv_cache_bytes=4 << 20)
-    params = SamplingParams(max_new_tokens=16, temperature=0.8, top_k=20, top_p=0.9, seed=7, ignore_eos=True, logprobs=True)
+    params = SamplingParams(
+        max_new_tokens=16, temperature=0.8, top_k=20, top_p=0.9, seed=7, ignore_eos=True, logprobs=True
+    )
     a, b = engine.generate([3, 4, 5], params), engine.generate([3, 4, 5], params)
     assert a.token_ids == b.token_ids and len(a.logprobs) == 16 and all(-20 < lp <= 0 for lp in a.logprobs)
     c = engine.generate([[3, 4, 5], [9, 9, 9]], params)[0]  # with another request beside it
@@ -224,11 +234,15 @@ def test_stop_token_ids_end_the_output(tiny):
     engine = Engine(tiny, kv_cache_bytes=4 << 20)
     free = engine.generate([3, 4, 5], GREEDY).token_ids
     stop = free[4]
-    out = engine.generate([3, 4, 5], SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True, stop_token_ids=[stop]))
+    out = engine.generate(
+        [3, 4, 5], SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True, stop_token_ids=[stop])
+    )
     assert out.finish_reason == "stop" and out.matched_stop == stop
     assert out.token_ids == free[: free.index(stop) + 1] and out.text_token_count == len(out.token_ids) - 1
-    held = engine.generate([3, 4, 5], SamplingParams(max_new_tokens=12, min_new_tokens=8, temperature=0, ignore_eos=True,
-                                                     stop_token_ids=[stop]))
+    held = engine.generate(
+        [3, 4, 5],
+        SamplingParams(max_new_tokens=12, min_new_tokens=8, temperature=0, ignore_eos=True, stop_token_ids=[stop]),
+    )
     first = free.index(stop)
     assert stop not in held.token_ids[:8] and held.token_ids[:first] == free[:first] and len(held.token_ids) >= 8
     with pytest.raises(ValueError, match="min_new_tokens"):
@@ -260,13 +274,16 @@ def test_score_choices_match_transformers(tiny):
     check_pages(engine)
 
 
-@pytest.mark.parametrize("choices, message", [
-    ([[7], [TINY_VOCAB]], "outside the vocabulary"),
-    ([[7], [1] * 490], "context is 512"),
-    ([[7], []], "no empty choice"),
-    ([], "at least one choice"),
-    ([[7], "text"], "no tokenizer"),
-])
+@pytest.mark.parametrize(
+    "choices, message",
+    [
+        ([[7], [TINY_VOCAB]], "outside the vocabulary"),
+        ([[7], [1] * 490], "context is 512"),
+        ([[7], []], "no empty choice"),
+        ([], "at least one choice"),
+        ([[7], "text"], "no tokenizer"),
+    ],
+)
 def test_score_choices_refuses_bad_input(tiny, choices, message):
     engine = Engine(tiny, kv_cache_bytes=4 << 20)
     with pytest.raises(ValueError, match=message):
@@ -298,7 +315,9 @@ def test_namespaces_do_not_share_the_cache(tiny):
     engine = Engine(tiny, page_size=4, kv_cache_bytes=4 << 20)
     assert engine.generate(prompt, GREEDY, namespace="alice").cached_tokens == 0
     assert engine.generate(prompt, GREEDY, namespace="bob").cached_tokens == 0
-    assert engine.generate(prompt, GREEDY, namespace="alice").cached_tokens == 36  # whole pages of all but the last token
+    assert (
+        engine.generate(prompt, GREEDY, namespace="alice").cached_tokens == 36
+    )  # whole pages of all but the last token
     check_pages(engine)
 
 
@@ -409,8 +428,9 @@ def test_a_failed_or_aborted_pin_holds_nothing(tiny):
 
 def test_top_logprobs_list_the_most_likely_tokens_of_each_step(tiny):
     engine = Engine(tiny, kv_cache_bytes=4 << 20)
-    out = engine.generate([3, 4, 5], SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True, logprobs=True,
-                                                    top_logprobs=3))
+    out = engine.generate(
+        [3, 4, 5], SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True, logprobs=True, top_logprobs=3)
+    )
     assert len(out.top_logprobs) == 6
     for token, logprob, top in zip(out.token_ids, out.logprobs, out.top_logprobs):
         assert len(top) == 3 and top[0][0] == token and top[0][1] == pytest.approx(logprob, abs=1e-5)

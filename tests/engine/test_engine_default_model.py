@@ -1,11 +1,11 @@
 """The engine on the default model: parity with transformers, and the stop rule on real text."""
+
 import torch
-from conftest import check_pages
 from transformers import AutoModelForCausalLM
 
 from radixrt import Engine, SamplingParams
 from radixrt.model.loader import converted_dir, default_gguf
-
+from testkit.engines import check_pages
 
 
 def test_default_model_greedy_equals_transformers(default_engine):
@@ -15,7 +15,7 @@ def test_default_model_greedy_equals_transformers(default_engine):
     outs = default_engine.generate(prompts_, SamplingParams(max_new_tokens=32, temperature=0))
     for p, out in zip(prompts_, outs):
         with torch.no_grad():
-            expected = hf.generate(torch.tensor([p]), max_new_tokens=32, do_sample=False)[0, len(p):].tolist()
+            expected = hf.generate(torch.tensor([p]), max_new_tokens=32, do_sample=False)[0, len(p) :].tolist()
         assert out.token_ids == expected
 
 
@@ -46,11 +46,15 @@ def test_one_stop_rule_for_stream_text_and_tokens(default_engine):
 
 
 def test_streamed_pieces_add_up_to_the_text(default_engine):
-    prompt = default_engine.apply_chat_template([{"role": "user", "content": "Write a haiku about the sea, with emoji."}])
+    prompt = default_engine.apply_chat_template(
+        [{"role": "user", "content": "Write a haiku about the sea, with emoji."}]
+    )
     params = SamplingParams(max_new_tokens=48, temperature=0)
     pieces = list(default_engine.stream(prompt, params))
     out = default_engine.generate(prompt, params)
-    assert len(pieces) > 5 and "".join(pieces) == out.text == default_engine.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+    assert len(pieces) > 5 and "".join(pieces) == out.text == default_engine.tokenizer.decode(
+        out.token_ids, skip_special_tokens=True
+    )
 
 
 def test_a_stream_closed_early_aborts_its_request(default_engine):

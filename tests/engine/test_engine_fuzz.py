@@ -1,21 +1,36 @@
 """Random parameters, prompts, aborts and poisoned logits thrown at one engine: each request is
 refused with a ValueError when added or runs to an end; step() never raises; nothing leaks."""
+
 import pytest
 import torch
-from conftest import TINY_VOCAB, check_pages
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from radixrt import Engine, SamplingParams
+from testkit.engines import TINY_VOCAB, check_pages
 
-GARBAGE = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(-3, 3), st.sampled_from([float("nan"), float("inf")]),
-                    st.text(max_size=2), st.lists(st.integers(-2, TINY_VOCAB + 1), max_size=3))
+GARBAGE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 40),
+    st.floats(-3, 3),
+    st.sampled_from([float("nan"), float("inf")]),
+    st.text(max_size=2),
+    st.lists(st.integers(-2, TINY_VOCAB + 1), max_size=3),
+)
 PLAUSIBLE = {
-    "max_new_tokens": st.sampled_from(range(41)), "temperature": st.sampled_from([0, 1e-40, 1e-6, 0.7, 1.0, 2.0]),
-    "top_k": st.integers(0, 50), "top_p": st.floats(0.05, 1), "min_p": st.floats(0, 0.5),
-    "repetition_penalty": st.floats(0.5, 2), "frequency_penalty": st.floats(-2, 2), "presence_penalty": st.floats(-2, 2),
-    "seed": st.integers(0, 2**31), "stop_token_ids": st.lists(st.integers(0, TINY_VOCAB - 1), max_size=3),
-    "ignore_eos": st.booleans(), "logprobs": st.booleans(),
+    "max_new_tokens": st.sampled_from(range(41)),
+    "temperature": st.sampled_from([0, 1e-40, 1e-6, 0.7, 1.0, 2.0]),
+    "top_k": st.integers(0, 50),
+    "top_p": st.floats(0.05, 1),
+    "min_p": st.floats(0, 0.5),
+    "repetition_penalty": st.floats(0.5, 2),
+    "frequency_penalty": st.floats(-2, 2),
+    "presence_penalty": st.floats(-2, 2),
+    "seed": st.integers(0, 2**31),
+    "stop_token_ids": st.lists(st.integers(0, TINY_VOCAB - 1), max_size=3),
+    "ignore_eos": st.booleans(),
+    "logprobs": st.booleans(),
 }
 
 
@@ -44,7 +59,9 @@ def prompt(draw) -> list[int] | str:
 
 
 POISONED = st.sampled_from(range(6)).map(lambda i: i == 5)  # now and then a request whose logits are NaN
-REQUEST = st.tuples(prompt(), params(), st.sampled_from([None, "a", "b"]), POISONED, st.sampled_from([0] * 24 + list(range(1, 13))))
+REQUEST = st.tuples(
+    prompt(), params(), st.sampled_from([None, "a", "b"]), POISONED, st.sampled_from([0] * 24 + list(range(1, 13)))
+)
 
 
 @pytest.fixture(scope="module")

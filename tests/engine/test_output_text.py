@@ -1,4 +1,5 @@
 """The stop rule: streamed pieces, the final text and the token ids agree, on the default model's tokenizer."""
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,7 +32,10 @@ def run(tokenizer, ids: list[int], stops: tuple[str, ...]) -> tuple[list[str], O
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=20), st.lists(st.sampled_from(PIECES + [", 4", "3,", "D\n"]), max_size=3))
+@given(
+    st.lists(st.sampled_from(PIECES), min_size=1, max_size=20),
+    st.lists(st.sampled_from(PIECES + [", 4", "3,", "D\n"]), max_size=3),
+)
 def test_pieces_text_and_tokens_agree(tokenizer, pieces, stops):
     ids = tokenizer.encode("".join(pieces), add_special_tokens=False)
     stops = tuple(s for s in stops if s.strip() or s == "\n")

@@ -51,7 +51,9 @@ def test_unknown_keys_from_a_message_are_refused():
 
 def test_stop_string_and_lists_are_normalised():
     assert SamplingParams(stop="END").stop == ("END",)
-    assert SamplingParams(stop=["a", "b"], stop_token_ids=[1, 2]) == SamplingParams(stop=("a", "b"), stop_token_ids=(1, 2))
+    assert SamplingParams(stop=["a", "b"], stop_token_ids=[1, 2]) == SamplingParams(
+        stop=("a", "b"), stop_token_ids=(1, 2)
+    )
     params = SamplingParams.from_dict({"stop": "END", "stop_token_ids": [3], "max_new_tokens": 3})
     assert params == SamplingParams(max_new_tokens=3, stop=("END",), stop_token_ids=(3,))
     params.validate(100)
@@ -140,7 +142,11 @@ def test_greedy_takes_the_argmax_with_the_models_logprob():
 
 def test_tiny_temperatures_are_greedy_and_finite_among_sampled_rows():
     logits = torch.stack([LOGITS * 30, LOGITS, LOGITS.flip(0) * 30])
-    params = [SamplingParams(temperature=1e-40), SamplingParams(temperature=1.0), SamplingParams(temperature=GREEDY_EPS)]
+    params = [
+        SamplingParams(temperature=1e-40),
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=GREEDY_EPS),
+    ]
     tokens, logprobs = run(logits, params)
     assert tokens[0] == 0 and tokens[2] == 4
     assert torch.isfinite(logprobs).all()
@@ -167,25 +173,41 @@ def test_each_row_of_a_mixed_batch_keeps_its_own_parameters():
             assert set(tokens[k::every].tolist()) == {k % len(LOGITS)}
             torch.testing.assert_close(logprobs[k::every], torch.log_softmax(LOGITS, -1)[0].expand(n))
         else:
-            assert_drawn_from(tokens[k::every], logprobs[k::every], restricted(keep, params.temperature).roll(k), atol=0.025)
+            assert_drawn_from(
+                tokens[k::every], logprobs[k::every], restricted(keep, params.temperature).roll(k), atol=0.025
+            )
+
 
 BASE = torch.tensor([3.0, -2.0, 1.0, 2.0, 0.5])
 PENALISED = [  # (params, prompt, output, BASE after the penalties)
     (dict(repetition_penalty=2.0), [0], [1], [1.5, -4.0, 1.0, 2.0, 0.5]),
     (dict(repetition_penalty=0.5), [], [4, 1], [3.0, -1.0, 1.0, 2.0, 1.0]),
-    (dict(frequency_penalty=0.5, presence_penalty=0.25), np.array([3, 3, 3], np.int32), [0, 0, 0, 0, 3],
-     [0.75, -2.0, 1.0, 1.25, 0.5]),  # the prompt counts for neither
+    (
+        dict(frequency_penalty=0.5, presence_penalty=0.25),
+        np.array([3, 3, 3], np.int32),
+        [0, 0, 0, 0, 3],
+        [0.75, -2.0, 1.0, 1.25, 0.5],
+    ),  # the prompt counts for neither
     (dict(), [0], [0, 0], BASE.tolist()),
-    (dict(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25), [2], np.array([0, 0, 3], np.int32),
-     [0.25, -2.0, 0.5, 0.25, 0.5]),
+    (
+        dict(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25),
+        [2],
+        np.array([0, 0, 3], np.int32),
+        [0.25, -2.0, 0.5, 0.25, 0.5],
+    ),
 ]
 
 
 def test_penalties_apply_to_the_rows_that_ask_for_them():
     logits = BASE.expand(len(PENALISED), -1).contiguous()
     params = [SamplingParams(temperature=0, **p) for p, *_ in PENALISED]
-    tokens, logprobs = sample_batch(logits, params, [None] * len(params),
-                                    [prompt for _, prompt, _, _ in PENALISED], [output for *_, output, _ in PENALISED])
+    tokens, logprobs = sample_batch(
+        logits,
+        params,
+        [None] * len(params),
+        [prompt for _, prompt, _, _ in PENALISED],
+        [output for *_, output, _ in PENALISED],
+    )
     expected = torch.tensor([e for *_, e in PENALISED])
     assert tokens.tolist() == expected.argmax(-1).tolist() == [3, 0, 3, 0, 2]
     torch.testing.assert_close(logprobs, torch.log_softmax(expected, -1)[range(len(PENALISED)), tokens])
@@ -195,8 +217,12 @@ def test_penalties_apply_to_the_rows_that_ask_for_them():
 def test_sampled_rows_draw_from_the_penalised_logits():
     n = 10000
     penalised, prompt, output, expected = PENALISED[-1]
-    tokens, logprobs = run(BASE.expand(n, -1).contiguous(), [SamplingParams(**penalised)] * n,
-                           prompt_ids=[prompt] * n, output_ids=[output] * n)
+    tokens, logprobs = run(
+        BASE.expand(n, -1).contiguous(),
+        [SamplingParams(**penalised)] * n,
+        prompt_ids=[prompt] * n,
+        output_ids=[output] * n,
+    )
     assert_drawn_from(tokens, logprobs, torch.softmax(torch.tensor(expected), -1))
 
 
@@ -227,10 +253,12 @@ def test_a_seeded_request_does_not_depend_on_the_batch():
     assert seeded_tokens(lambda step: ([], [])) == alone
 
     def crowd(step):
-        rows = [(STEPS[step].flip(0), SamplingParams(temperature=0.5), None),
-                (STEPS[step], SamplingParams(temperature=0), None),
-                (STEPS[step] * 3, SamplingParams(top_k=3, seed=7), other),
-                (STEPS[step], SamplingParams(min_p=0.1, repetition_penalty=1.0), None)]
+        rows = [
+            (STEPS[step].flip(0), SamplingParams(temperature=0.5), None),
+            (STEPS[step], SamplingParams(temperature=0), None),
+            (STEPS[step] * 3, SamplingParams(top_k=3, seed=7), other),
+            (STEPS[step], SamplingParams(min_p=0.1, repetition_penalty=1.0), None),
+        ]
         return rows[: step % 4], rows[step % 4 :]
 
     assert seeded_tokens(crowd) == alone
@@ -238,11 +266,18 @@ def test_a_seeded_request_does_not_depend_on_the_batch():
 
 def test_a_non_finite_row_fails_alone():
     nan, inf = math.nan, math.inf
-    bad = torch.tensor([[nan] * 5, [2.0, nan, 0.0, 1.0, 0.0], [0.0, inf, 1.0, 0.0, 0.0], [-inf] * 5, [inf, -inf, 0, 0, 0]])
+    bad = torch.tensor(
+        [[nan] * 5, [2.0, nan, 0.0, 1.0, 0.0], [0.0, inf, 1.0, 0.0, 0.0], [-inf] * 5, [inf, -inf, 0, 0, 0]]
+    )
     good = torch.stack([LOGITS, LOGITS.flip(0), LOGITS])
     everything = dict(temperature=0.8, top_k=3, top_p=0.9, min_p=0.05, repetition_penalty=1.2, frequency_penalty=0.5)
-    bad_params = [SamplingParams(**everything), SamplingParams(temperature=0), SamplingParams(top_p=0.5),
-                  SamplingParams(**everything, seed=1), SamplingParams(temperature=0, presence_penalty=1.0)]
+    bad_params = [
+        SamplingParams(**everything),
+        SamplingParams(temperature=0),
+        SamplingParams(top_p=0.5),
+        SamplingParams(**everything, seed=1),
+        SamplingParams(temperature=0, presence_penalty=1.0),
+    ]
     good_params = [SamplingParams(temperature=0), SamplingParams(seed=3, top_k=2), SamplingParams(top_k=2, top_p=0.95)]
     params = [p for pair in zip(bad_params, good_params + [None] * 2) for p in pair if p is not None]
     logits = torch.cat([bad, good])[[0, 5, 1, 6, 2, 7, 3, 4]]
@@ -261,9 +296,14 @@ def test_a_non_finite_row_fails_alone():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_no_host_synchronisation_on_cuda():
     logits = torch.randn(6, 1000, device="cuda")
-    params = [SamplingParams(temperature=0), SamplingParams(top_k=50, top_p=0.9, min_p=0.05, seed=1),
-              SamplingParams(repetition_penalty=1.3, frequency_penalty=0.2), SamplingParams(temperature=0.7),
-              SamplingParams(temperature=0, presence_penalty=0.5), SamplingParams(top_p=0.8)]
+    params = [
+        SamplingParams(temperature=0),
+        SamplingParams(top_k=50, top_p=0.9, min_p=0.05, seed=1),
+        SamplingParams(repetition_penalty=1.3, frequency_penalty=0.2),
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=0, presence_penalty=0.5),
+        SamplingParams(top_p=0.8),
+    ]
     generators = [torch.Generator("cuda").manual_seed(1) if p.seed is not None else None for p in params]
     ids = [np.arange(i, i + 20, dtype=np.int32) for i in range(6)]
     sample_batch(logits, params, generators, ids, ids)  # warm-up: first pinned allocation

@@ -1,4 +1,5 @@
 """The scheduler on its own (no model): priority, starvation guard, page reserve, memory pressure."""
+
 import time
 
 import numpy as np
@@ -6,20 +7,27 @@ import pytest
 
 from radixrt.cache import PageAllocator, RadixCache
 from radixrt.engine.request import Request, State
-from radixrt.params import SamplingParams
 from radixrt.engine.scheduler import LPM_MAX_WAITING, Scheduler
+from radixrt.params import SamplingParams
 
 PAGE = 4
 
 
 def scheduler(num_pages: int, budget: int = 10_000, chunk: int = 10_000, max_running: int = 64) -> Scheduler:
     allocator = PageAllocator(num_pages)
-    return Scheduler(RadixCache(PAGE, allocator), allocator, max_batch_tokens=budget, chunk_size=chunk, max_running=max_running)
+    return Scheduler(
+        RadixCache(PAGE, allocator), allocator, max_batch_tokens=budget, chunk_size=chunk, max_running=max_running
+    )
 
 
 def request(rid: str, tokens, arrival: float | None = None, max_new: int = 100) -> Request:
-    return Request(rid, np.asarray(tokens, dtype=np.int32), SamplingParams(max_new_tokens=max_new), max_new,
-                   arrival=time.perf_counter() if arrival is None else arrival)
+    return Request(
+        rid,
+        np.asarray(tokens, dtype=np.int32),
+        SamplingParams(max_new_tokens=max_new),
+        max_new,
+        arrival=time.perf_counter() if arrival is None else arrival,
+    )
 
 
 def step(s: Scheduler) -> list[tuple[Request, int]]:
@@ -53,7 +61,10 @@ def test_waiting_earns_an_age_credit():
     fresh request with 40 cached tokens."""
     s = scheduler(64, max_running=1)
     cache_prefix(s, list(range(40)))
-    s.waiting += [request("old", list(range(100, 140)), arrival=time.perf_counter() - 1.0), request("warm", list(range(40)) + [1, 2])]
+    s.waiting += [
+        request("old", list(range(100, 140)), arrival=time.perf_counter() - 1.0),
+        request("warm", list(range(40)) + [1, 2]),
+    ]
     assert [r.id for r, _ in step(s)] == ["old"]
 
 
@@ -197,7 +208,9 @@ def test_stats_add_up():
         s.remove(req)
     assert (s.stats.prompt_tokens, s.stats.cached_tokens, s.stats.computed_tokens) == (60, 32, 16 + 4 + 4 + 4)
     assert s.stats.decode_tokens == 3
-    reqs = [request(f"big{i}", list(range(200 + 8 * i, 208 + 8 * i)), arrival=float(i), max_new=5 + 4 * i) for i in range(4)]
+    reqs = [
+        request(f"big{i}", list(range(200 + 8 * i, 208 + 8 * i)), arrival=float(i), max_new=5 + 4 * i) for i in range(4)
+    ]
     s.waiting += reqs
     for _ in range(30):
         step(s)

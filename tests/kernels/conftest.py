@@ -1,4 +1,5 @@
 """Kernel tests: the Triton interpreter's bfloat16 fix, and a per-test random generator."""
+
 import importlib.util
 import os
 import zlib
@@ -8,8 +9,11 @@ import pytest
 import torch
 
 # triton is installed on Linux only; elsewhere the tests that import its kernels are not collected
-collect_ignore = [] if importlib.util.find_spec("triton") else ["test_attention.py", "test_kv_write.py", "test_gpu_compile.py",
-                                                                "test_engine_triton.py"]
+collect_ignore = (
+    []
+    if importlib.util.find_spec("triton")
+    else ["test_attention.py", "test_kv_write.py", "test_gpu_compile.py", "test_engine_triton.py"]
+)
 
 if collect_ignore:
     pass
@@ -22,10 +26,12 @@ elif os.environ.get("TRITON_INTERPRET") == "1":
     def _create_dot_bf16(self, a, b, d, input_precision, max_num_imprecise_acc):
         """The interpreter keeps bfloat16 as raw uint16 bits and multiplies those as integers;
         widen them to float32 (what a GPU's bf16 MMA computes exactly) first."""
+
         def widen(h):
             if h.dtype == tl.bfloat16:
                 return interpreter.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
             return h
+
         return _create_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
 
     interpreter.InterpreterBuilder.create_dot = _create_dot_bf16
@@ -40,6 +46,7 @@ elif os.environ.get("TRITON_INTERPRET") == "1":
         return _convert_float(data, src_type, dst_type, rounding_mode)
 
     interpreter._convert_float = _convert_float_fp8
+
 
 @pytest.fixture
 def gen(request) -> torch.Generator:

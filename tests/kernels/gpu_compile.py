@@ -1,6 +1,7 @@
 """Compile every kernel for an H100 (sm90) without a GPU, with the ptxas that ships in the triton
 wheel: the interpreter accepts code the GPU compiler rejects (a tl.dot under 16, a bad cast), and
 this is where such code fails on a CPU-only machine. Prints one line per variant: OK or FAIL."""
+
 import os
 
 os.environ.pop("TRITON_INTERPRET", None)  # noqa: E402  (must precede the kernels' import)

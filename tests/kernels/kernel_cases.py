@@ -1,4 +1,5 @@
 """Random paged batches for the kernel tests, and running a Triton kernel where it runs."""
+
 import dataclasses
 import os
 
@@ -64,8 +65,10 @@ def make_paged(gen, lens, page_size, kv_heads, head_dim, dtype, fp8=False) -> Pa
         v[p.long()] = torch.randn(len(p), *shape[1:], generator=gen)
     scales = {}
     if fp8:
-        scales = dict(k_scale=torch.rand(kv_heads, generator=gen) * 0.02 + 0.01,
-                      v_scale=torch.rand(kv_heads, generator=gen) * 0.02 + 0.01)
+        scales = dict(
+            k_scale=torch.rand(kv_heads, generator=gen) * 0.02 + 0.01,
+            v_scale=torch.rand(kv_heads, generator=gen) * 0.02 + 0.01,
+        )
         k = (k / scales["k_scale"][:, None]).to(torch.float8_e4m3fn)
         v = (v / scales["v_scale"][:, None]).to(torch.float8_e4m3fn)
     else:
@@ -92,4 +95,6 @@ def consecutive_pages(kv: PagedKV, b: int, n: int) -> PagedKV:
     old = kv.indices[start : start + n].long()
     indices = kv.indices.clone()
     indices[start : start + n] = torch.arange(kv.k.shape[0], kv.k.shape[0] + n, dtype=torch.int32)
-    return PagedKV(torch.cat([kv.k, kv.k[old]]), torch.cat([kv.v, kv.v[old]]), kv.indptr, indices, kv.k_scale, kv.v_scale)
+    return PagedKV(
+        torch.cat([kv.k, kv.k[old]]), torch.cat([kv.v, kv.v[old]]), kv.indptr, indices, kv.k_scale, kv.v_scale
+    )

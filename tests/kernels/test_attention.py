@@ -1,17 +1,19 @@
 """Decode and extend attention, Triton (interpreted on a CPU) and the CPU path, against the
 float64 reference."""
+
 import pytest
 import torch
-
-from radixrt.kernels import cpu, reference
-from radixrt.kernels.layout import PagedKV
-from radixrt.kernels import decode as triton_decode
-from radixrt.kernels import extend as triton_extend
-
 from kernel_cases import TOLERANCE, consecutive_pages, make_paged, on_device, rel_err, share_pages
 
-IMPLS = {"triton": (on_device(triton_decode.decode_attention), on_device(triton_extend.extend_attention)),
-         "cpu": (cpu.decode_attention, cpu.extend_attention)}
+from radixrt.kernels import cpu, reference
+from radixrt.kernels import decode as triton_decode
+from radixrt.kernels import extend as triton_extend
+from radixrt.kernels.layout import PagedKV
+
+IMPLS = {
+    "triton": (on_device(triton_decode.decode_attention), on_device(triton_extend.extend_attention)),
+    "cpu": (cpu.decode_attention, cpu.extend_attention),
+}
 
 # (lens, page_size, kv_heads, group, head_dim, dtype): every page size, head dim, GQA ratio and
 # dtype appears, without the full cross product (the interpreter is slow).
@@ -52,14 +54,20 @@ def test_decode_splits_merge_exactly(num_splits, gen):
     kv = make_paged(gen, lens, 16, 2, 64, torch.float32)
     q = torch.randn(3, 4, 64, generator=gen)
     seq_lens = torch.tensor(lens, dtype=torch.int32)
-    out = on_device(triton_decode.decode_attention)(q, kv, seq_lens, num_splits=num_splits, out=torch.full_like(q, float("nan")))
+    out = on_device(triton_decode.decode_attention)(
+        q, kv, seq_lens, num_splits=num_splits, out=torch.full_like(q, float("nan"))
+    )
     ref = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens)
     assert rel_err(out, ref) < 1e-5
 
 
 def test_more_splits_for_small_batches_with_long_contexts():
     device = torch.device("cpu")
-    assert triton_decode.choose_num_splits(1, 1, 32768, device) > triton_decode.choose_num_splits(64, 8, 32768, device) == 1
+    assert (
+        triton_decode.choose_num_splits(1, 1, 32768, device)
+        > triton_decode.choose_num_splits(64, 8, 32768, device)
+        == 1
+    )
     assert triton_decode.choose_num_splits(1, 1, 100, device) == 1
 
 
@@ -142,7 +150,9 @@ def test_shared_prefix_of_an_fp8_pool(consecutive, gen):
     assert len(cpu.plan_pool_reads(kv, [0, 1, 2], lens).shared) == 1
     q = torch.randn(3, 4, 64, generator=gen)
     seq_lens = torch.tensor(lens, dtype=torch.int32)
-    ref = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens, k_scale=kv.k_scale, v_scale=kv.v_scale)
+    ref = reference.decode_attention(
+        q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens, k_scale=kv.k_scale, v_scale=kv.v_scale
+    )
     assert rel_err(cpu.decode_attention(q, kv, seq_lens), ref) < 1e-5
 
 
@@ -194,7 +204,9 @@ def test_fp8_kv_cache(impl, dtype, gen):
     q = torch.randn(2, 4, 64, generator=gen).to(dtype)
     seq_lens = torch.tensor(lens, dtype=torch.int32)
     out = decode(q, kv, seq_lens, out=torch.full_like(q, float("nan")))
-    ref = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens, k_scale=kv.k_scale, v_scale=kv.v_scale)
+    ref = reference.decode_attention(
+        q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens, k_scale=kv.k_scale, v_scale=kv.v_scale
+    )
     assert rel_err(out, ref) < TOLERANCE[dtype]
 
     prefix, new = torch.tensor([50, 0], dtype=torch.int32), [20, 3]
@@ -202,8 +214,9 @@ def test_fp8_kv_cache(impl, dtype, gen):
     k_new, v_new = (torch.randn(sum(new), 2, 64, generator=gen).to(dtype) for _ in range(2))
     qo_indptr = torch.tensor([0, 20, 23], dtype=torch.int32)
     out = extend(qe, k_new, v_new, kv, qo_indptr, prefix, out=torch.full_like(qe, float("nan")))
-    ref = reference.extend_attention(qe, k_new, v_new, kv.k, kv.v, qo_indptr, kv.indptr, kv.indices, prefix,
-                                     k_scale=kv.k_scale, v_scale=kv.v_scale)
+    ref = reference.extend_attention(
+        qe, k_new, v_new, kv.k, kv.v, qo_indptr, kv.indptr, kv.indices, prefix, k_scale=kv.k_scale, v_scale=kv.v_scale
+    )
     assert rel_err(out, ref) < TOLERANCE[dtype]
 
 
@@ -225,8 +238,12 @@ def test_bad_inputs_are_named(impl, change, message, gen):
     k = torch.zeros(4, 16, 2, head_dim, dtype=pool_dtype)
     if change.get("fp8_without_scales"):
         k = k.to(torch.float8_e4m3fn)
-    kv = PagedKV(k, k.clone(), torch.tensor([0, 1], dtype=change.get("indptr_dtype", torch.int32)),
-                 torch.tensor([2], dtype=torch.int32))
+    kv = PagedKV(
+        k,
+        k.clone(),
+        torch.tensor([0, 1], dtype=change.get("indptr_dtype", torch.int32)),
+        torch.tensor([2], dtype=torch.int32),
+    )
     q = torch.zeros(1, change.get("q_heads", 4), head_dim, dtype=change.get("q_dtype", torch.float32))
     with pytest.raises(ValueError, match=message):
         IMPLS[impl][0](q, kv, torch.tensor([5], dtype=torch.int32))

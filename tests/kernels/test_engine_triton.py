@@ -1,23 +1,25 @@
 """The engine end to end through the Triton kernels (interpreted on CPU tensors without a GPU)
 against the PyTorch CPU path: the same logits and the same greedy tokens, over chunked prefill,
 ragged extends after a radix-cache hit, a batch mixing decode and extend rows, and pure decode."""
+
 import os
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from radixrt.kernels import attention
 from radixrt import Engine, SamplingParams
-from radixrt.kernels import cpu
-from radixrt.kernels.attention import attention_backend
+from radixrt.kernels import attention, cpu
 from radixrt.kernels import decode as triton_decode
 from radixrt.kernels import extend as triton_extend
 from radixrt.kernels import kv_write as triton_kv_write
+from radixrt.kernels.attention import attention_backend
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-pytestmark = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
-                                reason="Triton needs a GPU or TRITON_INTERPRET=1 (set by tests/conftest.py without a GPU)")
+pytestmark = pytest.mark.skipif(
+    not INTERPRET and not torch.cuda.is_available(),
+    reason="Triton needs a GPU or TRITON_INTERPRET=1 (set by tests/conftest.py without a GPU)",
+)
 
 VOCAB, SHARED, PAGE_SIZE, CHUNK = 113, 40, 4, 16
 GREEDY = SamplingParams(max_new_tokens=5, temperature=0, ignore_eos=True)
@@ -29,8 +31,16 @@ def tiny(tmp_path_factory) -> str:
     weights 5x larger than the default init: sharper attention, so that a kernel reading a wrong
     token or mis-scaling its softmax moves the logits by 1e-3 or more, not 1e-5."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.1,
+    )
     path = tmp_path_factory.mktemp("tiny")
     AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
     return str(path)
@@ -42,22 +52,33 @@ def run_scenario(model: str, device: str) -> dict:
     a ragged extend over cached prefix pages, then a step where two decode while the third
     finishes its prompt, then pure decode steps. Returns every sampled row's logits, step by step,
     the later prompts' logprobs and every request's tokens."""
-    engine = Engine(model, page_size=PAGE_SIZE, chunk_size=CHUNK, kv_cache_bytes=1 << 20, device=device, dtype=torch.float32)
+    engine = Engine(
+        model, page_size=PAGE_SIZE, chunk_size=CHUNK, kv_cache_bytes=1 << 20, device=device, dtype=torch.float32
+    )
     steps = []
-    engine.runner.logits_processors.append(lambda logits, reqs: steps.append(([r.id for r in reqs], logits.cpu().clone())))
+    engine.runner.logits_processors.append(
+        lambda logits, reqs: steps.append(([r.id for r in reqs], logits.cpu().clone()))
+    )
     g = torch.Generator().manual_seed(0)
     head = torch.randint(0, VOCAB, (SHARED,), generator=g).tolist()
     first = engine.generate(head + torch.randint(0, VOCAB, (5,), generator=g).tolist(), GREEDY)
-    ids = [engine.add_request(head + torch.randint(0, VOCAB, (own,), generator=g).tolist(), GREEDY, prompt_logprobs_from=SHARED + 1)
-           for own in (3, 9, 20)]
+    ids = [
+        engine.add_request(
+            head + torch.randint(0, VOCAB, (own,), generator=g).tolist(), GREEDY, prompt_logprobs_from=SHARED + 1
+        )
+        for own in (3, 9, 20)
+    ]
     outputs = {rid: [] for rid in ids}
     while engine.has_work():
         for out in engine.step():
             outputs[out.request_id].append(out)
     last = [outs[-1] for outs in outputs.values()]
     assert all(o.finish_reason == "length" and o.cached_tokens == SHARED for o in last), last
-    return {"steps": steps, "tokens": [first.token_ids] + [[t for o in outs for t in o.token_ids] for outs in outputs.values()],
-            "prompt_logprobs": [o.prompt_logprobs for o in last]}
+    return {
+        "steps": steps,
+        "tokens": [first.token_ids] + [[t for o in outs for t in o.token_ids] for outs in outputs.values()],
+        "prompt_logprobs": [o.prompt_logprobs for o in last],
+    }
 
 
 def count_calls(monkeypatch, modules, name: str) -> dict:
@@ -76,7 +97,11 @@ def count_calls(monkeypatch, modules, name: str) -> dict:
 
 def test_engine_through_triton_matches_cpu_path(tiny, monkeypatch):
     calls = {}
-    for name, module in (("decode_attention", triton_decode), ("extend_attention", triton_extend), ("write_kv", triton_kv_write)):
+    for name, module in (
+        ("decode_attention", triton_decode),
+        ("extend_attention", triton_extend),
+        ("write_kv", triton_kv_write),
+    ):
         calls[name] = count_calls(monkeypatch, [module, cpu], name)
 
     monkeypatch.setattr(attention, "ATTENTION", "auto")
@@ -86,7 +111,9 @@ def test_engine_through_triton_matches_cpu_path(tiny, monkeypatch):
         c.clear()
     monkeypatch.setattr(attention, "ATTENTION", "triton")
     got = run_scenario(tiny, "cpu" if INTERPRET else "cuda")
-    assert all(set(c) == {"radixrt.kernels." + m} for c, m in zip(calls.values(), ("decode", "extend", "kv_write"))), calls
+    assert all(set(c) == {"radixrt.kernels." + m} for c, m in zip(calls.values(), ("decode", "extend", "kv_write"))), (
+        calls
+    )
 
     assert [ids for ids, _ in got["steps"]] == [ids for ids, _ in expected["steps"]]
     for i, ((ids, a), (_, b)) in enumerate(zip(got["steps"], expected["steps"])):

@@ -1,12 +1,12 @@
 """Writing new K/V into the paged pool, Triton (interpreted on a CPU) and the CPU path, against
 the reference; every other slot must stay untouched."""
+
 import pytest
 import torch
+from kernel_cases import on_device
 
 from radixrt.kernels import cpu, reference
 from radixrt.kernels import kv_write as triton_kv_write
-
-from kernel_cases import on_device
 
 IMPLS = {"triton": on_device(triton_kv_write.write_kv), "cpu": cpu.write_kv}
 
@@ -52,7 +52,13 @@ def test_write_kv_fp8_saturates(impl, gen):
 def test_write_kv_errors(impl):
     k, v = pools(4, 16, 2, 64, torch.float16)
     with pytest.raises(ValueError, match="new K and V must be"):
-        IMPLS[impl](k, v, torch.tensor([0, 1]), torch.zeros(3, 2, 64, dtype=torch.float16), torch.zeros(3, 2, 64, dtype=torch.float16))
+        IMPLS[impl](
+            k,
+            v,
+            torch.tensor([0, 1]),
+            torch.zeros(3, 2, 64, dtype=torch.float16),
+            torch.zeros(3, 2, 64, dtype=torch.float16),
+        )
     with pytest.raises(ValueError, match="does not match the pool"):
         IMPLS[impl](k, v, torch.tensor([0]), torch.zeros(1, 2, 64), torch.zeros(1, 2, 64))
     k8, v8 = k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn)

@@ -1,5 +1,6 @@
 """The same programs through ``radixrt serve`` (RuntimeEndpoint) as in-process (Runtime): the same
 greedy text, and pins that the server releases."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,10 @@ def program(s, topic):
 
 @pytest.fixture(scope="module")
 def served(tiny_with_tokenizer, tmp_path_factory):
-    server = start_server(["--model", tiny_with_tokenizer, "--workers", "2", "--page-size", "16"],
-                          tmp_path_factory.mktemp("lang") / "serve.log")
+    server = start_server(
+        ["--model", tiny_with_tokenizer, "--workers", "2", "--page-size", "16"],
+        tmp_path_factory.mktemp("lang") / "serve.log",
+    )
     try:
         yield server
     finally:
@@ -48,7 +51,8 @@ def test_a_program_gives_the_same_greedy_text_in_process_and_through_serve(serve
             here_top, there_top = (s.get_meta_info("answer")["output_top_logprobs"] for s in (a, b))
             assert [[t for _, t, _ in top] for top in here_top] == [[t for _, t, _ in top] for top in there_top]
             assert [lp for top in here_top for lp, _, _ in top] == pytest.approx(
-                [lp for top in there_top for lp, _, _ in top], abs=1e-3)
+                [lp for top in there_top for lp, _, _ in top], abs=1e-3
+            )
         used = [(b.token_usage.prompt_tokens, b.token_usage.completion_tokens) for b in (local, remote)]
         assert used[0] == used[1] and used[0][0] > 0 and used[0][1] > 0  # the same requests, counted alike
         assert local.get_model_name() == tiny_with_tokenizer
@@ -61,8 +65,11 @@ def test_a_program_gives_the_same_greedy_text_in_process_and_through_serve(serve
         remote.shutdown()
         local.shutdown()
     with Client(served.address) as client:
-        wait_for(lambda: client.stats()["router"]["pins"] == 0 and client.stats()["router"]["inflight"] == 0, 10,
-                 what="no pins and nothing in flight")
+        wait_for(
+            lambda: client.stats()["router"]["pins"] == 0 and client.stats()["router"]["inflight"] == 0,
+            10,
+            what="no pins and nothing in flight",
+        )
 
 
 def test_a_program_that_raises_leaves_no_pin_or_request_on_the_server(served):
@@ -78,10 +85,15 @@ def test_a_program_that_raises_leaves_no_pin_or_request_on_the_server(served):
         with pytest.raises(KeyError, match="boom"):
             dies.run(backend=remote, temperature=0)
         with Client(served.address) as client:
+
             def clean() -> bool:
                 stats = client.stats()
-                return stats["router"]["pins"] == 0 and stats["router"]["inflight"] == 0 and all(
-                    w["pins"] == 0 and w["running"] == 0 for w in stats["workers"].values())
+                return (
+                    stats["router"]["pins"] == 0
+                    and stats["router"]["inflight"] == 0
+                    and all(w["pins"] == 0 and w["running"] == 0 for w in stats["workers"].values())
+                )
+
             wait_for(clean, 10, what="the program's pins and requests released")
     finally:
         remote.shutdown()

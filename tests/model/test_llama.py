@@ -1,5 +1,6 @@
 """The model against transformers' own forward of the same weights: tiny random checkpoints built
 here, logits of every prompt position, in float32."""
+
 import numpy as np
 import pytest
 import torch
@@ -9,19 +10,47 @@ from radixrt.cache import KVPool, PageAllocator
 from radixrt.model import SequenceChunk, build_batch, load_model
 
 PAGE_SIZE = 4
-SMALL = dict(vocab_size=97, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=256,
-             rms_norm_eps=1e-6)
+SMALL = dict(vocab_size=97, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=256, rms_norm_eps=1e-6)
 CONFIGS = {
-    "mha_tied": LlamaConfig(**SMALL, hidden_size=64, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
-    "gqa3_untied": LlamaConfig(**SMALL, hidden_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
-    "gqa4_llama3_rope": LlamaConfig(**SMALL, hidden_size=128, num_attention_heads=8, num_key_value_heads=2, head_dim=16, rope_scaling={
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 32}),
-    "linear_rope_bias": LlamaConfig(**SMALL, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, attention_bias=True,
-                                    rope_scaling={"rope_type": "linear", "factor": 2.0}),
-    "qwen2_bias_yarn": Qwen2Config(**SMALL, hidden_size=64, num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True,
-                                   rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
-    "mistral_window": MistralConfig(**SMALL, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=64),
+    "mha_tied": LlamaConfig(
+        **SMALL, hidden_size=64, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True
+    ),
+    "gqa3_untied": LlamaConfig(
+        **SMALL, hidden_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False
+    ),
+    "gqa4_llama3_rope": LlamaConfig(
+        **SMALL,
+        hidden_size=128,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    ),
+    "linear_rope_bias": LlamaConfig(
+        **SMALL,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+        rope_scaling={"rope_type": "linear", "factor": 2.0},
+    ),
+    "qwen2_bias_yarn": Qwen2Config(
+        **SMALL,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+    ),
+    "mistral_window": MistralConfig(
+        **SMALL, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=64
+    ),
 }
 
 
@@ -50,8 +79,14 @@ def run(model, pool, allocator, chunks_tokens, prefix_len=0, pages=None, first_l
 
 def pool_for(model, pages=64):
     cfg = model.config
-    return KVPool(num_layers=cfg.num_hidden_layers, kv_heads=cfg.num_key_value_heads, head_dim=model.head_dim,
-                  page_size=PAGE_SIZE, dtype=torch.float32, num_pages=pages), PageAllocator(pages)
+    return KVPool(
+        num_layers=cfg.num_hidden_layers,
+        kv_heads=cfg.num_key_value_heads,
+        head_dim=model.head_dim,
+        page_size=PAGE_SIZE,
+        dtype=torch.float32,
+        num_pages=pages,
+    ), PageAllocator(pages)
 
 
 def rel(a, b):

@@ -1,4 +1,5 @@
 """Where converted GGUF models are cached."""
+
 import shutil
 
 import pytest
@@ -28,8 +29,16 @@ def test_a_head_dim_the_kernels_cannot_run_is_refused_at_load(tmp_path):
 
     from radixrt.model import load_model
 
-    cfg = LlamaConfig(vocab_size=50, hidden_size=24, intermediate_size=32, num_hidden_layers=1, num_attention_heads=3,
-                      num_key_value_heads=1)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=24,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+    )
     AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="attention kernels cannot run this model: head_dim must be a power of two >= 16, got 8"):
+    with pytest.raises(
+        ValueError, match="attention kernels cannot run this model: head_dim must be a power of two >= 16, got 8"
+    ):
         load_model(tmp_path)

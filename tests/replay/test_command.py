@@ -1,5 +1,6 @@
 """``radixrt replay``: simulation, live replay (in-process and through a server whose only worker
 is killed mid-way), its report and plots, and malformed traces."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,22 @@ def test_capacities_parse():
 def test_simulate_prints_lru_and_the_optimum_and_writes_the_report(tmp_path, capsys):
     trace = tmp_path / "t.jsonl"
     write_trace(trace, agent_trace(sessions=4, turns=3))
-    assert main(["replay", str(trace), "--simulate", "--capacity", "8,32,unlimited", "--page-size", "4",
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                str(trace),
+                "--simulate",
+                "--capacity",
+                "8,32,unlimited",
+                "--page-size",
+                "4",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     assert "LRU / optimum" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     rows = report["simulation"]
@@ -39,8 +54,25 @@ def test_simulate_prints_lru_and_the_optimum_and_writes_the_report(tmp_path, cap
 def test_a_live_replay_reports_metrics_and_plots(tmp_path, capsys, tiny_with_tokenizer):
     trace = tmp_path / "t.jsonl"
     write_trace(trace, agent_trace(sessions=3, turns=2))
-    assert main(["replay", str(trace), "--engine", "--model", tiny_with_tokenizer, "--timing", "max", "--page-size", "4",
-                 "--no-progress", "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                str(trace),
+                "--engine",
+                "--model",
+                tiny_with_tokenizer,
+                "--timing",
+                "max",
+                "--page-size",
+                "4",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "6 succeeded, 0 failed" in out and "hit rate" in out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -52,22 +84,45 @@ def test_a_live_replay_reports_metrics_and_plots(tmp_path, capsys, tiny_with_tok
 def test_a_malformed_line_stops_the_replay_or_is_skipped_as_the_flag_says(tmp_path, capsys):
     trace = tmp_path / "t.jsonl"
     good = [json.dumps({"session": "s", "id": f"r{i}", "input_ids": list(range(10 + i, 30 + i))}) for i in range(3)]
-    trace.write_text("\n".join([good[0], '{"session": "s", "id": "bad", "arrival": -1, "input_ids": [1]}', *good[1:]]) + "\n")
+    trace.write_text(
+        "\n".join([good[0], '{"session": "s", "id": "bad", "arrival": -1, "input_ids": [1]}', *good[1:]]) + "\n"
+    )
     assert main(["replay", str(trace), "--simulate", "--capacity", "4", "--page-size", "4"]) == 2
     assert "t.jsonl:2: arrival: Expected `float` >= 0" in capsys.readouterr().err
-    assert main(["replay", str(trace), "--simulate", "--capacity", "4", "--page-size", "4", "--on-error", "skip",
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                str(trace),
+                "--simulate",
+                "--capacity",
+                "4",
+                "--page-size",
+                "4",
+                "--on-error",
+                "skip",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     assert "skipped" in capsys.readouterr().err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["requests"] == 3 and len(report["malformed_lines"]) == 1
 
 
-def test_a_replay_through_a_server_whose_worker_dies_reports_the_errors_and_finishes(tmp_path, capsys, tiny_with_tokenizer):
-    served = start_server(["--model", tiny_with_tokenizer, "--workers", "1", "--page-size", "4"], tmp_path / "serve.log")
+def test_a_replay_through_a_server_whose_worker_dies_reports_the_errors_and_finishes(
+    tmp_path, capsys, tiny_with_tokenizer
+):
+    served = start_server(
+        ["--model", tiny_with_tokenizer, "--workers", "1", "--page-size", "4"], tmp_path / "serve.log"
+    )
     try:
         trace = tmp_path / "t.jsonl"
-        requests = [TraceRequest(f"s{i}", f"s{i}", input_ids=list(range(100 + i, 140 + i)), output_tokens=400)
-                    for i in range(8)]
+        requests = [
+            TraceRequest(f"s{i}", f"s{i}", input_ids=list(range(100 + i, 140 + i)), output_tokens=400) for i in range(8)
+        ]
         write_trace(trace, requests)
 
         def kill_the_worker() -> None:
@@ -78,8 +133,21 @@ def test_a_replay_through_a_server_whose_worker_dies_reports_the_errors_and_fini
 
         killer = threading.Thread(target=kill_the_worker)
         killer.start()
-        code = main(["replay", str(trace), "--server", served.address, "--timing", "max", "--concurrency", "4",
-                     "--no-progress", "--out", str(tmp_path / "out")])
+        code = main(
+            [
+                "replay",
+                str(trace),
+                "--server",
+                served.address,
+                "--timing",
+                "max",
+                "--concurrency",
+                "4",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
         killer.join(60)
         assert code == 0
         summary = json.loads((tmp_path / "out" / "report.json").read_text())["summary"]

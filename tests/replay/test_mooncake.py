@@ -9,8 +9,10 @@ from radixrt.replay.mooncake import block_tokens, load_mooncake
 def test_load(tmp_path):
     path = tmp_path / "trace.jsonl"
     path.write_text(
-        json.dumps({"timestamp": 0, "input_length": 700, "output_length": 5, "hash_ids": [0, 1]}) + "\n\n"
-        + json.dumps({"timestamp": 3, "input_length": 600, "output_length": 9, "hash_ids": [0, 2]}) + "\n"
+        json.dumps({"timestamp": 0, "input_length": 700, "output_length": 5, "hash_ids": [0, 1]})
+        + "\n\n"
+        + json.dumps({"timestamp": 3, "input_length": 600, "output_length": 9, "hash_ids": [0, 2]})
+        + "\n"
     )
     reqs = load_mooncake(path)
     assert [r.hash_ids for r in reqs] == [(0, 1), (0, 2)] and reqs[1].timestamp_ms == 3

@@ -81,7 +81,9 @@ def trie_reuse(prompts, page_size: int) -> int:
 def test_unlimited_capacity_is_the_trie_reuse():
     rng = np.random.default_rng(1)
     heads = [rng.integers(0, 50, n, dtype=np.int32) for n in (8, 13, 30)]
-    prompts = [np.r_[heads[rng.integers(3)], rng.integers(0, 3, rng.integers(0, 12), dtype=np.int32)] for _ in range(200)]
+    prompts = [
+        np.r_[heads[rng.integers(3)], rng.integers(0, 3, rng.integers(0, 12), dtype=np.int32)] for _ in range(200)
+    ]
     for page_size in (1, 3, 8):
         total = sum(len(p) // page_size for p in prompts)
         opt = simulate_optimal(prompts, page_size, None)
@@ -131,7 +133,12 @@ def naive_belady(prompts, page_size: int, capacity: int) -> int:
         cache.update(path)
         while len(cache) > capacity:
             leaves = cache - {q[:-page_size] for q in cache}
-            cache.remove(max(leaves, key=lambda q: (next((i for i in range(j + 1, len(paths)) if q in paths[i]), len(paths)), len(q))))
+            cache.remove(
+                max(
+                    leaves,
+                    key=lambda q: (next((i for i in range(j + 1, len(paths)) if q in paths[i]), len(paths)), len(q)),
+                )
+            )
     return hits
 
 

@@ -1,5 +1,6 @@
 """Live replay through an in-process Runtime on a tiny random model: closed-loop sessions,
 metrics, long prompts, and agreement with the cache-only simulator."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import radixrt.lang as sgl
 from radixrt.replay.cache_sim import simulate
 from radixrt.replay.metrics import summarize, unique_tokens
-from radixrt.replay.replayer import ReplayOptions, Replayer
+from radixrt.replay.replayer import Replayer, ReplayOptions
 from radixrt.replay.trace import TraceRequest
 from testkit.traces import agent_trace
 
@@ -37,7 +38,9 @@ def test_sessions_are_closed_loops_and_the_metrics_add_up(rt):
 
 
 def test_long_prompts_are_skipped_or_cut_and_counted(rt):
-    long = TraceRequest("x", "long", input_ids=list(range(100, 700)), output_tokens=8)  # the context is 2048... of tokens
+    long = TraceRequest(
+        "x", "long", input_ids=list(range(100, 700)), output_tokens=8
+    )  # the context is 2048... of tokens
     room = min(rt.engine.max_context, rt.engine.pool.num_tokens)
     too_long = TraceRequest("y", "too-long", input_ids=[5] * (room + 10), output_tokens=8)
     skip = summarize(Replayer(rt, ReplayOptions(timing="max", progress=False)).run([long, too_long]))
@@ -53,8 +56,13 @@ def test_one_request_at_a_time_the_engine_hits_what_the_simulator_predicts(tiny_
     the engine's admission rules predicts; the plain simulation (whole pages only) within 2%."""
     rng = np.random.default_rng(3)
     heads = [rng.integers(10, 40000, 36).tolist() for _ in range(4)]
-    prompts = [np.asarray(heads[int(rng.integers(4))] + rng.integers(10, 40000, int(rng.integers(1, 20)) * 4 + 2).tolist(),
-                          dtype=np.int32) for _ in range(40)]
+    prompts = [
+        np.asarray(
+            heads[int(rng.integers(4))] + rng.integers(10, 40000, int(rng.integers(1, 20)) * 4 + 2).tolist(),
+            dtype=np.int32,
+        )
+        for _ in range(40)
+    ]
     page, pages = 4, 60
     runtime = sgl.Runtime(tiny_with_tokenizer, page_size=page, kv_cache_bytes=1 << 20)
     runtime.shutdown()

@@ -1,4 +1,5 @@
 """The trace format and its importers, on small hand-made files."""
+
 import json
 
 import numpy as np
@@ -22,15 +23,21 @@ def test_the_format_round_trips(tmp_path):
     assert prompt_tokens(requests[3]).tolist() == [0, 1, 8, 9] and prompt_tokens(requests[2]).dtype == np.int32
 
 
-@pytest.mark.parametrize("line, message", [
-    ({"session": "s", "id": "x", "arrival": "soon", "prompt": "p"}, r":2: arrival: Expected `float`, got `str`"),
-    ({"session": "s", "id": "x", "prompt": "p", "input_ids": [1]}, r":2: give exactly one of .* \(got prompt, input_ids\)"),
-    ({"session": "s", "id": "x", "hash_ids": [1]}, r":2: block_size goes with hash_ids"),
-    ({"session": "s", "id": "x", "prompt": "p", "colour": 1}, r":2: .*colour"),
-    ({"session": "s", "id": "a", "prompt": "p"}, r":2: id: 'a' is used by an earlier request"),
-    ({"session": "s", "id": "x", "prompt": "p", "parent": "zz"}, r":2: parent: 'zz' names no earlier request"),
-    ({"session": "s", "id": "x", "input_ids": [-1]}, r":2: input_ids\[0\]: Expected `int` >= 0"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ({"session": "s", "id": "x", "arrival": "soon", "prompt": "p"}, r":2: arrival: Expected `float`, got `str`"),
+        (
+            {"session": "s", "id": "x", "prompt": "p", "input_ids": [1]},
+            r":2: give exactly one of .* \(got prompt, input_ids\)",
+        ),
+        ({"session": "s", "id": "x", "hash_ids": [1]}, r":2: block_size goes with hash_ids"),
+        ({"session": "s", "id": "x", "prompt": "p", "colour": 1}, r":2: .*colour"),
+        ({"session": "s", "id": "a", "prompt": "p"}, r":2: id: 'a' is used by an earlier request"),
+        ({"session": "s", "id": "x", "prompt": "p", "parent": "zz"}, r":2: parent: 'zz' names no earlier request"),
+        ({"session": "s", "id": "x", "input_ids": [-1]}, r":2: input_ids\[0\]: Expected `int` >= 0"),
+    ],
+)
 def test_a_bad_line_is_named_and_can_be_skipped(tmp_path, line, message):
     path = tmp_path / "t.jsonl"
     good = {"session": "s", "id": "a", "prompt": "p"}
@@ -49,13 +56,18 @@ def test_mooncake_import(tmp_path):
 
 
 def test_lmcache_import_groups_sessions_in_time_order(tmp_path):
-    lines = [{"timestamp": 3_000_000, "input": "q2", "output": "a2", "session_id": "s"},
-             {"timestamp": 1_000_000, "input": "q1", "output": "a1", "session_id": "s"},
-             {"timestamp": 2_000_000, "input": "other", "output": "", "session_id": "t"}]
+    lines = [
+        {"timestamp": 3_000_000, "input": "q2", "output": "a2", "session_id": "s"},
+        {"timestamp": 1_000_000, "input": "q1", "output": "a1", "session_id": "s"},
+        {"timestamp": 2_000_000, "input": "other", "output": "", "session_id": "t"},
+    ]
     (tmp_path / "x.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
     requests = from_lmcache([tmp_path])
     assert [(r.id, r.arrival, r.prompt, r.parent) for r in requests] == [
-        ("s-0", 0.0, "q1", None), ("t-0", 1.0, "other", None), ("s-1", 2.0, "q2", "s-0")]
+        ("s-0", 0.0, "q1", None),
+        ("t-0", 1.0, "other", None),
+        ("s-1", 2.0, "q2", "s-0"),
+    ]
     (tmp_path / "bad.jsonl").write_text('{"timestamp": 1}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: not an LMCache agent-trace record"):
         from_lmcache([tmp_path])
@@ -63,9 +75,19 @@ def test_lmcache_import_groups_sessions_in_time_order(tmp_path):
 
 def test_chat_log_import(tmp_path):
     path = tmp_path / "chats.json"
-    path.write_text(json.dumps([[{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
-                                 {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
-                                 {"role": "assistant", "content": "A2"}]]))
+    path.write_text(
+        json.dumps(
+            [
+                [
+                    {"role": "system", "content": "S"},
+                    {"role": "user", "content": "U1"},
+                    {"role": "assistant", "content": "A1"},
+                    {"role": "user", "content": "U2"},
+                    {"role": "assistant", "content": "A2"},
+                ]
+            ]
+        )
+    )
     first, second = from_chat_logs(path)
     assert [m.content for m in first.messages] == ["S", "U1"] and first.output == "A1"
     assert [m.content for m in second.messages] == ["S", "U1", "A1", "U2"] and second.parent == first.id

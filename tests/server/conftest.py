@@ -1,5 +1,6 @@
 """Servers for the server tests: ``radixrt serve`` as a real process tree on loopback, stopped (and
 checked for leftover processes) even when a test fails."""
+
 from __future__ import annotations
 
 import pytest

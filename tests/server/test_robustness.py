@@ -1,6 +1,7 @@
 """The server under bad input, overload and hostile endings, on a tiny random model (fast steps):
 fuzzed frames, ten times more requests than the KV cache holds, CURVE keys, and a killed serve
 process that must not leave workers behind."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,25 +33,50 @@ def tiny_server(serve, tiny_with_tokenizer):
 def _fuzz_frames(rng: random.Random, n: int) -> list[tuple[str, bytes]]:
     """(kind, frame) pairs: every kind of malformed message a client could send."""
     enc = msgspec.msgpack.encode
-    bad_params = [{"temperature": -1.0}, {"top_p": 0.0}, {"top_p": 2.5}, {"top_k": -3}, {"max_new_tokens": -1},
-                  {"min_p": 1.0}, {"stop": [""]}, {"seed": 1.5}, {"temperature": "hot"}, {"nucleus": 0.9},
-                  {"repetition_penalty": 0.0}, {"frequency_penalty": 3.0}, {"stop_token_ids": [-2]}, {"logprobs": "yes"}]
+    bad_params = [
+        {"temperature": -1.0},
+        {"top_p": 0.0},
+        {"top_p": 2.5},
+        {"top_k": -3},
+        {"max_new_tokens": -1},
+        {"min_p": 1.0},
+        {"stop": [""]},
+        {"seed": 1.5},
+        {"temperature": "hot"},
+        {"nucleus": 0.9},
+        {"repetition_penalty": 0.0},
+        {"frequency_penalty": 3.0},
+        {"stop_token_ids": [-2]},
+        {"logprobs": "yes"},
+    ]
     makers = [
         lambda: ("random bytes", rng.randbytes(rng.randrange(0, 64))),
         lambda: ("not a map", enc(rng.choice([1, "generate", [1, 2, 3], None, 2.5, [{"type": "generate"}]]))),
-        lambda: ("unknown tag", enc({"type": rng.choice(["generat", "GENERATE", "shutdown", "submit", "", 7]), "id": "x"})),
+        lambda: (
+            "unknown tag",
+            enc({"type": rng.choice(["generat", "GENERATE", "shutdown", "submit", "", 7]), "id": "x"}),
+        ),
         lambda: ("wrong version", enc({"type": "hello", "version": rng.choice([0, 2, 99, -1])})),
         lambda: ("missing field", enc({"type": "generate", "prompt": "hi"})),
         lambda: ("wrong type", enc({"type": "generate", "id": rng.choice([5, None, ["a"], ""]), "prompt": "hi"})),
         lambda: ("wrong type", enc({"type": "generate", "id": "t", "prompt": rng.choice([5, ["a"], {"x": 1}])})),
         lambda: ("unknown field", enc({"type": "generate", "id": "t", "prompt": "hi", "priority": 1})),
-        lambda: ("bad sampling", enc({"type": "generate", "id": "t", "prompt": "hi", "params": rng.choice(bad_params)})),
-        lambda: ("bad prompt", enc({"type": "generate", "id": "t", "input_ids": rng.choice([[], [10**9], [-1], [1.5]])})),
+        lambda: (
+            "bad sampling",
+            enc({"type": "generate", "id": "t", "prompt": "hi", "params": rng.choice(bad_params)}),
+        ),
+        lambda: (
+            "bad prompt",
+            enc({"type": "generate", "id": "t", "input_ids": rng.choice([[], [10**9], [-1], [1.5]])}),
+        ),
         lambda: ("two prompts", enc({"type": "generate", "id": "t", "prompt": "hi", "input_ids": [1, 2]})),
         lambda: ("no prompt", enc({"type": "generate", "id": "t"})),
         lambda: ("too long", enc({"type": "generate", "id": "t", "input_ids": [5] * 5000})),
         lambda: ("bad chat", enc({"type": "generate", "id": "t", "messages": [{"role": "user"}]})),
-        lambda: ("bad namespace", enc({"type": "generate", "id": "t", "prompt": "hi", "namespace": rng.choice([3, "n" * 300])})),
+        lambda: (
+            "bad namespace",
+            enc({"type": "generate", "id": "t", "prompt": "hi", "namespace": rng.choice([3, "n" * 300])}),
+        ),
         lambda: ("truncated", enc({"type": "generate", "id": "t", "prompt": "hello there"})[:-3]),
     ]
     return [rng.choice(makers)() for _ in range(n)]
@@ -84,7 +110,11 @@ def test_fuzzed_frames_get_errors_and_nothing_dies(tiny_server):
         # The 1,000th: over the size limit. ZeroMQ drops the connection that sent it; the socket
         # reconnects by itself, and the router has forgotten it.
         sock.send(b"\x00" * (p.MAX_MESSAGE_BYTES + 1))
-        wait_for(lambda: sock.send(p.encode(p.GetHealth())) or (sock.poll(200) and reply()), 10, what="a reply after reconnecting")
+        wait_for(
+            lambda: sock.send(p.encode(p.GetHealth())) or (sock.poll(200) and reply()),
+            10,
+            what="a reply after reconnecting",
+        )
     finally:
         sock.close()
         context.term()
@@ -108,7 +138,9 @@ def test_bad_requests_raise_errors_that_name_the_problem(tiny_server):
 
 def test_constraints_travel_with_the_request(tiny_server):
     with Client(tiny_server.address) as client:
-        outs = client.generate(["Code:"] * 4, SamplingParams(max_new_tokens=40, temperature=1.0, regex=r"[A-Z]{3}-[0-9]{2}"))
+        outs = client.generate(
+            ["Code:"] * 4, SamplingParams(max_new_tokens=40, temperature=1.0, regex=r"[A-Z]{3}-[0-9]{2}")
+        )
         assert all(re.fullmatch(r"[A-Z]{3}-[0-9]{2}", o.text) and o.finish_reason == "stop" for o in outs), outs
         with pytest.raises(InvalidRequest, match="json_schema constraint cannot be compiled"):
             client.generate("x", SamplingParams(json_schema='{"type": 5}'))
@@ -184,20 +216,30 @@ def test_too_many_requests_from_one_client_is_an_error(serve, tiny_with_tokenize
 
 def test_keys_guard_non_loopback_and_let_key_holders_in(tmp_path, tiny_with_tokenizer):
     cmd = [sys.executable, "-m", "radixrt"]
-    refused = subprocess.run([*cmd, "serve", "--model", tiny_with_tokenizer, "--host", "0.0.0.0", "--port", "0"],
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [*cmd, "serve", "--model", tiny_with_tokenizer, "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2 and "--keys" in refused.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        busy = subprocess.run([*cmd, "serve", "--model", tiny_with_tokenizer, "--port", str(taken.getsockname()[1])],
-                              capture_output=True, text=True, timeout=120)
+        busy = subprocess.run(
+            [*cmd, "serve", "--model", tiny_with_tokenizer, "--port", str(taken.getsockname()[1])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert busy.returncode == 2 and "Address already in use" in busy.stderr, busy.stderr[-2000:]
     keys, stranger = tmp_path / "keys", tmp_path / "stranger"
     subprocess.run([*cmd, "keys", str(keys)], check=True, timeout=60)
     subprocess.run([*cmd, "keys", str(stranger)], check=True, timeout=60)
     (stranger / "server.key").write_bytes((keys / "server.key").read_bytes())  # knows the server, not let in
-    served = start_server(["--model", tiny_with_tokenizer, "--workers", "1", "--keys", str(keys)], tmp_path / "serve.log")
+    served = start_server(
+        ["--model", tiny_with_tokenizer, "--workers", "1", "--keys", str(keys)], tmp_path / "serve.log"
+    )
     try:
         with Client(served.address, keys=keys) as client:
             assert len(client.generate("hi", SamplingParams(max_new_tokens=3)).token_ids) == 3
@@ -210,8 +252,10 @@ def test_keys_guard_non_loopback_and_let_key_holders_in(tmp_path, tiny_with_toke
 
 def test_killing_serve_leaves_no_worker_behind_and_fails_its_clients_requests(tmp_path, tiny_with_tokenizer):
     # a killed serve cannot remove its private socket directory: keep it under tmp_path
-    served = start_server(["--model", tiny_with_tokenizer, "--workers", "2", "--worker-address", f"ipc://{tmp_path}/w1"],
-                          tmp_path / "serve.log")
+    served = start_server(
+        ["--model", tiny_with_tokenizer, "--workers", "2", "--worker-address", f"ipc://{tmp_path}/w1"],
+        tmp_path / "serve.log",
+    )
     pids = list(served.worker_pids().values())
     assert len(pids) == 2
     long = SamplingParams(max_new_tokens=100_000, ignore_eos=True)
@@ -224,8 +268,10 @@ def test_killing_serve_leaves_no_worker_behind_and_fails_its_clients_requests(tm
     served.proc.wait(10)
 
     async def async_side():  # a fresh server, the asyncio client
-        again = start_server(["--model", tiny_with_tokenizer, "--workers", "1", "--worker-address", f"ipc://{tmp_path}/w2"],
-                             tmp_path / "serve2.log")
+        again = start_server(
+            ["--model", tiny_with_tokenizer, "--workers", "1", "--worker-address", f"ipc://{tmp_path}/w2"],
+            tmp_path / "serve2.log",
+        )
         pids.extend(again.worker_pids().values())
         async with AsyncClient(again.address) as client:
             task = asyncio.create_task(client.generate(["one", "two"], long))
@@ -242,9 +288,24 @@ def test_killing_serve_leaves_no_worker_behind_and_fails_its_clients_requests(tm
 def test_a_remote_worker_joins_and_its_loss_fails_requests_when_none_is_left(serve, tiny_with_tokenizer, tmp_path):
     port = free_port()
     served = serve("--model", tiny_with_tokenizer, "--workers", "0", "--worker-address", f"tcp://127.0.0.1:{port}")
-    worker = subprocess.Popen([sys.executable, "-m", "radixrt", "worker", "--connect", f"tcp://127.0.0.1:{port}",
-                               "--model", tiny_with_tokenizer, "--name", "remote", "--threads", "1"],
-                              stderr=(tmp_path / "worker.log").open("w"), env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radixrt",
+            "worker",
+            "--connect",
+            f"tcp://127.0.0.1:{port}",
+            "--model",
+            tiny_with_tokenizer,
+            "--name",
+            "remote",
+            "--threads",
+            "1",
+        ],
+        stderr=(tmp_path / "worker.log").open("w"),
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     try:
         with Client(served.address) as client:
             with pytest.raises(Exception, match="unavailable"):

@@ -1,11 +1,12 @@
 """The router in this process, without workers: the handshake, refusals and its own faults, over a
 real socket (each turn of its loop is run by the test)."""
+
 import msgspec
 import pytest
 import zmq
 
-from radixrt.wire import protocol as p
 from radixrt.server.router import Router
+from radixrt.wire import protocol as p
 
 
 @pytest.fixture

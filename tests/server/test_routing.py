@@ -1,9 +1,10 @@
 """Routing policies and the router's per-worker views, against a real worker-side cache."""
+
 import numpy as np
 
 from radixrt.cache import PageAllocator, RadixCache
-from radixrt.wire.protocol import WireCacheEvent
 from radixrt.server.routing import CacheAware, RoundRobin, WorkerView
+from radixrt.wire.protocol import WireCacheEvent
 
 PAGE = 4
 

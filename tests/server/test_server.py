@@ -1,6 +1,7 @@
 """The server against the in-process engine, on the default model: same greedy tokens through
 ``radixrt serve`` with one and two workers, streamed or not; aborts free pages; a worker killed
 mid-stream or a client killed mid-stream loses nothing and leaks nothing."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,12 @@ from testkit.servers import pid_alive, settled, wait_for
 
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0)
 SYSTEM = {"role": "system", "content": "You are a helpful assistant who answers in one sentence."}
-QUESTIONS = ["What is the capital of France?", "Why is the sky blue?", "Name a prime number above 50.",
-             "What do bees make?"]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "Name a prime number above 50.",
+    "What do bees make?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +58,17 @@ def test_greedy_outputs_equal_the_engine(engine, serve, two_workers, workers):
         got = client.generate(chats(), GREEDY)  # chat messages: the router applies the template
         assert [o.token_ids for o in got] == [e.token_ids for e in expected]
         assert [o.text for o in got] == [e.text for e in expected]
-        assert all(o.finish_reason == e.finish_reason and o.prompt_tokens == len(p) for o, e, p in zip(got, expected, prompts))
+        assert all(
+            o.finish_reason == e.finish_reason and o.prompt_tokens == len(p) for o, e, p in zip(got, expected, prompts)
+        )
         by_ids = client.generate(prompts, GREEDY)
         assert [o.token_ids for o in by_ids] == [e.token_ids for e in expected]
         streamed = ["".join(client.stream(p, GREEDY)) for p in prompts]
         assert streamed == [e.text for e in expected]
         outs = list(client.outputs(prompts[0], GREEDY))  # every step's output says what its prompt cost
-        assert len(outs) > 1 and {(o.prompt_tokens, o.cached_tokens) for o in outs} == {(len(prompts[0]), outs[-1].cached_tokens)}
+        assert len(outs) > 1 and {(o.prompt_tokens, o.cached_tokens) for o in outs} == {
+            (len(prompts[0]), outs[-1].cached_tokens)
+        }
         assert GenerateOutput(outs[0].request_id).add(outs[0]).token_ids == outs[0].token_ids
         if workers == 2:
             assert set(o.cached_tokens > 0 for o in by_ids) == {True}  # each went where its prefix was
@@ -72,8 +81,12 @@ def test_stop_strings_are_the_router_s(engine, two_workers):
     expected = engine.generate(prompt, params)
     with Client(two_workers.address) as client:
         got = client.generate(prompt, params)
-        assert (got.text, got.token_ids, got.matched_stop, got.text_token_count) == \
-               (expected.text, expected.token_ids, expected.matched_stop, expected.text_token_count)
+        assert (got.text, got.token_ids, got.matched_stop, got.text_token_count) == (
+            expected.text,
+            expected.token_ids,
+            expected.matched_stop,
+            expected.text_token_count,
+        )
         pieces = list(client.stream(prompt, params))
         assert "".join(pieces) == expected.text and all(", 4" not in piece for piece in pieces)
         wait_for(lambda: settled(client), 10, what="the cancelled request's pages")
@@ -110,8 +123,10 @@ def test_a_killed_worker_s_requests_finish_elsewhere(engine, two_workers):
     """kill -9 of a worker mid-stream: every request completes, greedy text equals an uninterrupted
     run, the death is noticed within 2 s, and the restarted worker takes requests again."""
     params = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
-    prompts = [engine.apply_chat_template([SYSTEM, {"role": "user", "content": f"Describe the number {n} at length."}])
-               for n in range(6)]
+    prompts = [
+        engine.apply_chat_template([SYSTEM, {"role": "user", "content": f"Describe the number {n} at length."}])
+        for n in range(6)
+    ]
     expected = [o.text for o in engine.generate(prompts, params)]
     served = two_workers
     progress, killed = threading.Event(), {}
@@ -176,7 +191,9 @@ asyncio.run(main())
 
 
 def test_a_killed_client_s_requests_are_cancelled(two_workers):
-    proc = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, two_workers.address], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLIENT_SCRIPT, two_workers.address], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "streaming"
         with Client(two_workers.address) as client:

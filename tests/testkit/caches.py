@@ -1,4 +1,5 @@
 """Radix caches for tests: a cache with its allocator, inserting a prompt, prompts that collide."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Real servers for tests: ``radixrt serve`` as a process tree on loopback, and waiting on it."""
+
 from __future__ import annotations
 
 import time
@@ -25,10 +26,11 @@ def start_server(args: list[str], log: Path) -> ServerProcess:
     return ServerProcess(["--threads", "1", *args], log, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
 
 
-
 def settled(client: Client) -> bool:
     """Nothing in flight and no page lost: every worker's pages are free or cached."""
     stats = client.stats()
     workers = stats["workers"].values()
     return stats["router"]["inflight"] == 0 and all(
-        w["running"] == 0 and w["waiting"] == 0 and w["pages_free"] + w["pages_cached"] == w["pages_total"] for w in workers)
+        w["running"] == 0 and w["waiting"] == 0 and w["pages_free"] + w["pages_cached"] == w["pages_total"]
+        for w in workers
+    )

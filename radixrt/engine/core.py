@@ -1,0 +1,375 @@
+"""The engine's core: model, KV pool, radix cache, scheduler and model runner behind a small
+public API, and the core a worker process runs.
+
+``step()`` is the one driver: it runs a batch and returns a ``RequestOutput`` for every request
+that made progress or ended. A request is forgotten as soon as it ends (its last output carries
+everything), so its id can be used again. ``Engine`` (``engine.py``) adds the loops over the same
+steps that callers in the same process use: ``generate``, ``stream``, ``score_choices``.
+
+A failure that belongs to one request (impossible logits, a tokenizer error) fails that request
+alone; a failed forward (out of device memory, say) fails the requests of that batch. Either way
+the request's pages go back and the engine goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from radixrt.cache import KVPool, PageAllocator, RadixCache
+from radixrt.cache.radix_cache import Node
+from radixrt.engine.admission import ModelLimits, admit
+from radixrt.engine.constraints import Grammars
+from radixrt.engine.detokenizer import IncrementalDetokenizer
+from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
+from radixrt.engine.output_text import OutputText, text_token_count
+from radixrt.engine.request import Request, State
+from radixrt.engine.scheduler import Scheduler
+from radixrt.model import load_model
+from radixrt.outputs import RequestOutput
+from radixrt.params import SamplingParams
+from radixrt.prompts import Prompt, prompt_ids
+
+MAX_PINNED_FRACTION = 0.5  # of the KV pool's pages: the most that pins may hold
+
+
+class EngineCore:
+    """What a worker runs: requests in, one batch a step, outputs out. Its arguments are
+    ``Engine``'s."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        page_size: int = 16,
+        kv_cache_bytes: int | None = None,
+        max_batch_tokens: int = 2048,
+        chunk_size: int = 1024,
+        max_running: int = 64,
+        enable_cache: bool = True,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        detokenize: bool = True,
+    ) -> None:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        loaded = load_model(model, dtype=dtype, device=device)
+        self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, device
+        self.model_path = loaded.path
+        self.detokenize = detokenize and self.tokenizer is not None
+        cfg = self.model.config
+        self.vocab_size = cfg.vocab_size
+        self.max_context = self.model.max_context
+        self.pool = KVPool(
+            num_layers=cfg.num_hidden_layers,
+            kv_heads=cfg.num_key_value_heads,
+            head_dim=self.model.head_dim,
+            page_size=page_size,
+            dtype=dtype,
+            device=device,
+            max_bytes=kv_cache_budget(device, kv_cache_bytes),
+        )
+        self.allocator = PageAllocator(self.pool.num_pages)
+        self.cache = RadixCache(page_size, self.allocator)
+        self.scheduler = Scheduler(
+            self.cache,
+            self.allocator,
+            max_batch_tokens=max_batch_tokens,
+            chunk_size=chunk_size,
+            max_running=max_running,
+            enable_cache=enable_cache,
+        )
+        self.runner = ModelRunner(self.model, self.pool, device)
+        self.eos_ids = self._eos_ids()
+        self.runner.logits_processors.append(self._hold_stop_tokens)
+        self.requests: dict[str, Request] = {}  # queued or running
+        self.failed_requests = 0
+        self._ids = itertools.count()
+        self._undelivered: list[RequestOutput] = []  # outputs the next step() returns
+        self._mailboxes: dict[str, list[RequestOutput]] = {}  # outputs of requests an in-process driver added
+        self._grammar_cache: Grammars | None = None
+        self.pins: dict[str, tuple[Node, int]] = {}  # request id -> the cache node its pin holds, its pages
+        self.pins_refused = 0
+
+    # ---- the core --------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        namespace: Hashable = None,
+        arrival_time: float | None = None,
+        prompt_logprobs_from: int | None = None,
+        resumed: int = 0,
+        pin: bool = False,
+        score_next: Sequence[int] = (),
+    ) -> str:
+        """Queue a prompt (text or token ids); raises ``ValueError`` naming what is wrong with it.
+
+        ``max_new_tokens`` is clipped to what the model's context and the KV pool can hold past
+        the prompt; a request that reaches that limit ends with finish reason "length".
+        ``arrival_time`` (``time.perf_counter()`` clock; default now) dates the request for
+        scheduling and latency figures, as a replayed trace needs. ``prompt_logprobs_from``
+        asks for the log-probability of each prompt token from that position on. ``resumed``
+        says that the prompt's last tokens are that request's output so far, produced elsewhere
+        (a worker that died): its constraint, if any, takes them before it constrains the rest, and
+        frequency, presence and repetition penalties count them as output. ``pin`` keeps the
+        request's tokens (whole pages of them) in the cache after it finishes, safe from eviction,
+        until ``unpin(request_id)``: a program's shared trunk, say, that branches will reuse. A pin
+        is best-effort: one that would take pinned pages past ``MAX_PINNED_FRACTION`` of the pool
+        is not kept (``stats()["pins_refused"]``), so that pins never starve running requests.
+        ``score_next`` asks for the log-probability of each of these tokens right after the prompt
+        (``next_logprobs`` of the last output): a ``select`` scores the first tokens of all its
+        choices in one request."""
+        params = params or SamplingParams()
+        tokens = prompt_ids(prompt, self.tokenizer)
+        grammars = self._grammars() if params.constrained and self.tokenizer is not None else None
+        score_next = admit(
+            tokens, params, self.limits, grammars, prompt_logprobs_from=prompt_logprobs_from, score_next=score_next
+        )
+        tokens = tokens.tolist()
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"a request id is a non-empty string, got {request_id!r}")
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if pin and request_id in self.pins:
+            raise ValueError(f"request id {request_id!r} already names a pin: unpin it first")
+        room = min(self.max_context, self.pool.num_tokens) - len(tokens)
+        generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
+        text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.detokenize else None
+        if isinstance(resumed, bool) or not isinstance(resumed, int) or not 0 <= resumed < len(tokens):
+            raise ValueError(
+                f"resumed must be a count of the prompt's last tokens in 0..{len(tokens) - 1}, got {resumed!r}"
+            )
+        constraint = self._grammars().matcher(params) if params.constrained else None
+        if (
+            constraint is not None
+            and resumed
+            and not all(constraint.accept_token(t) for t in tokens[len(tokens) - resumed :])
+        ):
+            raise ValueError("the tokens generated so far do not fit the request's constraint")
+        req = Request(
+            request_id,
+            np.asarray(tokens, dtype=np.int32),
+            params,
+            min(params.max_new_tokens, room),
+            namespace,
+            arrival=time.perf_counter() if arrival_time is None else float(arrival_time),
+            prompt_logprobs_from=prompt_logprobs_from,
+            generator=generator,
+            output_text=text,
+            constraint=constraint,
+            resumed=resumed,
+            pin=bool(pin),
+            score_next=score_next,
+        )
+        self.requests[request_id] = req
+        self.scheduler.waiting.append(req)
+        return request_id
+
+    def step(self) -> list[RequestOutput]:
+        """Run one batch. Returns an output for every request that made progress or ended since
+        the last call (abort's outputs included), except those of requests that ``generate``,
+        ``stream`` or ``score_choices`` added. Never raises for a request's fault."""
+        self._advance()
+        outputs, self._undelivered = self._undelivered, []
+        return outputs
+
+    def abort(self, request_id: str) -> bool:
+        """End a queued or running request; its last output comes with the next ``step()``."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return False
+        self.scheduler.remove(req)
+        self._deliver(self._end(req, State.ABORTED, "abort"))
+        return True
+
+    def unpin(self, request_id: str) -> bool:
+        """Release what a ``pin=True`` request kept cached (it becomes evictable, least recently
+        used first, like any cached prefix). False if ``request_id`` holds no pin."""
+        pin = self.pins.pop(request_id, None)
+        if pin is None:
+            return False
+        self.cache.unlock(pin[0])
+        return True
+
+    def flush_cache(self) -> bool:
+        """Drop every cached prefix; refused (False) while requests are queued or running or pins are
+        held, since their pages cannot go."""
+        if self.requests or self.pins:
+            return False
+        self.cache.reset()
+        return True
+
+    def has_work(self) -> bool:
+        return bool(self.requests or self._undelivered)
+
+    # ---- misc ------------------------------------------------------------------------------
+
+    @property
+    def limits(self) -> ModelLimits:
+        return ModelLimits(self.vocab_size, self.max_context, self.pool.num_tokens, self.detokenize)
+
+    def stats(self) -> dict:
+        s = self.scheduler.stats
+        return {
+            **asdict(s),
+            "hit_rate": s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
+            "failed_requests": self.failed_requests,
+            "pages_total": self.pool.num_pages,
+            "pages_free": self.allocator.available(),
+            "pages_cached": self.cache.total_size(),
+            "pages_locked": self.cache.protected_size(),  # by running requests and pins
+            "pins": len(self.pins),
+            "pins_refused": self.pins_refused,
+            "max_context": self.max_context,
+            "kv_cache_tokens": self.pool.num_tokens,
+            "running": len(self.scheduler.running),
+            "waiting": len(self.scheduler.waiting),
+        }
+
+    # ---- one step --------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Run one batch and file its outputs."""
+        batch = self.scheduler.schedule()
+        failed, self.scheduler.failed = self.scheduler.failed, []
+        for req in failed:
+            self._deliver(self._end(req, State.FAILED, "error", req.error))
+        if not batch:
+            return
+        try:
+            results = self.runner.run(batch)
+        except Exception as e:  # the whole forward failed: its requests fail, the engine goes on
+            if torch.device(self.device).type == "cuda":
+                torch.cuda.empty_cache()
+            results = [StepResult(error=f"the forward pass failed: {type(e).__name__}: {e}")] * len(batch)
+        now = time.perf_counter()
+        for (req, n), result in zip(batch, results):
+            try:
+                out = self._apply(req, n, result, now)
+            except Exception as e:  # a fault of this request alone (a tokenizer error, say)
+                req.output_text = None  # its text is what failed, most likely: report token ids alone
+                out = self._fail(req, f"{type(e).__name__}: {e}")
+            if out is not None:
+                self._deliver(out)
+
+    def _apply(self, req: Request, n: int, result: StepResult, now: float) -> RequestOutput | None:
+        """Take one step's result into ``req``; its output, if it has one to report."""
+        if result.error is not None:
+            return self._fail(req, result.error)
+        self.scheduler.progress(req, n)
+        req.prompt_logprobs += result.prompt_logprobs
+        if result.next_logprobs is not None:
+            req.next_logprobs = result.next_logprobs
+        if result.token is None:
+            if req.computed == req.length and req.num_output >= req.max_new_tokens:
+                return self._finish(req, "length")  # max_new_tokens == 0: the prompt is computed (and cached)
+            return None
+        p, token = req.params, result.token
+        req.append(token, result.logprob, now, result.top_logprobs)
+        stop_token = token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos)
+        out_of_room = req.num_output >= req.max_new_tokens
+        if req.constraint is not None:
+            if not req.constraint.accept_token(token):
+                return self._fail(req, f"the constraint refused token {token}")
+            stop_token = stop_token or req.constraint.is_terminated()  # it ends on a stop token the grammar allowed
+        if req.output_text is not None and req.output_text.feed(req.output, stop_token, out_of_room) is not None:
+            return self._finish(req, "stop", req.output_text.matched)
+        if stop_token:
+            return self._finish(req, "stop", token)
+        if out_of_room:
+            return self._finish(req, "length")
+        return self._output(req)
+
+    def _finish(self, req: Request, reason: str, matched: str | int | None = None) -> RequestOutput:
+        self.scheduler.remove(req)
+        if req.pin and self.scheduler.enable_cache:
+            match = self.cache.match_prefix(req.tokens[: req.computed], req.namespace)
+            pinned = sum(pages for _, pages in self.pins.values())  # overlapping pins count twice: a safe side
+            if pinned + match.pages.size <= MAX_PINNED_FRACTION * self.pool.num_pages:
+                self.cache.lock(match)  # right after remove() committed them: nothing was evicted between
+                self.pins[req.id] = (match.last_node, match.pages.size)
+            else:
+                self.pins_refused += 1
+        req.matched_stop = matched
+        return self._end(req, State.FINISHED, reason)
+
+    def _fail(self, req: Request, error: str) -> RequestOutput:
+        self.scheduler.remove(req)
+        return self._end(req, State.FAILED, "error", error)
+
+    def _end(self, req: Request, state: State, reason: str, error: str | None = None) -> RequestOutput:
+        req.state, req.finish_reason, req.error = state, reason, error
+        self.failed_requests += state is State.FAILED
+        self.requests.pop(req.id, None)
+        return self._output(req)
+
+    def _output(self, req: Request) -> RequestOutput:
+        """The request's news since its last output (its last output, if it is done)."""
+        new, req.reported = slice(req.reported, req.num_output), req.num_output
+        out = RequestOutput(
+            req.id,
+            req.output[new].tolist(),
+            req.output_text.take(final=req.done) if req.output_text else "",
+            req.logprobs[new] if req.params.logprobs else None,
+            req.token_times[new],
+            prompt_tokens=req.prompt_len,
+            cached_tokens=req.cached_tokens,
+            top_logprobs=req.top_logprobs[new] if req.params.top_logprobs else None,
+        )
+        if req.done:
+            stop_token = req.finish_reason == "stop" and isinstance(req.matched_stop, int)
+            out.finished, out.finish_reason, out.matched_stop, out.error = (
+                True,
+                req.finish_reason,
+                req.matched_stop,
+                req.error,
+            )
+            out.text_token_count = text_token_count(req.output_text, req.output, stop_token)
+            if req.prompt_logprobs_from is not None:
+                out.prompt_logprobs = req.prompt_logprobs
+            out.next_logprobs = req.next_logprobs
+        return out
+
+    def _deliver(self, out: RequestOutput) -> None:
+        mailbox = self._mailboxes.get(out.request_id)
+        (mailbox if mailbox is not None else self._undelivered).append(out)
+
+    # ---- input -----------------------------------------------------------------------------
+
+    def _hold_stop_tokens(self, logits: torch.Tensor, requests: Sequence[Request]) -> None:
+        """Refuse end-of-sequence and stop tokens to requests short of their ``min_new_tokens``."""
+        for row, req in enumerate(requests):
+            if req.num_output < req.params.min_new_tokens:
+                held = [*req.params.stop_token_ids, *([] if req.params.ignore_eos else self.eos_ids)]
+                logits[row, held] = -torch.inf
+
+    def _grammars(self) -> Grammars:
+        """The constraint compiler, made on the first constrained request (it loads xgrammar)."""
+        if self._grammar_cache is None:
+            self._grammar_cache = Grammars(self._tokenizer(), self.vocab_size)
+            self.runner.logits_processors.append(self._grammar_cache)
+        return self._grammar_cache
+
+    def _tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("this model ships no tokenizer: give prompts as token ids")
+        return self.tokenizer
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        for source in (getattr(self.tokenizer, "eos_token_id", None), self.model.config.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, (list, tuple)):
+                ids.update(source)
+        return ids

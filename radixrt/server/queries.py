@@ -1,0 +1,71 @@
+"""Questions the router puts to every worker (``get_stats``, ``flush_cache``): answered once every
+worker replied, or at the deadline with the replies that came."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from radixrt.wire import protocol as p
+
+STATS_TIMEOUT = 2.0
+
+
+@dataclass
+class StatsRequest:
+    """A client's question to every worker (``get_stats``, or ``flush_cache`` when ``flush``)."""
+
+    client: bytes
+    waiting: set[str]
+    deadline: float
+    flush: bool = False
+    replies: dict[str, dict] = field(default_factory=dict)
+
+
+class Queries:
+    def __init__(self) -> None:
+        self._ids = itertools.count()
+        self.open: dict[int, StatsRequest] = {}
+
+    def ask(self, client: bytes, workers: Iterable[str], flush: bool, prefixes: bool) -> tuple[int, p.Message]:
+        """A new question's id and the message for every worker."""
+        query_id = next(self._ids)
+        self.open[query_id] = StatsRequest(client, set(workers), time.monotonic() + STATS_TIMEOUT, flush)
+        return query_id, p.Flush(query_id) if flush else p.StatsQuery(query_id, prefixes)
+
+    def reply(self, worker: str, query_id: int, stats: dict[str, Any]) -> list[StatsRequest]:
+        """Take a worker's reply; the question, if that was the last reply it waited for."""
+        query = self.open.get(query_id)
+        if query is None:
+            return []
+        query.replies[worker] = stats
+        return self.forget(worker, [query_id])
+
+    def forget(self, worker: str, ids: Iterable[int] | None = None) -> list[StatsRequest]:
+        """Wait no longer for ``worker`` (lost, or replied); the questions it completes."""
+        done = []
+        for query_id in list(self.open if ids is None else ids):
+            self.open[query_id].waiting.discard(worker)
+            if not self.open[query_id].waiting:
+                done.append(self.open.pop(query_id))
+        return done
+
+    def due(self, now: float) -> list[StatsRequest]:
+        """The questions past their deadline."""
+        due = [query_id for query_id, query in self.open.items() if now > query.deadline]
+        return [self.open.pop(query_id) for query_id in due]
+
+
+def answer(query: StatsRequest, router: dict[str, Any], tokenizer: Any) -> p.Message:
+    """The reply to the client that asked: ``cache_flushed``, or ``stats`` with the router's own."""
+    if tokenizer is not None:  # the cache page shows the most reused prefixes' first words
+        for stats in query.replies.values():
+            for prefix in stats.get("top_prefixes", []):
+                prefix["text"] = tokenizer.decode(prefix["tokens"])
+    if query.flush:
+        flushed = {name: bool(reply.get("flushed")) for name, reply in query.replies.items()}
+        return p.CacheFlushed(bool(flushed) and all(flushed.values()), flushed)
+    return p.Stats(router, query.replies)
