@@ -125,7 +125,7 @@ class RadixrtSystem:
 
     def submit(self, prompt: list[int], length: int) -> str:
         rid = self.engine.add_request(prompt, SamplingParams(max_new_tokens=length, temperature=0, ignore_eos=True))
-        self.outputs[rid] = GenerateOutput(rid, self.engine.requests[rid].arrival)
+        self.outputs[rid] = GenerateOutput(rid, arrival=self.engine.requests[rid].arrival)
         return rid
 
     def poll(self) -> list[tuple[str, dict]]:

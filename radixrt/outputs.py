@@ -48,26 +48,12 @@ FINAL = tuple(f.name for f in fields(RequestOutput) if f.name not in (*STREAMED,
 
 
 @dataclass
-class GenerateOutput:
+class GenerateOutput(RequestOutput):
     """A request's outputs put together: ``add`` each ``RequestOutput`` in order. The one
-    accumulator of outputs: the engine's ``generate``, the clients and the language use it."""
+    accumulator of outputs: the engine's ``generate``, the clients and the language use it. Its
+    fields are ``RequestOutput``'s (covering the whole request) and when it was queued."""
 
-    request_id: str
     arrival: float = 0.0  # when the request was queued (the clock of ``token_times``)
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] | None = None
-    token_times: list[float] = field(default_factory=list)
-    top_logprobs: list[list[tuple[int, float]]] | None = None
-    finished: bool = False
-    finish_reason: str | None = None
-    matched_stop: str | int | None = None
-    error: str | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    text_token_count: int | None = None
-    prompt_logprobs: list[float] | None = None
-    next_logprobs: list[float] | None = None
 
     def add(self, out: RequestOutput) -> GenerateOutput:
         for name in STREAMED:

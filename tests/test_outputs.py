@@ -77,11 +77,11 @@ def test_the_wire_structs_follow_the_output_records():
     } | {"id"}
     out = GenerateOutput(
         "r",
-        5.0,
-        "hi",
         [1, 2],
+        "hi",
         [-0.5, -0.25],
         [6.0, 7.0],
+        arrival=5.0,
         finished=True,
         finish_reason="length",
         prompt_tokens=3,

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from radixrt.outputs import GenerateOutput, RequestOutput
+from radixrt.outputs import STREAMED, GenerateOutput, RequestOutput
 from radixrt.params import SamplingParams
 from radixrt.wire import protocol as p
 
 Prompt = str | Sequence[int] | np.ndarray | list[dict[str, str]]
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
-STREAMED_PER_TOKEN = ("token_ids", "logprobs", "token_times", "top_logprobs")
+STREAMED_PER_TOKEN = tuple(name for name in STREAMED if name != "text")
 
 
 class ServerError(RuntimeError):
@@ -94,7 +94,7 @@ class Requests:
 
     def refused(self, msg: p.Error, arrival: float) -> GenerateOutput:
         return GenerateOutput(
-            msg.id or "", arrival, finished=True, finish_reason="error", error=f"{msg.code}: {msg.message}"
+            msg.id or "", arrival=arrival, finished=True, finish_reason="error", error=f"{msg.code}: {msg.message}"
         )
 
 

@@ -34,7 +34,7 @@ class Engine(EngineCore):
         )
         batch = [prompts] if single else list(prompts)
         ids = self._add_all([(p, {}) for p in batch], params, namespace)
-        collected = {rid: GenerateOutput(rid, self.requests[rid].arrival) for rid in ids}
+        collected = {rid: GenerateOutput(rid, arrival=self.requests[rid].arrival) for rid in ids}
         for out in self._drive(ids):
             collected[out.request_id].add(out)
         outputs = [collected[rid] for rid in ids]
