@@ -31,7 +31,7 @@ All sizes count pages. Not thread-safe: one scheduler owns a cache.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -117,9 +117,10 @@ class RadixCache:
         parts = [node.pages for node in self.nodes()]
         return np.concatenate(parts) if parts else _NO_PAGES
 
-    def nodes(self):
-        """Every non-root node, parents before children."""
-        stack = list(self._roots.values())
+    def nodes(self, namespaces: Iterable[Hashable] | None = None):
+        """Every non-root node (of ``namespaces`` only, when given), parents before children."""
+        roots = self._roots if namespaces is None else {n: self._roots[n] for n in namespaces if n in self._roots}
+        stack = list(roots.values())
         while stack:
             node = stack.pop()
             if not node.is_root:
@@ -234,9 +235,12 @@ class RadixCache:
             node.hits += 1
             node = node.parent
 
-    def top_prefixes(self, k: int = 8, head_tokens: int = 32) -> list[dict]:
-        """The ``k`` most reused cached prefixes (see ``node.top_prefixes``)."""
-        return top_prefixes(self.nodes(), k, head_tokens)
+    def top_prefixes(
+        self, k: int = 8, head_tokens: int = 32, namespaces: Iterable[Hashable] | None = None
+    ) -> list[dict]:
+        """The ``k`` most reused cached prefixes (of ``namespaces`` only, when given; see
+        ``node.top_prefixes``): a tenant's question walks its own tree alone."""
+        return top_prefixes(self.nodes(namespaces), k, head_tokens)
 
     def evict(self, num_pages: int) -> int:
         """Free ``num_pages`` least recently used unlocked pages, leaves first; returns how many

@@ -11,29 +11,31 @@ from radixrt.cache import Node
 from radixrt.engine.output_text import OutputText, text_token_count
 from radixrt.outputs import GenerateOutput, RequestOutput
 from radixrt.params import SamplingParams
-from radixrt.server.routing import WorkerView
 from radixrt.wire import protocol as p
 
 
 @dataclass(eq=False)
 class Job:
-    """A request in flight: ``key`` is the name workers know it by, ``id`` the client's."""
+    """A request in flight: ``key`` is the name workers know it by, ``id`` the client's. Its
+    prompt, parameters and text state come from the intake (``prepared`` says whether they have)."""
 
     key: str
     client: bytes
     id: str
-    prompt: np.ndarray
-    params: SamplingParams
     namespace: str | None
+    tenant: str
     stream: bool
     prompt_logprobs_from: int | None
-    text: OutputText | None
     output: GenerateOutput  # what the workers sent so far, put together (token times in Unix time)
+    pin: bool = False
+    prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    params: SamplingParams = field(default_factory=SamplingParams)
+    text: OutputText | None = None
+    score_next: list[int] = field(default_factory=list)
+    prepared: bool = False
     worker: str | None = None
     route: Node | None = None
     resubmits: int = 0
-    pin: bool = False
-    score_next: list[int] = field(default_factory=list)
 
     @property
     def tokens(self) -> list[int]:
@@ -77,15 +79,6 @@ class Job:
         return result
 
 
-@dataclass(eq=False)
-class WorkerState:
-    info: p.Register
-    identity: bytes
-    view: WorkerView
-    last_seen: float
-    jobs: set[str] = field(default_factory=set)
-
-
 @dataclass
 class Counters:
     requests: int = 0
@@ -114,6 +107,11 @@ TOTALS = (
 
 def router_stats(counters: Counters, replies: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The router's counters with the workers' totals and the hit rate over all of them."""
-    totals = {k: sum(s.get(k, 0) for s in replies.values()) for k in TOTALS}
+    totals = {k: sum(_number(s.get(k)) for s in replies.values()) for k in TOTALS}
     hit_rate = totals["cached_tokens"] / totals["prompt_tokens"] if totals["prompt_tokens"] else 0.0
     return {**counters.__dict__, **totals, "hit_rate": hit_rate}
+
+
+def _number(value: Any) -> int | float:
+    """A worker's figure as a number to add (anything else counts as 0: a worker's stats are its word)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0

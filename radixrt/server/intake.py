@@ -1,10 +1,21 @@
 """What the router does with a request before any worker sees it: its prompt to token ids, its
 sampling parameters from the wire, and admission by the engine's own rules against the workers'
-model (a constraint is compiled here, so a bad one is refused before it reaches a worker)."""
+model (a constraint is compiled here, so a bad one is refused before it reaches a worker).
+
+That work is the one part of a request whose cost its sender chooses (a long prompt, a hard
+schema), so it runs on a thread beside the router's loop, never in it: ``start`` hands a request
+over, ``done`` returns the finished ones, and ``wake`` is a descriptor for the loop's poller that
+is readable while some are. A prompt whose text is too long to fit the context whatever its tokens
+is refused before it is tokenized, and a constraint that takes longer than ``COMPILE_TIMEOUT`` to
+compile is refused (its compilation runs on to its end on a thread of its own, holding no lock)."""
 
 from __future__ import annotations
 
-import time
+import os
+import queue
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,12 +24,13 @@ from radixrt.engine.admission import ModelLimits, admit
 from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.output_text import OutputText
-from radixrt.outputs import GenerateOutput
 from radixrt.params import SamplingParams
 from radixrt.prompts import prompt_ids
 from radixrt.server.bookkeeping import Job
 from radixrt.wire import protocol as p
 from radixrt.wire.tokenizer_files import tokenizer_files
+
+COMPILE_TIMEOUT = 5.0
 
 
 class Refused(Exception):
@@ -29,35 +41,97 @@ class Refused(Exception):
         self.code = code
 
 
-def check_room(msg: p.Generate, in_flight: dict[str, Any], pinned: bool, max_inflight: int, workers: int) -> None:
-    """Refuse a request whose id is taken, a client at its limit, or any request with no worker."""
-    if msg.id in in_flight:
+def check_room(msg: p.Generate, peer_jobs: dict[str, Any], pinned: bool, tenant_full: bool, workers: int) -> None:
+    """Refuse a request whose id is taken, a tenant at its limit, or any request with no worker."""
+    if msg.id in peer_jobs:
         raise Refused("duplicate_id", f"request id {msg.id!r} is already in flight")
     if msg.pin and pinned:
         raise Refused("duplicate_id", f"request id {msg.id!r} names a pin already: unpin it first")
-    if len(in_flight) >= max_inflight:
+    if tenant_full:
         raise Refused(
-            "too_many_requests",
-            f"this client has {len(in_flight)} requests in flight, the most allowed; wait for one to end",
+            "too_many_requests", "this tenant has the most requests in flight it may have; wait for one to end"
         )
     if not workers:
         raise Refused("unavailable", "no worker is connected")
 
 
+@dataclass
+class Prepared:
+    """A request ready for a worker: its prompt ids, checked parameters, ``score_next`` and the
+    text state that watches its stop strings."""
+
+    prompt: np.ndarray
+    params: SamplingParams
+    score_next: tuple[int, ...]
+    text: OutputText | None
+
+
+class _TimedCompiles:
+    """``Grammars`` whose ``compile`` gives up waiting after ``COMPILE_TIMEOUT`` seconds."""
+
+    def __init__(self, grammars: Grammars, pool: ThreadPoolExecutor) -> None:
+        self.grammars, self.pool = grammars, pool
+
+    def compile(self, params: SamplingParams) -> Any:
+        future = self.pool.submit(self.grammars.compile, params)
+        try:
+            return future.result(timeout=COMPILE_TIMEOUT)
+        except FutureTimeout:
+            raise ValueError(f"the constraint takes longer than {COMPILE_TIMEOUT:.0f} s to compile") from None
+
+
 class Intake:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self._grammars: Grammars | None = None  # made on the first constrained request
-        self._files: dict[str, bytes] | None = None
+        self._grammars: _TimedCompiles | None = None  # made on the first constrained request
+        self._files: bytes | None = None
+        self._token_bytes: int | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="radixrt-intake")
+        self._compiles = ThreadPoolExecutor(1, thread_name_prefix="radixrt-compile")
+        self._done: queue.SimpleQueue[tuple[Job, Future]] = queue.SimpleQueue()
+        self.wake, self._wake_w = os.pipe()
+        os.set_blocking(self.wake, False)
+
+    def start(self, job: Job, msg: p.Generate, workers: list[p.Register]) -> None:
+        """Prepare ``job`` (from ``msg``) for ``workers`` on the intake thread."""
+        future = self._pool.submit(self.prepare, msg, workers)
+        future.add_done_callback(lambda f: self._finished(job, f))
+
+    def done(self) -> list[tuple[Job, Prepared | Refused]]:
+        """The requests prepared since the last call, each with what came of it."""
+        try:
+            os.read(self.wake, 1 << 16)
+        except BlockingIOError:
+            pass
+        finished = []
+        while True:
+            try:
+                job, future = self._done.get_nowait()
+            except queue.Empty:
+                return finished
+            try:
+                finished.append((job, future.result()))
+            except Refused as e:
+                finished.append((job, e))
+            except Exception as e:  # a bug: this request's alone
+                finished.append((job, Refused("internal", f"the router failed on it: {type(e).__name__}: {e}")))
+
+    def prepare(self, msg: p.Generate, workers: list[p.Register]) -> Prepared:
+        """``msg`` tokenized and admitted, or ``Refused`` naming what is wrong."""
+        try:
+            prompt, params, score_next = self.admit(msg, workers)
+        except ValueError as e:
+            raise Refused("invalid_request", str(e)) from None
+        except Exception as e:  # the tokenizer choked on the text: this request's fault alone
+            raise Refused("invalid_request", f"the prompt could not be tokenized: {type(e).__name__}: {e}") from None
+        text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
+        return Prepared(prompt.astype(np.int32), params, score_next, text)
 
     def admit(self, msg: p.Generate, workers: list[p.Register]) -> tuple[np.ndarray, SamplingParams, tuple[int, ...]]:
         """The request's prompt ids, parameters and ``score_next``; ``ValueError`` names what is wrong."""
         given = [name for name in ("prompt", "input_ids", "messages") if getattr(msg, name) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of prompt, input_ids and messages (got {', '.join(given) or 'none'})")
-        chat = [{"role": m.role, "content": m.content} for m in msg.messages] if msg.messages is not None else None
-        prompt = prompt_ids(next(v for v in (msg.prompt, msg.input_ids, chat) if v is not None), self.tokenizer)
-        params = p.sampling_params(msg.params)
         first = workers[0]
         limits = ModelLimits(
             first.vocab_size,
@@ -65,8 +139,13 @@ class Intake:
             min(w.num_pages * w.page_size for w in workers),
             self.tokenizer is not None,
         )
+        params = p.sampling_params(msg.params)
+        params.validate(limits.vocab_size)  # before the prompt: parameters are cheap to check
+        self._check_text_size(msg, min(limits.max_context, limits.kv_tokens))
+        chat = [{"role": m.role, "content": m.content} for m in msg.messages] if msg.messages is not None else None
+        prompt = prompt_ids(next(v for v in (msg.prompt, msg.input_ids, chat) if v is not None), self.tokenizer)
         if params.constrained and self.tokenizer is not None and self._grammars is None:
-            self._grammars = Grammars(self.tokenizer, first.vocab_size)
+            self._grammars = _TimedCompiles(Grammars(self.tokenizer, first.vocab_size), self._compiles)
         score_next = admit(
             prompt,
             params,
@@ -77,31 +156,43 @@ class Intake:
         )
         return prompt, params, score_next
 
-    def job(self, client: bytes, msg: p.Generate, key: str, workers: list[p.Register]) -> Job:
-        """The request as the router keeps it while it runs, or ``Refused`` naming what is wrong."""
-        try:
-            prompt, params, score_next = self.admit(msg, workers)
-        except ValueError as e:
-            raise Refused("invalid_request", str(e)) from None
-        except Exception as e:  # the tokenizer choked on the text: this request's fault alone
-            raise Refused("invalid_request", f"the prompt could not be tokenized: {type(e).__name__}: {e}") from None
-        text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
-        return Job(
-            key,
-            client,
-            msg.id,
-            prompt.astype(np.int32),
-            params,
-            msg.namespace,
-            msg.stream,
-            msg.prompt_logprobs_from,
-            text,
-            GenerateOutput(key, arrival=time.time()),
-            pin=msg.pin,
-            score_next=list(score_next),
-        )
+    def _check_text_size(self, msg: p.Generate, max_tokens: int) -> None:
+        """Refuse text that cannot fit ``max_tokens`` tokens even if every token were the longest
+        one of the vocabulary, before spending time on tokenizing it."""
+        if self.tokenizer is None or (msg.prompt is None and msg.messages is None):
+            return
+        size = len(msg.prompt) if msg.prompt is not None else sum(len(m.content) for m in msg.messages)
+        if size <= max_tokens:
+            return  # a token is at least one character: no need to know the vocabulary
+        if self._token_bytes is None:
+            self._token_bytes = longest_token_bytes(self.tokenizer)
+        if size > self._token_bytes * max_tokens:
+            raise ValueError(
+                f"the prompt has {size} characters: more than {max_tokens} tokens of at most "
+                f"{self._token_bytes} characters each, so it cannot fit the context"
+            )
 
-    def tokenizer_files(self) -> dict[str, bytes]:
+    def tokenizer_reply(self) -> bytes:
+        """The ``TokenizerFiles`` reply, encoded once (megabytes, asked for by every front end)."""
         if self._files is None:
-            self._files = tokenizer_files(self.tokenizer)
+            self._files = p.encode(p.TokenizerFiles(tokenizer_files(self.tokenizer)))
         return self._files
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._compiles.shutdown(wait=False, cancel_futures=True)
+        os.close(self.wake)
+        os.close(self._wake_w)
+
+    def _finished(self, job: Job, future: Future) -> None:
+        self._done.put((job, future))
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):  # the pipe is full (the loop will read it) or closed
+            pass
+
+
+def longest_token_bytes(tokenizer: Any) -> int:
+    """The most characters one token of ``tokenizer`` stands for (a bound for any text it encodes)."""
+    vocab = tokenizer.get_vocab()
+    return max(len(tokenizer.convert_tokens_to_string([t])) for t in vocab) if vocab else 1

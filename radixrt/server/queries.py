@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from radixrt.wire import protocol as p
 
 STATS_TIMEOUT = 2.0
@@ -22,6 +24,7 @@ class StatsRequest:
     waiting: set[str]
     deadline: float
     flush: bool = False
+    prefixes: bool = False
     replies: dict[str, dict] = field(default_factory=dict)
 
 
@@ -30,19 +33,24 @@ class Queries:
         self._ids = itertools.count()
         self.open: dict[int, StatsRequest] = {}
 
-    def ask(self, client: bytes, workers: Iterable[str], flush: bool, prefixes: bool) -> tuple[int, p.Message]:
-        """A new question's id and the message for every worker."""
+    def ask(
+        self, client: bytes, workers: Iterable[str], flush: bool, prefixes: bool, namespaces: list[str | None] | None
+    ) -> tuple[int, p.Message]:
+        """A new question's id and the message for every worker (``namespaces``: whose prefixes)."""
         query_id = next(self._ids)
-        self.open[query_id] = StatsRequest(client, set(workers), time.monotonic() + STATS_TIMEOUT, flush)
-        return query_id, p.Flush(query_id) if flush else p.StatsQuery(query_id, prefixes)
+        deadline = time.monotonic() + STATS_TIMEOUT
+        self.open[query_id] = StatsRequest(client, set(workers), deadline, flush, prefixes)
+        return query_id, p.Flush(query_id) if flush else p.StatsQuery(query_id, prefixes, namespaces)
 
-    def reply(self, worker: str, query_id: int, stats: dict[str, Any]) -> list[StatsRequest]:
+    def reply(self, worker: str, msg: p.WorkerStats) -> list[StatsRequest]:
         """Take a worker's reply; the question, if that was the last reply it waited for."""
-        query = self.open.get(query_id)
-        if query is None:
+        query = self.open.get(msg.query)
+        if query is None or worker not in query.waiting:
             return []
-        query.replies[worker] = stats
-        return self.forget(worker, [query_id])
+        query.replies[worker] = dict(msg.stats)
+        if query.prefixes:
+            query.replies[worker]["top_prefixes"] = [msgspec.structs.asdict(prefix) for prefix in msg.prefixes]
+        return self.forget(worker, [msg.query])
 
     def forget(self, worker: str, ids: Iterable[int] | None = None) -> list[StatsRequest]:
         """Wait no longer for ``worker`` (lost, or replied); the questions it completes."""

@@ -1,18 +1,20 @@
 """The router: one process that owns the client-facing socket and all text, and spreads requests
 over workers.
 
-Clients and workers each talk to a ROUTER socket of its own. Every loop turn drains both without
-blocking on any one peer. A client request is tokenized here (prompt text or chat messages), then
-goes to the worker the routing policy picks, as token ids without stop strings; each of that
-worker's step outputs brings the request's new tokens, which are detokenized here, checked for stop
-strings (a match ends the request and cancels it on the worker) and streamed to the client.
+Clients and workers each talk to a ROUTER socket of its own (``links``). Every loop turn drains
+both without blocking on any one peer. A client request is tokenized and admitted on the intake's
+thread (``intake``: its cost is the sender's choice, so never the loop's), then goes to the worker
+the routing policy picks, as token ids without stop strings; each of that worker's step outputs
+brings the request's new tokens, which are detokenized here, checked for stop strings (a match ends
+the request and cancels it on the worker) and streamed to the client. Each tenant has its own
+in-flight limit, namespace and view of the cache (``tenants``).
 
-A worker that disconnects (its process killed: the socket monitor tells), that sends nothing
-(heartbeats included) for ``worker_timeout`` seconds, or that ``radixrt serve`` sees exit is lost:
-its requests go to a live worker as their prompt followed by the tokens generated so far, so their
-streams go on where they stopped; with no worker left they fail. A client that disconnects has its requests cancelled.
+A worker that disconnects (its process killed: the socket monitor tells), from which nothing has
+arrived (heartbeats included) for ``worker_timeout`` seconds, or that ``radixrt serve`` sees exit is
+lost: its requests go to a live worker as their prompt followed by the tokens generated so far, so
+their streams go on where they stopped; with no worker left they fail. A client that disconnects,
+or reads too slowly, has its requests cancelled.
 """
-
 from __future__ import annotations
 
 import itertools
@@ -25,17 +27,20 @@ import msgspec
 import numpy as np
 import zmq
 
-from radixrt.server.bookkeeping import Counters, Job, WorkerState, router_stats
-from radixrt.server.intake import Intake, Refused, check_room
+from radixrt.outputs import GenerateOutput
+from radixrt.server import registry
+from radixrt.server.bookkeeping import Counters, Job, router_stats
+from radixrt.server.intake import Intake, Prepared, Refused, check_room
+from radixrt.server.links import Links
 from radixrt.server.metrics import Latencies
 from radixrt.server.queries import Queries, StatsRequest, answer
+from radixrt.server.registry import WorkerState
 from radixrt.server.routing import WorkerView, make_policy
+from radixrt.server.tenants import InFlight, Peer, make_peer
 from radixrt.wire import protocol as p
-from radixrt.wire.sockets import Authenticator, Departures, Keys, check_exposure, server_socket
+from radixrt.wire.sockets import Keys
 
 log = logging.getLogger("radixrt.router")
-
-DRAIN_BATCH = 256  # messages taken from one socket per turn, so that neither side starves the other
 
 
 class Router:
@@ -53,88 +58,66 @@ class Router:
         worker_timeout: float = 2.0,
         balance_abs: int = 2,
         balance_rel: float = 1.5,
+        clients_choose_namespace: bool = False,
     ) -> None:
-        for a in (address, worker_address):
-            check_exposure(a, keys, insecure)
         self.tokenizer, self.model = tokenizer, model
         self.policy = make_policy(policy, balance_abs, balance_rel)
         self.policy_name = policy
         self.max_inflight, self.worker_timeout = max_inflight_per_client, worker_timeout
-        self.context = zmq.Context()
-        self._auth = Authenticator(self.context, keys) if keys is not None else None
-        self.clients_socket, self.address = server_socket(self.context, address, keys)
-        self.workers_socket, self.worker_address = server_socket(self.context, worker_address, keys)
-        self.workers_socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its name back
-        self.client_departures, self.worker_departures = (
-            Departures(self.clients_socket),
-            Departures(self.workers_socket),
-        )
-        self.poller = zmq.Poller()
-        for sock in (
-            self.clients_socket,
-            self.workers_socket,
-            self.client_departures.monitor,
-            self.worker_departures.monitor,
-        ):
-            self.poller.register(sock, zmq.POLLIN)
+        self.clients_choose_namespace = clients_choose_namespace
+        self.links = Links(address, worker_address, keys, insecure)
+        self.address, self.worker_address = self.links.address, self.links.worker_address
+        self.intake = Intake(tokenizer)
+        self.links.poller.register(self.intake.wake, zmq.POLLIN)
         self.workers: dict[str, WorkerState] = {}
         self.jobs: dict[str, Job] = {}
-        self.clients: dict[bytes, dict[str, Job]] = {}  # greeted clients -> their jobs by client id
+        self.clients: dict[bytes, Peer] = {}  # greeted clients
+        self.inflight = InFlight(max_inflight_per_client)
         self.pins: dict[tuple[bytes, str], tuple[str, str]] = {}  # (client, request id) -> (worker, request key)
         self.counters = Counters()
         self.latency = Latencies()
         self._keys = (f"r{i}" for i in itertools.count())
         self.queries = Queries()
         self._decode_client = p.decoder(p.ClientMessage).decode
-        self.intake = Intake(tokenizer)
         self._decode_worker = p.decoder(p.FromWorker).decode
 
     # ---- the loop --------------------------------------------------------------------------
 
     def poll(self, timeout: float = 0.05) -> None:
-        """One turn: wait up to ``timeout`` seconds for messages, handle what came, check liveness."""
-        ready = dict(self.poller.poll(int(timeout * 1000)))
-        for identity in self.worker_departures.gone():
-            worker = self._worker_by_identity(identity)
-            if worker is not None:
-                self.worker_lost(worker.info.worker, "disconnected")
-        for identity in self.client_departures.gone():
-            self._client_gone(identity)
-        if self.workers_socket in ready:
-            self._drain(self.workers_socket, self.worker_departures, self._on_worker)
-        if self.clients_socket in ready:
-            self._drain(self.clients_socket, self.client_departures, self._on_client)
-        self._check_deadlines(time.monotonic())
+        """One turn: wait up to ``timeout`` seconds for messages, handle what came, check liveness.
+
+        A worker is judged by what has arrived from it: its silence counts only once its socket
+        has been read to the end, so a turn that took long (however it did) loses no worker."""
+        ready = dict(self.links.poller.poll(int(timeout * 1000)))
+        try:
+            for identity in self.links.worker_departures.gone():
+                worker = registry.by_identity(self.workers, identity)
+                if worker is not None:
+                    self.worker_lost(worker.info.worker, "disconnected")
+            for identity in self.links.client_departures.gone():
+                self._client_gone(identity)
+            if self.links.clients in ready:
+                self.links.drain_clients(self._on_client)
+            if self.intake.wake in ready:
+                self._prepared()
+            read_all = self.links.drain_workers(self._on_worker)
+            for client, why in list(self.links.cut.items()):
+                self._client_gone(client, why)
+            self._check_deadlines(time.monotonic(), liveness=read_all)
+        except Exception:  # a bug must not take the router down: log it, go on
+            log.exception("error in the router's loop")
 
     def close(self) -> None:
         for w in self.workers.values():
             self._send_worker(w, p.Shutdown())
-        self.client_departures.close()
-        self.worker_departures.close()
-        self.clients_socket.close(linger=0)
-        self.workers_socket.close(linger=100)
-        if self._auth is not None:
-            self._auth.stop()
-        self.context.term()
-
-    def _drain(self, sock: zmq.Socket, departures: Departures, handle) -> None:
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            identity = frames[0].bytes
-            departures.seen(identity, frames[-1])
-            try:
-                handle(identity, frames[1].bytes if len(frames) == 2 else None)
-            except Exception:  # a bug must not take the router down: log it, go on
-                log.exception("error while handling a message")
+        self.intake.close()
+        self.links.close()
 
     # ---- clients ---------------------------------------------------------------------------
 
-    def _on_client(self, client: bytes, frame: bytes | None) -> None:
+    def _on_client(self, client: bytes, frame: bytes | None, user: str | None) -> None:
         try:
-            self._handle_client(client, frame)
+            self._handle_client(client, frame, user)
         except Exception as e:  # a bug: the client hears of it, the router goes on
             log.exception("error while handling a client message")
             self._refuse(
@@ -144,7 +127,7 @@ class Router:
                 p.request_id_of(frame) if frame else None,
             )
 
-    def _handle_client(self, client: bytes, frame: bytes | None) -> None:
+    def _handle_client(self, client: bytes, frame: bytes | None, user: str | None) -> None:
         if frame is None:
             self._refuse(client, "bad_message", "a message is exactly one frame")
             return
@@ -159,44 +142,70 @@ class Router:
                     client, "version", f"this server speaks protocol version {p.PROTOCOL_VERSION}, not {msg.version}"
                 )
                 return
-            self.clients.setdefault(client, {})
+            if client not in self.clients:
+                self.clients[client] = make_peer(client, user, self.links.admins, self.clients_choose_namespace)
             self._reply(client, p.Welcome(p.PROTOCOL_VERSION, self.model, len(self.workers), self.max_inflight))
-        elif client not in self.clients:
+            return
+        peer = self.clients.get(client)
+        if peer is None:
             self._refuse(
                 client, "hello_required", "send hello (with the protocol version) first", getattr(msg, "id", None)
             )
         elif isinstance(msg, p.Generate):
-            self._generate(client, msg)
+            self._generate(client, peer, msg)
         elif isinstance(msg, p.Abort):
-            job = self.clients[client].get(msg.id)
+            job = peer.jobs.get(msg.id)
             if job is not None:
                 self._cancel(job)
                 self._end(job, "abort")
         elif isinstance(msg, p.Unpin):
             self._release(self.pins.pop((client, msg.id), None))
-        elif isinstance(msg, p.GetStats):
-            self._ask_stats(client, prefixes=msg.prefixes)
-        elif isinstance(msg, p.FlushCache):
-            self._ask_stats(client, flush=True)
+        elif isinstance(msg, p.GetHealth):
+            workers, inflight = (sorted(self.workers), len(self.jobs)) if peer.admin else (None, None)
+            self._reply(client, p.Health(bool(self.workers), workers, inflight))
         elif isinstance(msg, p.GetTokenizer):
             if self.tokenizer is None:
                 self._refuse(client, "invalid_request", "this model ships no tokenizer")
             else:
-                self._reply(client, p.TokenizerFiles(self.intake.tokenizer_files()))
-        elif isinstance(msg, p.GetHealth):
-            self._reply(client, p.Health(bool(self.workers), sorted(self.workers), len(self.jobs)))
+                self._reply(client, self.intake.tokenizer_reply())
+        elif not peer.admin and (isinstance(msg, p.FlushCache) or getattr(msg, "all_namespaces", False)):
+            self._refuse(client, "forbidden", "only an admin client may flush the cache or see every namespace")
+        elif isinstance(msg, p.GetStats):
+            namespaces = None if msg.all_namespaces else [peer.namespace_for(msg.namespace)]
+            self._ask_stats(client, prefixes=msg.prefixes, namespaces=namespaces)
+        elif isinstance(msg, p.FlushCache):
+            self._ask_stats(client, flush=True)
 
-    def _generate(self, client: bytes, msg: p.Generate) -> None:
-        jobs = self.clients[client]
+    def _generate(self, client: bytes, peer: Peer, msg: p.Generate) -> None:
+        tenant = peer.tenant_for(msg.tenant)
         try:
-            check_room(msg, jobs, (client, msg.id) in self.pins, self.max_inflight, len(self.workers))
-            job = self.intake.job(client, msg, next(self._keys), [w.info for w in self.workers.values()])
+            check_room(msg, peer.jobs, (client, msg.id) in self.pins, self.inflight.full(tenant), len(self.workers))
         except Refused as e:
             self._refuse(client, e.code, str(e), msg.id)
             return
-        jobs[msg.id] = self.jobs[job.key] = job
-        self.counters.requests += 1
-        self._dispatch(job)
+        key = next(self._keys)
+        output = GenerateOutput(key, arrival=time.time())
+        namespace = peer.namespace_for(msg.namespace)
+        job = Job(key, client, msg.id, namespace, tenant, msg.stream, msg.prompt_logprobs_from, output, msg.pin)
+        peer.jobs[msg.id] = self.jobs[key] = job
+        self.inflight.add(tenant)
+        self.intake.start(job, msg, [w.info for w in self.workers.values()])
+
+    def _prepared(self) -> None:
+        """Send the requests the intake has prepared (those still wanted) to their workers."""
+        for job, outcome in self.intake.done():
+            if self.jobs.get(job.key) is not job:
+                continue  # aborted, or its client left, meanwhile
+            if isinstance(outcome, Prepared) and not self.workers:
+                outcome = Refused("unavailable", "no worker is connected")
+            if isinstance(outcome, Refused):
+                self._forget(job)
+                self._refuse(job.client, outcome.code, str(outcome), job.id)
+                continue
+            job.prompt, job.params, job.text = outcome.prompt, outcome.params, outcome.text
+            job.score_next, job.prepared = list(outcome.score_next), True
+            self.counters.requests += 1
+            self._dispatch(job)
 
     # ---- routing ---------------------------------------------------------------------------
 
@@ -219,6 +228,7 @@ class Router:
                 len(job.tokens),
                 job.pin,
                 job.score_next,
+                job.tenant,
             ),
         )
 
@@ -238,8 +248,8 @@ class Router:
 
     # ---- workers ---------------------------------------------------------------------------
 
-    def _on_worker(self, identity: bytes, frame: bytes | None) -> None:
-        worker = self._worker_by_identity(identity)
+    def _on_worker(self, identity: bytes, frame: bytes | None, user: str | None) -> None:
+        worker = registry.by_identity(self.workers, identity)
         try:
             msg = self._decode_worker(frame or b"")
         except msgspec.MsgspecError as e:
@@ -247,37 +257,28 @@ class Router:
             return
         now = time.monotonic()
         if isinstance(msg, p.Register):
-            self._register(identity, msg, now)
+            self._register(identity, user, msg, now)
         elif isinstance(msg, p.Heartbeat):
-            if msg.worker in self.workers:
-                self.workers[msg.worker].last_seen = now
+            registry.beat(self.workers, identity, user, msg, now)
         elif worker is None:
-            self._send(self.workers_socket, identity, p.Shutdown())  # a worker this router has given up on
+            self.links.to_worker(identity, p.Shutdown())  # a worker this router has given up on
         elif isinstance(msg, p.StepOutput):
             worker.last_seen = now
             self._on_step(worker, msg)
         elif isinstance(msg, p.WorkerStats):
             worker.last_seen = now
-            for query in self.queries.reply(worker.info.worker, msg.query, msg.stats):
+            for query in self.queries.reply(worker.info.worker, msg):
                 self._answer(query)
 
-    def _register(self, identity: bytes, msg: p.Register, now: float) -> None:
-        problem = None
-        if msg.version != p.PROTOCOL_VERSION:
-            problem = f"it speaks protocol version {msg.version}, not {p.PROTOCOL_VERSION}"
-        elif self.workers and msg.worker not in self.workers:
-            first = next(iter(self.workers.values())).info
-            if msg.vocab_size != first.vocab_size:
-                problem = (
-                    f"its model's vocabulary ({msg.vocab_size}) differs from the other workers' ({first.vocab_size})"
-                )
+    def _register(self, identity: bytes, user: str | None, msg: p.Register, now: float) -> None:
+        problem = registry.registration_problem(msg, identity, user, self.workers)
         if problem is not None:
             log.error("refused worker %s: %s", msg.worker, problem)
-            self._send(self.workers_socket, identity, p.Shutdown())
+            self.links.to_worker(identity, p.Shutdown())
             return
         if msg.worker in self.workers:
             self.worker_lost(msg.worker, "registered again", shutdown=False)  # the newcomer holds its identity now
-        self.workers[msg.worker] = WorkerState(msg, identity, WorkerView(msg.page_size), now)
+        self.workers[msg.worker] = WorkerState(msg, identity, WorkerView(msg.page_size), now, user)
         log.info(
             "worker %s joined (pid %d, %s, %d KV pages of %d tokens)",
             msg.worker,
@@ -296,7 +297,7 @@ class Router:
         self.counters.workers_lost += 1
         log.warning("worker %s lost (%s); %d requests in flight on it", name, why, len(worker.jobs))
         if shutdown:
-            self._send(self.workers_socket, worker.identity, p.Shutdown())
+            self.links.to_worker(worker.identity, p.Shutdown())
         for key in sorted(worker.jobs, key=lambda k: int(k[1:])):
             job = self.jobs[key]
             job.worker = job.route = None
@@ -313,6 +314,10 @@ class Router:
             self._answer(query)
 
     def _on_step(self, worker: WorkerState, msg: p.StepOutput) -> None:
+        vocab = worker.info.vocab_size
+        if any(t < 0 or t >= vocab for out in msg.outputs for t in out.token_ids):
+            self.worker_lost(worker.info.worker, "it sent token ids outside its vocabulary")
+            return
         worker.view.apply(msg.events)
         deltas: dict[bytes, list[p.Delta]] = defaultdict(list)
         for out in msg.outputs:
@@ -337,9 +342,7 @@ class Router:
         reason, worker = result.finish_reason, job.worker or ""
         if job.pin and worker and out is not None and out.finish_reason in ("stop", "length"):
             self.pins[job.client, job.id] = (worker, job.key)
-        self._unroute(job)
-        self.jobs.pop(job.key, None)
-        self.clients.get(job.client, {}).pop(job.id, None)
+        self._forget(job)
         self.counters.finished += reason in ("stop", "length")
         if reason in ("stop", "length"):
             self.counters.output_tokens += len(job.tokens)
@@ -348,29 +351,43 @@ class Router:
         self.counters.failed += reason == "error"
         self._reply(job.client, p.to_wire(p.Finished, result, id=job.id, worker=worker))
 
+    def _forget(self, job: Job) -> None:
+        """Take ``job`` off every list (and off its tenant's count)."""
+        self._unroute(job)
+        if self.jobs.pop(job.key, None) is not None:
+            self.inflight.remove(job.tenant)
+        peer = self.clients.get(job.client)
+        if peer is not None:
+            peer.jobs.pop(job.id, None)
+
     def _release(self, pin: tuple[str, str] | None) -> None:
         worker = self.workers.get(pin[0]) if pin is not None else None
         if worker is not None:
             self._send_worker(worker, p.Release([pin[1]]))
 
-    def _client_gone(self, client: bytes) -> None:
+    def _client_gone(self, client: bytes, why: str = "left") -> None:
+        """Forget ``client`` (it left, or is cut off for ``why``): cancel its requests, release its pins."""
+        self.links.cut.pop(client, None)
         for pin in [pin for pin in self.pins if pin[0] == client]:
             self._release(self.pins.pop(pin))
-        jobs = self.clients.pop(client, None)
-        if jobs is None:
+        peer = self.clients.get(client)
+        if peer is None:
             return
         self.counters.clients_lost += 1
-        for job in list(jobs.values()):
+        jobs = list(peer.jobs.values())
+        for job in jobs:
             self._cancel(job)
-            self._unroute(job)
-            self.jobs.pop(job.key, None)
-        if jobs:
-            log.info("a client left with %d requests in flight: cancelled them", len(jobs))
+            self._forget(job)
+        del self.clients[client]
+        if jobs or why != "left":
+            log.info("a client %s with %d requests in flight: cancelled them", why, len(jobs))
 
     # ---- stats and deadlines ---------------------------------------------------------------
 
-    def _ask_stats(self, client: bytes, flush: bool = False, prefixes: bool = False) -> None:
-        query_id, message = self.queries.ask(client, self.workers, flush, prefixes)
+    def _ask_stats(
+        self, client: bytes, flush: bool = False, prefixes: bool = False, namespaces: list[str | None] | None = None
+    ) -> None:
+        query_id, message = self.queries.ask(client, self.workers, flush, prefixes, namespaces)
         for w in self.workers.values():
             self._send_worker(w, message)
         if not self.workers:
@@ -388,33 +405,21 @@ class Router:
         }
         self._reply(query.client, answer(query, router, self.tokenizer))
 
-    def _check_deadlines(self, now: float) -> None:
-        for name, w in list(self.workers.items()):
-            if now - w.last_seen > self.worker_timeout:
-                self.worker_lost(name, f"silent for {now - w.last_seen:.1f} s")
+    def _check_deadlines(self, now: float, liveness: bool) -> None:
+        for name, quiet in registry.silent(self.workers, now, self.worker_timeout) if liveness else ():
+            self.worker_lost(name, f"silent for {quiet:.1f} s")
         for query in self.queries.due(now):
             self._answer(query)
 
     # ---- sending ---------------------------------------------------------------------------
 
-    def _worker_by_identity(self, identity: bytes) -> WorkerState | None:
-        w = self.workers.get(identity.decode(errors="replace"))
-        return w if w is not None and w.identity == identity else None
-
     def _send_worker(self, worker: WorkerState, msg: p.Message) -> None:
-        self._send(self.workers_socket, worker.identity, msg)
+        self.links.to_worker(worker.identity, msg)
 
-    def _reply(self, client: bytes, msg: p.Message) -> None:
-        self._send(self.clients_socket, client, msg)
+    def _reply(self, client: bytes, msg: p.Message | bytes) -> None:
+        self.links.to_client(client, msg)
 
     def _refuse(self, client: bytes, code: str, message: str, request_id: str | None = None) -> None:
         self.counters.refused += code != "bad_message"
         self.counters.bad_frames += code == "bad_message"
         self._reply(client, p.Error(code, message, request_id))
-
-    @staticmethod
-    def _send(sock: zmq.Socket, identity: bytes, msg: p.Message) -> None:
-        try:
-            sock.send_multipart([identity, p.encode(msg)], zmq.NOBLOCK)
-        except zmq.ZMQError as e:  # the peer is gone or its queue is full: nothing to do but note it
-            log.warning("could not send %s: %s", type(msg).__name__, e)

@@ -96,10 +96,9 @@ class Worker:
                 for rid in msg.ids:
                     self.engine.unpin(rid)
             elif isinstance(msg, p.StatsQuery):
-                stats = self.engine.stats()
-                if msg.prefixes:
-                    stats["top_prefixes"] = self.engine.cache.top_prefixes()
-                sock.send(p.encode(p.WorkerStats(msg.query, stats)))
+                top = self.engine.cache.top_prefixes(namespaces=msg.namespaces) if msg.prefixes else []
+                prefixes = [p.Prefix(**prefix) for prefix in top]
+                sock.send(p.encode(p.WorkerStats(msg.query, self.engine.stats(), prefixes)))
             elif isinstance(msg, p.Flush):
                 sock.send(p.encode(p.WorkerStats(msg.query, {"flushed": self.engine.flush_cache()})))
             elif isinstance(msg, p.Shutdown):
@@ -116,6 +115,7 @@ class Worker:
                 resumed=msg.resumed,
                 pin=msg.pin,
                 score_next=msg.score_next,
+                tenant=msg.tenant,
             )
         except (ValueError, TypeError) as e:
             self._replies.append(p.TokenOutput(id=msg.id, finished=True, finish_reason="error", error=str(e)))

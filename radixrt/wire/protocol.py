@@ -86,6 +86,9 @@ class Generate(Message, tag="generate"):
     prompt_logprobs_from: Annotated[int, Meta(ge=1)] | None = None
     pin: bool = False  # keep its tokens cached on its worker, once it finished, until ``Unpin(id)``
     score_next: list[TokenId] | None = None  # tokens whose logprob right after the prompt is asked for
+    tenant: Namespace = None
+    """Whose in-flight limit and fair share this request counts against: named by an admin client
+    (the HTTP front end names its API key's); any other client is a tenant of its own."""
 
 
 class Abort(Message, tag="abort"):
@@ -99,7 +102,13 @@ class Unpin(Message, tag="unpin"):
 
 
 class GetStats(Message, tag="get_stats"):
-    prefixes: bool = False  # also each worker's most reused cached prefixes (a walk of its whole cache)
+    """The router's and every worker's figures; with ``prefixes``, also the most reused cached
+    prefixes of ``namespace`` (a client's own, unless it is an admin), or of every namespace when
+    an admin asks for ``all_namespaces``."""
+
+    prefixes: bool = False
+    namespace: Namespace = None
+    all_namespaces: bool = False
 
 
 class GetHealth(Message, tag="get_health"):
@@ -219,23 +228,32 @@ class TokenizerFiles(Message, tag="tokenizer_files"):
 
 
 class Health(Message, tag="health"):
+    """Whether a worker serves; the workers' names and the requests in flight for admins only."""
+
     ok: bool
-    workers: list[str]
-    inflight: int
+    workers: list[str] | None = None
+    inflight: int | None = None
 
 
 # ---- router <-> worker ---------------------------------------------------------------------
 
 
+WorkerName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+Count = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+
+
 class Register(Message, tag="register"):
+    """A worker joins; it sends it from the identity ``worker``, and its heartbeats from
+    ``worker/heartbeat``."""
+
     version: int
-    worker: str
-    pid: int
-    model: str
-    vocab_size: int
-    max_context: int
-    page_size: int
-    num_pages: int
+    worker: WorkerName
+    pid: Annotated[int, Meta(ge=0, le=2**31 - 1)]
+    model: Annotated[str, Meta(max_length=256)]
+    vocab_size: Count
+    max_context: Count
+    page_size: Annotated[int, Meta(ge=1, le=4096)]
+    num_pages: Count
 
 
 class Submit(Message, tag="submit"):
@@ -247,6 +265,7 @@ class Submit(Message, tag="submit"):
     resumed: int = 0  # the last ``resumed`` input ids are the request's output so far (a moved request)
     pin: bool = False
     score_next: list[int] = []
+    tenant: str | None = None
 
 
 class Release(Message, tag="release"):
@@ -260,8 +279,12 @@ class Cancel(Message, tag="cancel"):
 
 
 class StatsQuery(Message, tag="stats_query"):
+    """Ask for the worker's figures; with ``prefixes``, its most reused cached prefixes of
+    ``namespaces`` (every namespace when None)."""
+
     query: int
     prefixes: bool = False
+    namespaces: list[str | None] | None = None
 
 
 class Flush(Message, tag="flush"):
@@ -297,13 +320,26 @@ class StepOutput(Message, tag="step"):
     events: list[WireCacheEvent] = []
 
 
+class Prefix(Struct, forbid_unknown_fields=True):
+    """One of a worker's most reused cached prefixes (``radixrt.cache.top_prefixes``)."""
+
+    tokens: list[TokenId]
+    length: Annotated[int, Meta(ge=0)]
+    hits: Annotated[int, Meta(ge=0)]
+    namespace: str | None = None
+    text: str | None = None  # its first tokens as text, filled in by the router
+
+
 class WorkerStats(Message, tag="worker_stats"):
+    """A worker's figures (numbers by name: the router sums what it knows and passes the rest on)."""
+
     query: int
-    stats: dict[str, Any]
+    stats: dict[str, int | float | bool | str | None]
+    prefixes: list[Prefix] = []
 
 
 class Heartbeat(Message, tag="heartbeat"):
-    worker: str
+    worker: WorkerName
 
 
 ClientMessage = Hello | Generate | Abort | Unpin | GetStats | GetHealth | GetTokenizer | FlushCache

@@ -1,9 +1,12 @@
-"""ZeroMQ sockets as the server and its clients set them up: message size limit, disconnect
-notices, and CURVE encryption with client authentication for anything beyond loopback."""
+"""ZeroMQ sockets as the server and its clients set them up: message size and queue limits,
+disconnect notices, and CURVE encryption with authentication by role (client, admin, worker) for
+anything beyond loopback. Without keys, anyone who can reach an address is let in as an admin
+client or a worker: that is why a non-loopback address needs keys (or ``--insecure``)."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,52 +19,80 @@ from zmq.utils.monitor import recv_monitor_message
 
 from radixrt.wire.protocol import MAX_MESSAGE_BYTES
 
+SEND_QUEUE = 1_000
+"""Messages queued for one peer before it counts as too slow (the router then cuts it off)."""
+RECEIVE_QUEUE = 10_000
+"""Messages queued from one peer before ZeroMQ stops reading its connection (its sends then wait)."""
+
+
+ROLES = ("client", "admin", "worker")
+"""Who a key lets in: a client (a tenant: its own namespace, no cache-wide calls), an admin client
+(any namespace and tenant, every tenant's figures, flushing; the HTTP front end is one) or a worker."""
+
 
 @dataclass(frozen=True)
 class Keys:
     """A directory that ``radixrt keys`` wrote: the server's key pair (``server.key``,
-    ``server.key_secret``), a client key pair (``client.key``, ``client.key_secret``), and the
-    public keys of every client the server lets in (``*.key``, read when the server starts). A
-    client needs only ``server.key`` and its own ``client.key_secret``."""
+    ``server.key_secret``), one key pair per role (``client``, ``admin``, ``worker``: ``ROLE.key``,
+    ``ROLE.key_secret``), and more public keys let in under each role in ``clients/``,
+    ``admins/`` and ``workers/`` (read when the server starts). A peer needs ``server.key`` and the
+    secret of its own pair: ``pair`` names the one this process uses."""
 
     directory: Path
+    pair: str = "client"
 
     @classmethod
-    def load(cls, directory: str | Path) -> Keys:
+    def load(cls, directory: str | Path, pair: str = "client") -> Keys:
         directory = Path(directory)
+        if pair not in ROLES:
+            raise ValueError(f"no key pair is called {pair!r}: one of {', '.join(ROLES)}")
         if not (directory / "server.key").exists():
             raise ValueError(
                 f"{directory / 'server.key'} is missing: `radixrt keys {directory}` writes a key directory"
             )
-        return cls(directory)
+        return cls(directory, pair)
 
     def server_pair(self) -> tuple[bytes, bytes]:
         return self._load("server.key_secret")
 
     def client_pair(self) -> tuple[bytes, bytes]:
-        return self._load("client.key_secret")
+        """This process's own pair (``pair``)."""
+        return self._load(f"{self.pair}.key_secret")
 
     def server_public(self) -> bytes:
         return self._load("server.key")[0]
 
+    def public_keys(self, role: str) -> set[bytes]:
+        """The z85 public keys let in as ``role``: its pair's and those in its folder."""
+        paths = [self.directory / f"{role}.key", *sorted((self.directory / f"{role}s").glob("*.key"))]
+        return {zmq.auth.load_certificate(path)[0] for path in paths if path.exists()}
+
     def _load(self, name: str) -> tuple[bytes, bytes]:
         path = self.directory / name
         if not path.exists():
-            raise ValueError(f"{path} is missing: `radixrt keys {self.directory}` writes a key directory")
+            raise ValueError(
+                f"{path} is missing: `radixrt keys {self.directory}` writes a key directory (and adds a "
+                "missing pair to an existing one)"
+            )
         return zmq.auth.load_certificate(path)
 
 
 def write_keys(directory: str | Path) -> Keys:
-    """Write a server key pair and a client key pair. Give trusted clients ``server.key`` and the
-    client pair; more clients' public keys (``*.key``) dropped into the directory are let in from
-    the server's next start."""
+    """Write the server's key pair and one pair per role that the directory lacks, and the
+    folders for more public keys. Secrets are never readable by others, not even for a moment:
+    the files are created under a umask that keeps them private."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in ("server", "client"):
-        if not (directory / f"{name}.key_secret").exists():
-            zmq.auth.create_certificates(directory, name)
-    for secret in directory.glob("*.key_secret"):
-        secret.chmod(0o600)
+    old = os.umask(0o077)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("server", *ROLES):
+            if not (directory / f"{name}.key_secret").exists():
+                zmq.auth.create_certificates(directory, name)
+        for role in ROLES:
+            (directory / f"{role}s").mkdir(exist_ok=True)
+    finally:
+        os.umask(old)
+    directory.chmod(0o700)
     return Keys(directory)
 
 
@@ -87,27 +118,47 @@ def check_exposure(address: str, keys: Keys | None, insecure: bool) -> None:
         )
 
 
+class _Allowed:
+    """The public keys one ZAP domain lets in (pyzmq's credentials provider)."""
+
+    def __init__(self, keys: set[bytes]) -> None:
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
 class Authenticator:
-    """CURVE client authentication for one context (ZeroMQ's ZAP handler, in a thread)."""
+    """CURVE authentication for one context (ZeroMQ's ZAP handler, in a thread): a socket set up
+    with ``zap_domain="clients"`` lets in client and admin keys, one with ``"workers"`` worker keys.
+    A message's ``User-Id`` is then its sender's z85 public key."""
 
     def __init__(self, context: zmq.Context, keys: Keys) -> None:
+        self.admins = keys.public_keys("admin")
         self._auth = ThreadAuthenticator(context)
         self._auth.start()
-        self._auth.configure_curve(domain="*", location=str(keys.directory))
+        self._auth.configure_curve_callback("clients", _Allowed(keys.public_keys("client") | self.admins))
+        self._auth.configure_curve_callback("workers", _Allowed(keys.public_keys("worker")))
 
     def stop(self) -> None:
         self._auth.stop()
 
 
-def server_socket(context: zmq.Context, address: str, keys: Keys | None) -> tuple[zmq.Socket, str]:
-    """A ROUTER socket bound to ``address`` (``tcp://HOST:0`` picks a free port); returns it and
-    the address it is bound to."""
+def server_socket(
+    context: zmq.Context, address: str, keys: Keys | None, domain: str = "clients"
+) -> tuple[zmq.Socket, str]:
+    """A ROUTER socket bound to ``address`` (``tcp://HOST:0`` picks a free port) that lets in the
+    keys of ``domain`` (see ``Authenticator``); returns it and the address it is bound to.
+
+    Sending never blocks: a message to a peer that has gone, or whose queue holds ``SEND_QUEUE``
+    messages it has not read, raises ``zmq.ZMQError`` for the router to deal with."""
     sock = context.socket(zmq.ROUTER)
     _common(sock)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a reply to a peer that has gone is dropped
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     if keys is not None:
         sock.curve_publickey, sock.curve_secretkey = keys.server_pair()
         sock.curve_server = True
+        sock.zap_domain = domain.encode()
     sock.bind(address)
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -156,8 +207,8 @@ def client_socket(context: zmq.Context, address: str, keys: Keys | None, identit
 def _common(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)
+    sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
