@@ -5,7 +5,8 @@ each matcher takes the sampled token.
 
 A JSON schema's output is strict JSON (RFC 8259), whatever xgrammar's own lowering of the schema allows:
 see ``strict_json_grammar``. Compiled grammars are cached by xgrammar, so a schema that many requests share
-is compiled once. xgrammar is imported on the first constrained request: an engine that never sees one
+is compiled once; the cache is bounded (``GRAMMAR_CACHE_BYTES``), or every distinct constraint a tenant sends
+would stay in memory. xgrammar is imported on the first constrained request: an engine that never sees one
 never loads it.
 """
 
@@ -25,9 +26,10 @@ from radixrt.params import SamplingParams
 _LITERAL_OR_CLASS = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]', re.DOTALL)
 _BOUNDED_STRING_CHARACTER = r"[^\"\\\r\n]"
 _STRICT_STRING_CHARACTER = r"[^\"\\\0-\x1f]"
+GRAMMAR_CACHE_BYTES = 64 << 20  # xgrammar's compiled grammars (a compiled schema of 64 KiB takes about 10 MB)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)  # an EBNF is up to ~5 times its schema (at most 64 KiB): ~12 MB
 def strict_json_grammar(schema: str) -> str:
     r"""The EBNF of xgrammar's grammar for ``schema``, with no raw control character allowed in strings.
 
@@ -54,7 +56,9 @@ class Grammars:
         self._xgr = xgrammar
         self.vocab_size = vocab_size
         self.compiler = xgrammar.GrammarCompiler(
-            xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size), max_threads=1
+            xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size),
+            max_threads=1,
+            cache_limit_bytes=GRAMMAR_CACHE_BYTES,
         )
 
     def matcher(self, params: SamplingParams) -> Any:

@@ -105,6 +105,7 @@ class EngineCore:
         *,
         request_id: str | None = None,
         namespace: Hashable = None,
+        tenant: str | None = None,
         arrival_time: float | None = None,
         prompt_logprobs_from: int | None = None,
         resumed: int = 0,
@@ -115,6 +116,8 @@ class EngineCore:
 
         ``max_new_tokens`` is clipped to what the model's context and the KV pool can hold past
         the prompt; a request that reaches that limit ends with finish reason "length".
+        ``tenant`` names who sent it: waiting requests of a tenant with fewer running go first
+        (by default the tenant is the namespace).
         ``arrival_time`` (``time.perf_counter()`` clock; default now) dates the request for
         scheduling and latency figures, as a replayed trace needs. ``prompt_logprobs_from``
         asks for the log-probability of each prompt token from that position on. ``resumed``
@@ -140,6 +143,8 @@ class EngineCore:
             raise ValueError(f"a request id is a non-empty string, got {request_id!r}")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
+        if tenant is not None and not isinstance(tenant, str):
+            raise ValueError(f"a tenant is a string, got {tenant!r}")
         if pin and request_id in self.pins:
             raise ValueError(f"request id {request_id!r} already names a pin: unpin it first")
         room = min(self.max_context, self.pool.num_tokens) - len(tokens)
@@ -162,6 +167,7 @@ class EngineCore:
             params,
             min(params.max_new_tokens, room),
             namespace,
+            tenant=tenant,
             arrival=time.perf_counter() if arrival_time is None else float(arrival_time),
             prompt_logprobs_from=prompt_logprobs_from,
             generator=generator,

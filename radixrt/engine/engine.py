@@ -25,7 +25,12 @@ class Engine(EngineCore):
     # ---- drivers ---------------------------------------------------------------------------
 
     def generate(
-        self, prompts: Prompt | list[Prompt], params: SamplingParams | None = None, *, namespace: Hashable = None
+        self,
+        prompts: Prompt | list[Prompt],
+        params: SamplingParams | None = None,
+        *,
+        namespace: Hashable = None,
+        tenant: str | None = None,
     ) -> GenerateOutput | list[GenerateOutput]:
         """Run prompts to the end; a failed request's output has finish reason "error" and its
         ``error``. A bad prompt in a list raises ``ValueError`` and queues none of them."""
@@ -33,7 +38,7 @@ class Engine(EngineCore):
             len(prompts) > 0 and isinstance(prompts[0], (int, np.integer))
         )
         batch = [prompts] if single else list(prompts)
-        ids = self._add_all([(p, {}) for p in batch], params, namespace)
+        ids = self._add_all([(p, {}) for p in batch], params, namespace, tenant)
         collected = {rid: GenerateOutput(rid, arrival=self.requests[rid].arrival) for rid in ids}
         for out in self._drive(ids):
             collected[out.request_id].add(out)
@@ -41,17 +46,24 @@ class Engine(EngineCore):
         return outputs[0] if single else outputs
 
     def stream(
-        self, prompt: Prompt, params: SamplingParams | None = None, *, namespace: Hashable = None
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        namespace: Hashable = None,
+        tenant: str | None = None,
     ) -> Iterator[str]:
         """The text as it is generated, piece by piece (never a piece of a stop string). Raises
         ``RequestFailed`` if the request fails; closing the iterator early aborts it."""
-        for out in self._drive(self._add_all([(prompt, {})], params, namespace)):
+        for out in self._drive(self._add_all([(prompt, {})], params, namespace, tenant)):
             if out.text:
                 yield out.text
             if out.error is not None:
                 raise RequestFailed(out.error)
 
-    def score_choices(self, prompt: Prompt, choices: Sequence[Prompt], namespace: Hashable = None) -> list[ChoiceScore]:
+    def score_choices(
+        self, prompt: Prompt, choices: Sequence[Prompt], namespace: Hashable = None, *, tenant: str | None = None
+    ) -> list[ChoiceScore]:
         """The log-probability of each token of each continuation in ``choices`` after ``prompt``
         (what the frontend's ``select`` ranks). Each choice is a request that the scheduler
         batches with the rest; the prompt is computed once and shared through the cache."""
@@ -59,7 +71,7 @@ class Engine(EngineCore):
         options = [prompt_ids(c, self.tokenizer).tolist() for c in choices]
         if not base or not options or any(not o for o in options):
             raise ValueError("score_choices needs a non-empty prompt, at least one choice, and no empty choice")
-        ids = self._add_all(choice_requests(base, options), SamplingParams(max_new_tokens=0), namespace)
+        ids = self._add_all(choice_requests(base, options), SamplingParams(max_new_tokens=0), namespace, tenant)
         finished = {}
         for out in self._drive(ids):
             if out.error is not None:
@@ -94,13 +106,17 @@ class Engine(EngineCore):
                 self._mailboxes.pop(rid, None)
 
     def _add_all(
-        self, prompts: list[tuple[Prompt, dict]], params: SamplingParams | None, namespace: Hashable
+        self,
+        prompts: list[tuple[Prompt, dict]],
+        params: SamplingParams | None,
+        namespace: Hashable,
+        tenant: str | None = None,
     ) -> list[str]:
         """Add every prompt or, if one is refused, none."""
         ids: list[str] = []
         try:
             for prompt, options in prompts:
-                ids.append(self.add_request(prompt, params, namespace=namespace, **options))
+                ids.append(self.add_request(prompt, params, namespace=namespace, tenant=tenant, **options))
         except Exception:
             for rid in ids:
                 self.scheduler.remove(self.requests.pop(rid))

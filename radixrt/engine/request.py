@@ -37,13 +37,15 @@ class Request:
     ``max_new_tokens`` is the sampling parameter clipped to what the model's context and the KV
     pool can hold. ``prompt_logprobs_from`` asks for the log-probability of every prompt token from
     that position on (how ``select`` scores a choice); the prefix served from the cache then stops
-    before it, since those positions' logits must be computed."""
+    before it, since those positions' logits must be computed. ``tenant`` is who the scheduler
+    shares slots fairly between (the namespace when not given)."""
 
     id: str
     prompt: np.ndarray
     params: SamplingParams
     max_new_tokens: int
     namespace: Hashable = None
+    tenant: Hashable = None
     arrival: float = field(default_factory=time.perf_counter)
     prompt_logprobs_from: int | None = None
     resumed: int = 0  # the prompt's last tokens that are this request's output from elsewhere (a lost worker)
@@ -70,6 +72,8 @@ class Request:
     reported: int = 0  # generated tokens already reported in an output
 
     def __post_init__(self) -> None:
+        if self.tenant is None:
+            self.tenant = self.namespace
         self.prompt_len = len(self.prompt)
         self._buf = np.empty(self.prompt_len + min(self.max_new_tokens, 64), dtype=ID_DTYPE)
         self._buf[: self.prompt_len] = self.prompt

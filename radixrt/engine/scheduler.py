@@ -8,15 +8,21 @@ request. Then it admits waiting requests while the step's token budget and free 
 allow, keeping a page free for each decoding request's next token. Up to ``LPM_MAX_WAITING``
 waiting requests are ranked by cached prefix length (SGLang's longest-prefix-match) with an age
 credit so that nobody starves; a longer queue is taken in arrival order, since ranking it would
-cost more than it saves. A waiting request whose prompt shares a long uncached prefix with one
-admitted in the same step waits a step, then finds that prefix in the cache: a prefix shared by a
-burst of requests is computed once. A retracted request keeps what it generated, gives its
-computed K/V to the cache and is re-queued; it is recomputed mostly from the cache.
+cost more than it saves. Between tenants that order is interleaved: the next request comes from the
+tenant with the fewest running (counting those admitted this step), so one tenant's queue of many
+never holds back another's request for more than a slot. A waiting request whose prompt shares a
+long uncached prefix with one admitted in the same step waits a step, then finds that prefix in the
+cache: a prefix shared by a burst of requests is computed once. A retracted request keeps what it
+generated, gives its computed K/V to the cache and is re-queued; it is recomputed mostly from the
+cache.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
+from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,14 +143,20 @@ class Scheduler:
 
     # ---- internals -------------------------------------------------------------------------
 
-    def _by_priority(self) -> list[tuple[Request, int | None]]:
+    def _by_priority(self) -> Iterator[tuple[Request, int | None]]:
         """Waiting requests with their cached prefix lengths (None where not looked up), best
         first. Looking up does not touch the tree: a request not admitted changes nothing."""
         if not self.enable_cache or len(self.waiting) > LPM_MAX_WAITING:
-            return [(req, None) for req in sorted(self.waiting, key=lambda r: r.arrival)]
-        now = time.perf_counter()
-        cached = [(req, self.cache.prefix_length(req.tokens[: req.match_limit], req.namespace)) for req in self.waiting]
-        return sorted(cached, key=lambda rc: rc[1] + AGE_CREDIT_TOKENS_PER_S * (now - rc[0].arrival), reverse=True)
+            ranked = [(req, None) for req in sorted(self.waiting, key=lambda r: r.arrival)]
+        else:
+            now = time.perf_counter()
+            looked_up = [
+                (req, self.cache.prefix_length(req.tokens[: req.match_limit], req.namespace)) for req in self.waiting
+            ]
+            ranked = sorted(
+                looked_up, key=lambda rc: rc[1] + AGE_CREDIT_TOKENS_PER_S * (now - rc[0].arrival), reverse=True
+            )
+        return _fair(ranked, Counter(r.tenant for r in self.running))
 
     def _shares_uncached(self, admitted_now: RadixCache, req: Request, cached: int | None) -> bool:
         """Whether ``req`` would compute a prefix that a request admitted this step computes too."""
@@ -226,3 +238,22 @@ class Scheduler:
         self.cache.unlock(req.node)
         req.node, req.in_tree = m.last_node, m.length
         req.pages = np.concatenate([m.pages, req.pages[aligned:]])
+
+
+def _fair(ranked: list[tuple[Request, int | None]], running: Counter) -> Iterator[tuple[Request, int | None]]:
+    """``ranked`` interleaved between tenants: next, the best of the tenant with the fewest running
+    plus handed out so far (each one handed out counts as admitted); ties go to the better ranked."""
+    queues: dict = {}
+    for position, rc in enumerate(ranked):
+        queues.setdefault(rc[0].tenant, deque()).append((position, rc))
+    if len(queues) <= 1:
+        yield from ranked
+        return
+    heap = [(running[tenant], queue[0][0], tenant) for tenant, queue in queues.items()]
+    heapq.heapify(heap)
+    while heap:
+        count, _, tenant = heapq.heappop(heap)
+        queue = queues[tenant]
+        yield queue.popleft()[1]
+        if queue:
+            heapq.heappush(heap, (count + 1, queue[0][0], tenant))

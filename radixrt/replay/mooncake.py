@@ -15,6 +15,7 @@ import numpy as np
 from radixrt.replay.jsonl import jsonl_records
 
 BLOCK_SIZE = 512
+MAX_BLOCK_SIZE = 65536  # tokens per hash id: a block is expanded in memory before any check on the prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,12 @@ def load_mooncake(path: str | Path) -> list[MooncakeRequest]:
 def block_tokens(hash_ids: tuple[int, ...] | list[int], block_size: int = BLOCK_SIZE) -> np.ndarray:
     """int32 token ids for a request's blocks: block ``h`` is ``h * block_size + [0, block_size)``,
     so no two blocks share a token and every block's tokens are the same in every request."""
+    if (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, (int, np.integer))
+        or not 1 <= block_size <= MAX_BLOCK_SIZE
+    ):
+        raise ValueError(f"block_size must be an integer in 1..{MAX_BLOCK_SIZE}, got {block_size!r}")
     ids = np.asarray(hash_ids, dtype=np.int64)
     if ids.size and (ids.min() < 0 or (ids.max() + 1) * block_size > np.iinfo(np.int32).max):
         raise ValueError(

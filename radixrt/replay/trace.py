@@ -18,7 +18,7 @@ import numpy as np
 from msgspec import Meta, Struct
 
 from radixrt.prompts import prompt_ids
-from radixrt.replay.mooncake import block_tokens
+from radixrt.replay.mooncake import MAX_BLOCK_SIZE, block_tokens
 
 PROMPT_KINDS = ("prompt", "input_ids", "messages", "hash_ids")
 
@@ -36,7 +36,7 @@ class TraceRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
     input_ids: list[Annotated[int, Meta(ge=0)]] | None = None
     messages: list[Message] | None = None
     hash_ids: list[Annotated[int, Meta(ge=0)]] | None = None
-    block_size: Annotated[int, Meta(ge=1)] | None = None  # tokens per hash id
+    block_size: Annotated[int, Meta(ge=1, le=MAX_BLOCK_SIZE)] | None = None  # tokens per hash id
     output: str | None = None  # the recorded output text ...
     output_tokens: Annotated[int, Meta(ge=0)] | None = None  # ... or its length in tokens
     parent: str | None = None  # the request this one continues (an earlier turn, a fork's trunk)
@@ -49,6 +49,8 @@ class TraceRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
             raise ValueError(f"give exactly one of {', '.join(PROMPT_KINDS)} (got {', '.join(given) or 'none'})")
         if (self.hash_ids is not None) != (self.block_size is not None):
             raise ValueError("block_size goes with hash_ids, and only with them")
+        if self.block_size is not None and not 1 <= self.block_size <= MAX_BLOCK_SIZE:
+            raise ValueError(f"block_size: must be in 1..{MAX_BLOCK_SIZE}, got {self.block_size}")
         if not self.session or not self.id:
             raise ValueError("session and id must be non-empty")
 

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from radixrt import Engine, SamplingParams
+from radixrt.engine import constraints
 from radixrt.engine.constraints import strict_json_grammar
 
 SCHEMA = {
@@ -176,3 +177,14 @@ def test_a_resumed_request_s_constraint_goes_on_where_it_stopped(engine):
     assert head + tokens == whole.token_ids
     with pytest.raises(ValueError, match="do not fit"):
         engine.add_request(prompt + engine.tokenizer.encode("nope"), params, resumed=1)
+
+
+def test_compiled_grammars_are_kept_within_the_cache_limit(engine, monkeypatch):
+    """Every distinct constraint a tenant sends is compiled and cached: the cache has a bound
+    (xgrammar's accounting is loose, a little over its limit; unbounded, these take several MB)."""
+    assert engine._grammars().compiler.cache_limit_bytes == constraints.GRAMMAR_CACHE_BYTES
+    monkeypatch.setattr(constraints, "GRAMMAR_CACHE_BYTES", 1 << 20)
+    grammars = constraints.Grammars(engine.tokenizer, engine.vocab_size)
+    for n in range(2, 20):
+        grammars.compile(SamplingParams(regex=f"[a-z]{{{n},{2 * n}}}-[0-9]{{1,{n}}}"))
+    assert 0 < grammars.compiler.get_cache_size_bytes() < 2 << 20

@@ -215,3 +215,53 @@ def test_stats_add_up():
     for _ in range(30):
         step(s)
     assert s.stats.evicted_pages >= 2 and s.stats.retractions == sum(r.retractions for r in reqs) >= 2
+
+
+def tenant_request(rid: str, tenant: str, arrival: float, namespace: str | None = None) -> Request:
+    """A request of ``tenant`` over a prompt no other request shares (its arrival makes it unique)."""
+    req = request(rid, [1000 + round(arrival * 1e6) % 10**6] * 8, arrival=arrival)
+    req.namespace, req.tenant = namespace, tenant
+    return req
+
+
+def admitted(s: Scheduler) -> list[str]:
+    """The requests one step admits, in the order it admits them."""
+    before = set(s.running)
+    return [r.id for r, _ in step(s) if r not in before]
+
+
+@pytest.mark.parametrize("queued", [40, LPM_MAX_WAITING + 1])
+def test_a_tenant_behind_a_long_queue_gets_the_next_free_slot(queued):
+    """Tenant a queues many, then tenant b one: b is admitted as soon as a slot frees (ranked or,
+    past LPM_MAX_WAITING, in arrival order), not after a's queue."""
+    s = scheduler(4096, max_running=4)
+    now = time.perf_counter()
+    s.waiting += [tenant_request(f"a{i}", "a", now + i * 1e-6) for i in range(queued)]
+    assert admitted(s) == ["a0", "a1", "a2", "a3"]
+    s.waiting.append(tenant_request("b", "b", now + 1))
+    s.remove(s.running[0])
+    assert admitted(s) == ["b"]
+
+
+def test_tenants_take_turns_within_a_step():
+    s = scheduler(4096, max_running=6)
+    now = time.perf_counter()
+    s.waiting += [tenant_request(f"a{i}", "a", now + i * 1e-6) for i in range(10)]
+    s.waiting += [tenant_request(f"b{i}", "b", now + 1 + i * 1e-6) for i in range(10)]
+    assert admitted(s) == ["a0", "b0", "a1", "b1", "a2", "b2"]
+
+
+def test_the_tenant_is_the_namespace_unless_given():
+    """Namespaces stand for tenants by default; a tenant given counts across its namespaces."""
+    assert Request("r", np.zeros(2, np.int32), SamplingParams(), 1, "ns").tenant == "ns"
+    now = time.perf_counter()
+    s = scheduler(4096, max_running=3)
+    for i, namespace in enumerate("xxxy"):
+        s.waiting.append(Request(f"{namespace}{i}", np.full(8, 10 + i, np.int32), SamplingParams(), 1, namespace))
+        s.waiting[-1].arrival = now + i
+    assert admitted(s) == ["x0", "y3", "x1"]
+
+    s = scheduler(4096, max_running=3)
+    s.waiting += [tenant_request(f"a{i}", "a", now + i, namespace=f"n{i}") for i in range(3)]
+    s.waiting.append(tenant_request("b", "b", now + 5, namespace="n0"))
+    assert admitted(s) == ["a0", "b", "a1"]

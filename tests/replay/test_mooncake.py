@@ -34,3 +34,9 @@ def test_blocks_expand_to_stable_disjoint_tokens():
 def test_hash_ids_too_large_for_int32_are_refused():
     with pytest.raises(ValueError, match="hash ids must lie in"):
         block_tokens([2**23], block_size=512)
+
+
+@pytest.mark.parametrize("block_size", [0, 65537, 2**40, 1.5, True])
+def test_a_block_size_outside_1_to_65536_is_refused(block_size):
+    with pytest.raises(ValueError, match=r"block_size must be an integer in 1\.\.65536"):
+        block_tokens([], block_size=block_size)

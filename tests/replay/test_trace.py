@@ -36,6 +36,7 @@ def test_the_format_round_trips(tmp_path):
         ({"session": "s", "id": "a", "prompt": "p"}, r":2: id: 'a' is used by an earlier request"),
         ({"session": "s", "id": "x", "prompt": "p", "parent": "zz"}, r":2: parent: 'zz' names no earlier request"),
         ({"session": "s", "id": "x", "input_ids": [-1]}, r":2: input_ids\[0\]: Expected `int` >= 0"),
+        ({"session": "s", "id": "x", "hash_ids": [1], "block_size": 65537}, r":2: block_size: Expected `int` <= 65536"),
     ],
 )
 def test_a_bad_line_is_named_and_can_be_skipped(tmp_path, line, message):
@@ -94,3 +95,13 @@ def test_chat_log_import(tmp_path):
     path.write_text(json.dumps([[{"role": "user"}]]))
     with pytest.raises(ValueError, match="conversation 0, message 0"):
         from_chat_logs(path)
+
+
+def test_a_block_size_past_the_cap_is_refused_however_the_request_was_made(tmp_path):
+    """A block is expanded to its tokens in memory: 2**31 tokens a hash id would take 8 GB at once."""
+    huge = TraceRequest("s", "x", hash_ids=[0], block_size=2**31)
+    with pytest.raises(ValueError, match=r"block_size: must be in 1\.\.65536"):
+        write_trace(tmp_path / "t.jsonl", [huge])
+    with pytest.raises(ValueError, match=r"block_size must be an integer in 1\.\.65536"):
+        prompt_tokens(huge)
+    assert prompt_tokens(TraceRequest("s", "y", hash_ids=[1], block_size=65536)).size == 65536
