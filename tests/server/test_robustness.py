@@ -49,6 +49,16 @@ def _fuzz_frames(rng: random.Random, n: int) -> list[tuple[str, bytes]]:
         {"stop_token_ids": [-2]},
         {"logprobs": "yes"},
     ]
+    deep = '{"type":"array","items":' * 100 + '{"type":"string"}' + "}" * 100
+    hostile_params = [  # valid messages whose cost would be the server's: refused by the caps
+        {"stop": [f"s{i}" for i in range(10_000)]},
+        {"stop": ["s" * 100_000]},
+        {"stop_token_ids": [1] * 10_000},
+        {"max_new_tokens": 2**63},
+        {"json_schema": deep},
+        {"regex": "(a|b)" * 2000},
+        {"choices": ["c"] * 5000},
+    ]
     makers = [
         lambda: ("random bytes", rng.randbytes(rng.randrange(0, 64))),
         lambda: ("not a map", enc(rng.choice([1, "generate", [1, 2, 3], None, 2.5, [{"type": "generate"}]]))),
@@ -78,6 +88,14 @@ def _fuzz_frames(rng: random.Random, n: int) -> list[tuple[str, bytes]]:
             enc({"type": "generate", "id": "t", "prompt": "hi", "namespace": rng.choice([3, "n" * 300])}),
         ),
         lambda: ("truncated", enc({"type": "generate", "id": "t", "prompt": "hello there"})[:-3]),
+        lambda: (
+            "hostile sampling",
+            enc({"type": "generate", "id": "t", "prompt": "hi", "params": rng.choice(hostile_params)}),
+        ),
+        lambda: (
+            "hostile prompt",
+            enc({"type": "generate", "id": "t", "prompt": "word " * rng.randrange(10**5, 10**6)}),
+        ),
     ]
     return [rng.choice(makers)() for _ in range(n)]
 
@@ -104,7 +122,7 @@ def test_fuzzed_frames_get_errors_and_nothing_dies(tiny_server):
             assert isinstance(answer, p.Error), (kind, frame, answer)
             assert answer.code in ("bad_message", "invalid_request", "version"), (kind, answer)
             kinds[kind] = kinds.get(kind, 0) + 1
-        assert len(kinds) == 15 and min(kinds.values()) > 20
+        assert len(kinds) == 17 and min(kinds.values()) > 20
         sock.send_multipart([p.encode(p.GetHealth()), b"extra"])  # a message is one frame
         assert reply().code == "bad_message"
         # The 1,000th: over the size limit. ZeroMQ drops the connection that sent it; the socket

@@ -2,6 +2,8 @@
 claim to be workers, slow clients and tenants under keys, over real sockets (each turn of its loop
 is run by the test; a worker here is a socket that speaks the worker's protocol)."""
 
+import os
+import stat
 import threading
 import time
 
@@ -244,3 +246,17 @@ def test_a_client_key_does_not_let_a_worker_in(keyed, peers):
     peers(b"w0", router.worker_address, Keys.load(directory)).send(register("w0"))  # the client pair
     turns(router, 1)
     assert router.workers == {}
+
+
+def test_key_secrets_are_private_and_each_role_has_a_pair(tmp_path):
+    old = os.umask(0o022)  # a usual umask: files would be world-readable by default
+    try:
+        keys = write_keys(tmp_path / "keys")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(keys.directory.stat().st_mode) == 0o700
+    secrets = sorted(path.name for path in keys.directory.glob("*.key_secret"))
+    assert secrets == ["admin.key_secret", "client.key_secret", "server.key_secret", "worker.key_secret"]
+    for path in keys.directory.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+    assert all(len(keys.public_keys(role)) == 1 for role in ("client", "admin", "worker"))
