@@ -83,7 +83,7 @@ def worker(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        keys = Keys.load(args.keys) if args.keys else None
+        keys = Keys.load(args.keys, pair="worker") if args.keys else None
         engine = _engine(args)
     except (ModelNotFoundError, ValueError) as e:
         print(f"radixrt worker: {e}", file=sys.stderr)
@@ -93,6 +93,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from radixrt.http.access import configured_keys
     from radixrt.wire.sockets import check_exposure, is_loopback
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -100,16 +101,20 @@ def serve(args: argparse.Namespace) -> int:
     try:
         for a in (address, args.worker_address or "ipc://"):
             check_exposure(a, args.keys, args.insecure)
+        args.api_keys, args.admin = configured_keys(
+            args.api_key, args.api_key_file, args.admin_key, args.admin_key_file, os.environ
+        )
         http_host = args.http_host or args.host
         if (
             args.http_port is not None
-            and not args.api_key
+            and not args.api_keys
             and not args.insecure
             and not is_loopback(f"tcp://{http_host}:0")
         ):
             raise ValueError(
-                f"the HTTP API on {http_host} is reachable from other machines: give --api-key KEY so that "
-                "only key holders get in, or --insecure to serve it to anyone"
+                f"the HTTP API on {http_host} is reachable from other machines: give API keys (--api-key-file "
+                "FILE, RADIXRT_API_KEYS or --api-key KEY) so that only key holders get in, or --insecure to "
+                "serve it to anyone"
             )
     except ValueError as e:
         print(f"radixrt serve: {e}", file=sys.stderr)
@@ -132,6 +137,9 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
 
     try:
         keys = Keys.load(args.keys) if args.keys else None
+        admin_pair = Keys.load(args.keys, pair="admin") if args.keys and args.http_port is not None else None
+        if admin_pair is not None:
+            admin_pair.client_pair()  # the HTTP front end's: missing, say so now
         print(f"loading {args.model or 'the default model (SmolLM2-135M-Instruct)'} ...", file=sys.stderr, flush=True)
         model_dir = hf_directory(args.model)  # converts a GGUF file once, before the workers look for it
         tokenizer = AutoTokenizer.from_pretrained(model_dir) if any(model_dir.glob("tokenizer*")) else None
@@ -147,6 +155,7 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
             balance_abs=args.balance_abs,
             balance_rel=args.balance_rel,
             worker_timeout=args.worker_timeout,
+            clients_choose_namespace=args.clients_choose_namespace,
         )
     except (ModelNotFoundError, ValueError, OSError, zmq.ZMQError) as e:
         print(f"radixrt serve: {e}", file=sys.stderr)
@@ -175,7 +184,13 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
 
         host = args.http_host or args.host
         config = HttpConfig(
-            router.address, tuple(args.api_key), args.namespace_by, args.keys, tokenizer=router.tokenizer
+            router.address,
+            api_keys=args.api_keys,
+            namespace_by=args.namespace_by,
+            keys=admin_pair,
+            admin_key=args.admin,
+            max_connections=args.http_max_connections,
+            tokenizer=router.tokenizer,
         )
         http = HttpServer(config, host, args.http_port)
         try:
@@ -199,11 +214,17 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
 def keys(args: argparse.Namespace) -> int:
     from radixrt.wire.sockets import write_keys
 
-    write_keys(args.directory)
+    d = args.directory
+    write_keys(d)
     print(
-        f"wrote the server's and a client's CURVE key pairs to {args.directory}. "
-        f"`serve --keys {args.directory}` lets in every client whose public key (*.key) is there when it starts; "
-        "a client needs server.key and client.key_secret",
+        f"wrote CURVE key pairs to {d} (the ones it lacked). `radixrt serve --keys {d}` lets in, when it starts:\n"
+        f"  clients  (client.key, {d}/clients/*.key): tenants, each cached in a namespace of its own key\n"
+        f"  admins   (admin.key, {d}/admins/*.key): any namespace and tenant, every tenant's figures, flushing\n"
+        f"  workers  (worker.key, {d}/workers/*.key): `radixrt worker --keys DIR`\n"
+        "Every peer needs server.key and the secret of its own pair: give a client server.key and "
+        "client.key_secret, an admin server.key and admin.key_secret, a remote worker server.key and "
+        "worker.key_secret. Never hand out server.key_secret. To let in another key, put its public "
+        f"half (*.key) in {d}/clients/, admins/ or workers/ and restart serve.",
         file=sys.stderr,
     )
     return 0
@@ -276,7 +297,18 @@ def main(argv: list[str] | None = None) -> int:
         "--balance-rel", type=float, default=1.5, help="... and more than this many times as many (default 1.5)"
     )
     srv.add_argument(
-        "--max-inflight", type=int, default=1024, help="most requests one client may have in flight (default 1024)"
+        "--max-inflight",
+        type=int,
+        default=1024,
+        help="most requests one tenant may have in flight (default 1024): each client, or, through the HTTP "
+        "API, each API key (without keys, all HTTP callers together)",
+    )
+    srv.add_argument(
+        "--clients-choose-namespace",
+        action="store_true",
+        help="with --keys, let clients name their requests' cache namespace freely; by default a client's "
+        "namespaces are nested under one derived from its key, so that no client can read another's cached "
+        "prefixes through cache hits and their timing. Give it only when all clients trust each other",
     )
     srv.add_argument(
         "--worker-timeout",
@@ -298,7 +330,29 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY",
-        help="an API key the HTTP API accepts as 'Authorization: Bearer KEY' (repeat for several)",
+        help="an API key the HTTP API accepts as 'Authorization: Bearer KEY' (repeat for several); visible to "
+        "other users of this machine in `ps`: prefer --api-key-file or RADIXRT_API_KEYS (comma-separated)",
+    )
+    srv.add_argument(
+        "--api-key-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file of API keys, one a line (blank lines and # comments skipped); repeat for several",
+    )
+    srv.add_argument(
+        "--admin-key",
+        metavar="KEY",
+        help="the HTTP API's admin key: every tenant's cached prefixes in /stats.json, the workers and requests "
+        "in flight in /health, and /metrics (also RADIXRT_ADMIN_KEY, or --admin-key-file; visible in `ps`)",
+    )
+    srv.add_argument("--admin-key-file", metavar="FILE", help="a file holding the admin key")
+    srv.add_argument(
+        "--http-max-connections",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="HTTP connections served at once; more are answered 503 (default 1024)",
     )
     srv.add_argument(
         "--namespace-by",
@@ -329,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     key = commands.add_parser(
         "keys",
         help="write CURVE key pairs for serving beyond this machine",
-        description="Write a server key pair and a client key pair into DIRECTORY.",
+        description="Write the server's key pair and one pair per role (client, admin, worker) into DIRECTORY, "
+        "with clients/, admins/ and workers/ folders for more public keys; pairs it already holds are kept.",
     )
     key.add_argument("directory")
     key.set_defaults(run=keys)

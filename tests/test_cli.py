@@ -49,3 +49,12 @@ def test_a_failed_request_exits_1(tmp_path, capsys):
     tokenizer.save_pretrained(tmp_path)
     assert main(["generate", "Hello", "--model", str(tmp_path), "--max-tokens", "4"]) == 1
     assert "the request failed: the logits are not finite" in capsys.readouterr().err
+
+
+def test_keys_says_which_file_goes_to_whom(tmp_path, capsys):
+    assert main(["keys", str(tmp_path / "keys")]) == 0
+    said = capsys.readouterr().err
+    for role in ("client", "admin", "worker"):
+        assert f"{role}.key_secret" in said and (tmp_path / "keys" / f"{role}.key_secret").exists()
+        assert (tmp_path / "keys" / f"{role}s").is_dir()
+    assert "Never hand out server.key_secret" in said

@@ -16,6 +16,7 @@ import zmq.asyncio
 
 from radixrt.client.core import (
     DEFAULT_ADDRESS,
+    MAX_UNREAD,
     News,
     Prompt,
     Requests,
@@ -33,14 +34,26 @@ from radixrt.wire.sockets import Keys, client_socket
 
 class AsyncClient:
     """The asyncio client: ``await generate(...)``, ``async for piece in stream(...)``; any number
-    of coroutines may share one."""
+    of coroutines may share one.
+
+    ``keys`` is a key directory (its client pair is used) or a ``Keys`` naming the pair. A request
+    whose reader falls more than ``max_unread`` replies behind is aborted, and its reader gets a
+    ``ServerError`` (``fell_behind``): memory stays bounded whoever reads slowly."""
 
     def __init__(
-        self, address: str = DEFAULT_ADDRESS, *, keys: str | Path | None = None, timeout: float = 30.0
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        keys: str | Path | Keys | None = None,
+        timeout: float = 30.0,
+        max_unread: int = MAX_UNREAD,
     ) -> None:
-        self.address, self.timeout = address, timeout
+        if max_unread < 1:
+            raise ValueError(f"max_unread must be at least 1, got {max_unread}")
+        self.address, self.timeout, self.max_unread = address, timeout, max_unread
         self._context = zmq.asyncio.Context()
-        self._socket = client_socket(self._context, address, Keys.load(keys) if keys else None)
+        keys = Keys.load(keys) if isinstance(keys, (str, Path)) else keys
+        self._socket = client_socket(self._context, address, keys)
         self._decode = p.decoder(p.ReplyMessage).decode
         self._requests = Requests()
         self._mail: dict[str, asyncio.Queue] = {}
@@ -53,12 +66,17 @@ class AsyncClient:
         self.info: p.Welcome | None = None
 
     async def generate(
-        self, prompts: Prompt | list[Prompt], params: SamplingParams | None = None, *, namespace: str | None = None
+        self,
+        prompts: Prompt | list[Prompt],
+        params: SamplingParams | None = None,
+        *,
+        namespace: str | None = None,
+        tenant: str | None = None,
     ) -> GenerateOutput | list[GenerateOutput]:
         single = is_single(prompts)
         batch = [prompts] if single else list(prompts)
         await self.connect()
-        started = [self._send(prompt, params, namespace, stream=False) for prompt in batch]
+        started = [self._send(prompt, params, namespace, stream=False, tenant=tenant) for prompt in batch]
         try:
             outputs = [await self._finished(rid, arrival) for rid, arrival in started]
         finally:
@@ -74,8 +92,9 @@ class AsyncClient:
         *,
         namespace: str | None = None,
         request_id: str | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[str]:
-        async for out in self.outputs(prompt, params, namespace=namespace, request_id=request_id):
+        async for out in self.outputs(prompt, params, namespace=namespace, request_id=request_id, tenant=tenant):
             if out.text:
                 yield out.text
             if out.error is not None:
@@ -91,6 +110,7 @@ class AsyncClient:
         prompt_logprobs_from: int | None = None,
         pin: bool = False,
         score_next: Sequence[int] = (),
+        tenant: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """As ``Client.outputs``."""
         await self.connect()
@@ -103,6 +123,7 @@ class AsyncClient:
             prompt_logprobs_from=prompt_logprobs_from,
             pin=pin,
             score_next=score_next,
+            tenant=tenant,
         )
         box, news = self._mail[rid], News(rid, self._requests)
         try:
@@ -113,10 +134,22 @@ class AsyncClient:
             if not news.done and not self._socket.closed:
                 self._socket.send(p.encode(p.Abort(rid)))
 
-    async def pin(self, prompt: Prompt, *, namespace: str | None = None, request_id: str | None = None) -> str:
+    async def pin(
+        self,
+        prompt: Prompt,
+        *,
+        namespace: str | None = None,
+        request_id: str | None = None,
+        tenant: str | None = None,
+    ) -> str:
         """As ``Client.pin``."""
         async for out in self.outputs(
-            prompt, SamplingParams(max_new_tokens=0), namespace=namespace, request_id=request_id, pin=True
+            prompt,
+            SamplingParams(max_new_tokens=0),
+            namespace=namespace,
+            request_id=request_id,
+            pin=True,
+            tenant=tenant,
         ):
             if out.error is not None:
                 raise RequestFailed(out.error)
@@ -130,10 +163,13 @@ class AsyncClient:
         *,
         namespace: str | None = None,
         request_id: str | None = None,
+        tenant: str | None = None,
     ) -> str:
         """Send a request without waiting for it; ``finished`` collects it. Returns its id."""
         await self.connect()
-        rid, arrival = self._send(prompt, params, namespace, stream=False, request_id=request_id, box=self._done)
+        rid, arrival = self._send(
+            prompt, params, namespace, stream=False, request_id=request_id, box=self._done, tenant=tenant
+        )
         self._submitted[rid] = arrival
         return rid
 
@@ -178,11 +214,15 @@ class AsyncClient:
         await self.connect()
         await self._socket.send(p.encode(p.Abort(request_id)))
 
-    async def stats(self, prefixes: bool = False) -> dict[str, Any]:
-        reply = await self._call(p.GetStats(prefixes), p.Stats)
+    async def stats(
+        self, prefixes: bool = False, *, namespace: str | None = None, all_namespaces: bool = False
+    ) -> dict[str, Any]:
+        """As ``Client.stats``."""
+        reply = await self._call(p.GetStats(prefixes, namespace, all_namespaces), p.Stats)
         return {"router": reply.router, "workers": reply.workers}
 
     async def health(self) -> dict[str, Any]:
+        """As ``Client.health``."""
         reply = await self._call(p.GetHealth(), p.Health)
         return {"ok": reply.ok, "workers": reply.workers, "inflight": reply.inflight}
 
@@ -229,11 +269,12 @@ class AsyncClient:
         pin: bool = False,
         score_next: Sequence[int] = (),
         box: asyncio.Queue | None = None,
+        tenant: str | None = None,
     ) -> tuple[str, float]:
         msg = self._requests.message(
-            prompt, params, namespace, stream, request_id, prompt_logprobs_from, pin, score_next
+            prompt, params, namespace, stream, request_id, prompt_logprobs_from, pin, score_next, tenant
         )
-        self._mail[msg.id] = box if box is not None else asyncio.Queue()
+        self._mail[msg.id] = box if box is not None else asyncio.Queue(self.max_unread)
         self._socket.send(p.encode(msg))  # queued by ZeroMQ at once; nothing to await
         return msg.id, time.perf_counter()
 
@@ -267,7 +308,8 @@ class AsyncClient:
     async def _read(self) -> None:
         while True:
             msg = self._decode(await self._socket.recv())
-            file_reply(msg, self._mail, self._control)
+            for rid in file_reply(msg, self._mail, self._control):
+                self._socket.send(p.encode(p.Abort(rid)))
 
     async def _watch(self) -> None:
         while True:

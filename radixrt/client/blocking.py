@@ -11,36 +11,50 @@ from pathlib import Path
 from typing import Any
 
 from radixrt.client.aio import AsyncClient
-from radixrt.client.core import DEFAULT_ADDRESS, Prompt
+from radixrt.client.core import DEFAULT_ADDRESS, MAX_UNREAD, Prompt
 from radixrt.outputs import GenerateOutput, RequestOutput
 from radixrt.params import SamplingParams
+from radixrt.wire.sockets import Keys
 
 
 class Client:
     """A blocking client. ``timeout`` bounds the wait for the server's answer to a control call
     (connecting, ``stats``, ``health``); ``generate`` and ``stream`` wait as long as requests run.
-    Every method is ``AsyncClient``'s, waited for."""
+    Every method is ``AsyncClient``'s, waited for (``keys`` and ``max_unread`` too).
+
+    ``tenant`` names whose in-flight limit and fair share a request counts against; the server
+    takes it from an admin client only (any other is a tenant of its own)."""
 
     def __init__(
-        self, address: str = DEFAULT_ADDRESS, *, keys: str | Path | None = None, timeout: float = 30.0
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        keys: str | Path | Keys | None = None,
+        timeout: float = 30.0,
+        max_unread: int = MAX_UNREAD,
     ) -> None:
         self.address, self.timeout = address, timeout
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="radixrt-client")
         self._thread.start()
         try:
-            self._async: AsyncClient = self._wait(_connected(address, keys, timeout))
+            self._async: AsyncClient = self._wait(_connected(address, keys, timeout, max_unread))
             self.info = self._async.info
         except BaseException:
             self.close()
             raise
 
     def generate(
-        self, prompts: Prompt | list[Prompt], params: SamplingParams | None = None, *, namespace: str | None = None
+        self,
+        prompts: Prompt | list[Prompt],
+        params: SamplingParams | None = None,
+        *,
+        namespace: str | None = None,
+        tenant: str | None = None,
     ) -> GenerateOutput | list[GenerateOutput]:
         """Run prompts to the end; a request that fails comes back with finish reason "error".
         A prompt the server refuses raises ``InvalidRequest`` and aborts the others."""
-        return self._wait(self._async.generate(prompts, params, namespace=namespace))
+        return self._wait(self._async.generate(prompts, params, namespace=namespace, tenant=tenant))
 
     def stream(
         self,
@@ -49,10 +63,13 @@ class Client:
         *,
         namespace: str | None = None,
         request_id: str | None = None,
+        tenant: str | None = None,
     ) -> Iterator[str]:
         """The text as it is generated; raises ``RequestFailed`` if the request fails. Closing the
         iterator early aborts the request, and so does ``abort(request_id)``."""
-        return self._iterate(self._async.stream(prompt, params, namespace=namespace, request_id=request_id))
+        return self._iterate(
+            self._async.stream(prompt, params, namespace=namespace, request_id=request_id, tenant=tenant)
+        )
 
     def outputs(
         self,
@@ -64,6 +81,7 @@ class Client:
         prompt_logprobs_from: int | None = None,
         pin: bool = False,
         score_next: Sequence[int] = (),
+        tenant: str | None = None,
     ) -> Iterator[RequestOutput]:
         """The request's outputs as the engine's ``step()`` gives them: new tokens, text and
         logprobs as they come, then a last one (``finished``) that says how it ended. A refused
@@ -77,13 +95,21 @@ class Client:
                 prompt_logprobs_from=prompt_logprobs_from,
                 pin=pin,
                 score_next=score_next,
+                tenant=tenant,
             )
         )
 
-    def pin(self, prompt: Prompt, *, namespace: str | None = None, request_id: str | None = None) -> str:
+    def pin(
+        self,
+        prompt: Prompt,
+        *,
+        namespace: str | None = None,
+        request_id: str | None = None,
+        tenant: str | None = None,
+    ) -> str:
         """Compute ``prompt`` and keep it cached on its worker, safe from eviction, until
         ``unpin`` or until this client disconnects; returns the pin's id."""
-        return self._wait(self._async.pin(prompt, namespace=namespace, request_id=request_id))
+        return self._wait(self._async.pin(prompt, namespace=namespace, request_id=request_id, tenant=tenant))
 
     def unpin(self, pin_id: str) -> None:
         self._wait(self._async.unpin(pin_id))
@@ -95,9 +121,10 @@ class Client:
         *,
         namespace: str | None = None,
         request_id: str | None = None,
+        tenant: str | None = None,
     ) -> str:
         """Send a request without waiting for it; ``finished`` collects it. Returns its id."""
-        return self._wait(self._async.submit(prompt, params, namespace=namespace, request_id=request_id))
+        return self._wait(self._async.submit(prompt, params, namespace=namespace, request_id=request_id, tenant=tenant))
 
     def finished(self, timeout: float | None = None) -> list[GenerateOutput]:
         """Outputs of submitted requests that ended, waiting up to ``timeout`` seconds (None: until
@@ -113,13 +140,18 @@ class Client:
         return self._wait(self._async.ready())
 
     def health(self) -> dict[str, Any]:
-        """``{"ok": a worker is connected, "workers": names, "inflight": requests}``; ``ready()`` is the check."""
+        """``{"ok": a worker is connected, "workers": names, "inflight": requests}`` (the names and
+        the count for an admin client only, None for others); ``ready()`` is the check."""
         return self._wait(self._async.health())
 
-    def stats(self, prefixes: bool = False) -> dict[str, Any]:
+    def stats(
+        self, prefixes: bool = False, *, namespace: str | None = None, all_namespaces: bool = False
+    ) -> dict[str, Any]:
         """``{"router": {...}, "workers": {name: engine stats}}``; with ``prefixes``, each worker's
-        ``top_prefixes`` too (its most reused cached prefixes: a walk of its whole cache)."""
-        return self._wait(self._async.stats(prefixes))
+        ``top_prefixes`` too (its most reused cached prefixes: a walk of its whole cache) of
+        ``namespace`` (a tenant's within its own), or of every namespace with ``all_namespaces``
+        (an admin client's question)."""
+        return self._wait(self._async.stats(prefixes, namespace=namespace, all_namespaces=all_namespaces))
 
     def tokenizer_files(self) -> dict[str, bytes]:
         """The served model's tokenizer, as ``save_pretrained`` writes it (name -> contents)."""
@@ -169,9 +201,9 @@ class Client:
                 self._wait(stream.aclose())  # an early close aborts the request
 
 
-async def _connected(address: str, keys: str | Path | None, timeout: float) -> AsyncClient:
+async def _connected(address: str, keys: str | Path | Keys | None, timeout: float, max_unread: int) -> AsyncClient:
     """An ``AsyncClient`` made on the loop that will use it, and greeted by the server."""
-    client = AsyncClient(address, keys=keys, timeout=timeout)
+    client = AsyncClient(address, keys=keys, timeout=timeout, max_unread=max_unread)
     try:
         await client.connect()
     except BaseException:

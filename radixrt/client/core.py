@@ -17,6 +17,9 @@ from radixrt.wire import protocol as p
 
 Prompt = str | Sequence[int] | np.ndarray | list[dict[str, str]]
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+MAX_UNREAD = 4096
+"""Replies of one request that may wait for its reader. One that falls further behind (an HTTP
+client that stopped reading its stream) is aborted rather than held in memory without bound."""
 STREAMED_PER_TOKEN = tuple(name for name in STREAMED if name != "text")
 
 
@@ -62,6 +65,7 @@ class Requests:
         prompt_logprobs_from: int | None,
         pin: bool = False,
         score_next: Sequence[int] = (),
+        tenant: str | None = None,
     ) -> p.Generate:
         if namespace is not None and not isinstance(namespace, str):
             raise TypeError(f"a namespace on the wire is a string, got {type(namespace).__name__}")
@@ -84,6 +88,7 @@ class Requests:
             prompt_logprobs_from=prompt_logprobs_from,
             pin=pin,
             score_next=[int(t) for t in score_next] or None,
+            tenant=tenant,
             **{kind: value},
         )
 
@@ -126,23 +131,38 @@ class News:
         return out
 
 
-def file_reply(msg: p.Message, mail: dict[str, Any], control: Any) -> None:
+def file_reply(msg: p.Message, mail: dict[str, asyncio.Queue], control: asyncio.Queue) -> list[str]:
     """Put a reply where its reader looks: a request's mailbox, or the control queue. Replies of
-    requests nobody waits for any more (aborted ones) are dropped."""
+    requests nobody waits for any more (aborted ones) are dropped. Returns the ids of requests whose
+    mailbox was full (its reader fell ``maxsize`` replies behind): each is taken off ``mail`` with
+    its reader's replies replaced by an error, and the caller aborts it on the server."""
+    behind: list[str] = []
+
+    def put(rid: str, item: Any) -> None:
+        box = mail.get(rid)
+        if box is None:
+            return
+        if box.full():
+            del mail[rid]
+            behind.append(rid)
+            item = p.Error(
+                "fell_behind",
+                f"the reader fell behind: {box.maxsize} replies of this request were unread, so it was aborted",
+                rid,
+            )
+        _put(box, item)
+
     if isinstance(msg, p.Deltas):
         for item in msg.items:
-            box = mail.get(item.id)
-            if box is not None:
-                _put(box, item)
+            put(item.id, item)
     elif isinstance(msg, (p.Finished, p.Error)) and msg.id is not None:
-        box = mail.get(msg.id)
-        if box is not None:
-            _put(box, msg)
+        put(msg.id, msg)
     elif not isinstance(msg, p.Finished):
         _put(control, msg)
+    return behind
 
 
-def connection_lost(mail: dict[str, Any], address: str) -> None:
+def connection_lost(mail: dict[str, asyncio.Queue], address: str) -> None:
     """The server's end of the connection closed (it stopped or was killed): it has forgotten
     every request in flight, so each of them fails now instead of waiting forever."""
     for rid, box in mail.items():
@@ -150,4 +170,9 @@ def connection_lost(mail: dict[str, Any], address: str) -> None:
 
 
 def _put(box: asyncio.Queue, item: Any) -> None:
+    """Queue ``item``; an error that ends a request whose box is full takes the place of what its
+    reader has not read (the request is over for it either way)."""
+    if box.full():
+        while not box.empty():
+            box.get_nowait()
     box.put_nowait(item)

@@ -1,24 +1,30 @@
 """The OpenAI-compatible HTTP front end: a Starlette app, served by uvicorn on a thread beside the
-router, that is one more client of the router (the asyncio ZeroMQ client): ``/v1/completions``,
-``/v1/chat/completions`` (server-sent events when streaming), ``/v1/models``, ``/health``,
-``/metrics``, and the live cache page (``/`` over ``/stats.json``).
+router, that is one more client of the router (the asyncio ZeroMQ client, an admin client: it names
+each request's tenant and namespace): ``/v1/completions``, ``/v1/chat/completions`` (server-sent
+events when streaming), ``/v1/models``, ``/health``, ``/metrics``, and the live cache page (``/``
+over ``/stats.json``).
 
-Bodies and errors are ``radixrt.http.schemas``'s, response objects ``radixrt.http.replies``'s. With
-API keys, a request needs ``Authorization: Bearer KEY``; each key (or each ``user``, as configured)
-is a cache namespace of its own, so tenants never share prefixes.
+Bodies and errors are ``radixrt.http.schemas``'s, response objects ``radixrt.http.replies``'s, who
+a request comes from ``radixrt.http.access``'s. With API keys, a request needs one; each key is a
+tenant of its own (its own in-flight limit and fair share) and (or each ``user``, as configured) a
+cache namespace of its own, so tenants never share prefixes nor see each other's.
+
+What one request may hold is bounded: its body (``max_body_bytes``, refused as soon as it is
+exceeded), its runs (``MAX_RUNS_PER_REQUEST``, cancelled together when one fails or the client
+leaves), and the replies waiting for a reader that stopped (``AsyncClient``'s ``max_unread``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +35,25 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from radixrt.client import AsyncClient, ServerError, load_tokenizer
+from radixrt.client.core import MAX_UNREAD
+from radixrt.http.access import Access
 from radixrt.http.prometheus import metric_families
-from radixrt.http.replies import Reply, collect
-from radixrt.http.schemas import ApiError, Body, ChatBody, Common, CompletionBody, parse
+from radixrt.http.replies import Reply
+from radixrt.http.runs import collect, departed, merged, prepend
+from radixrt.http.schemas import ApiError, Body, ChatBody, CompletionBody, parse
 from radixrt.outputs import RequestOutput
 from radixrt.params import SamplingParams
+from radixrt.wire.sockets import Keys
 
 log = logging.getLogger("radixrt.http")
 
 MAX_BODY_BYTES = 8 << 20
+MAX_RUNS_PER_REQUEST = 64
+"""Prompts times ``n`` of one request: more would let one request take a tenant's whole share."""
+MAX_CONNECTIONS = 1024
+"""Connections (and requests) served at once; beyond, uvicorn answers 503 at once."""
+MAX_HEADER_BYTES = 16 << 10
+KEEP_ALIVE_SECONDS = 5
 CACHE_PAGE = Path(__file__).with_name("cache_page.html")
 
 
@@ -46,8 +62,13 @@ class HttpConfig:
     address: str  # the router's client address
     api_keys: tuple[str, ...] = ()
     namespace_by: str = "key"  # "key", "user" or "none": what separates tenants' cached prefixes
-    keys_dir: str | None = None  # CURVE keys to reach the router, when it needs them
+    keys: Keys | None = None
+    """CURVE keys to reach the router, when it needs them: an admin pair (``Keys.load(DIR,
+    pair="admin")``), since the front end names each request's tenant and namespace."""
+    admin_key: str | None = None  # shows every tenant's prefixes, /health's details and /metrics
     max_body_bytes: int = MAX_BODY_BYTES
+    max_connections: int = MAX_CONNECTIONS
+    max_unread: int = MAX_UNREAD  # replies of one run waiting for a reader that stopped, before it is aborted
     tokenizer: Any = None
     """The router's tokenizer, when the front end runs in its process: it renders logprobs' tokens (a
     read-only use beside the router's). Without one, the router's files are fetched and loaded once."""
@@ -60,13 +81,15 @@ class Frontend:
     model: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     tokenizer: Any = field(init=False)
+    access: Access = field(init=False)
 
     def __post_init__(self) -> None:
         self.tokenizer = self.config.tokenizer
+        self.access = Access(self.config.api_keys, self.config.admin_key, self.config.namespace_by)
 
     async def connect(self) -> AsyncClient:
         if self.client is None:
-            self.client = AsyncClient(self.config.address, keys=self.config.keys_dir)
+            self.client = AsyncClient(self.config.address, keys=self.config.keys, max_unread=self.config.max_unread)
             await self.client.health()
             self.model = self.client.info.model
         return self.client
@@ -80,13 +103,13 @@ class Frontend:
     # ---- the endpoints ---------------------------------------------------------------------
 
     async def completions(self, request: Request) -> Response:
-        return await self._generate(request, await self._body(request, CompletionBody))
+        return await self._generate(request, CompletionBody)
 
     async def chat(self, request: Request) -> Response:
-        return await self._generate(request, await self._body(request, ChatBody))
+        return await self._generate(request, ChatBody)
 
     async def models(self, request: Request) -> Response:
-        self._authorize(request)
+        self.access.authorize(request)
         await self.connect()
         return JSONResponse(
             {
@@ -96,9 +119,13 @@ class Frontend:
         )
 
     async def metrics(self, request: Request) -> Response:
+        """Server-wide figures (no prompt text, but the workers' names and every tenant's load): the
+        admin key's when there is one, else any API key's."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-        self._authorize(request)
+        self.access.authorize(request)
+        if self.config.admin_key is not None:
+            self.access.require_admin(request, "/metrics")
         families = metric_families(await (await self.connect()).stats())
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Snapshot(families))
@@ -109,22 +136,26 @@ class Frontend:
         return HTMLResponse(CACHE_PAGE.read_text())
 
     async def stats(self, request: Request) -> Response:
-        self._authorize(request)
-        return JSONResponse(await (await self.connect()).stats(prefixes=True))
+        """The figures and the most reused prefixes of the caller's namespace (with ``--namespace-by
+        user``, ``?user=``'s); of every namespace for the admin key."""
+        key = self.access.authorize(request)
+        client = await self.connect()
+        if self.access.is_admin(request):
+            return JSONResponse(await client.stats(prefixes=True, all_namespaces=True))
+        namespace = self.access.namespace(key, request.query_params.get("user"))
+        return JSONResponse(await client.stats(prefixes=True, namespace=namespace))
 
     async def health(self, request: Request) -> Response:
+        """Whether a worker serves, for anyone (load balancers ask without a key); which workers,
+        and how many requests are in flight, for the admin key only."""
         health = await (await self.connect()).health()
-        return JSONResponse(health, status_code=200 if health["ok"] else 503)
+        body = health if self.access.is_admin(request) else {"ok": health["ok"]}
+        return JSONResponse(body, status_code=200 if health["ok"] else 503)
 
     # ---- the parts -------------------------------------------------------------------------
 
     async def _body(self, request: Request, kind: type[Body]) -> Body:
-        self._authorize(request)
-        raw = await request.body()
-        if len(raw) > self.config.max_body_bytes:
-            limit = self.config.max_body_bytes
-            raise ApiError(413, f"the request body has {len(raw)} bytes, more than the {limit} allowed")
-        body = parse(raw, kind)
+        body = parse(await self._read_body(request), kind)
         await self.connect()
         if body.model is not None and body.model not in (self.model, "default"):
             raise ApiError(
@@ -135,23 +166,20 @@ class Frontend:
             )
         return body
 
-    def _authorize(self, request: Request) -> None:
-        keys = self.config.api_keys
-        if not keys:
-            return
-        given = request.headers.get("authorization", "")
-        if request.query_params.get("key") in keys:  # the cache page, opened as /?key=KEY
-            return
-        if not given.startswith("Bearer ") or given[7:] not in keys:
-            raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key")
-
-    def _namespace(self, request: Request, body: Common) -> str | None:
-        if self.config.namespace_by == "user":
-            return body.user
-        if self.config.namespace_by == "key" and self.config.api_keys:
-            key = request.headers.get("authorization", "")[7:]
-            return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-        return None
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused with a 413 as soon as it is known to be too large: by its
+        Content-Length before any of it is read, else as it arrives (a chunked body)."""
+        limit = self.config.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise ApiError(413, f"the request body has {int(length)} bytes, more than the {limit} allowed")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"the request body has more than the {limit} bytes allowed")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _tokenizer(self) -> Any:
         if self.tokenizer is None:
@@ -159,9 +187,18 @@ class Frontend:
             self.tokenizer = await asyncio.to_thread(load_tokenizer, files)
         return self.tokenizer
 
-    async def _generate(self, request: Request, body: CompletionBody | ChatBody) -> Response:
+    async def _generate(self, request: Request, kind: type[Body]) -> Response:
+        key = self.access.authorize(request)  # before the body is read
+        body = await self._body(request, kind)
         prompts, params, chat = body.prompts(), body.params(), isinstance(body, ChatBody)
-        namespace = self._namespace(request, body)
+        if len(prompts) * body.n > MAX_RUNS_PER_REQUEST:
+            raise ApiError(
+                400,
+                f"{len(prompts)} prompts x n={body.n} is {len(prompts) * body.n} completions, more than "
+                f"MAX_RUNS_PER_REQUEST ({MAX_RUNS_PER_REQUEST}) in one request",
+                "n",
+            )
+        namespace, tenant = self.access.namespace(key, body.user), self.access.tenant(key)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         reply = Reply(
             rid,
@@ -171,27 +208,40 @@ class Frontend:
             body.continuous_usage,
             await self._tokenizer() if params.logprobs else None,
         )
-        streams = [self._outputs(prompt, _seeded(params, i), namespace) for prompt in prompts for i in range(body.n)]
-        if body.stream:
-            return StreamingResponse(reply.events(streams), media_type="text/event-stream")
-        return JSONResponse(reply.whole(list(await asyncio.gather(*(collect(s) for s in streams)))))
+        streams = [
+            self._outputs(prompt, _seeded(params, i), namespace, tenant) for prompt in prompts for i in range(body.n)
+        ]
+        runs = merged(streams, partial(departed, request))
+        if not body.stream:
+            return JSONResponse(reply.whole(await collect(runs, len(streams))))
+        try:  # the first output before the headers: a refusal is a status, not an event in a 200
+            first = await anext(runs)
+        except BaseException:
+            await runs.aclose()
+            raise
+        return StreamingResponse(reply.events(prepend(first, runs), len(streams)), media_type="text/event-stream")
 
     async def _outputs(
-        self, prompt: Any, params: SamplingParams, namespace: str | None
+        self, prompt: Any, params: SamplingParams, namespace: str | None, tenant: str | None
     ) -> AsyncIterator[RequestOutput]:
         client = await self.connect()
         try:
-            async for out in client.outputs(prompt, params, namespace=namespace):
-                if out.error is not None and out.finished and not out.token_ids:
-                    raise ApiError(500, f"the request failed: {out.error}")
-                yield out
+            async with contextlib.aclosing(
+                client.outputs(prompt, params, namespace=namespace, tenant=tenant)
+            ) as outputs:
+                async for out in outputs:
+                    if out.error is not None and out.finished and not out.token_ids:
+                        raise ApiError(500, f"the request failed: {out.error}")
+                    yield out
         except ServerError as e:
             raise ApiError.from_server(e) from None
 
 
 def _seeded(params: SamplingParams, index: int) -> SamplingParams:
     """The ``index``-th of ``n`` samples: its own seed, so that they differ and repeat."""
-    return params if params.seed is None or index == 0 else replace(params, seed=params.seed + index)
+    if params.seed is None or index == 0:
+        return params
+    return replace(params, seed=(params.seed + index) % 2**64)  # a 64-bit seed, as torch takes it
 
 
 @dataclass(eq=False)
@@ -258,7 +308,17 @@ class HttpServer:
         import uvicorn
 
         self.server = uvicorn.Server(
-            uvicorn.Config(make_app(config), host=host, port=port, log_level="warning", lifespan="on")
+            uvicorn.Config(
+                make_app(config),
+                host=host,
+                port=port,
+                log_level="warning",
+                lifespan="on",
+                http="h11",  # whose header limit is h11_max_incomplete_event_size
+                limit_concurrency=config.max_connections,
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="radixrt-http")
 

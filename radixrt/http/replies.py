@@ -4,7 +4,7 @@ vLLM's ``continuous_usage_stats``, the usage so far in every chunk) and logprobs
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -47,31 +47,14 @@ class Reply:
             "usage": usage(results),
         }
 
-    async def events(self, streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[bytes]:
-        """Server-sent events: the choices' chunks as their outputs come, then the usage and ``[DONE]``.
-        Closing it early (the client went away) cancels the requests."""
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(index: int, stream: AsyncIterator[RequestOutput]) -> None:
+    async def events(self, runs: AsyncIterator[tuple[int, RequestOutput]], count: int) -> AsyncIterator[bytes]:
+        """Server-sent events for ``count`` runs (``radixrt.http.runs.merged``): the choices' chunks
+        as their outputs come, then the usage and ``[DONE]``. A run's error ends the stream with an
+        error event (the other runs are cancelled by then); closing it early cancels every run."""
+        results: list[list[RequestOutput]] = [[] for _ in range(count)]
+        async with contextlib.aclosing(runs):
             try:
-                async for out in stream:
-                    await queue.put((index, out))
-            except ApiError as e:
-                await queue.put((index, e))
-            finally:
-                await queue.put((index, None))
-
-        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-        results: list[list[RequestOutput]] = [[] for _ in streams]
-        left = len(streams)
-        try:
-            while left:
-                index, item = await queue.get()
-                if item is None:
-                    left -= 1
-                elif isinstance(item, ApiError):
-                    yield _event(item.body())
-                else:
+                async for index, item in runs:
                     if self.chat and not results[index]:  # the role comes first, with the prompt's usage
                         role = {"delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                         yield self._chunk(index, role, [replace(item, token_ids=[])])
@@ -82,12 +65,12 @@ class Reply:
                         yield self._chunk(
                             index, {**text, "logprobs": self.logprobs([item]), "finish_reason": finish}, results[index]
                         )
-            if self.include_usage:
-                yield _event(self._object([], usage([r for r in results if r])))
-            yield b"data: [DONE]\n\n"
-        finally:
-            for task in tasks:
-                task.cancel()
+            except ApiError as e:
+                yield _event(e.body())
+            else:
+                if self.include_usage:
+                    yield _event(self._object([], usage([r for r in results if r])))
+        yield b"data: [DONE]\n\n"
 
     def logprobs(self, outs: list[RequestOutput]) -> dict[str, Any] | None:
         """OpenAI's logprobs object for these outputs' tokens (None when not asked for)."""
@@ -146,10 +129,6 @@ def usage(results: list[list[RequestOutput]]) -> dict[str, Any]:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached},
     }
-
-
-async def collect(stream: AsyncIterator[RequestOutput]) -> list[RequestOutput]:
-    return [out async for out in stream]
 
 
 def _finish(out: RequestOutput) -> str:

@@ -11,10 +11,10 @@ in-flight limit, namespace and view of the cache (``tenants``).
 
 A worker that disconnects (its process killed: the socket monitor tells), from which nothing has
 arrived (heartbeats included) for ``worker_timeout`` seconds, or that ``radixrt serve`` sees exit is
-lost: its requests go to a live worker as their prompt followed by the tokens generated so far, so
-their streams go on where they stopped; with no worker left they fail. A client that disconnects,
-or reads too slowly, has its requests cancelled.
+lost: its requests go to a live worker as their prompt and the tokens generated so far (their
+streams go on), or fail with no worker left. A client that leaves, or reads too slowly, loses its requests.
 """
+
 from __future__ import annotations
 
 import itertools

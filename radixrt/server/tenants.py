@@ -11,11 +11,11 @@ no identity to go by: every client is an admin, and the docs say who can connect
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
 from radixrt.server.bookkeeping import Job
+from radixrt.wire.protocol import key_id
 
 
 @dataclass(eq=False)
@@ -36,12 +36,6 @@ class Peer:
     def tenant_for(self, asked: str | None) -> str:
         """The tenant a request that names ``asked`` counts against (only an admin names one)."""
         return asked if self.admin and asked is not None else self.tenant
-
-
-def key_id(secret: str | bytes) -> str:
-    """A short, stable, non-reversible name for a key: ``key-`` and 16 hex digits of its SHA-256."""
-    data = secret.encode() if isinstance(secret, str) else secret
-    return "key-" + hashlib.sha256(data).hexdigest()[:16]
 
 
 def make_peer(identity: bytes, user_id: str | None, admins: set[bytes] | None, clients_choose: bool) -> Peer:

@@ -11,6 +11,7 @@ parameters are the engine's ``SamplingParams`` fields; their ranges are checked 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import typing
 from typing import Annotated, Any
 
@@ -352,6 +353,13 @@ encode = msgspec.msgpack.Encoder().encode
 
 def decoder(union: Any) -> msgspec.msgpack.Decoder:
     return msgspec.msgpack.Decoder(union)
+
+
+def key_id(secret: str | bytes) -> str:
+    """A tenant's name for a key (an API key, a client's public key): ``key-`` and 16 hex digits of
+    its SHA-256, stable, short, and no use to anyone who reads it."""
+    data = secret.encode() if isinstance(secret, str) else secret
+    return "key-" + hashlib.sha256(data).hexdigest()[:16]
 
 
 def request_id_of(frame: bytes) -> str | None:

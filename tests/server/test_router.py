@@ -13,8 +13,8 @@ import zmq
 import zmq.auth
 
 from radixrt.server.router import Router
-from radixrt.server.tenants import key_id
 from radixrt.wire import protocol as p
+from radixrt.wire.protocol import key_id
 from radixrt.wire.sockets import Keys, client_socket, write_keys
 
 
