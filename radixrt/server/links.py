@@ -2,8 +2,9 @@
 batches, sending without ever blocking, and noticing peers that leave or read too slowly.
 
 A message for a peer that has gone, or whose queue is full (``SEND_QUEUE`` messages unread), is
-not sent; a client in that state is marked to be cut off (``cut``), which the router does at the
-end of its turn. With keys, every received message comes with its sender's public key.
+not sent; a client in that state is marked to be cut off (``cut``), and a worker that does not
+read (its queue full) to be dropped (``stalled``), which the router does at the end of its turn.
+With keys, every received message comes with its sender's public key.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from radixrt.wire.sockets import Authenticator, Departures, Keys, check_exposure
 log = logging.getLogger("radixrt.router")
 
 DRAIN_BATCH = 256  # messages taken from one socket per turn, so that neither side starves the other
+WORKER_SEND_QUEUE = 100_000  # a worker reads its queue at every step: only a stuck one fills this
 
 Handler = Callable[[bytes, bytes | None, str | None], None]
 
@@ -32,11 +34,13 @@ class Links:
         self.clients, self.address = server_socket(self.context, address, keys, "clients")
         self.workers, self.worker_address = server_socket(self.context, worker_address, keys, "workers")
         self.workers.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its name back
+        self.workers.setsockopt(zmq.SNDHWM, WORKER_SEND_QUEUE)  # for every worker that connects
         self.client_departures, self.worker_departures = Departures(self.clients), Departures(self.workers)
         self.poller = zmq.Poller()
         for sock in (self.clients, self.workers, self.client_departures.monitor, self.worker_departures.monitor):
             self.poller.register(sock, zmq.POLLIN)
         self.cut: dict[bytes, str] = {}  # clients to cut off at the end of the turn, and why
+        self.stalled: set[bytes] = set()  # workers whose queue is full
 
     @property
     def admins(self) -> set[bytes] | None:
@@ -56,7 +60,8 @@ class Links:
             self.cut[client] = "that reads too slowly was cut off" if error == zmq.EAGAIN else "left"
 
     def to_worker(self, identity: bytes, msg: p.Message) -> None:
-        self._send(self.workers, identity, msg)
+        if self._send(self.workers, identity, msg) == zmq.EAGAIN:
+            self.stalled.add(identity)
 
     def close(self) -> None:
         self.client_departures.close()

@@ -103,6 +103,9 @@ class Router:
             read_all = self.links.drain_workers(self._on_worker)
             for client, why in list(self.links.cut.items()):
                 self._client_gone(client, why)
+            while self.links.stalled:
+                if worker := registry.by_identity(self.workers, self.links.stalled.pop()):
+                    self.worker_lost(worker.info.worker, "its queue is full: it does not read")
             self._check_deadlines(time.monotonic(), liveness=read_all)
         except Exception:  # a bug must not take the router down: log it, go on
             log.exception("error in the router's loop")
@@ -279,14 +282,8 @@ class Router:
         if msg.worker in self.workers:
             self.worker_lost(msg.worker, "registered again", shutdown=False)  # the newcomer holds its identity now
         self.workers[msg.worker] = WorkerState(msg, identity, WorkerView(msg.page_size), now, user)
-        log.info(
-            "worker %s joined (pid %d, %s, %d KV pages of %d tokens)",
-            msg.worker,
-            msg.pid,
-            msg.model,
-            msg.num_pages,
-            msg.page_size,
-        )
+        pages = f"{msg.num_pages} KV pages of {msg.page_size} tokens"
+        log.info("worker %s joined (pid %d, %s, %s)", msg.worker, msg.pid, msg.model, pages)
 
     def worker_lost(self, name: str, why: str, shutdown: bool = True) -> None:
         """Stop using worker ``name`` (and tell it to stop, in case it is only slow); its requests

@@ -191,6 +191,21 @@ def test_a_client_that_does_not_read_is_cut_off_and_its_requests_end(router, pee
     assert b"slow" not in router.clients and router.counters.clients_lost == 1
 
 
+def test_a_worker_that_does_not_read_is_dropped(router, peers):
+    router.links.workers.setsockopt(zmq.SNDHWM, 8)  # for connections made from now on
+    stuck = peers(b"w0")
+    stuck.setsockopt(zmq.RCVHWM, 1)
+    stuck.send(register("w0"))
+    turns(router, 5, lambda: "w0" in router.workers)
+    big = p.Cancel(["x" * 60_000])
+    for _ in range(10_000):
+        router.links.to_worker(b"w0", big)
+        if router.links.stalled:
+            break
+    router.poll(0)
+    assert "w0" not in router.workers and router.counters.workers_lost == 1
+
+
 # ---- tenants: with keys, a client's namespace, limit and view come from its key -------------
 
 
