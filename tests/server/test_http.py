@@ -351,6 +351,22 @@ def test_min_tokens_hold_off_stop_token_ids(served, api):
             400,
             "unknown field `usage`",
         ),
+        # hostile but valid: what each would cost is refused before it is spent
+        (json.dumps({"prompt": "x", "seed": 2**64}).encode(), {}, 400, "seed"),
+        (json.dumps({"prompt": "x", "max_tokens": 2**63}).encode(), {}, 400, "max_tokens must be an integer"),
+        (json.dumps({"prompt": "x", "stop": [f"s{i}" for i in range(1000)]}).encode(), {}, 400, "at most 16"),
+        (json.dumps({"prompt": ["x"] * 10, "n": 16}).encode(), {}, 400, "64"),
+        (json.dumps({"prompt": "word " * 800_000}).encode(), {}, 400, "cannot fit the context"),
+        (
+            b'{"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "d", "schema": '
+            + b'{"type": "array", "items": ' * 600
+            + b'{"type": "string"}'
+            + b"}" * 600
+            + b"}}}",
+            {},
+            400,
+            "json_schema",
+        ),
     ],
 )
 def test_bad_requests_get_openai_shaped_errors_and_the_server_goes_on(served, api, body, headers, status, message):
