@@ -3,6 +3,7 @@ server's wire protocol and the clients (no torch here, so a client imports none)
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -207,24 +208,26 @@ def _brief(value: object) -> str:
     return text if len(text) <= 80 else f"{text[:72]}...({len(text)} characters)"
 
 
-def _schema_problems(schema: str) -> list[str]:
+@functools.lru_cache(maxsize=64)
+def _schema_problems(schema: str) -> tuple[str, ...]:
     """Why ``schema`` is no JSON, nests past ``MAX_SCHEMA_DEPTH`` or has more than
-    ``MAX_SCHEMA_PROPERTIES`` properties, walked without recursion."""
+    ``MAX_SCHEMA_PROPERTIES`` properties, walked without recursion. Cached: the same schema is
+    checked at every hop (HTTP, router, worker) and by every request that shares it."""
     try:
         parsed = json.loads(schema)
     except RecursionError:
-        return [f"json_schema nests deeper than {MAX_SCHEMA_DEPTH} levels"]
+        return (f"json_schema nests deeper than {MAX_SCHEMA_DEPTH} levels",)
     except ValueError as e:
-        return [f"json_schema is not JSON: {e}"]
+        return (f"json_schema is not JSON: {e}",)
     stack, properties = [(parsed, 1)] if isinstance(parsed, (dict, list)) else [], 0
     while stack:
         value, depth = stack.pop()
         children = value.values() if isinstance(value, dict) else value
         if depth > MAX_SCHEMA_DEPTH:
-            return [f"json_schema nests deeper than {MAX_SCHEMA_DEPTH} levels"]
+            return (f"json_schema nests deeper than {MAX_SCHEMA_DEPTH} levels",)
         if isinstance(value, dict) and isinstance(value.get("properties"), dict):
             properties += len(value["properties"])
             if properties > MAX_SCHEMA_PROPERTIES:
-                return [f"json_schema has more than {MAX_SCHEMA_PROPERTIES} properties in all"]
+                return (f"json_schema has more than {MAX_SCHEMA_PROPERTIES} properties in all",)
         stack += [(c, depth + 1) for c in children if isinstance(c, (dict, list))]
-    return []
+    return ()

@@ -17,7 +17,7 @@ from radixrt.wire import protocol as p
 @dataclass(eq=False)
 class Job:
     """A request in flight: ``key`` is the name workers know it by, ``id`` the client's. Its
-    prompt, parameters and text state come from the intake (``prepared`` says whether they have)."""
+    prompt, parameters and text state come from the intake, before it goes to a worker."""
 
     key: str
     client: bytes
@@ -32,7 +32,6 @@ class Job:
     params: SamplingParams = field(default_factory=SamplingParams)
     text: OutputText | None = None
     score_next: list[int] = field(default_factory=list)
-    prepared: bool = False
     worker: str | None = None
     route: Node | None = None
     resubmits: int = 0

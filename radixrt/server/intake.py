@@ -85,7 +85,7 @@ class Intake:
         self.tokenizer = tokenizer
         self._grammars: _TimedCompiles | None = None  # made on the first constrained request
         self._files: bytes | None = None
-        self._token_bytes: int | None = None
+        self._token_chars: int | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="radixrt-intake")
         self._compiles = ThreadPoolExecutor(1, thread_name_prefix="radixrt-compile")
         self._done: queue.SimpleQueue[tuple[Job, Future]] = queue.SimpleQueue()
@@ -164,12 +164,12 @@ class Intake:
         size = len(msg.prompt) if msg.prompt is not None else sum(len(m.content) for m in msg.messages)
         if size <= max_tokens:
             return  # a token is at least one character: no need to know the vocabulary
-        if self._token_bytes is None:
-            self._token_bytes = longest_token_bytes(self.tokenizer)
-        if size > self._token_bytes * max_tokens:
+        if self._token_chars is None:
+            self._token_chars = longest_token_chars(self.tokenizer)
+        if size > self._token_chars * max_tokens:
             raise ValueError(
                 f"the prompt has {size} characters: more than {max_tokens} tokens of at most "
-                f"{self._token_bytes} characters each, so it cannot fit the context"
+                f"{self._token_chars} characters each, so it cannot fit the context"
             )
 
     def tokenizer_reply(self) -> bytes:
@@ -192,7 +192,7 @@ class Intake:
             pass
 
 
-def longest_token_bytes(tokenizer: Any) -> int:
+def longest_token_chars(tokenizer: Any) -> int:
     """The most characters one token of ``tokenizer`` stands for (a bound for any text it encodes)."""
     vocab = tokenizer.get_vocab()
     return max(len(tokenizer.convert_tokens_to_string([t])) for t in vocab) if vocab else 1

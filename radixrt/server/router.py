@@ -63,7 +63,7 @@ class Router:
         self.tokenizer, self.model = tokenizer, model
         self.policy = make_policy(policy, balance_abs, balance_rel)
         self.policy_name = policy
-        self.max_inflight, self.worker_timeout = max_inflight_per_client, worker_timeout
+        self.worker_timeout = worker_timeout
         self.clients_choose_namespace = clients_choose_namespace
         self.links = Links(address, worker_address, keys, insecure)
         self.address, self.worker_address = self.links.address, self.links.worker_address
@@ -147,7 +147,7 @@ class Router:
                 return
             if client not in self.clients:
                 self.clients[client] = make_peer(client, user, self.links.admins, self.clients_choose_namespace)
-            self._reply(client, p.Welcome(p.PROTOCOL_VERSION, self.model, len(self.workers), self.max_inflight))
+            self._reply(client, p.Welcome(p.PROTOCOL_VERSION, self.model, len(self.workers), self.inflight.limit))
             return
         peer = self.clients.get(client)
         if peer is None:
@@ -206,7 +206,7 @@ class Router:
                 self._refuse(job.client, outcome.code, str(outcome), job.id)
                 continue
             job.prompt, job.params, job.text = outcome.prompt, outcome.params, outcome.text
-            job.score_next, job.prepared = list(outcome.score_next), True
+            job.score_next = list(outcome.score_next)
             self.counters.requests += 1
             self._dispatch(job)
 

@@ -58,9 +58,6 @@ class InFlight:
     def full(self, tenant: str) -> bool:
         return self._counts[tenant] >= self.limit
 
-    def count(self, tenant: str) -> int:
-        return self._counts[tenant]
-
     def add(self, tenant: str) -> None:
         self._counts[tenant] += 1
 

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from radixrt.model.loader import hf_directory
 from radixrt.params import SamplingParams
 from radixrt.server import intake as intake_module
-from radixrt.server.intake import Intake, Refused, longest_token_bytes
+from radixrt.server.intake import Intake, Refused, longest_token_chars
 from radixrt.wire import protocol as p
 
 WORKERS = [p.Register(p.PROTOCOL_VERSION, "w0", 1, "m", 49152, 2048, 16, 4096)]
@@ -26,7 +26,7 @@ def intake():
 
 
 def test_text_that_cannot_fit_is_refused_without_tokenizing_it(intake):
-    longest = longest_token_bytes(intake.tokenizer)
+    longest = longest_token_chars(intake.tokenizer)
     fits = "a" * (longest * 2047)  # might fit, as far as its length tells: tokenized, then refused by count
     with pytest.raises(Refused, match="the prompt has .* tokens"):
         intake.prepare(p.Generate("a", prompt=fits), WORKERS)
