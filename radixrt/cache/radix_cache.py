@@ -25,7 +25,12 @@ so that another process can keep an exact copy of what is cached: a router that 
 request to the worker holding most of its prefix. The copy applies ``stored`` events with
 ``insert`` and the others with ``forget``.
 
-All sizes count pages. Not thread-safe: one scheduler owns a cache.
+With ``tiers`` (``LowerTiers``: a host pool and a disk below the device), a page the device
+evicts moves down instead of vanishing, and a match that reaches into a lower tier loads those
+pages back (``tiering.py``). Each tier evicts its own least recently used leaves.
+
+All sizes count pages; sizes without a tier count the device's. Not thread-safe: one scheduler
+owns a cache.
 """
 
 from __future__ import annotations
@@ -38,13 +43,14 @@ import numpy as np
 from radixrt.cache.allocator import PageAllocator
 from radixrt.cache.ids import ID_DTYPE, IdArray, as_ids
 from radixrt.cache.lru import LruLeaves
-from radixrt.cache.node import TOKEN_BYTES, CacheEvent, MatchResult, Node, top_prefixes
+from radixrt.cache.node import TOKEN_BYTES, CacheEvent, MatchResult, Node, Tier, top_prefixes
+from radixrt.cache.tiering import NO_PAGES, Tiering
+from radixrt.cache.tiers import LowerTiers
 
-_NO_PAGES = np.zeros(0, dtype=ID_DTYPE)
-_NO_PAGES.flags.writeable = False
+_NO_PAGES = NO_PAGES
 
 
-class RadixCache:
+class RadixCache(Tiering):
     """Longest-prefix reuse of KV pages, with reference counts and LRU leaf eviction.
 
     The request path: ``m = match_prefix(prompt)``; ``lock(m)`` right away (before anything can
@@ -57,11 +63,16 @@ class RadixCache:
     With an ``allocator``, evicted pages go back to it; without one they are simply dropped.
     """
 
-    def __init__(self, page_size: int = 1, allocator: PageAllocator | None = None) -> None:
+    def __init__(
+        self, page_size: int = 1, allocator: PageAllocator | None = None, tiers: LowerTiers | None = None
+    ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be a positive number of tokens, got {page_size}")
+        if tiers is not None and allocator is None:
+            raise ValueError("lower tiers load pages back into the device, so the cache needs an allocator")
         self.page_size = page_size
         self.allocator = allocator
+        self.tiers = tiers
         self._page_bytes = page_size * TOKEN_BYTES
         self._ids = itertools.count()
         self.events: list[CacheEvent] | None = None  # a list records CacheEvents (see the module docstring)
@@ -78,19 +89,22 @@ class RadixCache:
     # ---- queries -------------------------------------------------------------------------
 
     def match_prefix(self, tokens: Sequence[int] | np.ndarray, namespace: Hashable = None) -> MatchResult:
-        """The longest cached prefix of ``tokens`` in whole pages. Marks it as just used."""
+        """The longest cached prefix of ``tokens`` in whole pages, its pages loaded into the device
+        from lower tiers as far as the device has room. Marks it as just used."""
         key = self._key(tokens)
         root = self._roots.get(namespace)
         if root is None:
             root = self._roots[None]  # nothing cached in that namespace; locking a root is a no-op
             return MatchResult(_NO_PAGES, root, 0, root.version)
-        parts: list[IdArray] = []
-        node, off = self._walk(root, key, parts)
-        if len(parts) > 1:
-            pages = np.concatenate(parts)
+        path: list[Node] = []
+        self._walk(root, key, path)
+        loaded = self._load(root, path) if path and path[-1].tier is not Tier.DEVICE else (0, 0)
+        if len(path) > 1:
+            pages = np.concatenate([n.pages for n in path])
         else:
-            pages = parts[0].copy() if parts else _NO_PAGES
-        return MatchResult(pages, node, off // TOKEN_BYTES, node.version)
+            pages = path[0].pages.copy() if path else _NO_PAGES
+        node = path[-1] if path else root
+        return MatchResult(pages, node, pages.size * self.page_size, node.version, loaded)
 
     def prefix_length(self, tokens: Sequence[int] | np.ndarray, namespace: Hashable = None) -> int:
         """The length ``match_prefix`` would return, read-only: no edge is split and no LRU tick
@@ -99,10 +113,10 @@ class RadixCache:
         root = self._roots.get(namespace)
         if root is None:
             return 0
-        return self._walk(root, self._key(tokens), None, touch=False)[1] // TOKEN_BYTES
+        return self._walk(root, self._key(tokens), None, touch=False) // TOKEN_BYTES
 
     def evictable_size(self) -> int:
-        """Pages in the tree that no request has locked."""
+        """Device pages in the tree that no request has locked."""
         return self._evictable
 
     def protected_size(self) -> int:
@@ -113,8 +127,8 @@ class RadixCache:
         return self._evictable + self._protected
 
     def cached_pages(self) -> IdArray:
-        """Every page the tree owns (a full walk: for checks and accounting, not the hot path)."""
-        parts = [node.pages for node in self.nodes()]
+        """Every device page the tree owns (a full walk: for checks and accounting, not the hot path)."""
+        parts = [node.pages for node in self.nodes() if node.tier is Tier.DEVICE]
         return np.concatenate(parts) if parts else _NO_PAGES
 
     def nodes(self, namespaces: Iterable[Hashable] | None = None):
@@ -137,9 +151,9 @@ class RadixCache:
     ) -> int:
         """Cache ``tokens`` (whole pages; a partial last page is ignored) held in ``pages``.
 
-        Returns how many leading tokens were cached already: those pages stay the tree's, and
-        the caller's own pages for them are duplicates to free (``commit`` does both steps). The
-        tree takes the rest. Page ids
+        Returns how many leading tokens were cached on the device already: those pages stay the
+        tree's, and the caller's own pages for them are duplicates to free (``commit`` does both
+        steps). The tree takes the rest, in place of what lower tiers held of them. Page ids
         are trusted (checking each against the allocator would double the cost of an insert); a
         page handed in twice surfaces as a double free when it is evicted.
         """
@@ -152,12 +166,14 @@ class RadixCache:
             )
         if not key:
             return 0  # under one page: nothing to cache, and no namespace root to leave behind
-        node, off = self._walk(self._root(namespace), key, None)
+        root, path = self._root(namespace), []
+        off = self._walk(root, key, path)
+        cached = self._adopt(path, pages) if path and path[-1].tier is not Tier.DEVICE else off
         if off < len(key):
-            self._add_leaf(node, key[off:], pages[off // self._page_bytes :])
+            self._add_leaf(path[-1] if path else root, key[off:], pages[off // self._page_bytes :])
             if self.events is not None:
                 self.events.append(CacheEvent(True, namespace, key, off // TOKEN_BYTES))
-        return off // TOKEN_BYTES
+        return cached // TOKEN_BYTES
 
     def commit(
         self,
@@ -205,12 +221,7 @@ class RadixCache:
             raise RuntimeError(
                 f"lock of {node}, which was trimmed/evicted since the match: match again, and lock right after matching"
             )
-        while node.parent is not None:
-            if node.lock_ref == 0:
-                self._evictable -= node.pages.size
-                self._protected += node.pages.size
-            node.lock_ref += 1
-            node = node.parent
+        self._lock_path(node)
 
     def unlock(self, node: Node) -> None:
         self._check_live(node)
@@ -218,15 +229,7 @@ class RadixCache:
             return
         if node.lock_ref <= 0:
             raise RuntimeError(f"unlock of {node}, which is not locked")
-        leaf = node
-        while node.parent is not None:
-            node.lock_ref -= 1
-            if node.lock_ref == 0:
-                self._evictable += node.pages.size
-                self._protected -= node.pages.size
-            node = node.parent
-        if leaf.lock_ref == 0 and not leaf.children and leaf.lru_entry is None:
-            self._lru.add(leaf)
+        self._unlock_path(node)
 
     def record_hit(self, match: MatchResult) -> None:
         """Count a request's reuse of ``match``'s prefix (every node of its path), for ``top_prefixes``."""
@@ -243,8 +246,9 @@ class RadixCache:
         return top_prefixes(self.nodes(namespaces), k, head_tokens)
 
     def evict(self, num_pages: int) -> int:
-        """Free ``num_pages`` least recently used unlocked pages, leaves first; returns how many
-        were freed (fewer only when fewer are evictable)."""
+        """Free ``num_pages`` least recently used unlocked device pages, leaves first (moving them
+        to a lower tier when there is one); returns how many were freed (fewer only when fewer are
+        evictable)."""
         if num_pages < 0:
             raise ValueError(f"cannot evict a negative number of pages ({num_pages})")
         remaining = num_pages
@@ -253,53 +257,17 @@ class RadixCache:
             if (entry := self._lru.pop_oldest()) is None:
                 break
             tick, leaf = entry
-            if leaf.children or leaf.children is None or leaf.lock_ref:
-                continue  # no longer a candidate (or forgotten); unlock or eviction of its children files it again
+            if leaf.children is None or leaf.tier is not Tier.DEVICE or leaf.lock_ref or not self._device_leaf(leaf):
+                continue  # no longer a candidate; unlock or eviction of its children files it again
             if tick != leaf.tick:
                 self._lru.add(leaf)  # touched since it was filed
                 continue
-            n = min(leaf.pages.size, remaining)
-            freed.append(self._drop_tail(leaf, leaf.pages.size - n))
-            remaining -= n
-        if freed and self.allocator is not None:
-            self.allocator.free(np.concatenate(freed))
+            tail = self._cut(leaf, max(0, leaf.pages.size - remaining))
+            remaining -= tail.pages.size
+            freed.append(self._demote(tail))
+        if freed:
+            self._free(np.concatenate(freed))
         return num_pages - remaining
-
-    def forget(self, tokens: Sequence[int] | np.ndarray, start: int, namespace: Hashable = None) -> int:
-        """Drop the cached pages of ``tokens`` from token ``start`` on (rounded up to a page),
-        where nothing extends them and no request holds them; returns how many pages went. A
-        copy of another tree applies that tree's eviction events with it."""
-        root = self._roots.get(namespace)
-        if root is None:
-            return 0
-        key, page_bytes = self._key(tokens), self._page_bytes
-        cut = -(-start // self.page_size) * page_bytes
-        path: list[tuple[Node, int]] = []
-        node, off = root, 0
-        while off < len(key):
-            child = node.children.get(key[off : off + page_bytes])
-            if child is None or not key.startswith(child.key, off):
-                break
-            path.append((child, off))
-            node, off = child, off + len(child.key)
-        freed: list[IdArray] = []
-        for node, off in reversed(path):
-            if node.children or node.lock_ref or off + len(node.key) <= cut:
-                break
-            keep = max(0, cut - off) // page_bytes
-            freed.append(self._drop_tail(node, keep))
-            if keep:
-                break
-        if freed and self.allocator is not None:
-            self.allocator.free(np.concatenate(freed))
-        return sum(p.size for p in freed)
-
-    def reset(self) -> None:
-        """Drop every cached prefix, returning its pages to the allocator."""
-        if self._protected:
-            raise RuntimeError(f"reset while {self._protected} cached pages are locked by running requests")
-        self.evict(self.total_size())
-        self._init_tree()
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -321,13 +289,13 @@ class RadixCache:
             self._roots[namespace] = root
         return root
 
-    def _walk(self, root: Node, key: bytes, parts: list[IdArray] | None, touch: bool = True) -> tuple[Node, int]:
-        """Follow ``key`` down from ``root`` as far as the tree holds it, splitting the edge where
-        it leaves the tree and stamping the path with a new tick. Returns the deepest node reached
-        and the bytes of ``key`` matched; appends the pages along the way to ``parts``.
+    def _walk(self, root: Node, key: bytes, path: list[Node] | None, touch: bool = True) -> int:
+        """Follow ``key`` down from ``root`` as far as the tree holds it (in any tier), splitting
+        the edge where it leaves the tree and stamping the path with a new tick. Returns the bytes
+        of ``key`` matched; appends the nodes along the way to ``path``.
 
         With ``touch=False`` it only measures (``prefix_length``): no split, no tick; the bytes
-        count the diverging edge's common pages too, the node is the last one matched whole."""
+        count the diverging edge's common pages too."""
         tick = self._next_tick() if touch else 0
         node, off, end, page_bytes = root, 0, len(key), self._page_bytes
         while off < end:
@@ -338,16 +306,16 @@ class RadixCache:
             n = self._common_bytes(child.key, key, off) if diverges else len(child.key)
             if diverges:
                 if not touch:
-                    return node, off + n  # measuring only: the edge stays whole
+                    return off + n  # measuring only: the edge stays whole
                 child = self._split(child, n)
             if touch:
                 child.tick = tick
-            if parts is not None:
-                parts.append(child.pages)
+            if path is not None:
+                path.append(child)
             node, off = child, off + n
             if diverges:
                 break
-        return node, off
+        return off
 
     def _common_bytes(self, edge: bytes, key: bytes, off: int) -> int:
         """Bytes of ``edge`` that ``key[off:]`` repeats, rounded down to whole pages, for an edge
@@ -365,56 +333,49 @@ class RadixCache:
         tail (so a request holding ``child`` still holds the deepest node of its path)."""
         p = n // self._page_bytes
         head = Node(child.key[:n], child.pages[:p], child.parent, child.tick, next(self._ids), child.lock_ref)
-        head.hits = child.hits
+        head.hits, head.tier, head.namespace = child.hits, child.tier, child.namespace
+        if child.disk is not None:
+            head.disk, child.disk = child.disk[:p], child.disk[p:]
         child.parent.children[child.key[: self._page_bytes]] = head
         child.key, child.pages, child.parent = child.key[n:], child.pages[p:], head
         head.children[child.key[: self._page_bytes]] = child
         return head
 
+    def _lock_path(self, node: Node) -> None:
+        while node.parent is not None:
+            if node.lock_ref == 0:
+                self._evictable -= node.pages.size
+                self._protected += node.pages.size
+            node.lock_ref += 1
+            node = node.parent
+
+    def _unlock_path(self, node: Node) -> None:
+        leaf = node
+        while node.parent is not None:
+            node.lock_ref -= 1
+            if node.lock_ref == 0:
+                self._evictable += node.pages.size
+                self._protected -= node.pages.size
+            node = node.parent
+        if leaf.lock_ref == 0 and self._device_leaf(leaf):
+            self._lru.add(leaf)
+
     def _add_leaf(self, parent: Node, key: bytes, pages: IdArray) -> None:
         leaf = Node(key, pages.copy(), parent, self._tick, next(self._ids))
+        leaf.namespace = parent.namespace
         parent.children[key[: self._page_bytes]] = leaf
         self._evictable += pages.size
         self._lru.add(leaf)
+        if self.tiers is not None and self.tiers.disk_pages:
+            self._write_through(leaf)
 
-    def _drop_tail(self, leaf: Node, keep: int) -> IdArray:
-        """Cut an unlocked leaf down to its first ``keep`` pages (``keep == 0``: remove it);
-        returns the pages cut off, for the caller to free."""
-        if self.events is not None:
-            self.events.append(self._removal(leaf, keep))
-        cut = leaf.pages[keep:]
-        self._evictable -= cut.size
-        if keep == 0:
-            self._remove_leaf(leaf)
-            return cut
-        leaf.pages = leaf.pages[:keep]
-        leaf.key = leaf.key[: keep * self._page_bytes]
-        leaf.version += 1
-        if leaf.lru_entry is None:
-            self._lru.add(leaf)
-        return cut
+    def _free(self, pages: IdArray) -> None:
+        if self.allocator is not None:
+            self.allocator.free(pages)
 
-    def _removal(self, leaf: Node, keep: int) -> CacheEvent:
-        parts, node = [], leaf
-        while node.parent is not None:
-            parts.append(node.key)
-            node = node.parent
-        key = b"".join(reversed(parts))
-        return CacheEvent(False, node.namespace, key, (len(key) - len(leaf.key)) // TOKEN_BYTES + keep * self.page_size)
-
-    def _remove_leaf(self, leaf: Node) -> None:
-        parent = leaf.parent
-        del parent.children[leaf.key[: self._page_bytes]]
-        leaf.parent = None
-        leaf.children = None  # marks it evicted
-        leaf.version += 1
-        if parent.children:
-            return
-        if parent.is_root:
-            if parent.namespace is not None:
-                del self._roots[parent.namespace]
-        elif parent.lock_ref == 0 and parent.lru_entry is None:
-            self._lru.add(parent)
+    @staticmethod
+    def _device_leaf(node: Node) -> bool:
+        return not any(c.tier is Tier.DEVICE for c in node.children.values())
 
     @staticmethod
     def _check_live(node: Node) -> None:

@@ -14,6 +14,7 @@ the request's pages go back and the engine goes on.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from radixrt.cache import KVPool, PageAllocator, RadixCache
+from radixrt.cache.kv_tiers import lower_tiers, tier_stats
 from radixrt.cache.radix_cache import Node
 from radixrt.engine.admission import ModelLimits, admit
 from radixrt.engine.constraints import Grammars
@@ -31,6 +33,7 @@ from radixrt.engine.output_text import OutputText, text_token_count
 from radixrt.engine.request import Request, State
 from radixrt.engine.scheduler import Scheduler
 from radixrt.model import load_model
+from radixrt.model.loader import model_identity
 from radixrt.outputs import RequestOutput
 from radixrt.params import SamplingParams
 from radixrt.prompts import Prompt, prompt_ids
@@ -55,6 +58,9 @@ class EngineCore:
         device: str | None = None,
         dtype: torch.dtype | None = None,
         detokenize: bool = True,
+        host_cache_bytes: int = 0,
+        disk_cache: str | os.PathLike | None = None,
+        disk_cache_bytes: int = 0,
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
@@ -75,7 +81,11 @@ class EngineCore:
             max_bytes=kv_cache_budget(device, kv_cache_bytes),
         )
         self.allocator = PageAllocator(self.pool.num_pages)
-        self.cache = RadixCache(page_size, self.allocator)
+        identity = model_identity(loaded.path, cfg) if disk_cache is not None else ""
+        tiers, self.disk = lower_tiers(self.pool, host_cache_bytes, disk_cache, disk_cache_bytes, identity)
+        self.cache = RadixCache(page_size, self.allocator, tiers)
+        if self.disk is not None:
+            self.cache.restore(self.disk.entries())  # a warm start: what an earlier run left on disk
         self.scheduler = Scheduler(
             self.cache,
             self.allocator,
@@ -234,6 +244,7 @@ class EngineCore:
             "pages_free": self.allocator.available(),
             "pages_cached": self.cache.total_size(),
             "pages_locked": self.cache.protected_size(),  # by running requests and pins
+            **tier_stats(self.cache, self.disk),
             "pins": len(self.pins),
             "pins_refused": self.pins_refused,
             "max_context": self.max_context,
@@ -241,6 +252,11 @@ class EngineCore:
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
         }
+
+    def close(self) -> None:
+        """Write out what the disk tier has queued and release its directory."""
+        if self.disk is not None:
+            self.disk.close()
 
     # ---- one step --------------------------------------------------------------------------
 

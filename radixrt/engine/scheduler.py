@@ -39,6 +39,8 @@ LPM_MAX_WAITING = 128  # past this many waiting requests, admit in arrival order
 class SchedulerStats:
     prompt_tokens: int = 0  # prompt tokens of admitted requests (first admission)
     cached_tokens: int = 0  # of those, served from the radix cache
+    host_hit_tokens: int = 0  # of those, loaded back from the host tier
+    disk_hit_tokens: int = 0  # of those, loaded back from the disk tier
     computed_tokens: int = 0  # prompt and re-prefill tokens computed (not decode steps)
     decode_tokens: int = 0
     retractions: int = 0
@@ -189,6 +191,8 @@ class Scheduler:
             req.cached_tokens = matched
             if self.enable_cache:
                 self.cache.record_hit(m)
+                self.stats.host_hit_tokens += m.loaded[0]
+                self.stats.disk_hit_tokens += m.loaded[1]
         req.pages, req.node, req.in_tree, req.computed = np.concatenate([prefix_pages, own]), node, matched, matched
         req.state = State.RUNNING
         self.waiting.remove(req)

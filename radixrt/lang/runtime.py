@@ -89,6 +89,8 @@ class Runtime(Backend):
         self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.engine.close()
 
     def stats(self) -> dict[str, Any]:
         """The engine's counters (``Engine.stats``)."""

@@ -66,6 +66,21 @@ def resolve(model: str | Path | None) -> Path:
     )
 
 
+def model_identity(path: Path, config) -> str:
+    """A name for the weights that K/V on disk came from: the directory's name, then a digest of
+    the config and of each weight file's name, size and first and last MiB (reading them whole
+    would cost seconds at start)."""
+    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode())
+    for file in sorted(Path(path).glob("*.safetensors")):
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with file.open("rb") as f:
+            digest.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            digest.update(f.read(1 << 20))
+    return f"{Path(path).name}:{digest.hexdigest()[:16]}"
+
+
 def content_key(path: Path) -> str:
     """A digest of the file's bytes (0.2 s for the default model): the same model installed in
     several environments, or reinstalled, maps to one converted copy."""

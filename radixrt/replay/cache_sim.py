@@ -5,7 +5,9 @@ without a model.
 Each request runs match_prefix -> lock -> allocate pages for the uncached tail (when the pool is
 full, evicting least recently used pages, exactly as many as needed) -> commit (insert, freeing
 the pages that duplicate what was cached meanwhile) -> unlock. Outputs are not cached; a request
-larger than the whole pool is served but not cached.
+larger than the whole pool is served but not cached. With host and disk tiers, the tree moves
+what the device evicts down and loads it back on a match, exactly as in the engine; no K/V is
+copied.
 
 ``engine_rules`` adds the two ways the engine's own admission differs, so that a replay through
 the engine one request at a time (generating nothing) hits exactly as simulated: a request never
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from radixrt.cache import PageAllocator, RadixCache
+from radixrt.cache.tiers import LowerTiers
 
 
 @dataclass
@@ -30,6 +33,8 @@ class CacheReplay:
     requests: int = 0
     tokens: int = 0
     hit_tokens: int = 0
+    host_hit_tokens: int = 0  # of hit_tokens, loaded back from a host tier
+    disk_hit_tokens: int = 0  # of hit_tokens, loaded back from a disk tier
     uncacheable: int = 0  # requests larger than the whole pool: served, not cached
     evict_calls: int = 0
     evicted_pages: int = 0
@@ -51,6 +56,8 @@ class CacheReplay:
         return {
             "requests": self.requests,
             "hit_rate": round(self.hit_rate, 4),
+            "host_hit_rate": round(self.host_hit_tokens / self.tokens, 4) if self.tokens else 0.0,
+            "disk_hit_rate": round(self.disk_hit_tokens / self.tokens, 4) if self.tokens else 0.0,
             "requests_per_s": rate(self.requests, self.cache_s),
             "match_ops_per_s": rate(self.requests, self.match_s),
             "insert_ops_per_s": rate(self.requests - self.uncacheable, self.insert_s),
@@ -63,12 +70,19 @@ class CacheReplay:
 
 
 def simulate(
-    prompts: Iterable[np.ndarray], page_size: int, capacity_pages: int, engine_rules: bool = False
+    prompts: Iterable[np.ndarray],
+    page_size: int,
+    capacity_pages: int,
+    engine_rules: bool = False,
+    host_pages: int = 0,
+    disk_pages: int = 0,
 ) -> CacheReplay:
-    """One pass of the admission loop over ``prompts`` with a pool of ``capacity_pages``; only
-    the cache calls are timed (the garbage collector is off meanwhile, as in the peer replays)."""
+    """One pass of the admission loop over ``prompts`` with a pool of ``capacity_pages`` (and host
+    and disk tiers of ``host_pages`` and ``disk_pages`` below it, as the engine's); only the cache
+    calls are timed (the garbage collector is off meanwhile, as in the peer replays)."""
     allocator = PageAllocator(capacity_pages)
-    cache = RadixCache(page_size, allocator)
+    tiers = LowerTiers(host_pages, disk_pages) if host_pages or disk_pages else None
+    cache = RadixCache(page_size, allocator, tiers)
     r = CacheReplay()
     clock = time.perf_counter
     gc.collect()
@@ -86,6 +100,8 @@ def simulate(
             r.lock_s += clock() - t1
             r.match_s += t1 - t0
             r.hit_tokens += m.length
+            r.host_hit_tokens += m.loaded[0]
+            r.disk_hit_tokens += m.loaded[1]
             need = held - m.pages.size
             own = allocator.alloc(need)
             if own is None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from radixrt.engine_args import engine_kwargs
 from radixrt.replay.importers import FORMATS, load
 
 
@@ -149,19 +150,12 @@ def _live(args: argparse.Namespace, requests: list, out: Path | None) -> dict[st
     if args.server:
         backend = RuntimeEndpoint(args.server, keys=args.keys)
     else:
-        kv = int(args.kv_cache_mb * (1 << 20)) if args.kv_cache_mb else None
         print(f"loading {args.model or 'the default model (SmolLM2-135M-Instruct)'} ...", file=sys.stderr, flush=True)
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
-        backend = Runtime(
-            args.model,
-            page_size=args.page_size or 16,
-            kv_cache_bytes=kv,
-            max_running=args.max_running,
-            enable_cache=not args.no_cache,
-        )
+        backend = Runtime(args.model, **engine_kwargs(args))
     try:
         result = Replayer(backend, options).run(requests)
     finally:

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from radixrt.engine_args import worker_disk
 from radixrt.server.router import Router
 
 log = logging.getLogger("radixrt.serve")
@@ -32,8 +33,10 @@ class LocalWorkers:
     """Worker processes on this machine: ``reap`` reports the ones that died and schedules their
     restart, with a backoff that doubles while a worker keeps dying young."""
 
-    def __init__(self, count: int, worker_args: list[str], env: dict[str, str] | None = None) -> None:
-        self.args, self.env = worker_args, env
+    def __init__(
+        self, count: int, worker_args: list[str], env: dict[str, str] | None = None, disk_cache: str | None = None
+    ) -> None:
+        self.args, self.env, self.disk_cache = worker_args, env, disk_cache  # a subdirectory of disk_cache each
         self.workers = [LocalWorker(f"w{i}") for i in range(count)]
 
     def start_all(self) -> None:
@@ -82,6 +85,7 @@ class LocalWorkers:
             "--parent-pid",
             str(os.getpid()),
             *self.args,
+            *worker_disk(self.disk_cache, w.name),
         ]
         w.process = subprocess.Popen(
             cmd, env=env, start_new_session=True

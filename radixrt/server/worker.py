@@ -152,4 +152,7 @@ def run_worker(
 ) -> None:
     worker = Worker(engine, address, name, keys, parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        engine.close()  # the disk tier's queued pages are written before the process ends

@@ -1,0 +1,131 @@
+"""The K/V behind the lower tiers: a host pool of page slots (pinned memory on CUDA) and a disk
+store, and the copies between them and the device's KV pool. ``tiers.LowerTiers`` calls it; the
+radix tree decides what moves.
+
+A page travels as one block ``[2 (K, V), layers, page_size, kv_heads, head_dim]`` in the pool's
+dtype: one host slot holds one, and one disk file holds one's bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+
+import torch
+
+from radixrt.cache.disk_store import DiskEntry, DiskLayout, DiskStore
+from radixrt.cache.ids import IdArray
+from radixrt.cache.kv_pool import KVPool
+from radixrt.cache.tiers import LowerTiers
+
+HOST_MEMORY_HEADROOM = 0.9  # of the memory available at start: the most a host tier may take
+
+
+def available_host_memory() -> int:
+    """Bytes of memory the system can still give (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def disk_layout(pool: KVPool, model: str) -> DiskLayout:
+    return DiskLayout(model=model, dtype=str(pool.dtype), page_size=pool.page_size, page_bytes=pool.bytes_per_page)
+
+
+class KVTiers:
+    """Moves pages between ``pool`` (the device), ``host_pages`` host slots and ``disk``."""
+
+    def __init__(self, pool: KVPool, host_pages: int = 0, disk: DiskStore | None = None) -> None:
+        self.pool, self.disk = pool, disk
+        self.page_shape = (2, pool.num_layers, pool.page_size, pool.kv_heads, pool.head_dim)
+        self.host: torch.Tensor | None = None
+        if host_pages:
+            wanted, available = host_pages * pool.bytes_per_page, available_host_memory()
+            if wanted > HOST_MEMORY_HEADROOM * available:
+                raise ValueError(
+                    f"a host KV tier of {wanted / 2**30:.1f} GiB does not fit: this machine has "
+                    f"{available / 2**30:.1f} GiB of memory available, and the host tier may take at most "
+                    f"{HOST_MEMORY_HEADROOM:.0%} of it"
+                )
+            pinned = pool.k.device.type == "cuda"
+            self.host = torch.empty((host_pages, *self.page_shape), dtype=pool.dtype, pin_memory=pinned)
+
+    def _index(self, pages: IdArray) -> torch.Tensor:
+        return torch.as_tensor(pages, dtype=torch.long, device=self.pool.k.device)
+
+    def _gather(self, pages: IdArray) -> torch.Tensor:
+        """Device pages as blocks ``[n, 2, layers, page_size, kv_heads, head_dim]``."""
+        idx = self._index(pages)
+        return torch.stack([self.pool.k[:, idx], self.pool.v[:, idx]]).transpose(0, 2).transpose(1, 2)
+
+    def _scatter(self, blocks: torch.Tensor, pages: IdArray) -> None:
+        idx, blocks = self._index(pages), blocks.to(self.pool.k.device, non_blocking=True)
+        self.pool.k[:, idx] = blocks[:, 0].transpose(0, 1)
+        self.pool.v[:, idx] = blocks[:, 1].transpose(0, 1)
+
+    def to_host(self, pages: IdArray, slots: IdArray) -> None:
+        self.host[torch.as_tensor(slots, dtype=torch.long)] = self._gather(pages).to("cpu")
+
+    def to_device(self, slots: IdArray, pages: IdArray) -> None:
+        self._scatter(self.host[torch.as_tensor(slots, dtype=torch.long)], pages)
+
+    def write(self, entries: list[DiskEntry], pages: IdArray) -> bool:
+        blocks = self._gather(pages).to("cpu").contiguous()
+        raw = blocks.view(torch.uint8).numpy().reshape(len(entries), -1)
+        for i, entry in enumerate(entries):
+            if not self.disk.write(entry, raw[i]):
+                self.disk.delete([e.key for e in entries[:i]])  # all or nothing: the tree counts whole nodes
+                return False
+        return True
+
+    def read(self, keys: list[bytes], pages: IdArray) -> bool:
+        blobs = []
+        for key in keys:
+            blob = self.disk.read(key)
+            if blob is None:
+                return False
+            blobs.append(blob)
+        raw = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
+        self._scatter(raw.view(self.pool.dtype).reshape(len(keys), *self.page_shape), pages)
+        return True
+
+    def delete(self, keys: list[bytes]) -> None:
+        self.disk.delete(keys)
+
+
+def lower_tiers(
+    pool: KVPool, host_bytes: int, disk_dir: str | os.PathLike | None, disk_bytes: int, model: str
+) -> tuple[LowerTiers | None, DiskStore | None]:
+    """The tiers below ``pool`` (None when neither a host size nor a disk directory is given) and
+    the disk's store; ``model`` names the weights, so that no other model's pages are ever read."""
+    if not host_bytes and disk_dir is None:
+        return None, None
+    if host_bytes < 0 or disk_bytes < 0:
+        raise ValueError(f"tier sizes are byte counts >= 0, got host {host_bytes}, disk {disk_bytes}")
+    host_pages = int(host_bytes) // pool.bytes_per_page
+    disk_pages = int(disk_bytes) // pool.bytes_per_page if disk_dir is not None else 0
+    for name, size, pages in (("host", host_bytes, host_pages), ("disk", disk_bytes, disk_pages)):
+        if size and not pages:
+            raise ValueError(f"a {name} tier of {size} bytes holds no page: a page takes {pool.bytes_per_page} bytes")
+    if disk_dir is not None and not disk_pages:
+        raise ValueError("a disk cache needs a size (disk_cache_bytes)")
+    kv = KVTiers(pool, host_pages)  # refuses a host tier larger than memory before the disk is opened
+    kv.disk = DiskStore(disk_dir, disk_layout(pool, model)) if disk_dir is not None else None
+    return LowerTiers(host_pages, disk_pages, kv), kv.disk
+
+
+def tier_stats(cache, disk: DiskStore | None) -> dict:
+    """Pages in each lower tier, their capacities, the pages moved, and the disk store's counters."""
+    t = cache.tiers
+    if t is None:
+        return {}
+    out = {"pages_host": t.host_used, "pages_host_total": t.host_pages}
+    out |= {"pages_disk": t.disk_used, "pages_disk_total": t.disk_pages, **asdict(t.counters)}
+    if disk is not None:
+        out |= {f"disk_{name}": value for name, value in disk.stats().items()}
+    return out

