@@ -50,10 +50,14 @@ def test_long_prompts_are_skipped_or_cut_and_counted(rt):
     assert record.cut and record.error is None and record.prompt.size + record.output_tokens < room
 
 
-def test_one_request_at_a_time_the_engine_hits_what_the_simulator_predicts(tiny_with_tokenizer):
+@pytest.mark.parametrize("host_pages, disk_pages", [(0, 0), (30, 0), (8, 100)])
+def test_one_request_at_a_time_the_engine_hits_what_the_simulator_predicts(
+    tiny_with_tokenizer, tmp_path, host_pages, disk_pages
+):
     """At equal KV capacity, replaying one request at a time with nothing generated (so the engine
     caches what the simulator does: whole pages of prompts) hits exactly what the simulator with
-    the engine's admission rules predicts; the plain simulation (whole pages only) within 2%."""
+    the engine's admission rules predicts, from each tier; the plain simulation (whole pages only)
+    within 2%."""
     rng = np.random.default_rng(3)
     heads = [rng.integers(10, 40000, 36).tolist() for _ in range(4)]
     prompts = [
@@ -67,17 +71,25 @@ def test_one_request_at_a_time_the_engine_hits_what_the_simulator_predicts(tiny_
     runtime = sgl.Runtime(tiny_with_tokenizer, page_size=page, kv_cache_bytes=1 << 20)
     runtime.shutdown()
     per_page = (1 << 20) // runtime.engine.pool.num_pages
-    runtime = sgl.Runtime(tiny_with_tokenizer, page_size=page, kv_cache_bytes=pages * per_page)
+    tiers = {"host_cache_bytes": host_pages * per_page}
+    if disk_pages:
+        tiers |= {"disk_cache": tmp_path, "disk_cache_bytes": disk_pages * per_page}
+    runtime = sgl.Runtime(tiny_with_tokenizer, page_size=page, kv_cache_bytes=pages * per_page, **tiers)
     try:
         assert runtime.engine.pool.num_pages == pages
         trace = [TraceRequest("s", f"r{i}", input_ids=p.tolist(), output_tokens=0) for i, p in enumerate(prompts)]
         report = summarize(Replayer(runtime, ReplayOptions(timing="max", concurrency=1, progress=False)).run(trace))
+        stats = runtime.stats()
     finally:
         runtime.shutdown()
-    expected = simulate(prompts, page, pages, engine_rules=True)
+    expected = simulate(prompts, page, pages, engine_rules=True, host_pages=host_pages, disk_pages=disk_pages)
     assert report["cached_tokens"] == expected.hit_tokens and report["cached_tokens"] > 0
-    plain = simulate(prompts, page, pages).hit_tokens  # without the engine's partial page held: a little more
-    assert abs(plain - expected.hit_tokens) <= 0.02 * plain
+    assert stats.get("host_hit_tokens", 0) == expected.host_hit_tokens
+    assert stats.get("disk_hit_tokens", 0) == expected.disk_hit_tokens
+    assert (expected.host_hit_tokens > 0) == (host_pages > 0) and (expected.disk_hit_tokens > 0) == (disk_pages > 0)
+    if not host_pages + disk_pages:
+        plain = simulate(prompts, page, pages).hit_tokens  # without the engine's partial page held: a little more
+        assert abs(plain - expected.hit_tokens) <= 0.02 * plain
 
 
 def test_a_recorded_program_replays(rt, tmp_path):
