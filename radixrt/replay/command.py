@@ -201,6 +201,11 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"{s['computed_tokens']:,} computed; "
         f"unique in the trace: {s['unique_prompt_tokens']:,}; hit rate {s['hit_rate']:.1%}"
     )
+    if s["host_cached_tokens"] or s["disk_cached_tokens"]:
+        print(
+            f"of the cached tokens, loaded back from the host tier: {s['host_cached_tokens']:,}, "
+            f"from the disk tier: {s['disk_cached_tokens']:,}"
+        )
     print(
         f"throughput: {s['requests_per_s']:.2f} requests/s, {s['output_tokens_per_s']:.1f} output tokens/s "
         f"over {s['duration_s']:.1f} s"

@@ -48,6 +48,8 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         "computed_tokens": prompt - cached,
         "unique_prompt_tokens": unique_tokens([r.prompt for r in ok]),
         "hit_rate": cached / prompt if prompt else 0.0,
+        "host_cached_tokens": result.tier_tokens[0],  # of cached_tokens, loaded back from a host tier
+        "disk_cached_tokens": result.tier_tokens[1],  # and from a disk tier (the backend's counters)
         "output_tokens": output,
         "duration_s": duration,
         "requests_per_s": len(ok) / duration if duration > 0 else 0.0,

@@ -78,6 +78,7 @@ class ReplayResult:
     started: float
     ended: float
     occupancy: list[tuple[float, float]]  # (seconds into the replay, fraction of the KV pool cached)
+    tier_tokens: tuple[int, int] = (0, 0)  # prompt tokens loaded back from host and disk tiers meanwhile
 
 
 class Replayer:
@@ -92,7 +93,8 @@ class Replayer:
         chosen = sorted(requests, key=lambda r: r.arrival)[: opts.limit] if opts.limit else list(requests)
         by_session = sessions(chosen)
         order = sorted(by_session, key=lambda s: by_session[s][0].arrival)
-        room = _room(self.backend)
+        info = self.backend.get_server_info()
+        room, tiers_before = _room(info), _tier_tokens(info)
         records = {r.id: self._prepare(r, room) for r in chosen}
         bar = tqdm(total=len(chosen), disable=not opts.progress, desc="replay", unit="req")
         stop, occupancy = threading.Event(), []
@@ -110,7 +112,9 @@ class Replayer:
             stop.set()
             watcher.join(timeout=5)
             bar.close()
-        return ReplayResult([records[r.id] for r in chosen], self.started, time.perf_counter(), occupancy)
+        ended = time.perf_counter()
+        tiers = [after - before for after, before in zip(_tier_tokens(self.backend.get_server_info()), tiers_before)]
+        return ReplayResult([records[r.id] for r in chosen], self.started, ended, occupancy, tuple(tiers))
 
     # ---- one session -----------------------------------------------------------------------
 
@@ -181,14 +185,19 @@ class Replayer:
                 continue
 
 
-def _room(backend: Backend) -> int | None:
+def _room(info: dict[str, Any]) -> int | None:
     """The most tokens (prompt and output) one request may hold on this backend, if it says."""
-    info = backend.get_server_info()
     engines = list(info.get("workers", {}).values()) or [info]
     rooms = [
         min(e["max_context"], e["kv_cache_tokens"]) for e in engines if "max_context" in e and "kv_cache_tokens" in e
     ]
     return min(rooms) if rooms else None
+
+
+def _tier_tokens(info: dict[str, Any]) -> tuple[int, int]:
+    """Prompt tokens the backend's engines have loaded back from host and disk tiers so far."""
+    engines = list(info.get("workers", {}).values()) or [info]
+    return sum(e.get("host_hit_tokens", 0) for e in engines), sum(e.get("disk_hit_tokens", 0) for e in engines)
 
 
 def _cached_fraction(info: dict[str, Any]) -> float:

@@ -84,8 +84,8 @@ def test_one_request_at_a_time_the_engine_hits_what_the_simulator_predicts(
         runtime.shutdown()
     expected = simulate(prompts, page, pages, engine_rules=True, host_pages=host_pages, disk_pages=disk_pages)
     assert report["cached_tokens"] == expected.hit_tokens and report["cached_tokens"] > 0
-    assert stats.get("host_hit_tokens", 0) == expected.host_hit_tokens
-    assert stats.get("disk_hit_tokens", 0) == expected.disk_hit_tokens
+    assert stats.get("host_hit_tokens", 0) == report["host_cached_tokens"] == expected.host_hit_tokens
+    assert stats.get("disk_hit_tokens", 0) == report["disk_cached_tokens"] == expected.disk_hit_tokens
     assert (expected.host_hit_tokens > 0) == (host_pages > 0) and (expected.disk_hit_tokens > 0) == (disk_pages > 0)
     if not host_pages + disk_pages:
         plain = simulate(prompts, page, pages).hit_tokens  # without the engine's partial page held: a little more
