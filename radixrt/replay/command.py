@@ -41,6 +41,20 @@ def add_parser(commands: Any, engine_options: Any) -> None:
         "k = 1000; default 1k,4k,16k,64k,unlimited)",
     )
     rep.add_argument(
+        "--host-capacity",
+        type=int,
+        default=0,
+        metavar="PAGES",
+        help="with --simulate: also simulate each capacity with a host tier of this many pages below it",
+    )
+    rep.add_argument(
+        "--disk-capacity",
+        type=int,
+        default=0,
+        metavar="PAGES",
+        help="with --simulate: also simulate each capacity with a disk tier of this many pages below it",
+    )
+    rep.add_argument(
         "--timing",
         choices=["recorded", "rate", "max"],
         default="recorded",
@@ -107,27 +121,47 @@ def _simulate(args: argparse.Namespace, requests: list, out: Path | None) -> dic
     page_size = args.page_size or (blocks.pop() if len(blocks) == 1 else 16)
     tokenizer = _tokenizer(args) if any(r.prompt is not None or r.messages is not None for r in requests) else None
     prompts = [prompt_tokens(r, tokenizer) for r in sorted(requests, key=lambda r: r.arrival)][: args.limit]
-    result = {"mode": "simulate", **_sweep(prompts, page_size, args.capacity, out)}
+    if args.host_capacity < 0 or args.disk_capacity < 0:
+        raise ValueError("--host-capacity and --disk-capacity are page counts >= 0")
+    tiers = (args.host_capacity, args.disk_capacity)
+    result = {"mode": "simulate", **_sweep(prompts, page_size, args.capacity, out, tiers)}
     result["plots"] = result.pop("sweep_plots")
     return result
 
 
-def _sweep(prompts: list, page_size: int, capacities: str, out: Path | None) -> dict[str, Any]:
-    """LRU and the optimum at each capacity: printed, and plotted into ``out``."""
+def _sweep(
+    prompts: list, page_size: int, capacities: str, out: Path | None, tiers: tuple[int, int] = (0, 0)
+) -> dict[str, Any]:
+    """LRU and the optimum at each capacity (and LRU with the lower tiers, when given): printed,
+    and plotted into ``out``."""
     from radixrt.replay.plots import hit_rate_vs_capacity
     from radixrt.replay.sweep import parse_capacities, sweep
 
     started = time.perf_counter()
-    rows = sweep(prompts, page_size, parse_capacities(capacities))
+    rows = sweep(prompts, page_size, parse_capacities(capacities), *tiers)
     print(
         f"\n{len(prompts)} requests, pages of {page_size} tokens, simulated in {time.perf_counter() - started:.1f} s\n"
     )
-    print(f"{'capacity (pages)':>17} {'LRU hit rate':>13} {'optimum':>9} {'LRU / optimum':>14}")
+    tiered = any(tiers)
+    head = f"{'capacity (pages)':>17} {'LRU hit rate':>13} {'optimum':>9} {'LRU / optimum':>14}"
+    if tiered:
+        head += f" {'with tiers':>11} {'from host':>10} {'from disk':>10}"
+        print(f"lower tiers: host {tiers[0]:,} pages, disk {tiers[1]:,} pages")
+    print(head)
     for r in rows:
         capacity = "unlimited" if r["capacity_pages"] is None else f"{r['capacity_pages']:,}"
-        print(f"{capacity:>17} {r['lru_hit_rate']:>13.4f} {r['optimal_hit_rate']:>9.4f} {r['lru_of_optimal']:>14.3f}")
+        line = f"{capacity:>17} {r['lru_hit_rate']:>13.4f} {r['optimal_hit_rate']:>9.4f} {r['lru_of_optimal']:>14.3f}"
+        if "tiered_hit_rate" in r:
+            line += f" {r['tiered_hit_rate']:>11.4f} {r['host_hit_rate']:>10.4f} {r['disk_hit_rate']:>10.4f}"
+        print(line)
     plots = [hit_rate_vs_capacity(rows, out / "hit_rate_vs_capacity.png").name] if out is not None else []
-    return {"page_size": page_size, "simulation": rows, "sweep_plots": plots}
+    return {
+        "page_size": page_size,
+        "host_pages": tiers[0],
+        "disk_pages": tiers[1],
+        "simulation": rows,
+        "sweep_plots": plots,
+    }
 
 
 def _live(args: argparse.Namespace, requests: list, out: Path | None) -> dict[str, Any]:

@@ -25,11 +25,18 @@ def hit_rate_vs_capacity(rows: list[dict], path: Path, title: str = "") -> Path:
     x = [r["capacity_pages"] for r in finite]
     ax.plot(x, [r["lru_hit_rate"] for r in finite], "o-", label="LRU (the engine's)")
     ax.plot(x, [r["optimal_hit_rate"] for r in finite], "s--", label="optimum (Belady, leaves only)")
+    tiered = [r for r in finite if "tiered_hit_rate" in r]
+    if tiered:
+        xt = [r["capacity_pages"] for r in tiered]
+        device = [r["tiered_hit_rate"] - r["host_hit_rate"] - r["disk_hit_rate"] for r in tiered]
+        host = [r["host_hit_rate"] for r in tiered]
+        disk = [r["disk_hit_rate"] for r in tiered]
+        ax.stackplot(xt, device, host, disk, labels=["with tiers: from device", "from host", "from disk"], alpha=0.3)
     for r in rows:
         if r["capacity_pages"] is None:
             ax.axhline(r["optimal_hit_rate"], color="grey", lw=0.8, ls=":", label="unlimited")
     ax.set_xscale("log")
-    ax.set_xlabel("cache capacity (pages)")
+    ax.set_xlabel("device cache capacity (pages)")
     ax.set_ylabel("prompt-token hit rate")
     ax.set_ylim(0, 1)
     ax.set_title(title or "hit rate against cache capacity")

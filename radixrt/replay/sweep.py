@@ -33,21 +33,29 @@ def parse_capacities(text: str) -> list[int | None]:
     return capacities
 
 
-def sweep(prompts: list[np.ndarray], page_size: int, capacities: list[int | None]) -> list[dict]:
-    """One row per capacity: LRU's and the optimum's hit rates (whole pages of prompt tokens served
-    from the cache), and LRU's as a fraction of the optimum's."""
+def sweep(
+    prompts: list[np.ndarray], page_size: int, capacities: list[int | None], host_pages: int = 0, disk_pages: int = 0
+) -> list[dict]:
+    """One row per device capacity: LRU's and the optimum's hit rates (whole pages of prompt
+    tokens served from the cache), and LRU's as a fraction of the optimum's. With host or disk
+    pages, also the hit rate of the device with those tiers below it, and each tier's share."""
     unlimited = sum(-(-len(p) // page_size) for p in prompts) + 1
     rows = []
     for capacity in capacities:
         lru = simulate(prompts, page_size, capacity or unlimited)
         best = simulate_optimal(prompts, page_size, capacity)
-        rows.append(
-            {
-                "capacity_pages": capacity,
-                "capacity_tokens": capacity * page_size if capacity else None,
-                "lru_hit_rate": lru.hit_rate,
-                "optimal_hit_rate": best.hit_rate,
-                "lru_of_optimal": lru.hit_rate / best.hit_rate if best.hit_rate else 1.0,
-            }
-        )
+        row = {
+            "capacity_pages": capacity,
+            "capacity_tokens": capacity * page_size if capacity else None,
+            "lru_hit_rate": lru.hit_rate,
+            "optimal_hit_rate": best.hit_rate,
+            "lru_of_optimal": lru.hit_rate / best.hit_rate if best.hit_rate else 1.0,
+        }
+        if (host_pages or disk_pages) and capacity:
+            tiered = simulate(prompts, page_size, capacity, host_pages=host_pages, disk_pages=disk_pages)
+            host, disk = (
+                n / tiered.tokens if tiered.tokens else 0.0 for n in (tiered.host_hit_tokens, tiered.disk_hit_tokens)
+            )
+            row |= {"tiered_hit_rate": tiered.hit_rate, "host_hit_rate": host, "disk_hit_rate": disk}
+        rows.append(row)
     return rows

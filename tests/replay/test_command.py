@@ -51,6 +51,18 @@ def test_simulate_prints_lru_and_the_optimum_and_writes_the_report(tmp_path, cap
     assert (tmp_path / "out" / report["plots"][0]).stat().st_size > 1000
 
 
+def test_simulate_with_lower_tiers_reports_each_tiers_hits(tmp_path, capsys):
+    trace = tmp_path / "t.jsonl"
+    write_trace(trace, agent_trace(sessions=6, turns=3))
+    args = ["replay", str(trace), "--simulate", "--capacity", "12,16", "--page-size", "4", "--out", str(tmp_path)]
+    assert main([*args, "--host-capacity", "2", "--disk-capacity", "256"]) == 0
+    assert "from host" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "report.json").read_text())["simulation"]
+    assert all(r["tiered_hit_rate"] > r["lru_hit_rate"] for r in rows)
+    assert rows[0]["host_hit_rate"] > 0 and rows[0]["disk_hit_rate"] > 0
+    assert main([*args, "--host-capacity", "-1"]) == 2
+
+
 def test_a_live_replay_reports_metrics_and_plots(tmp_path, capsys, tiny_with_tokenizer):
     trace = tmp_path / "t.jsonl"
     write_trace(trace, agent_trace(sessions=3, turns=2))
