@@ -14,6 +14,10 @@ WORKER_GAUGES = {  # engine stats key -> (metric name, help)
     "waiting": ("radixrt_queue_depth", "requests waiting to be scheduled"),
     "pins": ("radixrt_pins", "prefixes pinned by programs"),
     "hit_rate": ("radixrt_worker_hit_rate", "prompt tokens served from the cache / prompt tokens"),
+    "pages_host": ("radixrt_host_pages_cached", "host tier: pages holding cached prefixes"),
+    "pages_host_total": ("radixrt_host_pages_total", "host tier: pages it holds at most"),
+    "pages_disk": ("radixrt_disk_pages_cached", "disk tier: pages holding cached prefixes"),
+    "pages_disk_total": ("radixrt_disk_pages_total", "disk tier: pages it holds at most"),
 }
 WORKER_COUNTERS = {
     "prompt_tokens": ("radixrt_worker_prompt_tokens", "prompt tokens"),
@@ -22,6 +26,13 @@ WORKER_COUNTERS = {
     "decode_tokens": ("radixrt_worker_decode_tokens", "tokens decoded"),
     "evicted_pages": ("radixrt_evicted_pages", "KV pages evicted from the cache"),
     "retractions": ("radixrt_retractions", "running requests retracted for memory"),
+    "host_hit_tokens": ("radixrt_host_hit_tokens", "prompt tokens loaded back from the host tier"),
+    "disk_hit_tokens": ("radixrt_disk_hit_tokens", "prompt tokens loaded back from the disk tier"),
+    "host_stores": ("radixrt_host_stores", "pages the device evicted into the host tier"),
+    "disk_writes": ("radixrt_disk_writes", "pages queued for the disk tier"),
+    "disk_writes_refused": ("radixrt_disk_writes_refused", "pages the disk tier did not take (full or failing)"),
+    "disk_write_errors": ("radixrt_disk_write_errors", "disk tier page writes that failed"),
+    "disk_load_failures": ("radixrt_disk_load_failures", "disk tier pages found missing or corrupt, recomputed"),
 }
 
 

@@ -101,6 +101,8 @@ TOTALS = (
     "evicted_pages",
     "retractions",
     "failed_requests",
+    "host_hit_tokens",
+    "disk_hit_tokens",
 )
 
 

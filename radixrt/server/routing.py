@@ -1,12 +1,14 @@
 """Which worker takes a request: the router's view of every worker's cache and load, and the
 policies that choose from it.
 
-A worker's view holds two radix trees per worker (``RadixCache``s without pages): ``cached``, an
-exact copy of the worker's cache kept by its cache events (so it is right up to one step), and
-``inflight``, the prompts routed to the worker that have not ended, which the worker is caching as
-it computes them. A request's match on a worker is the longer of the two: a burst of requests that
+A worker's view holds radix trees (``RadixCache``s without pages): ``cached``, one per tier of
+the worker's cache (device, host, disk), kept by its cache events (so it is right up to one step),
+and ``inflight``, the prompts routed to the worker that have not ended, which the worker is caching
+as it computes them. A request's match on a worker is the longer of its device match and its
+in-flight match, plus what lower tiers hold beyond that, discounted: loading a page from the host
+costs far less than computing it, but more than finding it on the device. A burst of requests that
 share a new prefix follows the first one instead of spreading before the prefix is cached.
-Namespaces stay apart in both trees.
+Namespaces stay apart in every tree.
 """
 
 from __future__ import annotations
@@ -22,26 +24,40 @@ from radixrt.cache.ids import ID_DTYPE
 from radixrt.wire.protocol import WireCacheEvent
 
 
+TIER_WORTH = (1.0, 0.8, 0.5)  # a token found on the device, the host, the disk, against one computed
+
+
 @dataclass(eq=False)
 class WorkerView:
     page_size: int
-    cached: RadixCache = field(init=False)
+    cached: list[RadixCache] = field(init=False)  # by tier: device, host, disk
     inflight: RadixCache = field(init=False)
     load: int = 0  # requests routed to it that have not ended
 
     def __post_init__(self) -> None:
-        self.cached, self.inflight = RadixCache(self.page_size), RadixCache(self.page_size)
+        self.cached = [RadixCache(self.page_size) for _ in TIER_WORTH]
+        self.inflight = RadixCache(self.page_size)
 
     def apply(self, events: list[WireCacheEvent]) -> None:
         for e in events:
             tokens = np.frombuffer(e.tokens, dtype=ID_DTYPE)
-            if e.stored:
-                self.cached.insert(tokens, np.zeros(tokens.size // self.page_size, dtype=ID_DTYPE), e.namespace)
-            else:
-                self.cached.forget(tokens, e.start, e.namespace)
+            tier = min(max(e.tier, 0), len(self.cached) - 1)
+            for t, tree in enumerate(self.cached):
+                if e.stored and t == tier:
+                    tree.insert(tokens, np.zeros(tokens.size // self.page_size, dtype=ID_DTYPE), e.namespace)
+                else:  # evicted, or moved to another tier
+                    tree.forget(tokens, e.start, e.namespace)
 
-    def match(self, tokens: np.ndarray, namespace: Hashable) -> int:
-        return max(self.cached.prefix_length(tokens, namespace), self.inflight.prefix_length(tokens, namespace))
+    def match(self, tokens: np.ndarray, namespace: Hashable) -> float:
+        """Tokens of ``tokens`` this worker need not compute, lower tiers' discounted."""
+        device, host, disk = (tree.prefix_length(tokens, namespace) for tree in self.cached)
+        reach = max(device, self.inflight.prefix_length(tokens, namespace))
+        worth = float(reach)
+        for length, value in ((host, TIER_WORTH[1]), (disk, TIER_WORTH[2])):
+            if length > reach:
+                worth += value * (length - reach)
+                reach = length
+        return worth
 
     def add(self, tokens: np.ndarray, namespace: Hashable) -> Node:
         """Count a request routed here; returns what ``remove`` takes when it ends."""

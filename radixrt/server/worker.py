@@ -123,7 +123,7 @@ class Worker:
     def _step_output(self, outputs: list[RequestOutput], events: list) -> p.StepOutput:
         wire = [self._token_output(o) for o in outputs] + self._replies
         self._replies = []
-        return p.StepOutput(wire, [p.WireCacheEvent(e.stored, e.namespace, e.tokens, e.start) for e in events])
+        return p.StepOutput(wire, [p.WireCacheEvent(*e) for e in events])
 
     def _token_output(self, out: RequestOutput) -> p.TokenOutput:
         return p.to_wire(

@@ -306,12 +306,14 @@ strings are the router's); ``token_times`` are Unix times."""
 
 
 class WireCacheEvent(Struct, array_like=True):
-    """``radixrt.cache.CacheEvent``: tokens as raw little-endian int32 bytes."""
+    """``radixrt.cache.CacheEvent``: tokens as raw little-endian int32 bytes; ``tier`` (of a stored
+    event) is where the pages from ``start`` on are now: 0 device, 1 host, 2 disk."""
 
     stored: bool
     namespace: str | None
     tokens: bytes
     start: int
+    tier: int = 0
 
 
 class StepOutput(Message, tag="step"):

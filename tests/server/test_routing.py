@@ -14,7 +14,7 @@ def tokens(*pieces: int, length: int = 8) -> np.ndarray:
 
 
 def wire(events) -> list[WireCacheEvent]:
-    return [WireCacheEvent(e.stored, e.namespace, e.tokens, e.start) for e in events]
+    return [WireCacheEvent(*e) for e in events]
 
 
 def test_a_view_follows_the_worker_cache_through_its_events():
