@@ -23,7 +23,6 @@ from radixrt.cache import Node, RadixCache
 from radixrt.cache.ids import ID_DTYPE
 from radixrt.wire.protocol import WireCacheEvent
 
-
 TIER_WORTH = (1.0, 0.8, 0.5)  # a token found on the device, the host, the disk, against one computed
 
 
