@@ -34,6 +34,20 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "and a restart on the same directory starts with what it holds; needs --disk-cache-gb",
     )
     parser.add_argument("--disk-cache-gb", type=float, default=0.0, help="the disk tier's size per worker, in GiB")
+    parser.add_argument(
+        "--retention-cap-gb",
+        type=float,
+        help="the most K/V a namespace may retain (Client.retain, cache_control, prompt_cache_retention) per "
+        "worker, in GiB (default: a quarter of all tiers)",
+    )
+    parser.add_argument(
+        "--eviction",
+        choices=["lru", "adaptive"],
+        default="lru",
+        help="the cache's eviction policy: least recently used (default), or adaptive: new pages go first "
+        "unless they were evicted and asked for again lately (better when most prompts end in text never "
+        "seen again; `radixrt replay --simulate` compares them on a trace)",
+    )
     parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page (default 16)")
     parser.add_argument("--max-running", type=int, default=64, help="most requests a worker runs at once (default 64)")
     parser.add_argument("--no-cache", action="store_true", help="turn the prefix cache off (to measure what it saves)")
@@ -43,8 +57,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 def check_engine_options(args: argparse.Namespace) -> None:
     """Refuse contradictory sizes before anything starts (``ValueError``)."""
-    if args.host_cache_gb < 0 or args.disk_cache_gb < 0:
-        raise ValueError("--host-cache-gb and --disk-cache-gb take sizes >= 0")
+    if args.host_cache_gb < 0 or args.disk_cache_gb < 0 or (args.retention_cap_gb or 0) < 0:
+        raise ValueError("--host-cache-gb, --disk-cache-gb and --retention-cap-gb take sizes >= 0")
     if (args.disk_cache is None) != (args.disk_cache_gb == 0):
         raise ValueError("--disk-cache DIR and --disk-cache-gb N go together")
 
@@ -60,6 +74,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         "host_cache_bytes": int(args.host_cache_gb * GIB),
         "disk_cache": args.disk_cache,
         "disk_cache_bytes": int(args.disk_cache_gb * GIB),
+        "retention_cap_bytes": None if args.retention_cap_gb is None else int(args.retention_cap_gb * GIB),
+        "eviction": args.eviction,
     }
 
 
@@ -67,12 +83,14 @@ def worker_flags(args: argparse.Namespace, threads: int) -> list[str]:
     """The engine options ``serve`` passes on to each local worker; a disk directory becomes one
     subdirectory per worker (``worker_disk``), so that no two share one."""
     flags = ["--page-size", str(args.page_size), "--max-running", str(args.max_running), "--threads", str(threads)]
+    flags += ["--eviction", args.eviction]
     for flag, value in (
         ("--model", args.model),
         ("--kv-cache-mb", args.kv_cache_mb),
         ("--keys", args.keys),
         ("--host-cache-gb", args.host_cache_gb or None),
         ("--disk-cache-gb", args.disk_cache_gb or None),
+        ("--retention-cap-gb", args.retention_cap_gb),
     ):
         if value is not None:
             flags += [flag, str(value)]

@@ -47,3 +47,14 @@ def prompt_ids(prompt: Prompt | Chat, tokenizer: Any = None) -> np.ndarray:
         return np.asarray(prompt, dtype=np.int64) if len(prompt) else np.zeros(0, dtype=np.int64)
     except OverflowError:
         raise ValueError("token ids must fit in 64 bits") from None
+
+
+def chat_prefix_length(tokenizer: Any, messages: Chat, through: int, ids: Sequence[int]) -> int:
+    """How many of ``ids`` (``messages`` through the chat template) render messages ``0..through``:
+    the prefix a cache breakpoint on message ``through`` names."""
+    if not 0 <= through < len(messages):
+        raise ValueError(f"a retained message index must be in 0..{len(messages) - 1}, got {through}")
+    head = chat_ids(tokenizer, messages[: through + 1], add_generation_prompt=False)
+    n = min(len(head), len(ids))
+    differ = np.flatnonzero(np.asarray(head[:n]) != np.asarray(ids[:n]))
+    return int(differ[0]) if differ.size else n

@@ -32,6 +32,9 @@ class Node:
         "parent",
         "lock_ref",
         "tick",
+        "prio",
+        "promoted",
+        "ids",
         "id",
         "lru_entry",
         "host_entry",
@@ -40,6 +43,8 @@ class Node:
         "version",
         "hits",
         "tier",
+        "retain_until",
+        "retain_ttl",
         "disk",
     )
 
@@ -49,14 +54,19 @@ class Node:
         self.children: dict[bytes, Node] = {}
         self.parent = parent
         self.lock_ref = lock_ref
-        self.tick = tick
+        self.tick = tick  # the logical time of the last match or insert through this node
+        self.prio: float = tick  # the eviction policy's key: smaller goes first (the tick under LRU)
+        self.promoted = False  # reused while cached, or cached again soon after an eviction (policy.py)
+        self.ids: list[int] | None = None  # each page's identity, when the policy keeps a ghost list
         self.id = id
-        self.lru_entry: tuple[int, int, Node] | None = None  # in the device's eviction order
-        self.host_entry: tuple[int, int, Node] | None = None  # in the host tier's
-        self.disk_entry: tuple[int, int, Node] | None = None  # in the disk tier's
+        self.lru_entry: tuple[float, int, Node] | None = None  # in the device's eviction order
+        self.host_entry: tuple[float, int, Node] | None = None  # in the host tier's
+        self.disk_entry: tuple[float, int, Node] | None = None  # in the disk tier's
         self.namespace: Hashable = None
         self.version = 0  # bumped when evict trims or removes the node: its older matches are stale
         self.hits = 0  # requests that reused this node's prefix (record_hit)
+        self.retain_until = 0.0  # retained until then (wall time), renewed by retain_ttl on each match
+        self.retain_ttl = 0.0
         self.tier = Tier.DEVICE  # ``pages`` are device page ids (DEVICE), host slots (HOST) or empty (DISK)
         self.disk: list[bytes] | None = None  # each page's disk key, when the disk holds a copy
 
@@ -88,12 +98,14 @@ class MatchResult(NamedTuple):
 
 class CacheEvent(NamedTuple):
     """The prefix ``tokens`` (raw int32 bytes, whole pages) was cached (``stored``: its tokens
-    from ``start`` on are new to the tree) or dropped from ``start`` on (evicted from every tier)."""
+    from ``start`` on are new to the tree, or moved to ``tier``) or dropped from ``start`` on
+    (evicted from every tier)."""
 
     stored: bool
     namespace: Hashable
     tokens: bytes
     start: int
+    tier: int = 0  # of a stored event: where the pages from ``start`` on are now (a ``Tier``)
 
 
 def top_prefixes(nodes: Iterable[Node], k: int = 8, head_tokens: int = 32) -> list[dict]:

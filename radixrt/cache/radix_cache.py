@@ -8,14 +8,19 @@ Keys are kept as the raw bytes of int32 token ids. Checking that a prompt contin
 is then a single ``bytes.startswith`` (a memcmp); only on the one edge where the prompt diverges
 does numpy locate the first differing token. No token is compared in a Python loop.
 
-Eviction order is least recently used. Every match or insert is one tick of a logical clock and
-stamps each node on its path with that tick, so a parent is never older than its children and
-evicting leaves oldest-first frees the least recently used pages first. ``evict(n)`` frees exactly
-``n`` pages when that many are evictable: the last leaf it reaches is trimmed from its tail rather
-than dropped whole. Each node carries a ``version`` that trimming or evicting it bumps, and a
-``MatchResult`` records it, so ``lock(match)`` refuses a match whose pages went back to the
-allocator in between (they may already have been handed out again). A split is harmless: the
-deepest node keeps its identity and every matched page stays in the tree.
+Every match or insert is one tick of a logical clock and stamps each node on its path with that
+tick. The eviction policy (``policy.py``, chosen by name: ``"lru"`` or ``"adaptive"``) turns it
+into the node's priority, and eviction takes unlocked leaves smallest priority first: under LRU
+the priority is the tick, a parent is never older than its children, and the least recently used
+pages go first. Whatever the keys, only leaves are candidates, so a parent never goes before its
+children. The adaptive policy may cache a new edge as several nodes, one per run of pages that
+share a key, and remembers the identities of evicted pages (a hash chain over each page's prefix,
+kept per node in ``Node.ids``). ``evict(n)`` frees exactly ``n`` pages when that many are
+evictable: the last leaf it reaches is trimmed from its tail rather than dropped whole. Each node
+carries a ``version`` that trimming or evicting it bumps, and a ``MatchResult`` records it, so
+``lock(match)`` refuses a match whose pages went back to the allocator in between (they may
+already have been handed out again). A split is harmless: the deepest node keeps its identity and
+every matched page stays in the tree.
 
 Candidate leaves are kept lazily (``lru.py``), so that the hot path (match, insert, lock,
 unlock) never sorts; ``evict`` re-checks each candidate it pops.
@@ -27,7 +32,7 @@ request to the worker holding most of its prefix. The copy applies ``stored`` ev
 
 With ``tiers`` (``LowerTiers``: a host pool and a disk below the device), a page the device
 evicts moves down instead of vanishing, and a match that reaches into a lower tier loads those
-pages back (``tiering.py``). Each tier evicts its own least recently used leaves.
+pages back (``tiering.py``). Each tier evicts its own leaves, in the order of the same priorities.
 
 All sizes count pages; sizes without a tier count the device's. Not thread-safe: one scheduler
 owns a cache.
@@ -44,14 +49,16 @@ from radixrt.cache.allocator import PageAllocator
 from radixrt.cache.ids import ID_DTYPE, IdArray, as_ids
 from radixrt.cache.lru import LruLeaves
 from radixrt.cache.node import TOKEN_BYTES, CacheEvent, MatchResult, Node, Tier, top_prefixes
+from radixrt.cache.policy import EvictionPolicy, make_policy, namespace_seed
+from radixrt.cache.retention import Retention
 from radixrt.cache.tiering import NO_PAGES, Tiering
 from radixrt.cache.tiers import LowerTiers
 
 _NO_PAGES = NO_PAGES
 
 
-class RadixCache(Tiering):
-    """Longest-prefix reuse of KV pages, with reference counts and LRU leaf eviction.
+class RadixCache(Tiering, Retention):
+    """Longest-prefix reuse of KV pages, with reference counts and leaf eviction by ``policy``.
 
     The request path: ``m = match_prefix(prompt)``; ``lock(m)`` right away (before anything can
     evict); allocate pages for ``prompt[m.length:]`` and compute them; ``commit(prompt, pages,
@@ -61,10 +68,16 @@ class RadixCache(Tiering):
 
     A namespace (a tenant, a LoRA id) gets its own tree: two namespaces never share a prefix.
     With an ``allocator``, evicted pages go back to it; without one they are simply dropped.
+    ``policy`` is ``"lru"`` or ``"adaptive"`` (which needs the allocator: it is sized by the pages
+    the tiers hold, ``held_pages``), or an ``EvictionPolicy``.
     """
 
     def __init__(
-        self, page_size: int = 1, allocator: PageAllocator | None = None, tiers: LowerTiers | None = None
+        self,
+        page_size: int = 1,
+        allocator: PageAllocator | None = None,
+        tiers: LowerTiers | None = None,
+        policy: str | EvictionPolicy = "lru",
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be a positive number of tokens, got {page_size}")
@@ -73,6 +86,7 @@ class RadixCache(Tiering):
         self.page_size = page_size
         self.allocator = allocator
         self.tiers = tiers
+        self.policy = make_policy(policy, self.held_pages())
         self._page_bytes = page_size * TOKEN_BYTES
         self._ids = itertools.count()
         self.events: list[CacheEvent] | None = None  # a list records CacheEvents (see the module docstring)
@@ -85,6 +99,7 @@ class RadixCache(Tiering):
         self._tick = 0
         self._evictable = 0
         self._protected = 0
+        self._retaining = False  # whether any node was ever retained (the hot path skips retention until then)
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -98,6 +113,8 @@ class RadixCache(Tiering):
             return MatchResult(_NO_PAGES, root, 0, root.version)
         path: list[Node] = []
         self._walk(root, key, path)
+        if self._retaining:
+            self._renew(path)
         loaded = self._load(root, path) if path and path[-1].tier is not Tier.DEVICE else (0, 0)
         if len(path) > 1:
             pages = np.concatenate([n.pages for n in path])
@@ -246,25 +263,21 @@ class RadixCache(Tiering):
         return top_prefixes(self.nodes(namespaces), k, head_tokens)
 
     def evict(self, num_pages: int) -> int:
-        """Free ``num_pages`` least recently used unlocked device pages, leaves first (moving them
-        to a lower tier when there is one); returns how many were freed (fewer only when fewer are
-        evictable)."""
+        """Free ``num_pages`` unlocked device pages, leaves first, smallest priority first (moving
+        them to a lower tier when there is one); returns how many were freed (fewer only when fewer
+        are evictable)."""
         if num_pages < 0:
             raise ValueError(f"cannot evict a negative number of pages ({num_pages})")
         remaining = num_pages
         freed: list[IdArray] = []
-        while remaining > 0:
-            if (entry := self._lru.pop_oldest()) is None:
-                break
-            tick, leaf = entry
-            if leaf.children is None or leaf.tier is not Tier.DEVICE or leaf.lock_ref or not self._device_leaf(leaf):
-                continue  # no longer a candidate; unlock or eviction of its children files it again
-            if tick != leaf.tick:
-                self._lru.add(leaf)  # touched since it was filed
-                continue
-            tail = self._cut(leaf, max(0, leaf.pages.size - remaining))
-            remaining -= tail.pages.size
-            freed.append(self._demote(tail))
+        held: list[Node] = []  # retained, with no room below: filed again afterwards
+        while remaining > 0 and (entry := self._lru.pop_oldest()) is not None:
+            if self._device_candidate(entry[1], entry[0], held):
+                tail = self._cut(entry[1], max(0, entry[1].pages.size - remaining))
+                remaining -= tail.pages.size
+                freed.append(self._demote(tail))
+        for leaf in held:
+            self._lru.add(leaf)
         if freed:
             self._free(np.concatenate(freed))
         return num_pages - remaining
@@ -297,6 +310,7 @@ class RadixCache(Tiering):
         With ``touch=False`` it only measures (``prefix_length``): no split, no tick; the bytes
         count the diverging edge's common pages too."""
         tick = self._next_tick() if touch else 0
+        prio = self.policy.match_key(tick) if touch else 0
         node, off, end, page_bytes = root, 0, len(key), self._page_bytes
         while off < end:
             child = node.children.get(key[off : off + page_bytes])
@@ -309,7 +323,10 @@ class RadixCache(Tiering):
                     return off + n  # measuring only: the edge stays whole
                 child = self._split(child, n)
             if touch:
-                child.tick = tick
+                lower = prio < child.prio
+                child.tick, child.prio, child.promoted = tick, prio, True
+                if lower:
+                    self._resort(child)
             if path is not None:
                 path.append(child)
             node, off = child, off + n
@@ -334,8 +351,12 @@ class RadixCache(Tiering):
         p = n // self._page_bytes
         head = Node(child.key[:n], child.pages[:p], child.parent, child.tick, next(self._ids), child.lock_ref)
         head.hits, head.tier, head.namespace = child.hits, child.tier, child.namespace
+        head.prio, head.promoted = child.prio, child.promoted
+        head.retain_until, head.retain_ttl = child.retain_until, child.retain_ttl
         if child.disk is not None:
             head.disk, child.disk = child.disk[:p], child.disk[p:]
+        if child.ids is not None:
+            head.ids, child.ids = child.ids[:p], child.ids[p:]
         child.parent.children[child.key[: self._page_bytes]] = head
         child.key, child.pages, child.parent = child.key[n:], child.pages[p:], head
         head.children[child.key[: self._page_bytes]] = child
@@ -361,13 +382,33 @@ class RadixCache(Tiering):
             self._lru.add(leaf)
 
     def _add_leaf(self, parent: Node, key: bytes, pages: IdArray) -> None:
-        leaf = Node(key, pages.copy(), parent, self._tick, next(self._ids))
-        leaf.namespace = parent.namespace
-        parent.children[key[: self._page_bytes]] = leaf
-        self._evictable += pages.size
-        self._lru.add(leaf)
-        if self.tiers is not None and self.tiers.disk_pages:
-            self._write_through(leaf)
+        """Cache a new edge below ``parent``: one node per run of pages the policy keys alike."""
+        page_bytes, ids, at = self._page_bytes, self._page_ids(parent, key), 0
+        for run in self.policy.admit(ids, pages.size, self._tick):
+            end = at + run.pages
+            node = Node(
+                key[at * page_bytes : end * page_bytes], pages[at:end].copy(), parent, self._tick, next(self._ids)
+            )
+            node.prio, node.promoted, node.namespace = run.prio, run.promoted, parent.namespace
+            node.ids = ids[at:end] if ids is not None else None
+            parent.children[node.key[:page_bytes]] = node
+            self._evictable += run.pages
+            if self.tiers is not None and self.tiers.disk_pages:
+                self._write_through(node)
+            parent, at = node, end
+        self._lru.add(parent)
+
+    def _page_ids(self, parent: Node, key: bytes) -> list[int] | None:
+        """The identities of ``key``'s pages below ``parent``, when the policy keeps them."""
+        prev = parent.ids[-1] if parent.ids else namespace_seed(parent.namespace)
+        return self.policy.page_ids(prev, key, self._page_bytes)
+
+    def _resort(self, node: Node) -> None:
+        """``node``'s priority fell below its entries' keys: file it again where it is filed."""
+        lists = (self._lru,) if self.tiers is None else (self._lru, self.tiers.host_lru, self.tiers.disk_lru)
+        for leaves in lists:
+            if getattr(node, leaves.slot) is not None:
+                leaves.refile(node)
 
     def _free(self, pages: IdArray) -> None:
         if self.allocator is not None:

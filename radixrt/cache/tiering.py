@@ -8,11 +8,13 @@ prefix). The device's pages form a prefix-closed set (pages load root-first and 
 only its own leaves), and so do the disk's (a page is written only below a page on disk, and the
 disk evicts only its own leaves).
 
-Each tier evicts its own leaves, least recently used first: the device's unlocked leaves move to
-the host (evicting host leaves to make room), else to disk-only when the disk has a copy, else
-they are dropped; host leaves move to disk-only or are dropped; disk leaves are deleted. A node
-stamped with the current tick (the request being matched or inserted right now) is never taken
-from a lower tier meanwhile, so a match never loses the pages it is loading.
+Each tier evicts its own leaves, smallest priority first (one eviction policy orders every tier:
+``policy.py``): the device's unlocked leaves move to the host (evicting host leaves to make room),
+else to disk-only when the disk has a copy, else they are dropped; host leaves move to disk-only or
+are dropped; disk leaves are deleted. A node stamped with the current tick (the request being
+matched or inserted right now) is never taken from a lower tier meanwhile, so a match never loses
+the pages it is loading. The policy hears of pages only when they leave the tree altogether (an
+eviction from the last tier that held them): moving down a tier is no eviction to its ghost list.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ class Tiering:
             "disk": t.disk_used if t is not None else 0,
         }
 
+    def held_pages(self) -> int | None:
+        """How many distinct pages the tree can hold (None without an allocator): the device's and
+        the host's, or the disk's where that is more (it holds copies of theirs)."""
+        if self.allocator is None:
+            return None
+        t, device = self.tiers, self.allocator.num_pages
+        return device if t is None else max(device + t.host_pages, t.disk_pages)
+
     def restore(self, entries: list[DiskEntry]) -> int:
         """Rebuild the disk-only part of the tree from the disk's index (parents first), as a
         restart on the same disk directory does; returns the pages restored. Entries whose parent
@@ -56,6 +66,7 @@ class Tiering:
                 continue
             node = Node(e.tokens, NO_PAGES, parent, 0, next(self._ids))
             node.tier, node.disk, node.namespace = Tier.DISK, [e.key], parent.namespace
+            node.ids = self._page_ids(parent, e.tokens)
             parent.children[e.tokens] = node
             held[e.key] = node
             restored.append(node)
@@ -64,6 +75,8 @@ class Tiering:
             while node.children is not None and len(node.children) == 1:  # one node per run of pages
                 (child,) = node.children.values()
                 node.key, node.disk, node.children = node.key + child.key, node.disk + child.disk, child.children
+                if node.ids is not None:
+                    node.ids = node.ids + child.ids
                 for grandchild in node.children.values():
                     grandchild.parent = node
                 child.children = None
@@ -71,7 +84,7 @@ class Tiering:
             if node.children is not None and not node.children:
                 t.disk_lru.add(node)
                 if self.events is not None:
-                    self.events.append(CacheEvent(True, node.namespace, self._path_key(node), 0))
+                    self.events.append(CacheEvent(True, node.namespace, self._path_key(node), 0, Tier.DISK))
         if t.disk_used > t.disk_pages:
             self._evict_disk(t.disk_used - t.disk_pages)
         return len(restored)
@@ -106,7 +119,8 @@ class Tiering:
         return sum(p.size for p in freed)
 
     def reset(self) -> None:
-        """Drop every cached prefix from every tier, returning its pages to the allocator."""
+        """Drop every cached prefix from every tier, returning its pages to the allocator (the
+        eviction policy keeps what it learnt)."""
         if self._protected:
             raise RuntimeError(f"reset while {self._protected} cached pages are locked by running requests")
         tops = [child for root in list(self._roots.values()) for child in list(root.children.values())]
@@ -140,6 +154,7 @@ class Tiering:
                     break
                 loaded[tier - 1] += pages.size * self.page_size
                 node.pages, node.tier = pages, Tier.DEVICE
+                self._moved(node)
                 self._evictable += pages.size
                 if anchor is not None:
                     self._unlock_path(anchor)
@@ -178,6 +193,7 @@ class Tiering:
             if node.tier is Tier.HOST:
                 self.tiers.host.free(node.pages)
             node.pages, node.tier = pages[at : at + n].copy(), Tier.DEVICE
+            self._moved(node)
             self._evictable += n
             self._lru.add(node)
             at += n
@@ -190,7 +206,7 @@ class Tiering:
         t, pages = self.tiers, node.pages
         slots = self._host_slots(pages.size) if t is not None and t.host is not None else None
         if slots is None and node.disk is None:
-            return self._drop(node)
+            return self._drop(node, evicted=True)
         self._evictable -= pages.size
         node.version += 1
         if slots is not None:
@@ -199,6 +215,7 @@ class Tiering:
             t.host_lru.add(node)
         else:
             node.pages, node.tier = NO_PAGES, Tier.DISK
+        self._moved(node)
         self._refile(node.parent)
         return pages
 
@@ -211,53 +228,61 @@ class Tiering:
         return host.alloc(n)
 
     def _evict_host(self, n: int) -> int:
-        t, freed = self.tiers, 0
+        t, freed, in_use = self.tiers, 0, []
         while freed < n and (entry := t.host_lru.pop_oldest()) is not None:
-            tick, node = entry
+            prio, node = entry
             if node.children is None or node.tier is not Tier.HOST:
                 continue
             if any(c.tier is Tier.HOST for c in node.children.values()):
                 continue
-            if tick != node.tick or tick == self._tick:
-                t.host_lru.add(node)  # touched since it was filed; or in use right now: the youngest
-                if tick == self._tick:
-                    break
+            if node.tick == self._tick or (node.disk is None and self._kept(node)):
+                in_use.append(node)  # in use right now, or retained: filed again once this is done
+                continue
+            if prio != node.prio:
+                t.host_lru.add(node)  # touched since it was filed
                 continue
             freed += node.pages.size
             if node.disk is None:
-                self._drop(node)
+                self._drop(node, evicted=True)
                 continue
             t.counters.host_evictions += node.pages.size
             t.host.free(node.pages)
             node.pages, node.tier = NO_PAGES, Tier.DISK
+            self._moved(node)
             self._refile(node.parent)
+        for node in in_use:
+            t.host_lru.add(node)
         return freed
 
     def _evict_disk(self, n: int) -> int:
-        t, freed = self.tiers, 0
+        t, freed, in_use = self.tiers, 0, []
         while freed < n and (entry := t.disk_lru.pop_oldest()) is not None:
-            tick, node = entry
+            prio, node = entry
             if node.children is None or node.disk is None:
                 continue
             if any(c.disk is not None for c in node.children.values()):
                 continue
-            if tick != node.tick or tick == self._tick:
+            if node.tick == self._tick or self._kept(node):
+                in_use.append(node)
+                continue
+            if prio != node.prio:
                 t.disk_lru.add(node)
-                if tick == self._tick:
-                    break
                 continue
             freed += len(node.disk)
             if node.tier is Tier.DISK:
-                self._drop(node)
+                self._drop(node, evicted=True)
                 continue
             t.delete(node.disk)
             node.disk = None
             self._refile(node.parent)
+        for node in in_use:
+            t.disk_lru.add(node)
         return freed
 
-    def _drop(self, node: Node) -> IdArray:
+    def _drop(self, node: Node, evicted: bool = False) -> IdArray:
         """Take ``node`` and everything below it out of every tier and the tree; returns the
-        device pages they held, for the caller to free."""
+        device pages they held, for the caller to free. ``evicted``: the policy made room (its
+        ghost list hears of the pages), rather than a reset, a ``forget`` or a failed read."""
         order, stack = [], [node]
         while stack:
             at = stack.pop()
@@ -276,6 +301,8 @@ class Tiering:
             if at.disk is not None:
                 t.delete(at.disk)
                 at.disk = None
+            if evicted and at.ids is not None:
+                self.policy.evicted(at.ids, at.promoted)
             self._remove_leaf(at)
         return np.concatenate(freed) if len(freed) > 1 else (freed[0] if freed else NO_PAGES)
 
@@ -341,6 +368,14 @@ class Tiering:
         if t.write(entries, leaf.pages):
             leaf.disk = [e.key for e in entries]
             t.disk_lru.add(leaf)
+
+    def _moved(self, node: Node) -> None:
+        """Tell the events' reader that ``node``'s pages are in another tier now."""
+        if self.events is not None:
+            key = self._path_key(node)
+            self.events.append(
+                CacheEvent(True, node.namespace, key, (len(key) - len(node.key)) // TOKEN_BYTES, node.tier)
+            )
 
     def _path_key(self, node: Node) -> bytes:
         parts = []

@@ -111,6 +111,8 @@ class AsyncClient:
         pin: bool = False,
         score_next: Sequence[int] = (),
         tenant: str | None = None,
+        retain: Sequence[p.Retain] = (),
+        route_key: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """As ``Client.outputs``."""
         await self.connect()
@@ -124,6 +126,8 @@ class AsyncClient:
             pin=pin,
             score_next=score_next,
             tenant=tenant,
+            retain=retain,
+            route_key=route_key,
         )
         box, news = self._mail[rid], News(rid, self._requests)
         try:
@@ -155,6 +159,29 @@ class AsyncClient:
                 raise RequestFailed(out.error)
             rid = out.request_id
         return rid
+
+    async def retain(
+        self,
+        prompt: Prompt,
+        ttl: float,
+        *,
+        tokens: int | None = None,
+        namespace: str | None = None,
+        tenant: str | None = None,
+        route_key: str | None = None,
+    ) -> RequestOutput:
+        """As ``Client.retain``."""
+        async for out in self.outputs(
+            prompt,
+            SamplingParams(max_new_tokens=0),
+            namespace=namespace,
+            tenant=tenant,
+            retain=[p.Retain(ttl, tokens)],
+            route_key=route_key,
+        ):
+            if out.error is not None:
+                raise RequestFailed(out.error)
+        return out
 
     async def submit(
         self,
@@ -270,9 +297,21 @@ class AsyncClient:
         score_next: Sequence[int] = (),
         box: asyncio.Queue | None = None,
         tenant: str | None = None,
+        retain: Sequence[p.Retain] = (),
+        route_key: str | None = None,
     ) -> tuple[str, float]:
         msg = self._requests.message(
-            prompt, params, namespace, stream, request_id, prompt_logprobs_from, pin, score_next, tenant
+            prompt,
+            params,
+            namespace,
+            stream,
+            request_id,
+            prompt_logprobs_from,
+            pin,
+            score_next,
+            tenant,
+            retain,
+            route_key,
         )
         self._mail[msg.id] = box if box is not None else asyncio.Queue(self.max_unread)
         self._socket.send(p.encode(msg))  # queued by ZeroMQ at once; nothing to await

@@ -14,6 +14,7 @@ from radixrt.client.aio import AsyncClient
 from radixrt.client.core import DEFAULT_ADDRESS, MAX_UNREAD, Prompt
 from radixrt.outputs import GenerateOutput, RequestOutput
 from radixrt.params import SamplingParams
+from radixrt.wire import protocol as p
 from radixrt.wire.sockets import Keys
 
 
@@ -82,6 +83,8 @@ class Client:
         pin: bool = False,
         score_next: Sequence[int] = (),
         tenant: str | None = None,
+        retain: Sequence[p.Retain] = (),
+        route_key: str | None = None,
     ) -> Iterator[RequestOutput]:
         """The request's outputs as the engine's ``step()`` gives them: new tokens, text and
         logprobs as they come, then a last one (``finished``) that says how it ended. A refused
@@ -96,6 +99,8 @@ class Client:
                 pin=pin,
                 score_next=score_next,
                 tenant=tenant,
+                retain=retain,
+                route_key=route_key,
             )
         )
 
@@ -110,6 +115,26 @@ class Client:
         """Compute ``prompt`` and keep it cached on its worker, safe from eviction, until
         ``unpin`` or until this client disconnects; returns the pin's id."""
         return self._wait(self._async.pin(prompt, namespace=namespace, request_id=request_id, tenant=tenant))
+
+    def retain(
+        self,
+        prompt: Prompt,
+        ttl: float,
+        *,
+        tokens: int | None = None,
+        namespace: str | None = None,
+        tenant: str | None = None,
+        route_key: str | None = None,
+    ) -> RequestOutput:
+        """Compute ``prompt`` where it is not cached, and keep its first ``tokens`` tokens (all of it
+        by default) cached for ``ttl`` seconds after their last use, every hit renewing it: they may
+        move to a host or disk tier meanwhile, never out of the cache. Unlike a pin it outlives this
+        client. Raises ``RequestFailed`` past the namespace's retention cap (its worker's), and
+        ``ServerError`` for a ttl out of range; returns the request's last output
+        (``cached_tokens``: how much was cached already)."""
+        return self._wait(
+            self._async.retain(prompt, ttl, tokens=tokens, namespace=namespace, tenant=tenant, route_key=route_key)
+        )
 
     def unpin(self, pin_id: str) -> None:
         self._wait(self._async.unpin(pin_id))

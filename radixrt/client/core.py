@@ -66,6 +66,8 @@ class Requests:
         pin: bool = False,
         score_next: Sequence[int] = (),
         tenant: str | None = None,
+        retain: Sequence[p.Retain] = (),
+        route_key: str | None = None,
     ) -> p.Generate:
         if namespace is not None and not isinstance(namespace, str):
             raise TypeError(f"a namespace on the wire is a string, got {type(namespace).__name__}")
@@ -89,6 +91,8 @@ class Requests:
             pin=pin,
             score_next=[int(t) for t in score_next] or None,
             tenant=tenant,
+            retain=list(retain),
+            route_key=route_key,
             **{kind: value},
         )
 

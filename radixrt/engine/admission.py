@@ -3,7 +3,7 @@ request, the router before it sends one to a worker, with the same rules and the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -77,3 +77,24 @@ def admit(
             raise ValueError("constraints need a tokenizer, and this model ships none")
         grammars.compile(params)
     return score_next
+
+
+def check_retention(
+    retain: Sequence[tuple[int, float]], prompt_len: int, cost: Callable[[int], int], retained: int, cap: int, namespace
+) -> list[tuple[int, float]]:
+    """The (tokens, ttl) retentions a request asks for, checked: each a prefix of its prompt with a
+    positive ttl, and the namespace's retained pages (``retained``, plus ``cost(tokens)``, the pages
+    the longest of these adds) within ``cap`` pages. ``ValueError`` names what is wrong."""
+    out = []
+    for item in retain:
+        tokens, ttl = int(item[0]), float(item[1])
+        if not 0 < tokens <= prompt_len or not ttl > 0:
+            raise ValueError(f"a retention is (tokens in 1..{prompt_len}, ttl > 0 seconds), got {tuple(item)}")
+        out.append((tokens, ttl))
+    pages = cost(max(tokens for tokens, _ in out)) if out else 0
+    if pages and retained + pages > cap:
+        raise ValueError(
+            f"retaining {pages} more pages would take namespace {namespace!r} past its retention cap of "
+            f"{cap} pages ({retained} retained now): wait for retentions to expire, or retain less"
+        )
+    return out

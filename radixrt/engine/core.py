@@ -25,7 +25,7 @@ import torch
 from radixrt.cache import KVPool, PageAllocator, RadixCache
 from radixrt.cache.kv_tiers import lower_tiers, tier_stats
 from radixrt.cache.radix_cache import Node
-from radixrt.engine.admission import ModelLimits, admit
+from radixrt.engine.admission import ModelLimits, admit, check_retention
 from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
@@ -39,6 +39,7 @@ from radixrt.params import SamplingParams
 from radixrt.prompts import Prompt, prompt_ids
 
 MAX_PINNED_FRACTION = 0.5  # of the KV pool's pages: the most that pins may hold
+RETENTION_CAP_FRACTION = 0.25  # of every tier's pages: a namespace's retention cap by default
 
 
 class EngineCore:
@@ -61,6 +62,8 @@ class EngineCore:
         host_cache_bytes: int = 0,
         disk_cache: str | os.PathLike | None = None,
         disk_cache_bytes: int = 0,
+        retention_cap_bytes: int | None = None,
+        eviction: str = "lru",
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
@@ -83,7 +86,14 @@ class EngineCore:
         self.allocator = PageAllocator(self.pool.num_pages)
         identity = model_identity(loaded.path, cfg) if disk_cache is not None else ""
         tiers, self.disk = lower_tiers(self.pool, host_cache_bytes, disk_cache, disk_cache_bytes, identity)
-        self.cache = RadixCache(page_size, self.allocator, tiers)
+        self.cache = RadixCache(page_size, self.allocator, tiers, policy=eviction)
+        pages = self.pool.num_pages + (tiers.host_pages + tiers.disk_pages if tiers is not None else 0)
+        cap = (
+            RETENTION_CAP_FRACTION * pages
+            if retention_cap_bytes is None
+            else retention_cap_bytes / self.pool.bytes_per_page
+        )
+        self.retention_cap_pages = int(cap)  # per namespace
         if self.disk is not None:
             self.cache.restore(self.disk.entries())  # a warm start: what an earlier run left on disk
         self.scheduler = Scheduler(
@@ -121,6 +131,7 @@ class EngineCore:
         resumed: int = 0,
         pin: bool = False,
         score_next: Sequence[int] = (),
+        retain: Sequence[tuple[int, float]] = (),
     ) -> str:
         """Queue a prompt (text or token ids); raises ``ValueError`` naming what is wrong with it.
 
@@ -140,7 +151,10 @@ class EngineCore:
         is not kept (``stats()["pins_refused"]``), so that pins never starve running requests.
         ``score_next`` asks for the log-probability of each of these tokens right after the prompt
         (``next_logprobs`` of the last output): a ``select`` scores the first tokens of all its
-        choices in one request."""
+        choices in one request. ``retain`` lists (tokens, ttl seconds): when the request ends, its
+        first ``tokens`` tokens stay cached for ``ttl`` seconds after their last use (every hit
+        renews it); they may move to a slower tier meanwhile, never out. A namespace retains at most
+        ``retention_cap_pages`` pages (``RETENTION_CAP_FRACTION`` of every tier by default)."""
         params = params or SamplingParams()
         tokens = prompt_ids(prompt, self.tokenizer)
         grammars = self._grammars() if params.constrained and self.tokenizer is not None else None
@@ -155,6 +169,14 @@ class EngineCore:
             raise ValueError(f"request id {request_id!r} is already in use")
         if tenant is not None and not isinstance(tenant, str):
             raise ValueError(f"a tenant is a string, got {tenant!r}")
+        retain = check_retention(
+            retain,
+            len(tokens),
+            lambda n: self.cache.retain_cost(tokens[:n], namespace),
+            self.cache.retained_pages(namespace) if retain else 0,
+            self.retention_cap_pages,
+            namespace,
+        )
         if pin and request_id in self.pins:
             raise ValueError(f"request id {request_id!r} already names a pin: unpin it first")
         room = min(self.max_context, self.pool.num_tokens) - len(tokens)
@@ -186,6 +208,7 @@ class EngineCore:
             resumed=resumed,
             pin=bool(pin),
             score_next=score_next,
+            retain=retain,
         )
         self.requests[request_id] = req
         self.scheduler.waiting.append(req)
@@ -247,6 +270,7 @@ class EngineCore:
             **tier_stats(self.cache, self.disk),
             "pins": len(self.pins),
             "pins_refused": self.pins_refused,
+            "pages_retained": self.cache.retained_pages(),
             "max_context": self.max_context,
             "kv_cache_tokens": self.pool.num_tokens,
             "running": len(self.scheduler.running),
@@ -322,6 +346,9 @@ class EngineCore:
                 self.pins[req.id] = (match.last_node, match.pages.size)
             else:
                 self.pins_refused += 1
+        if self.scheduler.enable_cache:
+            for tokens, ttl in req.retain:
+                self.cache.retain(req.tokens[: min(tokens, req.computed)], ttl, req.namespace)
         req.matched_stop = matched
         return self._end(req, State.FINISHED, reason)
 

@@ -17,7 +17,10 @@ from radixrt.prompts import Prompt, chat_ids, prompt_ids
 class Engine(EngineCore):
     """``Engine(model=None)`` serves the default model (SmolLM2-135M-Instruct); ``model`` may be a
     Hugging Face directory or a .gguf file. The KV pool takes ``kv_cache_bytes``: by default 512 MiB
-    on a CPU, and 80% of the device memory left free by the weights on a GPU.
+    on a CPU, and 80% of the device memory left free by the weights on a GPU. Below it,
+    ``host_cache_bytes`` of host memory and ``disk_cache`` (a directory) of ``disk_cache_bytes``
+    keep what the pool evicts (``close()`` writes out what the disk has queued); a namespace may
+    retain at most ``retention_cap_bytes``; ``eviction`` is ``"lru"`` or ``"adaptive"``.
 
     ``detokenize=False`` deals in token ids only: outputs carry no text and stop strings are
     refused (a server's worker, whose router owns text)."""

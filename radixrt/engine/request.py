@@ -51,6 +51,7 @@ class Request:
     resumed: int = 0  # the prompt's last tokens that are this request's output from elsewhere (a lost worker)
     pin: bool = False  # keep its tokens cached when it ends, until ``Engine.unpin``
     score_next: tuple[int, ...] = ()  # tokens whose log-probability right after the prompt is asked for
+    retain: list[tuple[int, float]] = field(default_factory=list)  # (prefix tokens, ttl s) to retain when it ends
     next_logprobs: list[float] | None = None  # theirs, once the prompt's last position is computed
     generator: torch.Generator | None = None
     output_text: OutputText | None = None  # None without a tokenizer: token ids only

@@ -209,7 +209,9 @@ class Frontend:
             await self._tokenizer() if params.logprobs else None,
         )
         streams = [
-            self._outputs(prompt, _seeded(params, i), namespace, tenant) for prompt in prompts for i in range(body.n)
+            self._outputs(prompt, _seeded(params, i), namespace, tenant, body.cache_options())
+            for prompt in prompts
+            for i in range(body.n)
         ]
         runs = merged(streams, partial(departed, request))
         if not body.stream:
@@ -222,16 +224,17 @@ class Frontend:
         return StreamingResponse(reply.events(prepend(first, runs), len(streams)), media_type="text/event-stream")
 
     async def _outputs(
-        self, prompt: Any, params: SamplingParams, namespace: str | None, tenant: str | None
+        self, prompt: Any, params: SamplingParams, namespace: str | None, tenant: str | None, cache: dict[str, Any]
     ) -> AsyncIterator[RequestOutput]:
         client = await self.connect()
         try:
             async with contextlib.aclosing(
-                client.outputs(prompt, params, namespace=namespace, tenant=tenant)
+                client.outputs(prompt, params, namespace=namespace, tenant=tenant, **cache)
             ) as outputs:
                 async for out in outputs:
                     if out.error is not None and out.finished and not out.token_ids:
-                        raise ApiError(500, f"the request failed: {out.error}")
+                        status = 400 if "retention cap" in out.error else 500  # the request asked too much
+                        raise ApiError(status, f"the request failed: {out.error}")
                     yield out
         except ServerError as e:
             raise ApiError.from_server(e) from None

@@ -127,7 +127,8 @@ def usage(results: list[list[RequestOutput]]) -> dict[str, Any]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
+        # cache_write_tokens: the prompt tokens computed, which the cache takes (in whole pages)
+        "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": prompt - cached},
     }
 
 

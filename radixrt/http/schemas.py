@@ -20,6 +20,7 @@ import msgspec
 
 from radixrt.client import ServerError
 from radixrt.params import SamplingParams
+from radixrt.wire.protocol import MAX_RETAINS, Retain
 
 CHAT_MAX_TOKENS = 4096  # when a chat request sets no limit: clipped by the engine to what fits
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -63,6 +64,10 @@ class ApiError(Exception):
                 "code": self.code,
             }
         }
+
+
+TTLS = {"5m": 300.0, "1h": 3600.0}  # Anthropic's cache_control ttls
+RETENTIONS = {"in_memory": 600.0, "24h": 86400.0}  # OpenAI's prompt_cache_retention
 
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -113,6 +118,9 @@ class Common(msgspec.Struct, forbid_unknown_fields=True):
     guided_choice: list[str] | None = None
     regex: str | None = None
     json_schema: str | None = None
+    # the prompt cache: OpenAI's routing key and retention
+    prompt_cache_key: str | None = None  # requests with the same key go to the same worker
+    prompt_cache_retention: str | None = None  # "in_memory" or "24h": the whole prompt stays cached that long
     # taken when they ask for what radixrt does anyway
     best_of: int | None = None  # the n samples are the n best: best_of, if given, must equal n
     skip_special_tokens: bool = True  # radixrt's text never has special tokens
@@ -138,6 +146,24 @@ class Common(msgspec.Struct, forbid_unknown_fields=True):
                 "skip_special_tokens: false is not supported: the text never has special tokens",
                 "skip_special_tokens",
             )
+
+    def cache_options(self) -> dict[str, Any]:
+        """The client's ``retain`` and ``route_key`` for this body's prompt."""
+        retain = list(self.breakpoints())
+        if self.prompt_cache_retention is not None:
+            if self.prompt_cache_retention not in RETENTIONS:
+                raise ApiError(
+                    400,
+                    f"prompt_cache_retention is one of {', '.join(RETENTIONS)}, got {self.prompt_cache_retention!r}",
+                    "prompt_cache_retention",
+                )
+            retain.append(Retain(RETENTIONS[self.prompt_cache_retention]))
+        if len(retain) > MAX_RETAINS:
+            raise ApiError(400, f"at most {MAX_RETAINS} cache breakpoints a request, got {len(retain)}", "messages")
+        return {"retain": retain, "route_key": self.prompt_cache_key}
+
+    def breakpoints(self) -> list[Retain]:
+        return []
 
     def sampling(self, max_tokens: int, logprobs: bool, top_logprobs: int) -> SamplingParams:
         """The sampler's parameters this body asks for; a 400 naming the impossible ones."""
@@ -224,6 +250,21 @@ class ChatBody(Common):
             raise ApiError(400, "messages must be a non-empty list", "messages")
         return [[_message(m, i) for i, m in enumerate(self.messages)]]
 
+    def breakpoints(self) -> list[Retain]:
+        """Anthropic-style ``cache_control`` on content parts: the chat through that message stays
+        cached for the part's ttl ("5m" by default, or "1h") after its last use."""
+        out = []
+        for index, message in enumerate(self.messages):
+            parts = message.get("content") if isinstance(message, dict) else None
+            ttls = (
+                [_cache_ttl(part, index) for part in parts if "cache_control" in part]
+                if isinstance(parts, list)
+                else []
+            )
+            if ttls:
+                out.append(Retain(max(ttls), message=index))
+        return out
+
     def params(self) -> SamplingParams:
         if self.top_logprobs and not self.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
@@ -259,13 +300,26 @@ def _message(message: dict[str, Any], index: int) -> dict[str, str]:
         raise ApiError(
             400, f"messages[{index}] must have a role and a content (and nothing else but a name)", "messages"
         )
-    if isinstance(content, list):  # content parts: text only
-        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+    if isinstance(content, list):  # content parts: text only (with a cache_control, if any)
+        if not all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+        ) or any(set(p) - {"type", "text", "cache_control"} for p in content):
             raise ApiError(400, f"messages[{index}].content: only text parts are supported", "messages")
         content = "".join(p["text"] for p in content)
     if not isinstance(content, str):
         raise ApiError(400, f"messages[{index}].content must be a string or a list of text parts", "messages")
     return {"role": role, "content": content}
+
+
+def _cache_ttl(part: dict[str, Any], index: int) -> float:
+    control = part["cache_control"]
+    if not isinstance(control, dict) or control.get("type") != "ephemeral" or control.get("ttl", "5m") not in TTLS:
+        raise ApiError(
+            400,
+            f'messages[{index}]: cache_control is {{"type": "ephemeral"}}, with "ttl" "5m" (the default) or "1h"',
+            "messages",
+        )
+    return TTLS[control.get("ttl", "5m")]
 
 
 def _response_schema(fmt: ResponseFormat | None) -> str | None:

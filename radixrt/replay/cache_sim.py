@@ -3,9 +3,10 @@ as the engine's admission path would, to measure hit rates (and the cost of the 
 without a model.
 
 Each request runs match_prefix -> lock -> allocate pages for the uncached tail (when the pool is
-full, evicting least recently used pages, exactly as many as needed) -> commit (insert, freeing
-the pages that duplicate what was cached meanwhile) -> unlock. Outputs are not cached; a request
-larger than the whole pool is served but not cached. With host and disk tiers, the tree moves
+full, evicting exactly as many pages as needed, in the order of the eviction ``policy``, "lru" or
+"adaptive", the engine's rule) -> commit (insert, freeing the pages that duplicate what was cached
+meanwhile) -> unlock. Outputs are not cached; a request larger than the whole pool is served but
+not cached. With host and disk tiers, the tree moves
 what the device evicts down and loads it back on a match, exactly as in the engine; no K/V is
 copied.
 
@@ -76,13 +77,15 @@ def simulate(
     engine_rules: bool = False,
     host_pages: int = 0,
     disk_pages: int = 0,
+    policy: str = "lru",
 ) -> CacheReplay:
     """One pass of the admission loop over ``prompts`` with a pool of ``capacity_pages`` (and host
-    and disk tiers of ``host_pages`` and ``disk_pages`` below it, as the engine's); only the cache
-    calls are timed (the garbage collector is off meanwhile, as in the peer replays)."""
+    and disk tiers of ``host_pages`` and ``disk_pages`` below it, as the engine's) under the
+    eviction ``policy``; only the cache calls are timed (the garbage collector is off meanwhile,
+    as in the peer replays)."""
     allocator = PageAllocator(capacity_pages)
     tiers = LowerTiers(host_pages, disk_pages) if host_pages or disk_pages else None
-    cache = RadixCache(page_size, allocator, tiers)
+    cache = RadixCache(page_size, allocator, tiers, policy=policy)
     r = CacheReplay()
     clock = time.perf_counter
     gc.collect()

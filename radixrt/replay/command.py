@@ -143,14 +143,16 @@ def _sweep(
         f"\n{len(prompts)} requests, pages of {page_size} tokens, simulated in {time.perf_counter() - started:.1f} s\n"
     )
     tiered = any(tiers)
-    head = f"{'capacity (pages)':>17} {'LRU hit rate':>13} {'optimum':>9} {'LRU / optimum':>14}"
+    head = f"{'capacity (pages)':>17} {'LRU hit rate':>13} {'adaptive':>9} {'optimum':>9} {'LRU / optimum':>14}"
+    head += f" {'adaptive / optimum':>19}"
     if tiered:
         head += f" {'with tiers':>11} {'from host':>10} {'from disk':>10}"
         print(f"lower tiers: host {tiers[0]:,} pages, disk {tiers[1]:,} pages")
     print(head)
     for r in rows:
         capacity = "unlimited" if r["capacity_pages"] is None else f"{r['capacity_pages']:,}"
-        line = f"{capacity:>17} {r['lru_hit_rate']:>13.4f} {r['optimal_hit_rate']:>9.4f} {r['lru_of_optimal']:>14.3f}"
+        line = f"{capacity:>17} {r['lru_hit_rate']:>13.4f} {r['adaptive_hit_rate']:>9.4f} {r['optimal_hit_rate']:>9.4f}"
+        line += f" {r['lru_of_optimal']:>14.3f} {r['adaptive_of_optimal']:>19.3f}"
         if "tiered_hit_rate" in r:
             line += f" {r['tiered_hit_rate']:>11.4f} {r['host_hit_rate']:>10.4f} {r['disk_hit_rate']:>10.4f}"
         print(line)

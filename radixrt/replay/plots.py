@@ -23,7 +23,9 @@ def hit_rate_vs_capacity(rows: list[dict], path: Path, title: str = "") -> Path:
     finite = [r for r in rows if r["capacity_pages"] is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     x = [r["capacity_pages"] for r in finite]
-    ax.plot(x, [r["lru_hit_rate"] for r in finite], "o-", label="LRU (the engine's)")
+    ax.plot(x, [r["lru_hit_rate"] for r in finite], "o-", label="LRU (the engine's default)")
+    if finite and "adaptive_hit_rate" in finite[0]:
+        ax.plot(x, [r["adaptive_hit_rate"] for r in finite], "^-", label="adaptive (--eviction adaptive)")
     ax.plot(x, [r["optimal_hit_rate"] for r in finite], "s--", label="optimum (Belady, leaves only)")
     tiered = [r for r in finite if "tiered_hit_rate" in r]
     if tiered:

@@ -36,20 +36,23 @@ def parse_capacities(text: str) -> list[int | None]:
 def sweep(
     prompts: list[np.ndarray], page_size: int, capacities: list[int | None], host_pages: int = 0, disk_pages: int = 0
 ) -> list[dict]:
-    """One row per device capacity: LRU's and the optimum's hit rates (whole pages of prompt
-    tokens served from the cache), and LRU's as a fraction of the optimum's. With host or disk
+    """One row per device capacity: LRU's, the adaptive policy's and the optimum's hit rates (whole
+    pages of prompt tokens served from the cache), and the first two's as fractions of the optimum's. With host or disk
     pages, also the hit rate of the device with those tiers below it, and each tier's share."""
     unlimited = sum(-(-len(p) // page_size) for p in prompts) + 1
     rows = []
     for capacity in capacities:
         lru = simulate(prompts, page_size, capacity or unlimited)
+        adaptive = simulate(prompts, page_size, capacity or unlimited, policy="adaptive")
         best = simulate_optimal(prompts, page_size, capacity)
         row = {
             "capacity_pages": capacity,
             "capacity_tokens": capacity * page_size if capacity else None,
             "lru_hit_rate": lru.hit_rate,
+            "adaptive_hit_rate": adaptive.hit_rate,
             "optimal_hit_rate": best.hit_rate,
             "lru_of_optimal": lru.hit_rate / best.hit_rate if best.hit_rate else 1.0,
+            "adaptive_of_optimal": adaptive.hit_rate / best.hit_rate if best.hit_rate else 1.0,
         }
         if (host_pages or disk_pages) and capacity:
             tiered = simulate(prompts, page_size, capacity, host_pages=host_pages, disk_pages=disk_pages)

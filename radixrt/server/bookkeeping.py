@@ -32,9 +32,27 @@ class Job:
     params: SamplingParams = field(default_factory=SamplingParams)
     text: OutputText | None = None
     score_next: list[int] = field(default_factory=list)
+    retain: list[tuple[int, float]] = field(default_factory=list)  # (prefix tokens, ttl seconds)
+    route_key: str | None = None
     worker: str | None = None
     route: Node | None = None
     resubmits: int = 0
+
+    def submit(self, tokens: np.ndarray) -> p.Submit:
+        """The worker's order for this job: ``tokens`` are its prompt and what it generated so far."""
+        params = p.wire_sampling(self.params, stop=[], max_new_tokens=self.params.max_new_tokens - len(self.tokens))
+        return p.Submit(
+            self.key,
+            tokens.tolist(),
+            params,
+            self.namespace,
+            self.prompt_logprobs_from,
+            len(self.tokens),
+            self.pin,
+            self.score_next,
+            self.tenant,
+            self.retain,
+        )
 
     @property
     def tokens(self) -> list[int]:

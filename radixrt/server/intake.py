@@ -25,7 +25,7 @@ from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
 from radixrt.engine.output_text import OutputText
 from radixrt.params import SamplingParams
-from radixrt.prompts import prompt_ids
+from radixrt.prompts import chat_prefix_length, prompt_ids
 from radixrt.server.bookkeeping import Job
 from radixrt.wire import protocol as p
 from radixrt.wire.tokenizer_files import tokenizer_files
@@ -64,6 +64,7 @@ class Prepared:
     params: SamplingParams
     score_next: tuple[int, ...]
     text: OutputText | None
+    retain: list[tuple[int, float]]  # (prefix tokens, ttl seconds)
 
 
 class _TimedCompiles:
@@ -120,12 +121,31 @@ class Intake:
         """``msg`` tokenized and admitted, or ``Refused`` naming what is wrong."""
         try:
             prompt, params, score_next = self.admit(msg, workers)
+            retain = self.retained(msg, prompt)
         except ValueError as e:
             raise Refused("invalid_request", str(e)) from None
         except Exception as e:  # the tokenizer choked on the text: this request's fault alone
             raise Refused("invalid_request", f"the prompt could not be tokenized: {type(e).__name__}: {e}") from None
         text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.tokenizer is not None else None
-        return Prepared(prompt.astype(np.int32), params, score_next, text)
+        return Prepared(prompt.astype(np.int32), params, score_next, text, retain)
+
+    def retained(self, msg: p.Generate, prompt: np.ndarray) -> list[tuple[int, float]]:
+        """The prefixes ``msg`` asks to retain, as (tokens, ttl) pairs."""
+        out = []
+        for r in msg.retain:
+            if r.tokens is not None and r.message is not None:
+                raise ValueError("a retention names tokens or a message, not both")
+            if r.message is not None:
+                if msg.messages is None:
+                    raise ValueError("a retention by message needs a chat prompt (messages)")
+                chat = [{"role": m.role, "content": m.content} for m in msg.messages]
+                tokens = chat_prefix_length(self.tokenizer, chat, r.message, prompt)
+            else:
+                tokens = len(prompt) if r.tokens is None else r.tokens
+            if tokens > len(prompt):
+                raise ValueError(f"a retention of {tokens} tokens is longer than the prompt ({len(prompt)} tokens)")
+            out.append((tokens, r.ttl))
+        return out
 
     def admit(self, msg: p.Generate, workers: list[p.Register]) -> tuple[np.ndarray, SamplingParams, tuple[int, ...]]:
         """The request's prompt ids, parameters and ``score_next``; ``ValueError`` names what is wrong."""

@@ -190,6 +190,7 @@ class Router:
         output = GenerateOutput(key, arrival=time.time())
         namespace = peer.namespace_for(msg.namespace)
         job = Job(key, client, msg.id, namespace, tenant, msg.stream, msg.prompt_logprobs_from, output, msg.pin)
+        job.route_key = msg.route_key
         peer.jobs[msg.id] = self.jobs[key] = job
         self.inflight.add(tenant)
         self.intake.start(job, msg, [w.info for w in self.workers.values()])
@@ -206,7 +207,7 @@ class Router:
                 self._refuse(job.client, outcome.code, str(outcome), job.id)
                 continue
             job.prompt, job.params, job.text = outcome.prompt, outcome.params, outcome.text
-            job.score_next = list(outcome.score_next)
+            job.score_next, job.retain = list(outcome.score_next), outcome.retain
             self.counters.requests += 1
             self._dispatch(job)
 
@@ -215,25 +216,11 @@ class Router:
     def _dispatch(self, job: Job) -> None:
         """Send ``job`` (its prompt and what it generated so far) to the worker the policy picks."""
         tokens = np.concatenate([job.prompt, np.asarray(job.tokens, dtype=np.int32)]) if job.tokens else job.prompt
-        name = self.policy.choose({n: w.view for n, w in self.workers.items()}, tokens, job.namespace)
+        name = self.policy.choose({n: w.view for n, w in self.workers.items()}, tokens, job.namespace, job.route_key)
         worker = self.workers[name]
         job.worker, job.route = name, worker.view.add(tokens, job.namespace)
         worker.jobs.add(job.key)
-        params = p.wire_sampling(job.params, stop=[], max_new_tokens=job.params.max_new_tokens - len(job.tokens))
-        self._send_worker(
-            worker,
-            p.Submit(
-                job.key,
-                tokens.tolist(),
-                params,
-                job.namespace,
-                job.prompt_logprobs_from,
-                len(job.tokens),
-                job.pin,
-                job.score_next,
-                job.tenant,
-            ),
-        )
+        self._send_worker(worker, job.submit(tokens))
 
     def _unroute(self, job: Job) -> None:
         worker = self.workers.get(job.worker) if job.worker else None

@@ -14,6 +14,7 @@ Namespaces stay apart in every tree.
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from radixrt.cache import Node, RadixCache
 from radixrt.cache.ids import ID_DTYPE
 from radixrt.wire.protocol import WireCacheEvent
 
+MAX_ROUTE_KEYS = 100_000
 TIER_WORTH = (1.0, 0.8, 0.5)  # a token found on the device, the host, the disk, against one computed
 
 
@@ -72,16 +74,43 @@ class WorkerView:
         self.inflight.evict(self.inflight.evictable_size())
 
 
+class RouteKeys:
+    """Where each route key's requests went (OpenAI's ``prompt_cache_key``): its next request
+    goes there too while that worker lives. The most recent ``MAX_ROUTE_KEYS`` are kept."""
+
+    def __init__(self) -> None:
+        self._where: OrderedDict[tuple, str] = OrderedDict()
+
+    def choose(self, views: dict[str, WorkerView], namespace: Hashable, key: str | None, pick) -> str:
+        if key is None:
+            return pick()
+        name = self._where.get((namespace, key))
+        if name not in views:
+            name = pick()
+        self._where[(namespace, key)] = name
+        self._where.move_to_end((namespace, key))
+        if len(self._where) > MAX_ROUTE_KEYS:
+            self._where.popitem(last=False)
+        return name
+
+
 @dataclass
 class CacheAware:
     """The worker with the longest match (the least loaded among equals), unless the loads are
     out of balance: when the busiest worker has more than ``balance_abs`` requests more than the
-    idlest and more than ``balance_rel`` times as many, the least loaded worker (as sgl-router)."""
+    idlest and more than ``balance_rel`` times as many, the least loaded worker (as sgl-router).
+    A request with a route key goes where that key's requests went."""
 
     balance_abs: int = 2
     balance_rel: float = 1.5
+    keys: RouteKeys = field(default_factory=RouteKeys)
 
-    def choose(self, views: dict[str, WorkerView], tokens: np.ndarray, namespace: Hashable) -> str:
+    def choose(
+        self, views: dict[str, WorkerView], tokens: np.ndarray, namespace: Hashable, route_key: str | None = None
+    ) -> str:
+        return self.keys.choose(views, namespace, route_key, lambda: self._pick(views, tokens, namespace))
+
+    def _pick(self, views: dict[str, WorkerView], tokens: np.ndarray, namespace: Hashable) -> str:
         loads = [v.load for v in views.values()]
         if max(loads) - min(loads) > self.balance_abs and max(loads) > self.balance_rel * min(loads):
             return min(views, key=lambda w: views[w].load)
@@ -90,13 +119,16 @@ class CacheAware:
 
 @dataclass
 class RoundRobin:
-    """Each worker in turn, blind to caches (for comparison)."""
+    """Each worker in turn, blind to caches (for comparison); route keys are kept all the same."""
 
     _turn: itertools.count = field(default_factory=itertools.count)
+    keys: RouteKeys = field(default_factory=RouteKeys)
 
-    def choose(self, views: dict[str, WorkerView], tokens: np.ndarray, namespace: Hashable) -> str:
+    def choose(
+        self, views: dict[str, WorkerView], tokens: np.ndarray, namespace: Hashable, route_key: str | None = None
+    ) -> str:
         names = sorted(views)
-        return names[next(self._turn) % len(names)]
+        return self.keys.choose(views, namespace, route_key, lambda: names[next(self._turn) % len(names)])
 
 
 POLICIES = ("cache_aware", "round_robin")

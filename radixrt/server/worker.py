@@ -116,6 +116,7 @@ class Worker:
                 pin=msg.pin,
                 score_next=msg.score_next,
                 tenant=msg.tenant,
+                retain=msg.retain,
             )
         except (ValueError, TypeError) as e:
             self._replies.append(p.TokenOutput(id=msg.id, finished=True, finish_reason="error", error=str(e)))

@@ -73,6 +73,21 @@ class ChatMessage(Struct, forbid_unknown_fields=True):
     content: str
 
 
+MAX_RETENTION_S = 7 * 24 * 3600.0
+MAX_RETAINS = 4  # breakpoints a request may name, as Anthropic's cache_control allows
+
+
+class Retain(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Keep a prefix of the prompt cached for ``ttl`` seconds after its last use (each hit renews
+    it): its first ``tokens`` tokens, the chat through message ``message`` (a chat prompt), or,
+    with neither, the whole prompt. A retained prefix may move to a slower tier, never out of the
+    cache, until then; retention is capped per namespace."""
+
+    ttl: Annotated[float, Meta(gt=0, le=MAX_RETENTION_S)]
+    tokens: Annotated[int, Meta(ge=1)] | None = None
+    message: Annotated[int, Meta(ge=0)] | None = None
+
+
 class Generate(Message, tag="generate"):
     """Exactly one of ``prompt`` (text), ``input_ids`` and ``messages`` (a chat, to which the
     model's chat template is applied with the assistant's turn opened)."""
@@ -90,6 +105,10 @@ class Generate(Message, tag="generate"):
     tenant: Namespace = None
     """Whose in-flight limit and fair share this request counts against: named by an admin client
     (the HTTP front end names its API key's); any other client is a tenant of its own."""
+    retain: Annotated[list[Retain], Meta(max_length=MAX_RETAINS)] = []
+    route_key: Annotated[str, Meta(max_length=256)] | None = None
+    """Requests with the same key (within a namespace) go to the same worker while it lives
+    (OpenAI's ``prompt_cache_key``)."""
 
 
 class Abort(Message, tag="abort"):
@@ -267,6 +286,7 @@ class Submit(Message, tag="submit"):
     pin: bool = False
     score_next: list[int] = []
     tenant: str | None = None
+    retain: list[tuple[int, float]] = []  # (prefix tokens, ttl seconds): resolved by the router
 
 
 class Release(Message, tag="release"):

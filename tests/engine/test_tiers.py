@@ -27,12 +27,13 @@ def conversations(n: int = 6) -> list[list[int]]:
     return prompts(n, shared=48, own=80, seed=3)
 
 
-def test_host_tier_loads_back_exact_kv_and_counts_it_as_cached(tiny):
+@pytest.mark.parametrize("eviction", ["lru", "adaptive"])
+def test_host_tier_loads_back_exact_kv_and_counts_it_as_cached(tiny, eviction):
     batch = conversations()
     reference = Engine(tiny, page_size=PAGE, kv_cache_bytes=8 << 20, enable_cache=False)
     expected = [reference.generate(p, GREEDY).token_ids for p in batch]
-    device_only = small(tiny)
-    tiered = small(tiny, host_cache_bytes=64 * device_only.pool.bytes_per_page)
+    device_only = small(tiny, eviction=eviction)
+    tiered = small(tiny, host_cache_bytes=64 * device_only.pool.bytes_per_page, eviction=eviction)
     for engine in (device_only, tiered):
         for _ in range(2):
             assert [engine.generate(p, GREEDY).token_ids for p in batch] == expected
@@ -85,7 +86,9 @@ def test_pages_of_another_model_are_never_loaded(tiny, tmp_path, tmp_path_factor
     second.close()
 
 
-def test_tier_sizes_are_checked(tiny, tmp_path):
+def test_tier_sizes_and_the_policy_are_checked(tiny, tmp_path):
+    with pytest.raises(ValueError, match="lru, adaptive"):
+        small(tiny, eviction="fifo")
     with pytest.raises(ValueError, match="holds no page"):
         small(tiny, host_cache_bytes=10)
     with pytest.raises(ValueError, match="needs a size"):

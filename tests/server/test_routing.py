@@ -1,6 +1,7 @@
 """Routing policies and the router's per-worker views, against a real worker-side cache."""
 
 import numpy as np
+import pytest
 
 from radixrt.cache import PageAllocator, RadixCache
 from radixrt.server.routing import CacheAware, RoundRobin, WorkerView
@@ -79,3 +80,29 @@ def test_round_robin_takes_turns():
     views = {"w0": WorkerView(PAGE), "w1": WorkerView(PAGE)}
     policy = RoundRobin()
     assert [policy.choose(views, tokens(1), None) for _ in range(4)] == ["w0", "w1", "w0", "w1"]
+
+
+def test_a_view_knows_the_tier_of_each_prefix_and_values_lower_tiers_less():
+    from radixrt.cache.tiers import LowerTiers
+    from radixrt.server.routing import TIER_WORTH
+
+    allocator = PageAllocator(4)
+    cache = RadixCache(PAGE, allocator, LowerTiers(host_pages=4, disk_pages=16))
+    cache.events = []
+    view = WorkerView(PAGE)
+    a, b, c = tokens(1, 2), tokens(3, 4), tokens(5, 6)  # 4 pages each: one fits the device at a time
+    for t in (a, b, c):
+        m = cache.match_prefix(t, "ns")
+        cache.lock(m)
+        if allocator.available() < 4:
+            cache.evict(4 - allocator.available())
+        cache.commit(t, allocator.alloc(4), 0, "ns")
+        cache.unlock(m.last_node)
+    view.apply(wire(cache.events))
+    assert view.match(c, "ns") == 16  # on the device
+    assert view.match(b, "ns") == pytest.approx(16 * TIER_WORTH[1])  # moved to the host
+    assert view.match(a, "ns") == pytest.approx(16 * TIER_WORTH[2])  # on disk alone
+    cache.events.clear()
+    cache.match_prefix(a, "ns")  # loads a back, pushing c down
+    view.apply(wire(cache.events))
+    assert view.match(a, "ns") == 16 and view.match(c, "ns") == pytest.approx(16 * TIER_WORTH[1])
