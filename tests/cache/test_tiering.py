@@ -26,8 +26,8 @@ from testkit.caches import token_streams
 PAGE = 2
 
 
-def sim_cache(device: int, host: int = 0, disk: int = 0, page_size: int = PAGE) -> RadixCache:
-    return RadixCache(page_size, PageAllocator(device), LowerTiers(host, disk))
+def sim_cache(device: int, host: int = 0, disk: int = 0, page_size: int = PAGE, policy: str = "lru") -> RadixCache:
+    return RadixCache(page_size, PageAllocator(device), LowerTiers(host, disk), policy=policy)
 
 
 def run(cache: RadixCache, tokens, namespace=None):
@@ -184,14 +184,16 @@ class TieredKV(RuleBasedStateMachine):
     """Requests through a cache that moves real K/V (a CPU pool, a host pool and a disk directory)
     and through its simulated twin; hits must agree, and every matched page must hold its stamp."""
 
+    policy = "lru"
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp()
         self.pool = KVPool(num_layers=2, kv_heads=1, head_dim=4, page_size=PAGE, num_pages=8, dtype=torch.float32)
         self.disk = DiskStore(self.dir, disk_layout(self.pool, "test"))
         kv = KVTiers(self.pool, 5, self.disk)
-        self.cache = RadixCache(PAGE, PageAllocator(8), LowerTiers(5, 12, kv))
-        self.twin = sim_cache(device=8, host=5, disk=12)
+        self.cache = RadixCache(PAGE, PageAllocator(8), LowerTiers(5, 12, kv), policy=self.policy)
+        self.twin = sim_cache(device=8, host=5, disk=12, policy=self.policy)
 
     def teardown(self) -> None:
         self.disk.close()
@@ -255,10 +257,16 @@ def check_tiers(cache: RadixCache) -> None:
     assert disk == cache.tiers.disk_used <= cache.tiers.disk_pages
 
 
+class AdaptiveTieredKV(TieredKV):
+    policy = "adaptive"
+
+
 TestTieredKV = TieredKV.TestCase
-TestTieredKV.settings = settings(
-    max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+TestAdaptiveTieredKV = AdaptiveTieredKV.TestCase
+for case in (TestTieredKV, TestAdaptiveTieredKV):
+    case.settings = settings(
+        max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
 
 
 def test_a_corrupt_disk_page_is_dropped_and_the_match_stops_before_it(tmp_path):
