@@ -77,6 +77,10 @@ def serve(args: argparse.Namespace) -> int:
     address = args.address or f"tcp://{args.host}:{args.port}"
     try:
         check_engine_options(args)
+        if args.host_cache_gb and args.workers:
+            from radixrt.cache.kv_tiers import check_host_memory
+
+            check_host_memory(int(args.host_cache_gb * (1 << 30)) * args.workers, f"{args.workers} host KV tiers")
         for a in (address, args.worker_address or "ipc://"):
             check_exposure(a, args.keys, args.insecure)
         args.api_keys, args.admin = configured_keys(

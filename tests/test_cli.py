@@ -30,6 +30,19 @@ def test_bad_input_exits_2_with_the_reason(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--host-cache-gb", "1e7", "--workers", "2"], "2 host KV tiers would take 20000000.0 GiB"),
+        (["--disk-cache", "somewhere"], "--disk-cache DIR and --disk-cache-gb N go together"),
+        (["--host-cache-gb", "-1"], "sizes >= 0"),
+    ],
+)
+def test_serve_refuses_tiers_it_cannot_have_before_starting_anything(capsys, args, message):
+    assert main(["serve", "--port", "0", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_a_failed_request_exits_1(tmp_path, capsys):
     """A checkpoint whose output layer is NaN: the request fails, and the command says so."""
     tokenizer = AutoTokenizer.from_pretrained(converted_dir(default_gguf()))

@@ -33,6 +33,16 @@ def available_host_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def check_host_memory(wanted: int, what: str = "a host KV tier") -> None:
+    """Refuse (``ValueError``, with the figures) host tiers that the machine's memory cannot hold."""
+    available = available_host_memory()
+    if wanted > HOST_MEMORY_HEADROOM * available:
+        raise ValueError(
+            f"{what} would take {wanted / 2**30:.1f} GiB, but this machine has {available / 2**30:.1f} GiB "
+            f"of memory available, and host tiers may take at most {HOST_MEMORY_HEADROOM:.0%} of it"
+        )
+
+
 def disk_layout(pool: KVPool, model: str) -> DiskLayout:
     return DiskLayout(model=model, dtype=str(pool.dtype), page_size=pool.page_size, page_bytes=pool.bytes_per_page)
 
@@ -45,13 +55,7 @@ class KVTiers:
         self.page_shape = (2, pool.num_layers, pool.page_size, pool.kv_heads, pool.head_dim)
         self.host: torch.Tensor | None = None
         if host_pages:
-            wanted, available = host_pages * pool.bytes_per_page, available_host_memory()
-            if wanted > HOST_MEMORY_HEADROOM * available:
-                raise ValueError(
-                    f"a host KV tier of {wanted / 2**30:.1f} GiB does not fit: this machine has "
-                    f"{available / 2**30:.1f} GiB of memory available, and the host tier may take at most "
-                    f"{HOST_MEMORY_HEADROOM:.0%} of it"
-                )
+            check_host_memory(host_pages * pool.bytes_per_page)
             pinned = pool.k.device.type == "cuda"
             self.host = torch.empty((host_pages, *self.page_shape), dtype=pool.dtype, pin_memory=pinned)
 

@@ -316,5 +316,5 @@ def test_the_kv_survives_a_round_trip_through_every_tier(tmp_path, host):
 
 def test_a_host_tier_larger_than_memory_is_refused_with_the_figure():
     pool = KVPool(num_layers=1, kv_heads=1, head_dim=4, page_size=PAGE, num_pages=2, dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"GiB does not fit: this machine has [\d.]+ GiB"):
+    with pytest.raises(ValueError, match=r"would take [\d.]+ GiB, but this machine has [\d.]+ GiB"):
         KVTiers(pool, host_pages=(1 << 50) // pool.bytes_per_page)

@@ -93,7 +93,7 @@ def test_tier_sizes_and_the_policy_are_checked(tiny, tmp_path):
         small(tiny, host_cache_bytes=10)
     with pytest.raises(ValueError, match="needs a size"):
         small(tiny, disk_cache=tmp_path)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="but this machine has"):
         small(tiny, host_cache_bytes=1 << 50)
 
 
