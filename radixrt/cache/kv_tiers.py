@@ -53,11 +53,13 @@ class KVTiers:
     def __init__(self, pool: KVPool, host_pages: int = 0, disk: DiskStore | None = None) -> None:
         self.pool, self.disk = pool, disk
         self.page_shape = (2, pool.num_layers, pool.page_size, pool.kv_heads, pool.head_dim)
-        self.host: torch.Tensor | None = None
+        self.host_k = self.host_v = None  # laid out as the pool's K and V: [layers, slots, page, heads, dim]
         if host_pages:
             check_host_memory(host_pages * pool.bytes_per_page)
             pinned = pool.k.device.type == "cuda"
-            self.host = torch.empty((host_pages, *self.page_shape), dtype=pool.dtype, pin_memory=pinned)
+            shape = (pool.num_layers, host_pages, pool.page_size, pool.kv_heads, pool.head_dim)
+            self.host_k = torch.empty(shape, dtype=pool.dtype, pin_memory=pinned)
+            self.host_v = torch.empty(shape, dtype=pool.dtype, pin_memory=pinned)
 
     def _index(self, pages: IdArray) -> torch.Tensor:
         return torch.as_tensor(pages, dtype=torch.long, device=self.pool.k.device)
@@ -73,10 +75,14 @@ class KVTiers:
         self.pool.v[:, idx] = blocks[:, 1].transpose(0, 1)
 
     def to_host(self, pages: IdArray, slots: IdArray) -> None:
-        self.host[torch.as_tensor(slots, dtype=torch.long)] = self._gather(pages).to("cpu")
+        idx, at = self._index(pages), torch.as_tensor(slots, dtype=torch.long)
+        for pool, host in ((self.pool.k, self.host_k), (self.pool.v, self.host_v)):
+            host.index_copy_(1, at, pool.index_select(1, idx).to("cpu"))
 
     def to_device(self, slots: IdArray, pages: IdArray) -> None:
-        self._scatter(self.host[torch.as_tensor(slots, dtype=torch.long)], pages)
+        idx, at = self._index(pages), torch.as_tensor(slots, dtype=torch.long)
+        for pool, host in ((self.pool.k, self.host_k), (self.pool.v, self.host_v)):
+            pool.index_copy_(1, idx, host.index_select(1, at).to(pool.device, non_blocking=True))
 
     def write(self, entries: list[DiskEntry], pages: IdArray) -> bool:
         blocks = self._gather(pages).to("cpu").contiguous()
