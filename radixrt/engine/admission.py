@@ -80,11 +80,17 @@ def admit(
 
 
 def check_retention(
-    retain: Sequence[tuple[int, float]], prompt_len: int, cost: Callable[[int], int], retained: int, cap: int, namespace
+    retain: Sequence[tuple[int, float]],
+    prompt_len: int,
+    cost: Callable[[int], int],
+    retained: Callable[[], int],
+    cap: int,
+    namespace,
 ) -> list[tuple[int, float]]:
     """The (tokens, ttl) retentions a request asks for, checked: each a prefix of its prompt with a
-    positive ttl, and the namespace's retained pages (``retained``, plus ``cost(tokens)``, the pages
-    the longest of these adds) within ``cap`` pages. ``ValueError`` names what is wrong."""
+    positive ttl, and the namespace's retained pages (``retained()``, asked only when the request
+    adds any: renewing what is retained costs nothing) plus ``cost(tokens)``, the pages the longest
+    of these adds, within ``cap`` pages. ``ValueError`` names what is wrong."""
     out = []
     for item in retain:
         tokens, ttl = int(item[0]), float(item[1])
@@ -92,9 +98,9 @@ def check_retention(
             raise ValueError(f"a retention is (tokens in 1..{prompt_len}, ttl > 0 seconds), got {tuple(item)}")
         out.append((tokens, ttl))
     pages = cost(max(tokens for tokens, _ in out)) if out else 0
-    if pages and retained + pages > cap:
+    if pages and (now := retained()) + pages > cap:
         raise ValueError(
             f"retaining {pages} more pages would take namespace {namespace!r} past its retention cap of "
-            f"{cap} pages ({retained} retained now): wait for retentions to expire, or retain less"
+            f"{cap} pages ({now} retained now): wait for retentions to expire, or retain less"
         )
     return out

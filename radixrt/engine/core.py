@@ -173,7 +173,7 @@ class EngineCore:
             retain,
             len(tokens),
             lambda n: self.cache.retain_cost(tokens[:n], namespace),
-            self.cache.retained_pages(namespace) if retain else 0,
+            lambda: self.cache.retained_pages(namespace),
             self.retention_cap_pages,
             namespace,
         )
