@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import torch
 
+QUANTIZED = (torch.int8,)  # stored with a scale per token and KV head (``value / scale``)
+SCALE_DTYPE = torch.float32
+
 
 class KVPool:
     """K and V storage for ``num_pages`` pages of ``page_size`` tokens.
 
     ``k[layer]`` and ``v[layer]`` are ``[num_pages, page_size, kv_heads, head_dim]``; page ids from a
     :class:`~radixrt.cache.PageAllocator` of the same ``num_pages`` index their first dimension.
+    An int8 pool also has ``k_scale``/``v_scale``, ``[layers, num_pages, page_size, kv_heads]``
+    float32: a page's scales live with it, so a shared or moved page dequantizes the same.
     Size it by ``num_pages`` or by a byte budget (``max_bytes``), not both.
     """
 
@@ -37,7 +42,8 @@ class KVPool:
             raise ValueError("size the KV pool by exactly one of num_pages or max_bytes")
         self.num_layers, self.kv_heads, self.head_dim, self.page_size = num_layers, kv_heads, head_dim, page_size
         self.dtype = dtype
-        self.bytes_per_token = 2 * num_layers * kv_heads * head_dim * dtype.itemsize
+        scale_bytes = SCALE_DTYPE.itemsize if dtype in QUANTIZED else 0
+        self.bytes_per_token = 2 * num_layers * kv_heads * (head_dim * dtype.itemsize + scale_bytes)
         self.bytes_per_page = self.bytes_per_token * page_size
         if max_bytes is not None:
             num_pages = max_bytes // self.bytes_per_page
@@ -52,6 +58,20 @@ class KVPool:
         shape = (num_layers, num_pages, page_size, kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k_scale = self.v_scale = None  # quantized: a scale per token and KV head, with its page
+        if dtype in QUANTIZED:
+            self.k_scale = torch.ones(shape[:-1], dtype=SCALE_DTYPE, device=device)
+            self.v_scale = torch.ones(shape[:-1], dtype=SCALE_DTYPE, device=device)
+
+    def scales(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One layer's K and V scales (``[num_pages, page_size, kv_heads]``), or None unquantized."""
+        if self.k_scale is None:
+            return None, None
+        return self.k_scale[layer], self.v_scale[layer]
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Everything a page is made of, each ``[layers, num_pages, ...]``: what moves with a page."""
+        return [t for t in (self.k, self.v, self.k_scale, self.v_scale) if t is not None]
 
     @property
     def num_tokens(self) -> int:

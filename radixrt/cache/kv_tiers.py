@@ -2,8 +2,8 @@
 store, and the copies between them and the device's KV pool. ``tiers.LowerTiers`` calls it; the
 radix tree decides what moves.
 
-A page travels as one block ``[2 (K, V), layers, page_size, kv_heads, head_dim]`` in the pool's
-dtype: one host slot holds one, and one disk file holds one's bytes.
+A host slot is laid out as a pool page (each of the pool's tensors, per layer); a disk file holds
+a page's bytes: K, then V, then their scales in a quantized pool, each ``[layers, page, ...]``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
+import numpy as np
 import torch
 
 from radixrt.cache.disk_store import DiskEntry, DiskLayout, DiskStore
@@ -48,45 +49,50 @@ def disk_layout(pool: KVPool, model: str) -> DiskLayout:
 
 
 class KVTiers:
-    """Moves pages between ``pool`` (the device), ``host_pages`` host slots and ``disk``."""
+    """Moves pages between ``pool`` (the device), ``host_pages`` host slots and ``disk``. A page is
+    everything ``pool.tensors()`` holds for it: K and V, and their scales in a quantized pool."""
 
     def __init__(self, pool: KVPool, host_pages: int = 0, disk: DiskStore | None = None) -> None:
         self.pool, self.disk = pool, disk
-        self.page_shape = (2, pool.num_layers, pool.page_size, pool.kv_heads, pool.head_dim)
-        self.host_k = self.host_v = None  # laid out as the pool's K and V: [layers, slots, page, heads, dim]
+        self.host: list[torch.Tensor] = []  # laid out as the pool's tensors: [layers, slots, ...]
         if host_pages:
             check_host_memory(host_pages * pool.bytes_per_page)
             pinned = pool.k.device.type == "cuda"
-            shape = (pool.num_layers, host_pages, pool.page_size, pool.kv_heads, pool.head_dim)
-            self.host_k = torch.empty(shape, dtype=pool.dtype, pin_memory=pinned)
-            self.host_v = torch.empty(shape, dtype=pool.dtype, pin_memory=pinned)
+            self.host = [
+                torch.empty((t.shape[0], host_pages, *t.shape[2:]), dtype=t.dtype, pin_memory=pinned)
+                for t in pool.tensors()
+            ]
 
     def _index(self, pages: IdArray) -> torch.Tensor:
         return torch.as_tensor(pages, dtype=torch.long, device=self.pool.k.device)
 
-    def _gather(self, pages: IdArray) -> torch.Tensor:
-        """Device pages as blocks ``[n, 2, layers, page_size, kv_heads, head_dim]``."""
-        idx = self._index(pages)
-        return torch.stack([self.pool.k[:, idx], self.pool.v[:, idx]]).transpose(0, 2).transpose(1, 2)
-
-    def _scatter(self, blocks: torch.Tensor, pages: IdArray) -> None:
-        idx, blocks = self._index(pages), blocks.to(self.pool.k.device, non_blocking=True)
-        self.pool.k[:, idx] = blocks[:, 0].transpose(0, 1)
-        self.pool.v[:, idx] = blocks[:, 1].transpose(0, 1)
-
     def to_host(self, pages: IdArray, slots: IdArray) -> None:
         idx, at = self._index(pages), torch.as_tensor(slots, dtype=torch.long)
-        for pool, host in ((self.pool.k, self.host_k), (self.pool.v, self.host_v)):
+        for pool, host in zip(self.pool.tensors(), self.host):
             host.index_copy_(1, at, pool.index_select(1, idx).to("cpu"))
 
     def to_device(self, slots: IdArray, pages: IdArray) -> None:
         idx, at = self._index(pages), torch.as_tensor(slots, dtype=torch.long)
-        for pool, host in ((self.pool.k, self.host_k), (self.pool.v, self.host_v)):
+        for pool, host in zip(self.pool.tensors(), self.host):
             pool.index_copy_(1, idx, host.index_select(1, at).to(pool.device, non_blocking=True))
 
+    def _blobs(self, pages: IdArray) -> np.ndarray:
+        """Device pages as one row of bytes each: every tensor's part of the page, in order."""
+        idx, n = self._index(pages), len(pages)
+        parts = [t.index_select(1, idx).transpose(0, 1).contiguous().to("cpu").view(torch.uint8).reshape(n, -1)
+                 for t in self.pool.tensors()]  # fmt: skip
+        return torch.cat(parts, dim=1).numpy()
+
+    def _unblob(self, raw: torch.Tensor, pages: IdArray) -> None:
+        idx, at = self._index(pages), 0
+        for t in self.pool.tensors():
+            size = t[:, 0].numel() * t.element_size()
+            part = raw[:, at : at + size].contiguous().view(t.dtype).reshape(len(pages), t.shape[0], *t.shape[2:])
+            t.index_copy_(1, idx, part.transpose(0, 1).to(t.device, non_blocking=True))
+            at += size
+
     def write(self, entries: list[DiskEntry], pages: IdArray) -> bool:
-        blocks = self._gather(pages).to("cpu").contiguous()
-        raw = blocks.view(torch.uint8).numpy().reshape(len(entries), -1)
+        raw = self._blobs(pages)
         for i, entry in enumerate(entries):
             if not self.disk.write(entry, raw[i]):
                 self.disk.delete([e.key for e in entries[:i]])  # all or nothing: the tree counts whole nodes
@@ -100,8 +106,7 @@ class KVTiers:
             if blob is None:
                 return False
             blobs.append(blob)
-        raw = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
-        self._scatter(raw.view(self.pool.dtype).reshape(len(keys), *self.page_shape), pages)
+        self._unblob(torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8).view(len(keys), -1), pages)
         return True
 
     def delete(self, keys: list[bytes]) -> None:

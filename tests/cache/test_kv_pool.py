@@ -35,3 +35,13 @@ def test_exactly_one_size(kwargs):
 def test_invalid_dimension():
     with pytest.raises(ValueError, match="kv_heads must be positive"):
         KVPool(num_layers=2, kv_heads=0, head_dim=64, page_size=1, num_pages=4)
+
+
+def test_an_int8_pool_keeps_a_scale_per_token_and_head_and_counts_it():
+    pool = KVPool(**SMOLLM2, page_size=16, dtype=torch.int8, num_pages=4)
+    assert pool.k_scale.shape == (SMOLLM2["num_layers"], 4, 16, SMOLLM2["kv_heads"]) == pool.v_scale.shape
+    per_token = 2 * SMOLLM2["num_layers"] * SMOLLM2["kv_heads"] * (SMOLLM2["head_dim"] + 4)
+    assert pool.bytes_per_token == per_token and len(pool.tensors()) == 4
+    assert pool.scales(1)[0].shape == (4, 16, SMOLLM2["kv_heads"])
+    half = KVPool(**SMOLLM2, page_size=16, dtype=torch.float16, num_pages=4)
+    assert half.scales(0) == (None, None) and pool.bytes_per_token < half.bytes_per_token

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from radixrt.cache import KVPool, PageAllocator, RadixCache
-from radixrt.cache.disk_store import DiskStore
+from radixrt.cache.disk_store import DiskEntry, DiskStore, page_key
 from radixrt.cache.kv_tiers import KVTiers, disk_layout
 from radixrt.cache.node import Tier
 from radixrt.cache.tiers import LowerTiers
@@ -290,27 +290,28 @@ def test_a_corrupt_disk_page_is_dropped_and_the_match_stops_before_it(tmp_path):
     disk.close()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
 @pytest.mark.parametrize("host", [0, 3])
-def test_the_kv_survives_a_round_trip_through_every_tier(tmp_path, host):
-    pool = KVPool(num_layers=2, kv_heads=2, head_dim=4, page_size=PAGE, num_pages=3, dtype=torch.bfloat16)
+def test_the_kv_survives_a_round_trip_through_every_tier(tmp_path, host, dtype):
+    """Every tensor of a page (K, V, and an int8 pool's scales) comes back bit for bit."""
+    pool = KVPool(num_layers=2, kv_heads=2, head_dim=4, page_size=PAGE, num_pages=3, dtype=dtype)
     disk = DiskStore(tmp_path, disk_layout(pool, "test"))
     kv = KVTiers(pool, host, disk)
-    torch.manual_seed(0)
-    pool.k.normal_()
-    pool.v.normal_()
-    original = (pool.k[:, [0, 1]].clone(), pool.v[:, [0, 1]].clone())
+    g = torch.Generator().manual_seed(0)
+    for t in pool.tensors():
+        t.copy_(torch.randint(-100, 100, t.shape, generator=g).to(t.dtype))
+    original = [t[:, [0, 1]].clone() for t in pool.tensors()]
+    assert len(original) == (4 if dtype == torch.int8 else 2)
     if host:
         kv.to_host(np.array([0, 1], dtype=np.int32), np.array([2, 0], dtype=np.int32))
         kv.to_device(np.array([2, 0], dtype=np.int32), np.array([2, 1], dtype=np.int32))
-        assert torch.equal(pool.k[:, [2, 1]], original[0]) and torch.equal(pool.v[:, [2, 1]], original[1])
-    from radixrt.cache.disk_store import DiskEntry, page_key
-
+        assert all(torch.equal(t[:, [2, 1]], o) for t, o in zip(pool.tensors(), original))
     entries = [DiskEntry(page_key(None, None, bytes([i]) * 8), None, None, bytes([i]) * 8) for i in range(2)]
     assert kv.write(entries, np.array([0, 1], dtype=np.int32))
-    pool.k.zero_()
-    pool.v.zero_()
+    for t in pool.tensors():
+        t.zero_()
     assert kv.read([e.key for e in entries], np.array([1, 2], dtype=np.int32))
-    assert torch.equal(pool.k[:, [1, 2]], original[0]) and torch.equal(pool.v[:, [1, 2]], original[1])
+    assert all(torch.equal(t[:, [1, 2]], o) for t, o in zip(pool.tensors(), original))
     disk.close()
 
 
