@@ -20,7 +20,16 @@ Operations (each takes one layer's pools ``[num_pages, page_size, kv_heads, head
 - ``extend_attention``: the new tokens of a ragged batch over their cached prefix and, causally,
   each other.
 - ``write_kv``: store new tokens' K/V at their slots ``page * page_size + offset``.
-An fp8 (e4m3) pool holds ``value / scale`` with a float32 scale per KV head.
+
+Quantised pools (the scales ride along as ``PagedKV(k_scale=, v_scale=)`` and ``write_kv(...,
+k_scale, v_scale)``; the kernels dequantise each K/V row as they load it):
+- fp8 (e4m3): the pool holds ``value / scale``, saturated at +-448, with one float32 scale per KV
+  head, ``k_scale``/``v_scale [kv_heads]``, set by the caller.
+- int8: symmetric per token and KV head. ``write_kv`` computes ``scale = max(|value|) / 127``
+  over head_dim (at least 1e-8) and stores ``round(value / scale)`` in [-127, 127] and the scale
+  at the token's slot of ``k_scale``/``v_scale [num_pages, page_size, kv_heads]`` float32 (the
+  pool without head_dim). The scales live with the pages: a page shared by many sequences reads
+  the same for all.
 ``radixrt.kernels.reference`` has the same operations written plainly: the ground truth.
 
 Backend: ``$RADIXRT_ATTENTION``, read once at import (see :data:`ATTENTION`). ``auto`` (the

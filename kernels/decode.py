@@ -43,6 +43,7 @@ def _decode_partial(
     BLOCK_N: tl.constexpr,
     BLOCK_H: tl.constexpr,
     QUANTIZED: tl.constexpr,
+    PER_TOKEN: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -81,6 +82,7 @@ def _decode_partial(
             HEAD_DIM,
             PAGE_SIZE,
             QUANTIZED,
+            PER_TOKEN,
         )
         m_i, l_i, acc = attend_tile(q, k, v, t_ok[None, :], m_i, l_i, acc, sm_scale, IEEE)
 
@@ -172,6 +174,7 @@ def decode_attention(
         BLOCK_N=64 if q.element_size() < 4 else 32,
         BLOCK_H=max(16, triton.next_power_of_2(group)),
         QUANTIZED=kv.quantized,
+        PER_TOKEN=kv.int8,
         IEEE=q.dtype == torch.float32,
         num_warps=4,
         num_stages=2,

@@ -47,6 +47,7 @@ def _extend(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     QUANTIZED: tl.constexpr,
+    PER_TOKEN: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -86,6 +87,7 @@ def _extend(
             HEAD_DIM,
             PAGE_SIZE,
             QUANTIZED,
+            PER_TOKEN,
         )
         m_i, l_i, acc = attend_tile(q, k, v, t_ok[None, :], m_i, l_i, acc, sm_scale, IEEE)
 
@@ -174,6 +176,7 @@ def extend_attention(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         QUANTIZED=kv.quantized,
+        PER_TOKEN=kv.int8,
         IEEE=q.dtype == torch.float32,
         num_warps=4,
         num_stages=2,

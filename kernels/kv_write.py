@@ -6,9 +6,23 @@ import torch
 import triton
 import triton.language as tl
 
-from radixrt.kernels.layout import check_write
+from radixrt.kernels.layout import INT8_SCALE_FLOOR, check_write
 
 FP8_MAX = tl.constexpr(448.0)  # largest finite float8 e4m3fn: quantised values saturate here
+ROUNDER = tl.constexpr(12582912.0)  # 1.5 * 2**23: (x + it) - it rounds x half to even, |x| < 2**22
+SCALE_FLOOR = tl.constexpr(INT8_SCALE_FLOOR)
+
+
+@triton.jit
+def quantize_int8(x, SCALES, slot, h, h_ok, KV_HEADS: tl.constexpr):
+    """Rows ``x [BLOCK_H, HEAD_DIM]`` (one per KV head) -> ``round(x / scale)`` in [-127, 127],
+    ``scale = max |row| / 127``, which is stored at ``SCALES[slot, h]``. Rounds as ``torch.round``
+    does (the interpreter has no ``rint``)."""
+    x = x.to(tl.float32)
+    scale = tl.maximum(tl.max(tl.abs(x), 1) / 127.0, SCALE_FLOOR)
+    tl.store(SCALES + slot * KV_HEADS + h, scale, mask=h_ok)
+    x = tl.clamp(x / scale[:, None], -127.0, 127.0)
+    return ((x + ROUNDER) - ROUNDER).to(tl.int8)
 
 
 @triton.jit
@@ -28,6 +42,7 @@ def _write_kv(
     HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr,
     QUANTIZED: tl.constexpr,
+    PER_TOKEN: tl.constexpr,
 ):
     i = tl.program_id(0)
     slot = tl.load(SLOTS + i).to(tl.int64)
@@ -37,7 +52,10 @@ def _write_kv(
     dst = (slot * KV_HEADS + h[:, None]) * HEAD_DIM + d[None, :]
     k = tl.load(K_NEW + i * stride_kt + h[:, None] * stride_kh + d[None, :], mask=h_ok[:, None], other=0.0)
     v = tl.load(V_NEW + i * stride_vt + h[:, None] * stride_vh + d[None, :], mask=h_ok[:, None], other=0.0)
-    if QUANTIZED:
+    if PER_TOKEN:
+        k = quantize_int8(k, K_SCALE, slot, h, h_ok, KV_HEADS)
+        v = quantize_int8(v, V_SCALE, slot, h, h_ok, KV_HEADS)
+    elif QUANTIZED:
         k_scale = tl.load(K_SCALE + h, mask=h_ok, other=1.0)
         v_scale = tl.load(V_SCALE + h, mask=h_ok, other=1.0)
         k = tl.clamp(k.to(tl.float32) / k_scale[:, None], -FP8_MAX, FP8_MAX)
@@ -56,7 +74,9 @@ def write_kv(
     v_scale: torch.Tensor | None = None,
 ) -> None:
     """Token i of ``k_new``/``v_new [tokens, kv_heads, head_dim]`` goes to slot ``slots[i]``; an
-    fp8 pool stores ``value / scale`` per KV head, saturated to the fp8 range."""
+    fp8 pool stores ``value / scale`` per KV head, saturated to the fp8 range; an int8 pool stores
+    ``round(value / scale)`` and writes each token's scale per head into ``k_scale``/``v_scale
+    [num_pages, page_size, kv_heads]`` at the same slot."""
     quantized = check_write(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
     if slots.numel() == 0:
         return
@@ -78,6 +98,7 @@ def write_kv(
         KV_HEADS=kv_heads,
         HEAD_DIM=head_dim,
         BLOCK_H=triton.next_power_of_2(kv_heads),
-        QUANTIZED=quantized,
+        QUANTIZED=quantized is not None,
+        PER_TOKEN=quantized == "int8",
         num_warps=1,
     )

@@ -16,15 +16,18 @@ import torch
 
 
 def gather_kv(pool: torch.Tensor, pages: torch.Tensor, length: int, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """The first ``length`` tokens held in ``pages``, as float64 ``[length, kv_heads, head_dim]``."""
+    """The first ``length`` tokens held in ``pages``, as float64 ``[length, kv_heads, head_dim]``,
+    times ``scale``: per KV head ``[kv_heads]`` (fp8) or per token and head ``[num_pages,
+    page_size, kv_heads]`` (int8)."""
     page_size = pool.shape[1]
     rows = []
     for t in range(length):
-        rows.append(pool[int(pages[t // page_size]), t % page_size].double())
-    kv = torch.stack(rows) if rows else pool.new_zeros((0, *pool.shape[2:]), dtype=torch.float64)
-    if scale is not None:
-        kv = kv * scale.double()[None, :, None]
-    return kv
+        page, offset = int(pages[t // page_size]), t % page_size
+        row = pool[page, offset].double()
+        if scale is not None:
+            row = row * (scale if scale.dim() == 1 else scale[page, offset]).double()[:, None]
+        rows.append(row)
+    return torch.stack(rows) if rows else pool.new_zeros((0, *pool.shape[2:]), dtype=torch.float64)
 
 
 def attention(
@@ -105,12 +108,17 @@ def write_kv(
     v_scale: torch.Tensor | None = None,
 ) -> None:
     """Token i's K/V goes to page ``slots[i] // page_size``, offset ``slots[i] % page_size``;
-    a quantised pool stores ``value / scale`` per KV head."""
+    an fp8 pool stores ``value / scale`` per KV head; an int8 pool stores ``round(value / s)``
+    with ``s = max |value| / 127`` per KV head of the token, written to ``scale[page, offset]``."""
     page_size = k_pool.shape[1]
     for i, slot in enumerate(slots.tolist()):
         page, offset = divmod(slot, page_size)
         for pool, new, scale in ((k_pool, k_new, k_scale), (v_pool, v_new, v_scale)):
             value = new[i]
-            if scale is not None:  # quantise in float32, saturating at fp8 e4m3's largest value
+            if pool.dtype == torch.int8:  # in float32, symmetric, one scale per head
+                s = (value.float().abs().amax(-1) / 127.0).clamp_min(1e-8)
+                scale[page, offset] = s
+                value = torch.round((value.float() / s[:, None]).clamp(-127.0, 127.0))
+            elif scale is not None:  # quantise in float32, saturating at fp8 e4m3's largest value
                 value = (value.float() / scale[:, None]).clamp(-448.0, 448.0)
             pool[page, offset] = value.to(pool.dtype)

@@ -23,15 +23,23 @@ def load_paged_tile(
     HEAD_DIM: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     QUANTIZED: tl.constexpr,
+    PER_TOKEN: tl.constexpr,
 ):
     """K and V ``[len(t), HEAD_DIM]`` of tokens ``t`` of a sequence whose pages start at
-    ``KV_INDICES + first_page``, for one KV head, dequantised to ``dtype``; masked tokens read 0."""
+    ``KV_INDICES + first_page``, for one KV head, dequantised to ``dtype``; masked tokens read 0.
+    ``QUANTIZED``: scales per KV head (fp8); with ``PER_TOKEN`` too, one per token and KV head,
+    laid out like the pool without its last dimension (int8)."""
     page = tl.load(KV_INDICES + first_page + t // PAGE_SIZE, mask=t_ok, other=0)
     slot = page.to(tl.int64) * PAGE_SIZE + t % PAGE_SIZE
     offs = (slot[:, None] * KV_HEADS + kv_head) * HEAD_DIM + d[None, :]
     k = tl.load(K + offs, mask=t_ok[:, None], other=0.0)
     v = tl.load(V + offs, mask=t_ok[:, None], other=0.0)
-    if QUANTIZED:
+    if PER_TOKEN:
+        k_scale = tl.load(K_SCALE + slot * KV_HEADS + kv_head, mask=t_ok, other=0.0)
+        v_scale = tl.load(V_SCALE + slot * KV_HEADS + kv_head, mask=t_ok, other=0.0)
+        k = (k.to(tl.float32) * k_scale[:, None]).to(dtype)
+        v = (v.to(tl.float32) * v_scale[:, None]).to(dtype)
+    elif QUANTIZED:
         k = (k.to(tl.float32) * tl.load(K_SCALE + kv_head)).to(dtype)
         v = (v.to(tl.float32) * tl.load(V_SCALE + kv_head)).to(dtype)
     return k, v

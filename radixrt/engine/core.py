@@ -28,7 +28,7 @@ from radixrt.cache.radix_cache import Node
 from radixrt.engine.admission import ModelLimits, admit, check_retention
 from radixrt.engine.constraints import Grammars
 from radixrt.engine.detokenizer import IncrementalDetokenizer
-from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
+from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget, kv_pool_dtype
 from radixrt.engine.output_text import OutputText, text_token_count
 from radixrt.engine.request import Request, State
 from radixrt.engine.scheduler import Scheduler
@@ -64,6 +64,7 @@ class EngineCore:
         disk_cache_bytes: int = 0,
         retention_cap_bytes: int | None = None,
         eviction: str = "lru",
+        kv_dtype: str = "auto",
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
@@ -79,21 +80,18 @@ class EngineCore:
             kv_heads=cfg.num_key_value_heads,
             head_dim=self.model.head_dim,
             page_size=page_size,
-            dtype=dtype,
+            dtype=kv_pool_dtype(kv_dtype, dtype),
             device=device,
             max_bytes=kv_cache_budget(device, kv_cache_bytes),
         )
+        self.kv_dtype = kv_dtype
         self.allocator = PageAllocator(self.pool.num_pages)
         identity = model_identity(loaded.path, cfg) if disk_cache is not None else ""
         tiers, self.disk = lower_tiers(self.pool, host_cache_bytes, disk_cache, disk_cache_bytes, identity)
         self.cache = RadixCache(page_size, self.allocator, tiers, policy=eviction)
-        pages = self.pool.num_pages + (tiers.host_pages + tiers.disk_pages if tiers is not None else 0)
-        cap = (
-            RETENTION_CAP_FRACTION * pages
-            if retention_cap_bytes is None
-            else retention_cap_bytes / self.pool.bytes_per_page
-        )
-        self.retention_cap_pages = int(cap)  # per namespace
+        every = self.pool.num_pages + (tiers.host_pages + tiers.disk_pages if tiers is not None else 0)
+        cap = retention_cap_bytes / self.pool.bytes_per_page if retention_cap_bytes is not None else None
+        self.retention_cap_pages = int(RETENTION_CAP_FRACTION * every if cap is None else cap)  # per namespace
         if self.disk is not None:
             self.cache.restore(self.disk.entries())  # a warm start: what an earlier run left on disk
         self.scheduler = Scheduler(
@@ -273,6 +271,7 @@ class EngineCore:
             "pages_retained": self.cache.retained_pages(),
             "max_context": self.max_context,
             "kv_cache_tokens": self.pool.num_tokens,
+            "kv_dtype": self.kv_dtype,
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
         }

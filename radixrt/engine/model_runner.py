@@ -28,6 +28,17 @@ before they are sampled. Setting a row's disallowed tokens to -inf constrains it
 no allowed token fails its request."""
 
 
+KV_DTYPES = {"auto": None, "int8": torch.int8}  # None: the model's dtype
+
+
+def kv_pool_dtype(kv_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The KV pool's dtype for ``kv_dtype`` (``"auto"``: the model's; ``"int8"``: a scale per token
+    and KV head beside each page)."""
+    if kv_dtype not in KV_DTYPES:
+        raise ValueError(f"kv_dtype {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
+    return KV_DTYPES[kv_dtype] or model_dtype
+
+
 def kv_cache_budget(device: str, kv_cache_bytes: int | None, fraction: float = GPU_KV_CACHE_FRACTION) -> int:
     """Bytes for the KV pool: as given, else a fraction of the GPU's free memory, else 512 MiB."""
     if kv_cache_bytes is not None:

@@ -57,8 +57,9 @@ class Attention(nn.Module):
         k = rotate(self.k_proj(x).view(tokens, self.kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(tokens, self.kv_heads, self.head_dim)
         k_pool, v_pool = pool.k[self.layer], pool.v[self.layer]
-        write_kv(k_pool, v_pool, batch.slots, k, v)
-        kv = PagedKV(k_pool, v_pool, batch.kv_indptr, batch.kv_indices)
+        scales = pool.scales(self.layer)  # (None, None) unless the pool is quantized
+        write_kv(k_pool, v_pool, batch.slots, k, v, *scales)
+        kv = PagedKV(k_pool, v_pool, batch.kv_indptr, batch.kv_indices, *scales)
         if batch.max_new_tokens == 1 and tokens == batch.prefix_lens.shape[0]:  # one decode token per sequence
             out = decode_attention(q, kv, batch.prefix_lens + 1, max_seq_len=batch.max_seq_len)
         else:

@@ -40,10 +40,12 @@ def signature(fn, q_dtype: str, kv_dtype: str) -> dict[str, str]:
 
 def main() -> None:
     target = GPUTarget("cuda", 90, 32)
-    for q_dtype, kv_dtype in (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"), ("bf16", "fp8e4nv")):
+    pairs = (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"), ("bf16", "fp8e4nv"), ("bf16", "i8"), ("fp32", "i8"))
+    for q_dtype, kv_dtype in pairs:
         block = 32 if q_dtype == "fp32" else 64
         for head_dim in (64, 128):
-            common = dict(KV_HEADS=8, HEAD_DIM=head_dim, QUANTIZED=kv_dtype == "fp8e4nv")
+            quantized = dict(QUANTIZED=kv_dtype in ("fp8e4nv", "i8"), PER_TOKEN=kv_dtype == "i8")
+            common = dict(KV_HEADS=8, HEAD_DIM=head_dim, **quantized)
             attention = dict(common, GROUP=4, PAGE_SIZE=16, IEEE=q_dtype == "fp32")
             variants = [
                 (decode._decode_partial, dict(attention, Q_HEADS=32, BLOCK_N=block, BLOCK_H=16)),

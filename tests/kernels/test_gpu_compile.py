@@ -12,6 +12,6 @@ def test_kernels_compile_for_sm90():
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    assert len(lines) == 32 and all(line.startswith("OK") for line in lines), "\n".join(
+    assert len(lines) == 48 and all(line.startswith("OK") for line in lines), "\n".join(
         line for line in lines if not line.startswith("OK")
     )
