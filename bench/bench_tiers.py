@@ -69,13 +69,10 @@ def replay(backend, requests, args, limit: int | None = None):
     return result, summarize(result)
 
 
-def tiers_part(requests, prompts: list[np.ndarray], args) -> tuple[list[dict], dict]:
+def tiers_part(requests, prompts: list[np.ndarray], args, per_page: int) -> tuple[list[dict], dict]:
     working = working_set_pages(prompts)
     longest = max(-(-(len(p) + args.max_output) // PAGE) for p in prompts)
     device = max(int(args.fraction * working), longest + 1)
-    probe = Runtime(page_size=PAGE, kv_cache_bytes=1 << 24)
-    per_page = probe.engine.pool.bytes_per_page
-    probe.shutdown()
     configs = {
         "device only": (device, 0, 0),
         "device + host": (device, working, 0),
@@ -131,10 +128,7 @@ def tiers_part(requests, prompts: list[np.ndarray], args) -> tuple[list[dict], d
     return rows, goals
 
 
-def restart_part(requests, args) -> dict:
-    probe = Runtime(page_size=PAGE, kv_cache_bytes=1 << 24)
-    per_page = probe.engine.pool.bytes_per_page
-    probe.shutdown()
+def restart_part(requests, args, per_page: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         flags = ["--disk-cache", f"{tmp}/kv", "--disk-cache-gb", "1", "--page-size", str(PAGE)]
         flags += ["--kv-cache-mb", str(args.restart_device_pages * per_page / 2**20)]
@@ -182,14 +176,17 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(hf_directory())
     requests = load(args.trace, "auto", "stop").requests
     prompts = [prompt_tokens(r, tokenizer) for r in sorted(requests, key=lambda r: r.arrival)]
-    rows, goals = tiers_part(requests, prompts, args)
+    probe = Runtime(page_size=PAGE, kv_cache_bytes=1 << 24)  # the bytes of one page of the default model
+    per_page = probe.engine.pool.bytes_per_page
+    probe.shutdown()
+    rows, goals = tiers_part(requests, prompts, args, per_page)
     columns = list(rows[0])
     print(f"\n{Path(args.trace).name}: {len(prompts)} requests, concurrency {args.concurrency}\n")
     print(table(rows, columns))
     print("\n" + "  ".join(f"{k} {v}" for k, v in goals.items()))
     restart = None
     if not args.skip_restart:
-        restart = restart_part(requests, args)
+        restart = restart_part(requests, args, per_page)
         print("\nwarm restart of `radixrt serve` on a 1 GB disk cache\n")
         print(table([restart], list(restart)))
     print(

@@ -51,10 +51,9 @@ from radixrt.cache.lru import LruLeaves
 from radixrt.cache.node import TOKEN_BYTES, CacheEvent, MatchResult, Node, Tier, top_prefixes
 from radixrt.cache.policy import EvictionPolicy, make_policy, namespace_seed
 from radixrt.cache.retention import Retention
-from radixrt.cache.tiering import NO_PAGES, Tiering
+from radixrt.cache.tiering import NO_PAGES as _NO_PAGES
+from radixrt.cache.tiering import Tiering
 from radixrt.cache.tiers import LowerTiers
-
-_NO_PAGES = NO_PAGES
 
 
 class RadixCache(Tiering, Retention):
