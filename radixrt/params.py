@@ -19,7 +19,8 @@ GREEDY_EPS = 1e-5
 MAX_STOP = 16
 MAX_STOP_CHARS = 512
 MAX_STOP_TOKEN_IDS = 256
-MAX_INT32 = 2**31 - 1  # max_new_tokens, min_new_tokens, top_k
+MAX_INT32 = 2**31 - 1  # max_new_tokens, min_new_tokens, top_k, kv_window
+MAX_SINK_TOKENS = 1024  # StreamingLLM keeps 4
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch's manual_seed (a negative seed modulo 2**64) and msgpack take
 MAX_REGEX_CHARS = 4096
 MAX_SCHEMA_CHARS = 65536
@@ -51,6 +52,8 @@ class SamplingParams:
     regex: str | None = None  # the output must match this regular expression ...
     json_schema: str | None = None  # ... or be JSON valid under this schema (a dict is taken too) ...
     choices: tuple[str, ...] | None = None  # ... or be one of these strings
+    kv_window: int | None = None  # attend to the last kv_window tokens only (and the sinks): memory stays bounded
+    sink_tokens: int = 0  # with kv_window: the first tokens, always attended to (StreamingLLM's attention sinks)
     extra: dict = field(default_factory=dict, compare=False)  # unknown keys end up here, to be refused
 
     def __post_init__(self) -> None:
@@ -127,6 +130,7 @@ class SamplingParams:
             )
         problems += self._stop_problems(vocab_size)
         problems += self._constraint_problems()
+        problems += self._window_problems()
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -149,6 +153,17 @@ class SamplingParams:
                 problems.append(
                     f"stop_token_ids [{', '.join(bad[:4])}] are not token ids of the vocabulary (0..{vocab_size - 1})"
                 )
+        return problems
+
+    def _window_problems(self) -> list[str]:
+        """The window's own ranges; that it holds at least a page is the engine's to check."""
+        problems = []
+        if self.kv_window is not None and (not _integer(self.kv_window) or not 1 <= self.kv_window <= MAX_INT32):
+            problems.append(f"kv_window must be an integer in 1..{MAX_INT32} (tokens), got {_brief(self.kv_window)}")
+        if not _integer(self.sink_tokens) or not 0 <= self.sink_tokens <= MAX_SINK_TOKENS:
+            problems.append(f"sink_tokens must be an integer in 0..{MAX_SINK_TOKENS}, got {_brief(self.sink_tokens)}")
+        elif self.sink_tokens and self.kv_window is None:
+            problems.append(f"sink_tokens ({self.sink_tokens}) needs a kv_window: sinks are kept beside a window")
         return problems
 
     def _constraint_problems(self) -> list[str]:

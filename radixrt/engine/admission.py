@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from radixrt.engine.window import check_window
 from radixrt.params import SamplingParams
 
 if TYPE_CHECKING:
@@ -17,26 +18,38 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelLimits:
-    """What a request is checked against: the vocabulary, the context, the KV pool's tokens, and
-    whether there is a tokenizer for stop strings and constraints."""
+    """What a request is checked against: the vocabulary, the context, the KV pool's tokens,
+    whether there is a tokenizer for stop strings and constraints, and the KV page size."""
 
     vocab_size: int
     max_context: int
     kv_tokens: int
     has_tokenizer: bool = True
+    page_size: int = 1
+
+    def max_prompt(self, params: SamplingParams) -> int:
+        """The longest prompt plus one: a window has no context limit (only a sanity cap)."""
+        return MAX_WINDOWED_PROMPT if params.kv_window else min(self.max_context, self.kv_tokens)
 
 
-def check_prompt(tokens: np.ndarray, limits: ModelLimits, prompt_logprobs_from: int | None = None) -> None:
+MAX_WINDOWED_PROMPT = 1 << 22
+
+
+def check_prompt(
+    tokens: np.ndarray, limits: ModelLimits, prompt_logprobs_from: int | None = None, windowed: bool = False
+) -> None:
     """Raise ``ValueError`` naming what makes ``tokens`` no prompt for this model: empty, ids
-    outside the vocabulary, not shorter than the tighter of the context and the KV cache, or a
-    ``prompt_logprobs_from`` that is not a position in it."""
+    outside the vocabulary, not shorter than the tighter of the context and the KV cache (unless
+    ``windowed``), or a ``prompt_logprobs_from`` that is not a position in it."""
     vocab_size, max_context, kv_tokens = limits.vocab_size, limits.max_context, limits.kv_tokens
     if tokens.size == 0:
         raise ValueError("the prompt is empty")
     bad = tokens[(tokens < 0) | (tokens >= vocab_size)]
     if bad.size:
         raise ValueError(f"token ids {bad[:4].tolist()} are outside the vocabulary (0..{vocab_size - 1})")
-    if tokens.size >= min(max_context, kv_tokens):
+    if windowed and tokens.size >= MAX_WINDOWED_PROMPT:
+        raise ValueError(f"the prompt has {tokens.size} tokens; a windowed one is at most {MAX_WINDOWED_PROMPT - 1}")
+    if not windowed and tokens.size >= min(max_context, kv_tokens):
         limit = (
             f"the model's context is {max_context}" if max_context <= kv_tokens else f"the KV cache holds {kv_tokens}"
         )
@@ -64,7 +77,8 @@ def admit(
     ``score_next`` as ints. A constraint is compiled (``grammars``; xgrammar caches it), so one
     that cannot compile is refused here, before anything runs."""
     params.validate(limits.vocab_size)
-    check_prompt(tokens, limits, prompt_logprobs_from)
+    check_window(params.sink_tokens, params.kv_window, limits.page_size, limits.kv_tokens)
+    check_prompt(tokens, limits, prompt_logprobs_from, windowed=params.kv_window is not None)
     if params.stop and not limits.has_tokenizer:
         raise ValueError("stop strings need a tokenizer, and this model ships none: use stop_token_ids")
     if any(not isinstance(t, (int, np.integer)) or isinstance(t, bool) for t in score_next):

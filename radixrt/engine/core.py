@@ -32,10 +32,11 @@ from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget
 from radixrt.engine.output_text import OutputText, text_token_count
 from radixrt.engine.request import Request, State
 from radixrt.engine.scheduler import Scheduler
+from radixrt.engine.window import KVWindow
 from radixrt.model import load_model
 from radixrt.model.loader import model_identity
 from radixrt.outputs import RequestOutput
-from radixrt.params import SamplingParams
+from radixrt.params import MAX_INT32, SamplingParams
 from radixrt.prompts import Prompt, prompt_ids
 
 MAX_PINNED_FRACTION = 0.5  # of the KV pool's pages: the most that pins may hold
@@ -94,6 +95,7 @@ class EngineCore:
         self.retention_cap_pages = int(RETENTION_CAP_FRACTION * every if cap is None else cap)  # per namespace
         if self.disk is not None:
             self.cache.restore(self.disk.entries())  # a warm start: what an earlier run left on disk
+        self.runner = ModelRunner(self.model, self.pool, device)
         self.scheduler = Scheduler(
             self.cache,
             self.allocator,
@@ -101,9 +103,9 @@ class EngineCore:
             chunk_size=chunk_size,
             max_running=max_running,
             enable_cache=enable_cache,
+            copy_slots=self.runner.copy_slots,
         )
-        self.runner = ModelRunner(self.model, self.pool, device)
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = loaded.eos_ids
         self.runner.logits_processors.append(self._hold_stop_tokens)
         self.requests: dict[str, Request] = {}  # queued or running
         self.failed_requests = 0
@@ -177,7 +179,7 @@ class EngineCore:
         )
         if pin and request_id in self.pins:
             raise ValueError(f"request id {request_id!r} already names a pin: unpin it first")
-        room = min(self.max_context, self.pool.num_tokens) - len(tokens)
+        room = MAX_INT32 if params.kv_window else min(self.max_context, self.pool.num_tokens) - len(tokens)
         generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
         text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.detokenize else None
         if isinstance(resumed, bool) or not isinstance(resumed, int) or not 0 <= resumed < len(tokens):
@@ -207,6 +209,7 @@ class EngineCore:
             pin=bool(pin),
             score_next=score_next,
             retain=retain,
+            window=KVWindow(params.sink_tokens, params.kv_window, self.pool.page_size) if params.kv_window else None,
         )
         self.requests[request_id] = req
         self.scheduler.waiting.append(req)
@@ -253,7 +256,9 @@ class EngineCore:
 
     @property
     def limits(self) -> ModelLimits:
-        return ModelLimits(self.vocab_size, self.max_context, self.pool.num_tokens, self.detokenize)
+        return ModelLimits(
+            self.vocab_size, self.max_context, self.pool.num_tokens, self.detokenize, self.pool.page_size
+        )
 
     def stats(self) -> dict:
         s = self.scheduler.stats
@@ -272,6 +277,7 @@ class EngineCore:
             "max_context": self.max_context,
             "kv_cache_tokens": self.pool.num_tokens,
             "kv_dtype": self.kv_dtype,
+            "kv_bytes_per_token": self.pool.bytes_per_token,
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
         }
@@ -292,7 +298,7 @@ class EngineCore:
         if not batch:
             return
         try:
-            results = self.runner.run(batch)
+            results = self.runner.run(batch, self.scheduler.sink_refresh)
         except Exception as e:  # the whole forward failed: its requests fail, the engine goes on
             if torch.device(self.device).type == "cuda":
                 torch.cuda.empty_cache()
@@ -412,12 +418,3 @@ class EngineCore:
         if self.tokenizer is None:
             raise ValueError("this model ships no tokenizer: give prompts as token ids")
         return self.tokenizer
-
-    def _eos_ids(self) -> set[int]:
-        ids = set()
-        for source in (getattr(self.tokenizer, "eos_token_id", None), self.model.config.eos_token_id):
-            if isinstance(source, int):
-                ids.add(source)
-            elif isinstance(source, (list, tuple)):
-                ids.update(source)
-        return ids

@@ -28,14 +28,25 @@ before they are sampled. Setting a row's disallowed tokens to -inf constrains it
 no allowed token fails its request."""
 
 
-KV_DTYPES = {"auto": None, "int8": torch.int8}  # None: the model's dtype
+KV_DTYPES = {
+    "auto": None,  # the model's dtype
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "fp8": getattr(torch, "float8_e4m3fn", None),  # e4m3, a float32 scale per token and KV head
+    "int8": torch.int8,  # a float32 scale per token and KV head
+    "int4": torch.uint8,  # two values a byte, a float16 scale and zero per group of channels
+}
 
 
 def kv_pool_dtype(kv_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
-    """The KV pool's dtype for ``kv_dtype`` (``"auto"``: the model's; ``"int8"``: a scale per token
-    and KV head beside each page)."""
+    """The KV pool's dtype for ``kv_dtype`` (``"auto"``: the model's). The kernels cast float pools
+    to the model's dtype and dequantize the others as they load each row
+    (``radixrt.kernels.layout``)."""
     if kv_dtype not in KV_DTYPES:
         raise ValueError(f"kv_dtype {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
+    if kv_dtype == "fp8" and KV_DTYPES["fp8"] is None:
+        raise ValueError("kv_dtype 'fp8' needs a torch with float8_e4m3fn")
     return KV_DTYPES[kv_dtype] or model_dtype
 
 
@@ -80,15 +91,18 @@ class ModelRunner:
         self.page_size = pool.page_size
         self.logits_processors: list[LogitsProcessor] = []
 
-    def run(self, batch: Sequence[tuple[Request, int]]) -> list[StepResult]:
+    def run(self, batch: Sequence[tuple[Request, int]], refresh_sinks: Sequence[Request] = ()) -> list[StepResult]:
         """Feed each request's next ``n`` tokens; sample a token for those whose tokens are now
-        all computed and that may still generate."""
+        all computed and that may still generate. ``refresh_sinks``: windows that slid, whose
+        sinks are computed again in the same forward (engine/window.py; each layer writes every
+        new token's K/V before it attends, so their chunks read the new sinks)."""
         chunks, plans, row = [], [], 0
         for req, n in batch:
             chunk, plan = self._chunk(req, n, row)
             chunks.append(chunk)
             plans.append(plan)
             row += n - chunk.first_logit
+        chunks += [self._sink_chunk(req) for req in refresh_sinks]  # last: their logit rows go unread
         with torch.no_grad():
             logits = self.model(build_batch(chunks, self.page_size, self.device), self.pool)
             sampled = [(req, p.sample_row) for (req, _), p in zip(batch, plans) if p.sample_row is not None]
@@ -129,7 +143,9 @@ class ModelRunner:
         if scores_next:
             first_logit = min(first_logit, last - start)
         samples = end == req.length and req.num_output < req.max_new_tokens
-        chunk = SequenceChunk(req.tokens[start:end], start, req.pages[: -(-end // self.page_size)], first_logit)
+        shift = req.kv_shift
+        pages = req.pages[: -(-(end - shift) // self.page_size)]
+        chunk = SequenceChunk(req.tokens[start:end], start - shift, pages, first_logit, shift)
         plan = _Plan(
             range(first_row, first_row + hi - lo),
             req.tokens[lo + 1 : hi + 1].copy(),
@@ -139,6 +155,20 @@ class ModelRunner:
             req.params.top_logprobs if samples else 0,
         )
         return chunk, plan
+
+    def copy_slots(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Every layer's K/V (and scales) at pool slots ``src`` into slots ``dst``."""
+        src, dst = (torch.as_tensor(x, device=self.pool.k.device) for x in (src, dst))
+        for t in self.pool.tensors():
+            flat = t.view(t.shape[0], -1, *t.shape[3:])
+            flat[:, dst] = flat[:, src]
+
+    @staticmethod
+    def _sink_chunk(req: Request) -> SequenceChunk:
+        """A window's sinks computed again into its private pages, at the positions right before
+        the window (engine/window.py)."""
+        w = req.window
+        return SequenceChunk(req.tokens[: w.sinks], 0, req.pages[: w.sink_pages], shift=w.shift)
 
     @staticmethod
     def _score_prompts(logits: torch.Tensor, plans: list[_Plan]) -> torch.Tensor:

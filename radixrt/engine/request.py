@@ -13,6 +13,7 @@ import numpy as np
 from radixrt.cache import Node
 from radixrt.cache.ids import ID_DTYPE
 from radixrt.engine.output_text import OutputText
+from radixrt.engine.window import KVWindow
 from radixrt.params import SamplingParams
 
 if TYPE_CHECKING:
@@ -30,7 +31,8 @@ class State(enum.Enum):
 @dataclass(eq=False)
 class Request:
     """The prompt followed by what was generated is ``tokens`` (an int32 array, grown in place);
-    the first ``computed`` of them have K/V in the pool, held in ``pages``. The first ``in_tree``
+    the first ``computed`` of them have K/V in the pool, held in ``pages`` (once a ``window`` has
+    slid, only the sinks' and the window's: see ``engine/window.py``). The first ``in_tree``
     tokens' pages belong to the radix cache and are pinned through ``node``; the rest of ``pages``
     are the request's own.
 
@@ -56,6 +58,7 @@ class Request:
     generator: torch.Generator | None = None
     output_text: OutputText | None = None  # None without a tokenizer: token ids only
     constraint: Any = None  # an xgrammar matcher when the request has a regex, JSON schema or choices
+    window: KVWindow | None = None  # attention sinks and a sliding window (``kv_window``)
     state: State = State.WAITING
     pages: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=ID_DTYPE))
     node: Node | None = None
@@ -106,7 +109,14 @@ class Request:
         limit = self.length - 1
         if self.prompt_logprobs_from is not None:
             limit = min(limit, self.prompt_logprobs_from - 1)
+        if self.window is not None:
+            limit = min(limit, self.window.match_limit())
         return limit
+
+    @property
+    def kv_shift(self) -> int:
+        """A token's position minus its index in ``pages`` (not 0 once a window has slid)."""
+        return self.window.shift if self.window is not None else 0
 
     @property
     def done(self) -> bool:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from radixrt.cache import PageAllocator, RadixCache
 from radixrt.engine.request import Request, State
+from radixrt.engine.window import KVWindow, own_pages, plan_slide
 
 AGE_CREDIT_TOKENS_PER_S = 1000.0  # a request waiting 1 s ranks as if 1000 more of its tokens were cached
 SHARED_PREFIX_WAIT = 32  # wait a step rather than compute this many tokens that a request admitted now computes
@@ -57,8 +58,11 @@ class Scheduler:
         chunk_size: int,
         max_running: int,
         enable_cache: bool = True,
+        copy_slots: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> None:
         self.cache, self.allocator = cache, allocator
+        self.copy_slots = copy_slots  # K/V from pool slots to others, every layer (a window's tail)
+        self.sink_refresh: list[Request] = []  # windows that slid this step: their sinks are computed again
         self.page_size = cache.page_size
         self.max_batch_tokens, self.chunk_size, self.max_running = max_batch_tokens, chunk_size, max_running
         self.enable_cache = enable_cache
@@ -75,15 +79,19 @@ class Scheduler:
     def schedule(self) -> list[tuple[Request, int]]:
         """The requests that run this step and how many new tokens each feeds."""
         batch, budget = [], self.max_batch_tokens
+        self.sink_refresh = []
         for req in list(self.running):
             if req.state is not State.RUNNING or budget <= 0:
                 continue
-            n = min(req.length - req.computed, budget, self.chunk_size)
-            if not self._grow(req, req.computed + n):
+            n = min(req.length - req.computed, budget, self._chunk(req))
+            if req.window is not None:
+                self._slide(req)
+            if not self._grow(req, req.computed + n - req.kv_shift):
                 continue  # it stepped back or failed
             batch.append((req, n))
             budget -= n
         batch = [(r, n) for r, n in batch if r.state is State.RUNNING]  # drop any retracted meanwhile
+        self.sink_refresh = [r for r in self.sink_refresh if r.state is State.RUNNING and r.window.slid]
         budget = self.max_batch_tokens - sum(n for _, n in batch)
         if budget <= 0 or len(self.running) >= self.max_running or not self.waiting:
             return batch
@@ -113,12 +121,20 @@ class Scheduler:
         else:
             self.stats.decode_tokens += n
         req.computed += n
-        if self.enable_cache and req.computed - n < req.prompt_len:
+        slid = req.window is not None and req.window.slid
+        if self.enable_cache and req.computed - n < req.prompt_len and not slid:
             self._cache_progress(req)
 
     def release(self, req: Request) -> None:
-        """Give a request's computed K/V to the cache (whole pages), free the rest, unpin."""
-        if req.node is not None:
+        """Give a request's computed K/V to the cache (whole pages), free the rest, unpin. A window
+        that has slid gives nothing: its K/V are no prefix's."""
+        if req.window is not None and req.window.slid:
+            w = req.window
+            self.allocator.free(own_pages(w, req.pages, req.in_tree))
+            if req.node is not None:
+                self.cache.unlock(req.node)
+            req.window = KVWindow(w.sinks, w.window, w.page_size)  # computed again from the start, if at all
+        elif req.node is not None:
             aligned = req.computed // self.page_size
             self.cache.commit(req.tokens[: aligned * self.page_size], req.pages[:aligned], req.in_tree, req.namespace)
             self.allocator.free(req.pages[aligned:])
@@ -178,7 +194,7 @@ class Scheduler:
             node, prefix_pages, matched = m.last_node, m.pages, m.length
         else:
             node, prefix_pages, matched = None, req.pages[:0], 0
-        n = min(req.length - matched, budget, self.chunk_size)
+        n = min(req.length - matched, budget, self._chunk(req))
         reserve = sum(1 for r in self.running if r.computed >= r.prompt_len)  # a page each for decoders' next tokens
         own = self.alloc(self.pages_for(matched + n) - prefix_pages.size, reserve)
         if own is None:
@@ -198,6 +214,31 @@ class Scheduler:
         self.waiting.remove(req)
         self.running.append(req)
         return n
+
+    def _chunk(self, req: Request) -> int:
+        return self.chunk_size if req.window is None else min(self.chunk_size, req.window.chunk)
+
+    def _slide(self, req: Request) -> None:
+        """Drop the pages of ``req``'s window that its next chunk need not see (engine/window.py):
+        its own are freed, the cache's lock released once the window has passed them all. No
+        page for the sinks now leaves the window wider this step."""
+        w = req.window
+        start = w.next_start(req.computed)
+        if start <= w.start:
+            return
+        private = req.pages[: w.private] if w.slid else self.alloc(w.sink_pages)
+        if private is None:
+            return
+        slide = plan_slide(w, req.pages, req.in_tree, start, private)
+        if slide.copy_from.size:
+            self.copy_slots(slide.copy_from, slide.copy_to)
+        self.allocator.free(slide.free)
+        req.pages, w.start, w.private = slide.pages, start, private.size
+        if req.node is not None and start >= req.in_tree:
+            self.cache.unlock(req.node)
+            req.node, req.in_tree = None, 0
+        if w.sinks:
+            self.sink_refresh.append(req)
 
     def _grow(self, req: Request, tokens: int) -> bool:
         """Pages for ``req``'s first ``tokens`` tokens: evict, then retract the newest request

@@ -111,6 +111,8 @@ class Common(msgspec.Struct, forbid_unknown_fields=True):
     repetition_penalty: float | None = None
     min_tokens: int = 0
     stop_token_ids: list[int] | None = None
+    kv_window: int | None = None  # attention sinks and a sliding window (StreamingLLM): memory stays bounded
+    sink_tokens: int = 0
     # constraints in vLLM's spellings (structured_outputs; guided_* before it) and SGLang's (regex, json_schema)
     structured_outputs: StructuredOutputs | None = None
     guided_json: str | dict[str, Any] | None = None
@@ -184,6 +186,8 @@ class Common(msgspec.Struct, forbid_unknown_fields=True):
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
             top_logprobs=top_logprobs,
+            kv_window=self.kv_window,
+            sink_tokens=self.sink_tokens,
             **self._constraint(),
         )
         try:

@@ -31,25 +31,23 @@ class ForwardBatch:
 class SequenceChunk:
     """New tokens of one sequence: ``tokens`` follow ``prefix_len`` cached ones; ``pages`` hold the
     whole sequence (prefix and new tokens). Logits are computed for the new tokens from index
-    ``first_logit`` on (by default the last one alone)."""
+    ``first_logit`` on (by default the last one alone). A token's position is its index in the
+    sequence plus ``shift`` (a sliding window's pages no longer start at position 0)."""
 
     tokens: np.ndarray
     prefix_len: int
     pages: np.ndarray
     first_logit: int = -1
+    shift: int = 0
 
 
 def build_batch(chunks: list[SequenceChunk], page_size: int, device: torch.device | str = "cpu") -> ForwardBatch:
     new_lens = np.array([len(c.tokens) for c in chunks], dtype=np.int64)
     prefix = np.array([c.prefix_len for c in chunks], dtype=np.int64)
-    positions = np.concatenate([np.arange(c.prefix_len, c.prefix_len + len(c.tokens)) for c in chunks])
+    at = [np.arange(c.prefix_len, c.prefix_len + len(c.tokens)) for c in chunks]
     page_of = [c.pages for c in chunks]
-    slots = np.concatenate(
-        [
-            pages[pos // page_size] * page_size + pos % page_size
-            for pages, pos in zip(page_of, np.split(positions, np.cumsum(new_lens)[:-1]))
-        ]
-    )
+    slots = np.concatenate([pages[i // page_size] * page_size + i % page_size for pages, i in zip(page_of, at)])
+    positions = np.concatenate([i + c.shift for i, c in zip(at, chunks)])
     qo_indptr = np.concatenate([[0], np.cumsum(new_lens)])
     rows = [np.arange(qo_indptr[b] + c.first_logit % len(c.tokens), qo_indptr[b + 1]) for b, c in enumerate(chunks)]
     as_tensor = lambda a, dtype: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731

@@ -138,7 +138,7 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         """Logits ``[len(batch.logit_rows), vocab]`` in float32."""
         x = self.model.embed_tokens(batch.input_ids)
-        freqs = batch.positions.float()[:, None] * self.inv_freq[None, :]
+        freqs = batch.positions.double()[:, None] * self.inv_freq.double()[None, :]  # exact past 2**24 too
         angles = torch.cat([freqs, freqs], dim=-1)
         cos = (angles.cos() * self.rope_scaling).to(x.dtype)[:, None]
         sin = (angles.sin() * self.rope_scaling).to(x.dtype)[:, None]

@@ -38,6 +38,17 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase | None  # None for a checkpoint that ships none (token ids only)
     path: Path  # the Hugging Face directory the weights came from
 
+    @property
+    def eos_ids(self) -> set[int]:
+        """End-of-sequence ids: the tokenizer's and the config's (an id or a list of them)."""
+        ids = set()
+        for source in (getattr(self.tokenizer, "eos_token_id", None), self.model.config.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, (list, tuple)):
+                ids.update(source)
+        return ids
+
 
 def default_gguf() -> Path:
     """The default model's file, found through the installed package's location (importing the

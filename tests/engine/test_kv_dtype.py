@@ -32,5 +32,5 @@ def test_int8_holds_more_tokens_and_scores_close_to_full_precision(tiny):
 
 
 def test_an_unknown_kv_dtype_is_refused_naming_the_choices(tiny):
-    with pytest.raises(ValueError, match="kv_dtype 'int3' is not one of auto, int8"):
+    with pytest.raises(ValueError, match="kv_dtype 'int3' is not one of auto, bf16, fp16, fp32, fp8, int8, int4"):
         Engine(tiny, kv_dtype="int3")
