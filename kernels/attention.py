@@ -21,15 +21,17 @@ Operations (each takes one layer's pools ``[num_pages, page_size, kv_heads, head
   each other.
 - ``write_kv``: store new tokens' K/V at their slots ``page * page_size + offset``.
 
-Quantised pools (the scales ride along as ``PagedKV(k_scale=, v_scale=)`` and ``write_kv(...,
-k_scale, v_scale)``; the kernels dequantise each K/V row as they load it):
-- fp8 (e4m3): the pool holds ``value / scale``, saturated at +-448, with one float32 scale per KV
-  head, ``k_scale``/``v_scale [kv_heads]``, set by the caller.
-- int8: symmetric per token and KV head. ``write_kv`` computes ``scale = max(|value|) / 127``
-  over head_dim (at least 1e-8) and stores ``round(value / scale)`` in [-127, 127] and the scale
-  at the token's slot of ``k_scale``/``v_scale [num_pages, page_size, kv_heads]`` float32 (the
-  pool without head_dim). The scales live with the pages: a page shared by many sequences reads
-  the same for all.
+KV formats (``radixrt.kernels.layout`` has the details; the scales ride along as
+``PagedKV(k_scale=, v_scale=)`` and ``write_kv(..., k_scale, v_scale)``, ``write_kv`` computes
+them, and the kernels dequantise each K/V row in registers as they load it):
+- float32, float16, bfloat16: any of them with queries of any of them (cast on load and store).
+- int8 and fp8 (e4m3fn): symmetric per token and KV head, ``scale = max |x| / 127`` (or ``/ 448``),
+  float32 scales ``[num_pages, page_size, kv_heads]``.
+- int4 (a uint8 pool ``[num_pages, page_size, kv_heads, head_dim // 2]``, two channels a byte):
+  asymmetric per token, KV head and group of 32 channels, float16 scales and zeros
+  ``[num_pages, page_size, kv_heads, 2 * head_dim // 32]``.
+The scales live with the pages: a page shared by many sequences, or moved between tiers, reads the
+same for all.
 ``radixrt.kernels.reference`` has the same operations written plainly: the ground truth.
 
 Backend: ``$RADIXRT_ATTENTION``, read once at import (see :data:`ATTENTION`). ``auto`` (the

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from radixrt.kernels.layout import INT8_SCALE_FLOOR, PagedKV, check_write
+from radixrt.kernels.layout import PagedKV, check_write
+from radixrt.kernels.quant import dequantize, quantize
 
 
 def page_table(kv: PagedKV, lens: torch.Tensor) -> torch.Tensor:
@@ -66,18 +67,10 @@ def gather(
     index = rows.flatten()
     out = SCRATCH.take(scratch, (index.numel(), flat.shape[1]), pool) if scratch else None
     vectors = torch.index_select(flat, 0, index, out=out) if out is not None else flat.index_select(0, index)
-    if scale is not None and scale.dim() > 1:  # int8: a pool row's scale sits at the same row
-        scale = scale.view(-1).index_select(0, index).view(rows.shape)
+    if scale is not None:  # a pool row's scales sit at the same row of theirs
+        per_row = scale.shape[3:]
+        scale = scale.view(-1, *per_row).index_select(0, index).view(*rows.shape, *per_row)
     return dequantize(vectors.view(*rows.shape, flat.shape[1]), scale, dtype)
-
-
-def dequantize(heads: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """``[..., kv_heads, tokens, head_dim]`` read from the pool, in ``dtype``: fp8 times its
-    scale ``[kv_heads]``, int8 times its rows' scales ``[..., kv_heads, tokens]``."""
-    if scale is None:
-        return heads
-    factor = scale[:, None, None] if scale.dim() == 1 else scale[..., None]
-    return (heads.float() * factor).to(dtype)
 
 
 def _scales(kv: PagedKV) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -104,8 +97,8 @@ class SharedPrefix:
         if self.slots is None:
             return gather(pool, self.rows, scale, dtype, scratch)
         lo, hi = self.slots
-        if scale is not None and scale.dim() > 1:  # int8: [kv_heads, tokens] of these slots
-            scale = scale.view(-1, scale.shape[-1])[lo:hi].transpose(0, 1)
+        if scale is not None:  # [kv_heads, tokens, ...] of these slots
+            scale = scale.view(-1, *scale.shape[2:])[lo:hi].transpose(0, 1)
         return dequantize(pool.view(-1, *pool.shape[2:])[lo:hi].transpose(0, 1), scale, dtype)
 
 
@@ -322,20 +315,10 @@ def write_kv(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
 ) -> None:
-    quantized = check_write(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
+    check_write(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
     slots = slots.long()
     for pool, new, scale in ((k_pool, k_new, k_scale), (v_pool, v_new, v_scale)):
-        if quantized == "int8":
-            new, token_scales = quantize_int8(new)
-            scale.view(-1, pool.shape[2])[slots] = token_scales
-        elif quantized == "fp8":
-            new = (new.float() / scale[:, None]).clamp(-448.0, 448.0)
-        pool.view(-1, *pool.shape[2:])[slots] = new.to(pool.dtype)
-
-
-def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x [tokens, kv_heads, head_dim]`` -> int8 ``round(x / scale)`` and float32 ``scale =
-    max |x| / 127 [tokens, kv_heads]``, symmetric per token and head."""
-    x = x.float()
-    scale = (x.abs().amax(-1) / 127.0).clamp_min(INT8_SCALE_FLOOR)
-    return torch.round((x / scale[..., None]).clamp(-127.0, 127.0)).to(torch.int8), scale
+        stored, token_scales = quantize(new, pool.dtype)
+        pool.view(-1, *pool.shape[2:])[slots] = stored
+        if token_scales is not None:
+            scale.view(-1, *scale.shape[2:])[slots] = token_scales

@@ -42,8 +42,7 @@ def _decode_partial(
     PAGE_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    QUANTIZED: tl.constexpr,
-    PER_TOKEN: tl.constexpr,
+    KV_FORMAT: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -74,15 +73,13 @@ def _decode_partial(
             t,
             t_ok,
             kv_head,
-            d,
             K_SCALE,
             V_SCALE,
             q.dtype,
             KV_HEADS,
             HEAD_DIM,
             PAGE_SIZE,
-            QUANTIZED,
-            PER_TOKEN,
+            KV_FORMAT,
         )
         m_i, l_i, acc = attend_tile(q, k, v, t_ok[None, :], m_i, l_i, acc, sm_scale, IEEE)
 
@@ -173,8 +170,7 @@ def decode_attention(
         PAGE_SIZE=kv.page_size,
         BLOCK_N=64 if q.element_size() < 4 else 32,
         BLOCK_H=max(16, triton.next_power_of_2(group)),
-        QUANTIZED=kv.quantized,
-        PER_TOKEN=kv.int8,
+        KV_FORMAT=kv.format,
         IEEE=q.dtype == torch.float32,
         num_warps=4,
         num_stages=2,

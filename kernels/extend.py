@@ -46,8 +46,7 @@ def _extend(
     PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    QUANTIZED: tl.constexpr,
-    PER_TOKEN: tl.constexpr,
+    KV_FORMAT: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -79,15 +78,13 @@ def _extend(
             t,
             t_ok,
             kv_head,
-            d,
             K_SCALE,
             V_SCALE,
             q.dtype,
             KV_HEADS,
             HEAD_DIM,
             PAGE_SIZE,
-            QUANTIZED,
-            PER_TOKEN,
+            KV_FORMAT,
         )
         m_i, l_i, acc = attend_tile(q, k, v, t_ok[None, :], m_i, l_i, acc, sm_scale, IEEE)
 
@@ -97,10 +94,10 @@ def _extend(
         j_ok = j < q_len
         k = tl.load(
             K_NEW + (q_start + j)[:, None] * stride_kt + kv_head * stride_kh + d[None, :], mask=j_ok[:, None], other=0.0
-        )
+        ).to(q.dtype)
         v = tl.load(
             V_NEW + (q_start + j)[:, None] * stride_vt + kv_head * stride_vh + d[None, :], mask=j_ok[:, None], other=0.0
-        )
+        ).to(q.dtype)
         keep = j_ok[None, :] & (j[None, :] <= rows[:, None])
         m_i, l_i, acc = attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE)
 
@@ -175,8 +172,7 @@ def extend_attention(
         PAGE_SIZE=kv.page_size,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        QUANTIZED=kv.quantized,
-        PER_TOKEN=kv.int8,
+        KV_FORMAT=kv.format,
         IEEE=q.dtype == torch.float32,
         num_warps=4,
         num_stages=2,

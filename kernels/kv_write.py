@@ -1,4 +1,5 @@
-"""Storing new tokens' K and V into the paged pool at their slots (``page * page_size + offset``)."""
+"""Storing new tokens' K and V into the paged pool at their slots (``page * page_size + offset``),
+quantised as the pool's format asks (see :mod:`radixrt.kernels.layout`)."""
 
 from __future__ import annotations
 
@@ -6,23 +7,74 @@ import torch
 import triton
 import triton.language as tl
 
-from radixrt.kernels.layout import INT8_SCALE_FLOOR, check_write
+from radixrt.kernels.layout import (
+    FP8_MAX,
+    INT4_GROUP,
+    INT4_SCALE_FLOOR,
+    INT8_SCALE_FLOOR,
+    KV_FLOAT,
+    KV_FP8,
+    KV_INT4,
+    KV_INT8,
+    check_write,
+)
 
-FP8_MAX = tl.constexpr(448.0)  # largest finite float8 e4m3fn: quantised values saturate here
+FLOAT = tl.constexpr(KV_FLOAT)
+INT8 = tl.constexpr(KV_INT8)
+FP8 = tl.constexpr(KV_FP8)
+INT4 = tl.constexpr(KV_INT4)
+GROUP = tl.constexpr(INT4_GROUP)
+SATURATE = tl.constexpr(FP8_MAX)
 ROUNDER = tl.constexpr(12582912.0)  # 1.5 * 2**23: (x + it) - it rounds x half to even, |x| < 2**22
 SCALE_FLOOR = tl.constexpr(INT8_SCALE_FLOOR)
+INT4_FLOOR = tl.constexpr(INT4_SCALE_FLOOR)
 
 
 @triton.jit
-def quantize_int8(x, SCALES, slot, h, h_ok, KV_HEADS: tl.constexpr):
-    """Rows ``x [BLOCK_H, HEAD_DIM]`` (one per KV head) -> ``round(x / scale)`` in [-127, 127],
-    ``scale = max |row| / 127``, which is stored at ``SCALES[slot, h]``. Rounds as ``torch.round``
-    does (the interpreter has no ``rint``)."""
-    x = x.to(tl.float32)
-    scale = tl.maximum(tl.max(tl.abs(x), 1) / 127.0, SCALE_FLOOR)
-    tl.store(SCALES + slot * KV_HEADS + h, scale, mask=h_ok)
-    x = tl.clamp(x / scale[:, None], -127.0, 127.0)
-    return ((x + ROUNDER) - ROUNDER).to(tl.int8)
+def quantize_symmetric(x, SCALES, row, ok, LIMIT: tl.constexpr, ROUND: tl.constexpr):
+    """Rows ``x [BLOCK_H, HEAD_DIM]`` -> ``x / scale`` clamped to +-``LIMIT`` (rounded to integers
+    with ``ROUND``, as ``torch.round`` does: the interpreter has no ``rint``), ``scale = max |row|
+    / LIMIT``, which is stored at ``SCALES[row]``."""
+    scale = tl.maximum(tl.max(tl.abs(x), 1) / LIMIT, SCALE_FLOOR)
+    tl.store(SCALES + row, scale, mask=ok)
+    x = tl.clamp(x / scale[:, None], -LIMIT, LIMIT)
+    if ROUND:
+        x = (x + ROUNDER) - ROUNDER
+    return x
+
+
+@triton.jit
+def quantize_int4(x, SCALES, row, ok, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Rows ``x [BLOCK_H, HEAD_DIM]`` -> ``[BLOCK_H, HEAD_DIM // 2]`` bytes, two 4-bit values
+    each (channel 2j low, 2j + 1 high); each group's float16 scale and zero go to ``SCALES[row]``."""
+    groups = tl.reshape(x, [BLOCK_H, HEAD_DIM // GROUP, GROUP])
+    low, high = tl.min(groups, 2), tl.max(groups, 2)
+    scale = tl.maximum((high - low) / 15.0, INT4_FLOOR).to(tl.float16)
+    zero = low.to(tl.float16)
+    at = SCALES + row[:, None] * (2 * HEAD_DIM // GROUP) + tl.arange(0, HEAD_DIM // GROUP)[None, :]
+    tl.store(at, scale, mask=ok[:, None])
+    tl.store(at + HEAD_DIM // GROUP, zero, mask=ok[:, None])
+    q = (groups - zero.to(tl.float32)[:, :, None]) / scale.to(tl.float32)[:, :, None]
+    q = (tl.clamp(q, 0.0, 15.0) + ROUNDER) - ROUNDER
+    pairs = tl.reshape(q.to(tl.uint8), [BLOCK_H, HEAD_DIM // 2, 2])
+    even, odd = tl.split(pairs)
+    return even | (odd << 4)
+
+
+@triton.jit
+def store_rows(POOL, SCALES, x, row, ok, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, KV_FORMAT: tl.constexpr):
+    """Store rows ``x [BLOCK_H, HEAD_DIM]`` at pool rows ``row`` (``slot * kv_heads + head``)."""
+    if KV_FORMAT == INT4:
+        j = tl.arange(0, HEAD_DIM // 2)
+        packed = quantize_int4(x.to(tl.float32), SCALES, row, ok, BLOCK_H, HEAD_DIM)
+        tl.store(POOL + row[:, None] * (HEAD_DIM // 2) + j[None, :], packed, mask=ok[:, None])
+    else:
+        if KV_FORMAT == INT8:
+            x = quantize_symmetric(x.to(tl.float32), SCALES, row, ok, 127.0, True)
+        elif KV_FORMAT == FP8:
+            x = quantize_symmetric(x.to(tl.float32), SCALES, row, ok, SATURATE, False)
+        d = tl.arange(0, HEAD_DIM)
+        tl.store(POOL + row[:, None] * HEAD_DIM + d[None, :], x.to(POOL.dtype.element_ty), mask=ok[:, None])
 
 
 @triton.jit
@@ -41,27 +93,18 @@ def _write_kv(
     KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    QUANTIZED: tl.constexpr,
-    PER_TOKEN: tl.constexpr,
+    KV_FORMAT: tl.constexpr,
 ):
     i = tl.program_id(0)
     slot = tl.load(SLOTS + i).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     h_ok = h < KV_HEADS
     d = tl.arange(0, HEAD_DIM)
-    dst = (slot * KV_HEADS + h[:, None]) * HEAD_DIM + d[None, :]
+    row = slot * KV_HEADS + h
     k = tl.load(K_NEW + i * stride_kt + h[:, None] * stride_kh + d[None, :], mask=h_ok[:, None], other=0.0)
     v = tl.load(V_NEW + i * stride_vt + h[:, None] * stride_vh + d[None, :], mask=h_ok[:, None], other=0.0)
-    if PER_TOKEN:
-        k = quantize_int8(k, K_SCALE, slot, h, h_ok, KV_HEADS)
-        v = quantize_int8(v, V_SCALE, slot, h, h_ok, KV_HEADS)
-    elif QUANTIZED:
-        k_scale = tl.load(K_SCALE + h, mask=h_ok, other=1.0)
-        v_scale = tl.load(V_SCALE + h, mask=h_ok, other=1.0)
-        k = tl.clamp(k.to(tl.float32) / k_scale[:, None], -FP8_MAX, FP8_MAX)
-        v = tl.clamp(v.to(tl.float32) / v_scale[:, None], -FP8_MAX, FP8_MAX)
-    tl.store(K + dst, k.to(K.dtype.element_ty), mask=h_ok[:, None])
-    tl.store(V + dst, v.to(V.dtype.element_ty), mask=h_ok[:, None])
+    store_rows(K, K_SCALE, k, row, h_ok, BLOCK_H, HEAD_DIM, KV_FORMAT)
+    store_rows(V, V_SCALE, v, row, h_ok, BLOCK_H, HEAD_DIM, KV_FORMAT)
 
 
 def write_kv(
@@ -73,15 +116,14 @@ def write_kv(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
 ) -> None:
-    """Token i of ``k_new``/``v_new [tokens, kv_heads, head_dim]`` goes to slot ``slots[i]``; an
-    fp8 pool stores ``value / scale`` per KV head, saturated to the fp8 range; an int8 pool stores
-    ``round(value / scale)`` and writes each token's scale per head into ``k_scale``/``v_scale
-    [num_pages, page_size, kv_heads]`` at the same slot."""
-    quantized = check_write(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
+    """Token i of ``k_new``/``v_new [tokens, kv_heads, head_dim]`` goes to slot ``slots[i]``, cast
+    to a float pool's dtype or quantised, its scales written to ``k_scale``/``v_scale`` at the
+    same slot."""
+    fmt = check_write(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
     if slots.numel() == 0:
         return
-    kv_heads, head_dim = k_pool.shape[2:]
-    if not quantized:
+    kv_heads, head_dim = k_new.shape[1:]
+    if fmt == KV_FLOAT:
         k_scale = v_scale = slots.new_ones(1, dtype=torch.float32)  # unused pointer
     _write_kv[(slots.numel(),)](
         k_new,
@@ -98,7 +140,6 @@ def write_kv(
         KV_HEADS=kv_heads,
         HEAD_DIM=head_dim,
         BLOCK_H=triton.next_power_of_2(kv_heads),
-        QUANTIZED=quantized is not None,
-        PER_TOKEN=quantized == "int8",
+        KV_FORMAT=fmt,
         num_warps=1,
     )

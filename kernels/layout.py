@@ -1,4 +1,26 @@
-"""One layer's paged K/V together with a batch's page table, validated once for every backend."""
+"""One layer's paged K/V together with a batch's page table, validated once for every backend,
+and the KV formats a pool may hold.
+
+Formats (``KV_FORMAT``, one constexpr for every kernel; :func:`kv_format` derives it from the
+pool's dtype):
+
+- ``KV_FLOAT`` (float32, float16, bfloat16): plain values, cast to and from the compute dtype.
+- ``KV_INT8``: ``round(x / scale)`` in [-127, 127], ``scale = max |x| / 127`` per token and KV head.
+- ``KV_FP8`` (float8 e4m3fn): ``x / scale`` saturated at +-448, ``scale = max |x| / 448`` per token
+  and KV head. Both keep float32 scales ``[num_pages, page_size, kv_heads]``.
+- ``KV_INT4`` (uint8 pool, :data:`INT4`): asymmetric per token, KV head and group of
+  :data:`INT4_GROUP` channels, ``scale = (max - min) / 15``, ``zero = min``, both rounded to
+  float16 before quantising, ``q = round((x - zero) / scale)`` in [0, 15], read as
+  ``q * scale + zero``. Packed two channels a byte: byte j holds channel 2j in its low nibble and
+  channel 2j + 1 in its high one, so ``k``/``v`` are ``[num_pages, page_size, kv_heads, head_dim
+  // 2]``; the kernels unpack a row with ``tl.interleave(low, high)`` (supported by the
+  interpreter and the sm90 compiler alike), and a byte's two channels share a group. Scales are
+  float16 ``[num_pages, page_size, kv_heads, 2 * head_dim // INT4_GROUP]``: the groups' scales,
+  then their zeros.
+
+Every scale lives at its token's slot, beside the pages: a page shared by many sequences, or moved
+between memory tiers, dequantises the same everywhere.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +30,54 @@ import torch
 
 COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FP8 = getattr(torch, "float8_e4m3fn", None)
+FP8_MAX = 448.0
+"""The largest finite float8 e4m3fn: quantised values saturate here."""
+INT4 = torch.uint8
+INT4_GROUP = 32
+"""Channels that share an int4 scale and zero: 32 costs 2 x 2 float16 bytes per 16 packed bytes."""
 INT8_SCALE_FLOOR = 1e-8
-"""The smallest per-token int8 scale: an all-zero vector still gets a finite, non-zero scale."""
+"""The smallest per-token int8/fp8 scale: an all-zero vector still gets a finite, non-zero scale."""
+INT4_SCALE_FLOOR = 2.0**-14
+"""The smallest int4 scale: the smallest normal float16, so it survives rounding to float16."""
+
+KV_FLOAT, KV_INT8, KV_FP8, KV_INT4 = 0, 1, 2, 3
+FORMAT_NAMES = {KV_FLOAT: "float", KV_INT8: "int8", KV_FP8: "fp8", KV_INT4: "int4"}
+
+
+def kv_format(dtype: torch.dtype) -> int:
+    """The format of a pool of ``dtype``; ``ValueError`` for a dtype no kernel reads."""
+    if dtype in COMPUTE_DTYPES:
+        return KV_FLOAT
+    if dtype == torch.int8:
+        return KV_INT8
+    if FP8 is not None and dtype == FP8:
+        return KV_FP8
+    if dtype == INT4:
+        return KV_INT4
+    raise ValueError(
+        f"a KV pool must be float32, float16, bfloat16, float8_e4m3fn, int8 or uint8 (packed int4), got {dtype}"
+    )
+
+
+def stored_dim(head_dim: int, dtype: torch.dtype) -> int:
+    """The last dimension of a pool of ``dtype``: int4 packs two channels a byte."""
+    return head_dim // 2 if dtype == INT4 else head_dim
+
+
+def logical_dim(stored: int, dtype: torch.dtype) -> int:
+    """The head dim of a pool of ``dtype`` whose last dimension is ``stored``."""
+    return stored * 2 if dtype == INT4 else stored
+
+
+def scale_spec(fmt: int, head_dim: int) -> tuple[tuple[int, ...], torch.dtype] | None:
+    """The trailing shape after ``[num_pages, page_size]`` and the dtype of a ``fmt`` pool's
+    scales, or None when it has none."""
+    if fmt == KV_FLOAT:
+        return None
+    if fmt == KV_INT4:
+        check_int4_head_dim(head_dim)
+        return (2 * head_dim // INT4_GROUP,), torch.float16
+    return (), torch.float32
 
 
 def check_head_dim(head_dim: int) -> None:
@@ -18,14 +86,60 @@ def check_head_dim(head_dim: int) -> None:
         raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")
 
 
+def check_int4_head_dim(head_dim: int) -> None:
+    if head_dim < INT4_GROUP or head_dim % INT4_GROUP:
+        raise ValueError(
+            f"an int4 KV pool needs head_dim a multiple of {INT4_GROUP} (its channels are quantised in "
+            f"groups of {INT4_GROUP} and packed two a byte), got head_dim {head_dim}"
+        )
+
+
+def check_scales(
+    fmt: int, pool: torch.Tensor, head_dim: int, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None
+) -> None:
+    """A quantised pool ``[num_pages, page_size, kv_heads, ...]`` needs contiguous scales for K and
+    for V of the shape and dtype :func:`scale_spec` gives: raise ``ValueError`` naming what is wrong."""
+    spec = scale_spec(fmt, head_dim)
+    if spec is None:
+        return
+    shape, dtype = (*pool.shape[:3], *spec[0]), spec[1]
+    dtype_name = str(dtype).removeprefix("torch.")
+    what = f"an {FORMAT_NAMES[fmt]} KV pool"
+    per = "token, KV head and channel group (scales then zeros)" if fmt == KV_INT4 else "token and KV head"
+    for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if scale is None:
+            raise ValueError(f"{what} needs {name}: {dtype_name} {list(shape)} (one per {per})")
+        if tuple(scale.shape) != shape:
+            raise ValueError(f"{name} of {what} must be {list(shape)}, got {list(scale.shape)}")
+        if scale.dtype != dtype:
+            raise ValueError(f"{name} of {what} must be {dtype_name}, got {scale.dtype}")
+        if not scale.is_contiguous():
+            raise ValueError(f"{name} of {what} must be contiguous")
+        if scale.device != pool.device:
+            raise ValueError(f"{name} is on {scale.device}, {what} on {pool.device}")
+
+
+def check_pools(k: torch.Tensor, v: torch.Tensor) -> int:
+    """K and V pools of one known dtype, 4-d, contiguous: their format, or ``ValueError``."""
+    fmt = kv_format(k.dtype)
+    if v.dtype != k.dtype:
+        raise ValueError(f"the K pool is {FORMAT_NAMES[fmt]} but the V pool is {v.dtype}")
+    if k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(
+            "K and V pools must both be [num_pages, page_size, kv_heads, head_dim (/ 2 packed int4)], "
+            f"got {tuple(k.shape)} and {tuple(v.shape)}"
+        )
+    if not (k.is_contiguous() and v.is_contiguous()):
+        raise ValueError("K and V pools must be contiguous")
+    return fmt
+
+
 @dataclass(frozen=True)
 class PagedKV:
-    """``k``/``v``: ``[num_pages, page_size, kv_heads, head_dim]``, contiguous (one layer of a
-    :class:`~radixrt.cache.KVPool`). Sequence b's pages are ``indices[indptr[b]:indptr[b+1]]`` in
-    order; token t of the sequence lives at page ``t // page_size``, offset ``t % page_size``.
-    An fp8 (e4m3) pool stores ``value / scale`` with one float32 scale per KV head ``[kv_heads]``;
-    an int8 pool stores ``round(value / scale)`` with a float32 scale per token and KV head,
-    ``[num_pages, page_size, kv_heads]``, kept beside the pages so that it follows the page id."""
+    """``k``/``v``: ``[num_pages, page_size, kv_heads, head_dim]`` (``head_dim // 2`` bytes for
+    int4), contiguous (one layer of a :class:`~radixrt.cache.KVPool`), with their scales when
+    quantised (see the module). Sequence b's pages are ``indices[indptr[b]:indptr[b+1]]`` in
+    order; token t of the sequence lives at page ``t // page_size``, offset ``t % page_size``."""
 
     k: torch.Tensor
     v: torch.Tensor
@@ -43,60 +157,41 @@ class PagedKV:
         return self.k.shape[2]
 
     @property
+    def format(self) -> int:
+        """``KV_FLOAT``, ``KV_INT8``, ``KV_FP8`` or ``KV_INT4``: the kernels' ``KV_FORMAT``."""
+        return kv_format(self.k.dtype)
+
+    @property
     def head_dim(self) -> int:
-        return self.k.shape[3]
+        """The logical head dim (twice the stored bytes of an int4 pool)."""
+        return logical_dim(self.k.shape[3], self.k.dtype)
 
     @property
     def quantized(self) -> bool:
-        """Whether the pool holds fp8 or int8 values that need their scales."""
-        return self.fp8 or self.int8
-
-    @property
-    def fp8(self) -> bool:
-        return FP8 is not None and self.k.dtype == FP8
-
-    @property
-    def int8(self) -> bool:
-        return self.k.dtype == torch.int8
+        return self.format != KV_FLOAT
 
     def check(self, q: torch.Tensor, batch: int) -> None:
         """Raise ``ValueError`` naming the problem unless ``q`` and this page table fit together."""
         if q.dtype not in COMPUTE_DTYPES:
             raise ValueError(f"queries must be float32, float16 or bfloat16, got {q.dtype}")
-        if self.k.dim() != 4 or self.k.shape != self.v.shape:
-            raise ValueError(
-                "K and V pools must both be [num_pages, page_size, kv_heads, head_dim], "
-                f"got {tuple(self.k.shape)} and {tuple(self.v.shape)}"
-            )
-        if not (self.k.is_contiguous() and self.v.is_contiguous()):
-            raise ValueError("K and V pools must be contiguous")
+        fmt = check_pools(self.k, self.v)
         q_heads, head_dim = q.shape[-2:]
         if head_dim != self.head_dim:
             raise ValueError(f"queries have head_dim {head_dim}, the KV pool {self.head_dim}")
         check_head_dim(head_dim)
         if q_heads % self.kv_heads:
             raise ValueError(f"{q_heads} query heads do not divide into {self.kv_heads} KV heads")
-        if self.int8:
-            if self.v.dtype != torch.int8:
-                raise ValueError(f"the K pool is int8 but the V pool is {self.v.dtype}")
-            check_int8_scales(self.k, self.k_scale, self.v_scale)
-        elif self.fp8:
-            for name, scale in (("k_scale", self.k_scale), ("v_scale", self.v_scale)):
-                if scale is None or scale.shape != (self.kv_heads,) or scale.dtype != torch.float32:
-                    raise ValueError(f"an fp8 KV pool needs {name}: float32 [{self.kv_heads}] (one per KV head)")
-        elif self.k.dtype != q.dtype or self.v.dtype != q.dtype:
-            raise ValueError(f"KV pool dtype {self.k.dtype} does not match the queries' {q.dtype} (nor is it fp8 e4m3)")
+        check_scales(fmt, self.k, head_dim, self.k_scale, self.v_scale)
         if self.indptr.dtype != torch.int32 or self.indices.dtype != torch.int32:
             raise ValueError("kv_indptr and kv_indices must be int32")
         if self.indptr.shape != (batch + 1,):
             raise ValueError(f"kv_indptr must have batch + 1 = {batch + 1} entries, got {tuple(self.indptr.shape)}")
 
     def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The scales (per head for fp8, per token and head for int8), or ones when the pool is
-        not quantised (kernels take a pointer either way)."""
+        """The scales, or a dummy when the pool is not quantised (kernels take a pointer either way)."""
         if self.quantized:
             return self.k_scale, self.v_scale
-        ones = torch.ones(self.kv_heads, dtype=torch.float32, device=self.k.device)
+        ones = torch.ones(1, dtype=torch.float32, device=self.k.device)
         return ones, ones
 
 
@@ -108,43 +203,16 @@ def check_write(
     v_new: torch.Tensor,
     k_scale: torch.Tensor | None,
     v_scale: torch.Tensor | None,
-) -> str | None:
-    """Raise ``ValueError`` naming the problem; returns the pool's quantisation: ``"fp8"``,
-    ``"int8"`` or ``None``."""
-    shape = (slots.numel(), *k_pool.shape[2:])
-    if k_pool.shape != v_pool.shape or not (k_pool.is_contiguous() and v_pool.is_contiguous()):
-        raise ValueError("K and V pools must be contiguous [num_pages, page_size, kv_heads, head_dim] of one shape")
+) -> int:
+    """Raise ``ValueError`` naming the problem; returns the pool's format (``KV_FLOAT`` ...)."""
+    fmt = check_pools(k_pool, v_pool)
+    head_dim = logical_dim(k_pool.shape[3], k_pool.dtype)
+    shape = (slots.numel(), k_pool.shape[2], head_dim)
     if k_new.shape != shape or v_new.shape != shape:
         raise ValueError(f"new K and V must be {list(shape)}, got {list(k_new.shape)} and {list(v_new.shape)}")
     if k_new.stride(-1) != 1 or v_new.stride(-1) != 1:
         raise ValueError("new K and V must be contiguous in head_dim")
-    if k_pool.dtype == torch.int8:
-        if v_pool.dtype != torch.int8:
-            raise ValueError(f"the K pool is int8 but the V pool is {v_pool.dtype}")
-        if not (k_new.is_floating_point() and v_new.is_floating_point()):
-            raise ValueError(f"new K/V for an int8 pool must be floating point, got {k_new.dtype} and {v_new.dtype}")
-        check_int8_scales(k_pool, k_scale, v_scale)
-        return "int8"
-    quantized = FP8 is not None and k_pool.dtype == FP8
-    if quantized and (k_scale is None or v_scale is None):
-        raise ValueError("an fp8 KV pool needs k_scale and v_scale (float32, one per KV head)")
-    if not quantized and (k_pool.dtype != k_new.dtype or v_pool.dtype != v_new.dtype):
-        raise ValueError(f"new K/V dtype {k_new.dtype} does not match the pool's {k_pool.dtype}")
-    return "fp8" if quantized else None
-
-
-def check_int8_scales(pool: torch.Tensor, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None) -> None:
-    """An int8 pool ``[num_pages, page_size, kv_heads, head_dim]`` needs contiguous float32 scales
-    ``[num_pages, page_size, kv_heads]`` for K and for V: raise ``ValueError`` naming what is wrong."""
-    shape = tuple(pool.shape[:3])
-    for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
-        if scale is None:
-            raise ValueError(f"an int8 KV pool needs {name}: float32 {list(shape)} (one per token and KV head)")
-        if tuple(scale.shape) != shape:
-            raise ValueError(f"{name} of an int8 KV pool must be {list(shape)}, got {list(scale.shape)}")
-        if scale.dtype != torch.float32:
-            raise ValueError(f"{name} of an int8 KV pool must be float32, got {scale.dtype}")
-        if not scale.is_contiguous():
-            raise ValueError(f"{name} of an int8 KV pool must be contiguous")
-        if scale.device != pool.device:
-            raise ValueError(f"{name} is on {scale.device}, the int8 KV pool on {pool.device}")
+    if not (k_new.dtype in COMPUTE_DTYPES and v_new.dtype in COMPUTE_DTYPES):
+        raise ValueError(f"new K and V must be float32, float16 or bfloat16, got {k_new.dtype} and {v_new.dtype}")
+    check_scales(fmt, k_pool, head_dim, k_scale, v_scale)
+    return fmt

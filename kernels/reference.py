@@ -3,7 +3,8 @@ computed in float64. Tests compare the Triton kernels and the CPU path against t
 
 Shapes (see ``kernels/__init__.py`` for the page-table layout):
     q            [tokens or batch, q_heads, head_dim]
-    k/v pool     [num_pages, page_size, kv_heads, head_dim]
+    k/v pool     [num_pages, page_size, kv_heads, head_dim] (head_dim // 2 bytes for int4)
+    k/v scale    [num_pages, page_size, kv_heads] (int8, fp8), [..., 2 * head_dim // 32] (int4)
     kv_indptr    [batch + 1]  int32, sequence b's pages are kv_indices[kv_indptr[b]:kv_indptr[b+1]]
     kv_indices   [total pages] int32 physical page ids
 """
@@ -15,19 +16,26 @@ import math
 import torch
 
 
+def dequantize_pool(pool: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """A pool ``[num_pages, page_size, kv_heads, ...]`` as float64 ``[..., head_dim]``: float
+    pools as they are, int8/fp8 times their scale per token and head, int4 unpacked (channel 2j
+    in byte j's low nibble, 2j + 1 in its high one) times its group's scale plus its zero."""
+    if pool.dtype == torch.uint8:
+        values = torch.stack([pool & 15, pool >> 4], dim=-1).flatten(-2).double()
+        groups = scale.shape[-1] // 2
+        values = values.unflatten(-1, (groups, -1))
+        return (values * scale[..., :groups, None].double() + scale[..., groups:, None].double()).flatten(-2)
+    if scale is None:
+        return pool.double()
+    return pool.double() * scale.double()[..., None]
+
+
 def gather_kv(pool: torch.Tensor, pages: torch.Tensor, length: int, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """The first ``length`` tokens held in ``pages``, as float64 ``[length, kv_heads, head_dim]``,
-    times ``scale``: per KV head ``[kv_heads]`` (fp8) or per token and head ``[num_pages,
-    page_size, kv_heads]`` (int8)."""
-    page_size = pool.shape[1]
-    rows = []
-    for t in range(length):
-        page, offset = int(pages[t // page_size]), t % page_size
-        row = pool[page, offset].double()
-        if scale is not None:
-            row = row * (scale if scale.dim() == 1 else scale[page, offset]).double()[:, None]
-        rows.append(row)
-    return torch.stack(rows) if rows else pool.new_zeros((0, *pool.shape[2:]), dtype=torch.float64)
+    """The first ``length`` tokens held in ``pages``, dequantised (see :func:`dequantize_pool`),
+    as float64 ``[length, kv_heads, head_dim]``."""
+    t = torch.arange(length)
+    page, offset = pages.long()[t // pool.shape[1]], t % pool.shape[1]
+    return dequantize_pool(pool[page, offset], None if scale is None else scale[page, offset])
 
 
 def attention(
@@ -98,6 +106,26 @@ def extend_attention(
     return torch.cat(out)
 
 
+def quantize_token(value: torch.Tensor, pool_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One token's ``[kv_heads, head_dim]`` as a pool of ``pool_dtype`` stores it, and its scales,
+    quantised in float32 as the kernels do."""
+    x = value.float()
+    if pool_dtype == torch.int8:  # symmetric, one scale per head
+        s = (x.abs().amax(-1) / 127.0).clamp_min(1e-8)
+        return torch.round((x / s[:, None]).clamp(-127.0, 127.0)).to(pool_dtype), s
+    if pool_dtype == torch.float8_e4m3fn:  # the same, saturating at e4m3's largest value
+        s = (x.abs().amax(-1) / 448.0).clamp_min(1e-8)
+        return (x / s[:, None]).clamp(-448.0, 448.0).to(pool_dtype), s
+    if pool_dtype == torch.uint8:  # int4: per group of 32 channels, float16 scale and zero
+        groups = x.view(x.shape[0], -1, 32)
+        lo, hi = groups.amin(-1), groups.amax(-1)
+        s, z = ((hi - lo) / 15.0).clamp_min(2.0**-14).half(), lo.half()
+        q = torch.round(((groups - z.float()[..., None]) / s.float()[..., None]).clamp(0.0, 15.0)).to(torch.uint8)
+        q = q.view(x.shape[0], -1)
+        return q[:, 0::2] | (q[:, 1::2] << 4), torch.cat([s, z], -1)
+    return value.to(pool_dtype), None
+
+
 def write_kv(
     k_pool: torch.Tensor,
     v_pool: torch.Tensor,
@@ -107,18 +135,13 @@ def write_kv(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
 ) -> None:
-    """Token i's K/V goes to page ``slots[i] // page_size``, offset ``slots[i] % page_size``;
-    an fp8 pool stores ``value / scale`` per KV head; an int8 pool stores ``round(value / s)``
-    with ``s = max |value| / 127`` per KV head of the token, written to ``scale[page, offset]``."""
+    """Token i's K/V goes to page ``slots[i] // page_size``, offset ``slots[i] % page_size``,
+    quantised by :func:`quantize_token`, its scales at the same ``[page, offset]``."""
     page_size = k_pool.shape[1]
     for i, slot in enumerate(slots.tolist()):
         page, offset = divmod(slot, page_size)
         for pool, new, scale in ((k_pool, k_new, k_scale), (v_pool, v_new, v_scale)):
-            value = new[i]
-            if pool.dtype == torch.int8:  # in float32, symmetric, one scale per head
-                s = (value.float().abs().amax(-1) / 127.0).clamp_min(1e-8)
+            value, s = quantize_token(new[i], pool.dtype)
+            pool[page, offset] = value
+            if s is not None:
                 scale[page, offset] = s
-                value = torch.round((value.float() / s[:, None]).clamp(-127.0, 127.0))
-            elif scale is not None:  # quantise in float32, saturating at fp8 e4m3's largest value
-                value = (value.float() / scale[:, None]).clamp(-448.0, 448.0)
-            pool[page, offset] = value.to(pool.dtype)

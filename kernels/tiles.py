@@ -1,9 +1,37 @@
-"""Triton building blocks shared by the decode and extend kernels."""
+"""Triton building blocks shared by the decode and extend kernels: dequantising K/V rows as they
+are loaded (``KV_FORMAT``, see :mod:`radixrt.kernels.layout`), and one online-softmax step."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from radixrt.kernels.layout import INT4_GROUP, KV_FLOAT, KV_INT4
+
+FLOAT = tl.constexpr(KV_FLOAT)
+INT4 = tl.constexpr(KV_INT4)
+GROUP = tl.constexpr(INT4_GROUP)
+
+
+@triton.jit
+def load_rows(POOL, SCALES, row, ok, dtype: tl.constexpr, HEAD_DIM: tl.constexpr, KV_FORMAT: tl.constexpr):
+    """The vectors at pool rows ``row`` (``slot * kv_heads + head``) as ``[len(row), HEAD_DIM]``
+    in ``dtype``, dequantised in registers; rows not ``ok`` read 0."""
+    if KV_FORMAT == INT4:
+        j = tl.arange(0, HEAD_DIM // 2)
+        packed = tl.load(POOL + row[:, None] * (HEAD_DIM // 2) + j[None, :], mask=ok[:, None], other=0)
+        at = SCALES + row[:, None] * (2 * HEAD_DIM // GROUP) + j[None, :] // (GROUP // 2)
+        scale = tl.load(at, mask=ok[:, None], other=0.0).to(tl.float32)
+        zero = tl.load(at + HEAD_DIM // GROUP, mask=ok[:, None], other=0.0).to(tl.float32)
+        low = (packed & 15).to(tl.float32) * scale + zero
+        high = (packed >> 4).to(tl.float32) * scale + zero
+        return tl.interleave(low, high).to(dtype)
+    d = tl.arange(0, HEAD_DIM)
+    x = tl.load(POOL + row[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+    if KV_FORMAT == FLOAT:
+        return x.to(dtype)
+    scale = tl.load(SCALES + row, mask=ok, other=0.0)
+    return (x.to(tl.float32) * scale[:, None]).to(dtype)
 
 
 @triton.jit
@@ -15,33 +43,20 @@ def load_paged_tile(
     t,
     t_ok,
     kv_head,
-    d,
     K_SCALE,
     V_SCALE,
     dtype: tl.constexpr,
     KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
-    QUANTIZED: tl.constexpr,
-    PER_TOKEN: tl.constexpr,
+    KV_FORMAT: tl.constexpr,
 ):
     """K and V ``[len(t), HEAD_DIM]`` of tokens ``t`` of a sequence whose pages start at
-    ``KV_INDICES + first_page``, for one KV head, dequantised to ``dtype``; masked tokens read 0.
-    ``QUANTIZED``: scales per KV head (fp8); with ``PER_TOKEN`` too, one per token and KV head,
-    laid out like the pool without its last dimension (int8)."""
+    ``KV_INDICES + first_page``, for one KV head, in ``dtype``; masked tokens read 0."""
     page = tl.load(KV_INDICES + first_page + t // PAGE_SIZE, mask=t_ok, other=0)
-    slot = page.to(tl.int64) * PAGE_SIZE + t % PAGE_SIZE
-    offs = (slot[:, None] * KV_HEADS + kv_head) * HEAD_DIM + d[None, :]
-    k = tl.load(K + offs, mask=t_ok[:, None], other=0.0)
-    v = tl.load(V + offs, mask=t_ok[:, None], other=0.0)
-    if PER_TOKEN:
-        k_scale = tl.load(K_SCALE + slot * KV_HEADS + kv_head, mask=t_ok, other=0.0)
-        v_scale = tl.load(V_SCALE + slot * KV_HEADS + kv_head, mask=t_ok, other=0.0)
-        k = (k.to(tl.float32) * k_scale[:, None]).to(dtype)
-        v = (v.to(tl.float32) * v_scale[:, None]).to(dtype)
-    elif QUANTIZED:
-        k = (k.to(tl.float32) * tl.load(K_SCALE + kv_head)).to(dtype)
-        v = (v.to(tl.float32) * tl.load(V_SCALE + kv_head)).to(dtype)
+    row = (page.to(tl.int64) * PAGE_SIZE + t % PAGE_SIZE) * KV_HEADS + kv_head
+    k = load_rows(K, K_SCALE, row, t_ok, dtype, HEAD_DIM, KV_FORMAT)
+    v = load_rows(V, V_SCALE, row, t_ok, dtype, HEAD_DIM, KV_FORMAT)
     return k, v
 
 

@@ -37,11 +37,49 @@ def test_invalid_dimension():
         KVPool(num_layers=2, kv_heads=0, head_dim=64, page_size=1, num_pages=4)
 
 
-def test_an_int8_pool_keeps_a_scale_per_token_and_head_and_counts_it():
-    pool = KVPool(**SMOLLM2, page_size=16, dtype=torch.int8, num_pages=4)
-    assert pool.k_scale.shape == (SMOLLM2["num_layers"], 4, 16, SMOLLM2["kv_heads"]) == pool.v_scale.shape
-    per_token = 2 * SMOLLM2["num_layers"] * SMOLLM2["kv_heads"] * (SMOLLM2["head_dim"] + 4)
-    assert pool.bytes_per_token == per_token and len(pool.tensors()) == 4
-    assert pool.scales(1)[0].shape == (4, 16, SMOLLM2["kv_heads"])
-    half = KVPool(**SMOLLM2, page_size=16, dtype=torch.float16, num_pages=4)
-    assert half.scales(0) == (None, None) and pool.bytes_per_token < half.bytes_per_token
+FP8 = torch.float8_e4m3fn
+INT4 = torch.uint8
+# bytes one token's K (or V) takes per layer and KV head at head_dim 64: values, then scales
+ROW_BYTES = {
+    torch.float32: 64 * 4,
+    torch.bfloat16: 64 * 2,
+    torch.float16: 64 * 2,
+    torch.int8: 64 + 4,
+    FP8: 64 + 4,
+    INT4: 32 + 2 * 2 * 2,  # packed, then 2 groups' float16 scale and zero
+}
+# the scales' trailing shape after [layers, pages, page_size, kv_heads] and their dtype
+SCALES = {torch.int8: ((), torch.float32), FP8: ((), torch.float32), INT4: ((4,), torch.float16)}
+
+
+@pytest.mark.parametrize("dtype", ROW_BYTES, ids=str)
+def test_every_kv_format_counts_its_bytes_and_keeps_its_scales_with_the_pages(dtype):
+    pool = KVPool(**SMOLLM2, page_size=16, dtype=dtype, num_pages=4)
+    layers, heads = SMOLLM2["num_layers"], SMOLLM2["kv_heads"]
+    assert pool.bytes_per_token == 2 * layers * heads * ROW_BYTES[dtype]
+    assert pool.nbytes == sum(t.nbytes for t in pool.tensors())
+    assert pool.head_dim == 64 and pool.k.shape == pool.v.shape == (layers, 4, 16, heads, 32 if dtype == INT4 else 64)
+    if dtype not in SCALES:
+        assert pool.scales(0) == (None, None) and pool.tensors() == [pool.k, pool.v]
+        return
+    trailing, scale_dtype = SCALES[dtype]
+    assert len(pool.tensors()) == 4 and all(t.shape[:2] == (layers, 4) for t in pool.tensors())
+    for scale in pool.scales(1):
+        assert scale.shape == (4, 16, heads, *trailing) and scale.dtype == scale_dtype
+
+
+def test_int4_holds_three_times_the_tokens_of_bf16():
+    budget = 1 << 24
+    bf16 = KVPool(**SMOLLM2, page_size=16, dtype=torch.bfloat16, max_bytes=budget)
+    int4 = KVPool(**SMOLLM2, page_size=16, dtype=INT4, max_bytes=budget)
+    assert int4.num_tokens >= 3 * bf16.num_tokens and int4.nbytes <= budget
+
+
+def test_int4_needs_a_head_dim_of_32_channels():
+    with pytest.raises(ValueError, match="multiple of 32 .* got head_dim 16"):
+        KVPool(num_layers=2, kv_heads=2, head_dim=16, page_size=1, num_pages=4, dtype=INT4)
+
+
+def test_an_unknown_dtype_is_refused():
+    with pytest.raises(ValueError, match="a KV pool must be float32, .* got torch.int16"):
+        KVPool(**SMOLLM2, page_size=1, num_pages=4, dtype=torch.int16)

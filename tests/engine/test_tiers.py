@@ -15,10 +15,10 @@ GREEDY = SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True)
 PAGE = 16
 
 
-def small(model: str, pages: int = 12, **tiers) -> Engine:
+def small(model: str, pages: int = 12, kv_dtype: str = "auto", **tiers) -> Engine:
     """An engine whose device pool holds ``pages`` pages of the tiny model."""
-    probe = Engine(model, page_size=PAGE, kv_cache_bytes=1 << 20)
-    return Engine(model, page_size=PAGE, kv_cache_bytes=pages * probe.pool.bytes_per_page, **tiers)
+    probe = Engine(model, page_size=PAGE, kv_cache_bytes=1 << 20, kv_dtype=kv_dtype)
+    return Engine(model, page_size=PAGE, kv_cache_bytes=pages * probe.pool.bytes_per_page, kv_dtype=kv_dtype, **tiers)
 
 
 def conversations(n: int = 6) -> list[list[int]]:
@@ -27,20 +27,23 @@ def conversations(n: int = 6) -> list[list[int]]:
     return prompts(n, shared=48, own=80, seed=3)
 
 
-@pytest.mark.parametrize("eviction", ["lru", "adaptive"])
-def test_host_tier_loads_back_exact_kv_and_counts_it_as_cached(tiny, eviction):
+@pytest.mark.parametrize("eviction, kv_dtype", [("lru", "auto"), ("adaptive", "auto"), ("lru", "int8"), ("lru", "fp8")])
+def test_host_tier_loads_back_exact_kv_and_counts_it_as_cached(tiny, eviction, kv_dtype):
+    """Quantized pages move with their scales: the tiered engine reads a prefix loaded from the host
+    exactly as an engine with room for everything on the device reads it."""
     batch = conversations()
-    reference = Engine(tiny, page_size=PAGE, kv_cache_bytes=8 << 20, enable_cache=False)
-    expected = [reference.generate(p, GREEDY).token_ids for p in batch]
-    device_only = small(tiny, eviction=eviction)
-    tiered = small(tiny, host_cache_bytes=64 * device_only.pool.bytes_per_page, eviction=eviction)
+    roomy = Engine(tiny, page_size=PAGE, kv_cache_bytes=8 << 20, kv_dtype=kv_dtype)
+    expected = [[roomy.generate(p, GREEDY).token_ids for p in batch] for _ in range(2)]
+    device_only = small(tiny, eviction=eviction, kv_dtype=kv_dtype)
+    tiered = small(tiny, host_cache_bytes=64 * device_only.pool.bytes_per_page, eviction=eviction, kv_dtype=kv_dtype)
+    assert [[tiered.generate(p, GREEDY).token_ids for p in batch] for _ in range(2)] == expected
+    for _ in range(2):
+        [device_only.generate(p, GREEDY) for p in batch]
     for engine in (device_only, tiered):
-        for _ in range(2):
-            assert [engine.generate(p, GREEDY).token_ids for p in batch] == expected
         check_pages(engine)
     alone, both = device_only.stats(), tiered.stats()
     assert both["host_hit_tokens"] > 0 and both["host_loads"] > 0 and both["host_stores"] > 0
-    assert both["cached_tokens"] > alone["cached_tokens"]
+    assert both["cached_tokens"] > alone["cached_tokens"] and both["cached_tokens"] == roomy.stats()["cached_tokens"]
     assert both["computed_tokens"] == both["prompt_tokens"] - both["cached_tokens"]
     assert both["pages_host"] <= both["pages_host_total"] == 64
 

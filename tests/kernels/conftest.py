@@ -1,4 +1,4 @@
-"""Kernel tests: the Triton interpreter's bfloat16 fix, and a per-test random generator."""
+"""Kernel tests: the Triton interpreter's bfloat16 and fp8 fixes, and a per-test random generator."""
 
 import importlib.util
 import os
@@ -12,7 +12,13 @@ import torch
 collect_ignore = (
     []
     if importlib.util.find_spec("triton")
-    else ["test_attention.py", "test_int8.py", "test_kv_write.py", "test_gpu_compile.py", "test_engine_triton.py"]
+    else [
+        "test_attention.py",
+        "test_kv_formats.py",
+        "test_kv_write.py",
+        "test_gpu_compile.py",
+        "test_engine_triton.py",
+    ]
 )
 
 if collect_ignore:
@@ -37,15 +43,18 @@ elif os.environ.get("TRITON_INTERPRET") == "1":
     interpreter.InterpreterBuilder.create_dot = _create_dot_bf16
 
     _convert_float = interpreter._convert_float
+    _ROUNDED = {tl.float8e4nv: (torch.float8_e4m3fn, torch.uint8), tl.bfloat16: (torch.bfloat16, torch.int16)}
 
-    def _convert_float_fp8(data, src_type, dst_type, rounding_mode):
+    def _convert_float_rounded(data, src_type, dst_type, rounding_mode):
         """The interpreter truncates float32 -> fp8 e4m3 and loses the carry when rounding up to
-        the next power of two (31.6 becomes 16); convert as the GPU does, to nearest even."""
-        if src_type == tl.float32 and dst_type == tl.float8e4nv:
-            return torch.from_numpy(np.ascontiguousarray(data)).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+        the next power of two (31.6 becomes 16), and truncates float32 -> bfloat16; convert as the
+        GPU does, to nearest even."""
+        if src_type == tl.float32 and dst_type in _ROUNDED:
+            dtype, bits = _ROUNDED[dst_type]
+            return torch.from_numpy(np.ascontiguousarray(data)).to(dtype).view(bits).numpy()
         return _convert_float(data, src_type, dst_type, rounding_mode)
 
-    interpreter._convert_float = _convert_float_fp8
+    interpreter._convert_float = _convert_float_rounded
 
 
 @pytest.fixture

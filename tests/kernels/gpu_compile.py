@@ -11,13 +11,33 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from radixrt.kernels import decode, extend, kv_write  # noqa: E402
+from radixrt.kernels.layout import KV_FLOAT, KV_FP8, KV_INT4, KV_INT8  # noqa: E402
 
 INT32_POINTERS = {"KV_INDPTR", "KV_INDICES", "SEQ_LENS", "QO_INDPTR", "PREFIX_LENS"}
-FP32_POINTERS = {"K_SCALE", "V_SCALE", "PART_O", "PART_LSE"}
+FP32_POINTERS = {"PART_O", "PART_LSE"}
+SCALE_POINTERS = {"K_SCALE", "V_SCALE"}
+FORMATS = {"i8": KV_INT8, "fp8e4nv": KV_FP8, "u8": KV_INT4}
+"""Pool dtypes that are not float, by their format (a uint8 pool is packed int4)."""
+PAIRS = (
+    ("fp32", "fp32"),
+    ("fp16", "fp16"),
+    ("bf16", "bf16"),
+    ("bf16", "fp32"),
+    ("fp32", "bf16"),
+    ("fp16", "bf16"),
+    ("bf16", "fp8e4nv"),
+    ("fp16", "fp8e4nv"),
+    ("bf16", "i8"),
+    ("fp32", "i8"),
+    ("bf16", "u8"),
+    ("fp32", "u8"),
+)
+"""(compute dtype, pool dtype): every format, and float pools read by another float dtype."""
 
 
 def signature(fn, q_dtype: str, kv_dtype: str) -> dict[str, str]:
-    """Pointer types by parameter name: the pool (K, V) in ``kv_dtype``, activations in ``q_dtype``."""
+    """Pointer types by parameter name: the pool (K, V) in ``kv_dtype``, its scales in what that
+    format keeps (float16 for int4, else float32), activations in ``q_dtype``."""
     sig = {}
     for p in fn.params:
         name = p.name
@@ -29,6 +49,8 @@ def signature(fn, q_dtype: str, kv_dtype: str) -> dict[str, str]:
             sig[name] = "*i32"
         elif name in FP32_POINTERS:
             sig[name] = "*fp32"
+        elif name in SCALE_POINTERS:
+            sig[name] = "*fp16" if kv_dtype == "u8" else "*fp32"
         elif name == "SLOTS":
             sig[name] = "*i64"
         elif name.isupper():
@@ -40,12 +62,10 @@ def signature(fn, q_dtype: str, kv_dtype: str) -> dict[str, str]:
 
 def main() -> None:
     target = GPUTarget("cuda", 90, 32)
-    pairs = (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"), ("bf16", "fp8e4nv"), ("bf16", "i8"), ("fp32", "i8"))
-    for q_dtype, kv_dtype in pairs:
+    for q_dtype, kv_dtype in PAIRS:
         block = 32 if q_dtype == "fp32" else 64
         for head_dim in (64, 128):
-            quantized = dict(QUANTIZED=kv_dtype in ("fp8e4nv", "i8"), PER_TOKEN=kv_dtype == "i8")
-            common = dict(KV_HEADS=8, HEAD_DIM=head_dim, **quantized)
+            common = dict(KV_HEADS=8, HEAD_DIM=head_dim, KV_FORMAT=FORMATS.get(kv_dtype, KV_FLOAT))
             attention = dict(common, GROUP=4, PAGE_SIZE=16, IEEE=q_dtype == "fp32")
             variants = [
                 (decode._decode_partial, dict(attention, Q_HEADS=32, BLOCK_N=block, BLOCK_H=16)),

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import torch
 
-from radixrt.kernels.layout import PagedKV
+from radixrt.kernels.layout import KV_FLOAT, PagedKV, kv_format, scale_spec, stored_dim
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
@@ -54,7 +54,7 @@ def random_pages(gen: torch.Generator, lens: list[int], page_size: int) -> tuple
     return out, 2 * (sum(counts) + 1)
 
 
-def make_paged(gen, lens, page_size, kv_heads, head_dim, dtype, fp8=False) -> PagedKV:
+def make_paged(gen, lens, page_size, kv_heads, head_dim, dtype) -> PagedKV:
     """A pool whose unused pages hold NaN, so reading a wrong page fails the comparison."""
     pages, num_pages = random_pages(gen, lens, page_size)
     shape = (num_pages, page_size, kv_heads, head_dim)
@@ -63,19 +63,34 @@ def make_paged(gen, lens, page_size, kv_heads, head_dim, dtype, fp8=False) -> Pa
     for p in pages:
         k[p.long()] = torch.randn(len(p), *shape[1:], generator=gen)
         v[p.long()] = torch.randn(len(p), *shape[1:], generator=gen)
-    scales = {}
-    if fp8:
-        scales = dict(
-            k_scale=torch.rand(kv_heads, generator=gen) * 0.02 + 0.01,
-            v_scale=torch.rand(kv_heads, generator=gen) * 0.02 + 0.01,
-        )
-        k = (k / scales["k_scale"][:, None]).to(torch.float8_e4m3fn)
-        v = (v / scales["v_scale"][:, None]).to(torch.float8_e4m3fn)
-    else:
-        k, v = k.to(dtype), v.to(dtype)
     indptr = torch.tensor([0] + np.cumsum([len(p) for p in pages]).tolist(), dtype=torch.int32)
     indices = torch.cat(pages) if pages else torch.zeros(0, dtype=torch.int32)
-    return PagedKV(k, v, indptr, indices, **scales)
+    return PagedKV(k.to(dtype), v.to(dtype), indptr, indices)
+
+
+def empty_pools(num_pages: int, page_size: int, kv_heads: int, head_dim: int, pool_dtype: torch.dtype):
+    """K and V pools of ``pool_dtype`` and their scales (None for a float pool). Float pools and
+    scales start NaN, so that reading a slot that was never written fails the comparison."""
+    fmt = kv_format(pool_dtype)
+    shape = (num_pages, page_size, kv_heads, stored_dim(head_dim, pool_dtype))
+    k = torch.full(shape, float("nan"), dtype=pool_dtype) if fmt == KV_FLOAT else torch.zeros(shape, dtype=pool_dtype)
+    spec = scale_spec(fmt, head_dim)
+    if spec is None:
+        return k, k.clone(), None, None
+    k_scale = torch.full((*shape[:3], *spec[0]), float("nan"), dtype=spec[1])
+    return k, k.clone(), k_scale, k_scale.clone()
+
+
+def stored_copy(kv: PagedKV, pool_dtype: torch.dtype, write) -> PagedKV:
+    """``kv``'s tokens (every slot of every page in its page table) written by ``write`` into a
+    pool of ``pool_dtype``: a shared page is written once and then read by all its sequences."""
+    page_size = kv.page_size
+    pages = kv.indices.long().unique()
+    slots = (pages[:, None] * page_size + torch.arange(page_size)).flatten()
+    k, v, k_scale, v_scale = empty_pools(kv.k.shape[0], page_size, kv.kv_heads, kv.head_dim, pool_dtype)
+    flat = kv.k.view(-1, kv.kv_heads, kv.head_dim), kv.v.view(-1, kv.kv_heads, kv.head_dim)
+    write(k, v, slots.to(torch.int32), flat[0][slots], flat[1][slots], k_scale, v_scale)
+    return PagedKV(k, v, kv.indptr, kv.indices, k_scale, v_scale)
 
 
 def share_pages(kv: PagedKV, shares: dict[int, tuple[int, int]]) -> PagedKV:

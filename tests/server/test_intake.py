@@ -47,3 +47,15 @@ def test_a_constraint_slower_to_compile_than_allowed_is_refused(intake, monkeypa
         intake.prepare(p.Generate("a", prompt="hi", params=wire), WORKERS)
     monkeypatch.setattr(intake_module, "COMPILE_TIMEOUT", 30.0)
     assert intake.prepare(p.Generate("b", prompt="hi", params=wire), WORKERS).params.json_schema == schema
+
+
+def test_windows_the_workers_cannot_hold_are_refused_and_long_windowed_text_is_taken(intake):
+    small = p.wire_sampling(SamplingParams(kv_window=8))
+    with pytest.raises(Refused, match=r"kv_window must be at least a page \(16 tokens\), got 8"):
+        intake.prepare(p.Generate("a", prompt="hi", params=small), WORKERS)
+    huge = p.wire_sampling(SamplingParams(kv_window=1 << 20, sink_tokens=4))
+    with pytest.raises(Refused, match="needs up to .* tokens of KV cache, and it holds 65536"):
+        intake.prepare(p.Generate("b", prompt="hi", params=huge), WORKERS)
+    windowed = p.wire_sampling(SamplingParams(kv_window=512, sink_tokens=4))
+    past_context = "word " * 3000  # more tokens than the 2048-token context: a window takes them
+    assert len(intake.prepare(p.Generate("c", prompt=past_context, params=windowed), WORKERS).prompt) > 2048
