@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pydoc_data.topics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pydoc_data.topics
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,7 +61,7 @@ def score(engine: Engine, tokens: list[int], params: SamplingParams, label: str)
 
 
 def perplexity(logprobs: np.ndarray) -> float | None:
-    return float(math.exp(-logprobs.mean())) if logprobs.size else None
+    return round(float(math.exp(-logprobs.mean())), 3) if logprobs.size else None
 
 
 def main() -> None:
@@ -119,7 +119,7 @@ def main() -> None:
                 "perplexity_inside_context": inside,
                 "perplexity_past_context": past,
                 "most_pages": {label: most for label, (_, most, _) in runs.items()},
-                "by_span": rows[: -4],
+                "by_span": rows[:-4],
             }
         )
     )

@@ -46,6 +46,11 @@ FORBIDDEN = {
     "radixrt.lang": ("radixrt.server", "radixrt.http", "radixrt.wire", "radixrt.replay"),
     "radixrt.replay": ("radixrt.server", "radixrt.http", "radixrt.wire"),
 }
+ALLOWED = {
+    # the pool's memory is laid out as the kernels read it: its formats and scale shapes are defined
+    # once, in the kernel layer's layout module, which imports nothing but torch
+    ("radixrt.cache.kv_pool", "radixrt.kernels.layout"),
+}
 
 
 def modules() -> dict[str, Path]:
@@ -102,7 +107,7 @@ def test_dependencies_point_one_way():
         for dep in imports(name, path, set(known))
         for floor, banned in FORBIDDEN.items()
         if name == floor or name.startswith(floor + ".")
-        if dep.startswith(banned) and not dep.startswith(floor)
+        if dep.startswith(banned) and not dep.startswith(floor) and (name, dep) not in ALLOWED
     ]
     assert not wrong, wrong
 

@@ -339,7 +339,7 @@ def test_min_tokens_hold_off_stop_token_ids(served, api):
         ),
         (json.dumps({"prompt": "x", "min_tokens": 9, "max_tokens": 4}).encode(), {}, 400, "min_tokens must be"),
         (json.dumps({"prompt": "x", "top_k": -2}).encode(), {}, 400, "top_k must be"),
-        (json.dumps({"prompt": "x", "kv_window": 4}).encode(), {}, 400, "kv_window must be at least a page"),
+        (json.dumps({"prompt": "x", "kv_window": 2}).encode(), {}, 400, "kv_window must be at least a page (4 tokens)"),
         (json.dumps({"prompt": "x", "sink_tokens": 4}).encode(), {}, 400, "sink_tokens (4) needs a kv_window"),
         (
             json.dumps({"prompt": "x", "structured_outputs": {"grammar": "root ::= x"}}).encode(),
