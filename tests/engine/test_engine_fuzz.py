@@ -31,6 +31,8 @@ PLAUSIBLE = {
     "stop_token_ids": st.lists(st.integers(0, TINY_VOCAB - 1), max_size=3),
     "ignore_eos": st.booleans(),
     "logprobs": st.booleans(),
+    "kv_window": st.sampled_from([None, 4, 8, 24]),  # pages of 4: windows slide, drop shared pages, retract
+    "sink_tokens": st.sampled_from([0, 1, 4, 6]),
 }
 
 
