@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared run on a GPU machine: the kernel tests compiled and run for real against the
 # float64 reference, the engine through the kernels against the CPU path, and the GPU benchmarks
-# (kernels; host tier copies against the copy engine's peak; the agent workload on a model shaped
+# (kernels; host tier copies against the copy engine's peak; the KV formats' decode and extend
+# kernels against bf16's tokens/s and the copy bandwidth; the agent workload on a model shaped
 # like the default one with random weights).
 #
 #   bench/device_check.sh [OUT_DIR] [MODEL_LIKE_DIR]
@@ -35,6 +36,7 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its log, note how it ende
 step kernel_tests 240 python3 -m pytest -q -p no:cacheprovider tests/kernels
 step bench_kernels 180 python3 bench/bench_kernels.py --cpu-iters 3
 step bench_tier_copy 60 python3 bench/bench_tier_copy.py
+step bench_kv_dtype 180 python3 bench/bench_kv_dtype.py --skip-quality
 if [ -n "$like" ]; then
     step random_model 60 python3 bench/random_model.py /tmp/radixrt-random --like "$like"
     step bench_engine 180 python3 bench/bench_engine.py --model /tmp/radixrt-random

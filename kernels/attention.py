@@ -28,7 +28,7 @@ them, and the kernels dequantise each K/V row in registers as they load it):
 - int8 and fp8 (e4m3fn): symmetric per token and KV head, ``scale = max |x| / 127`` (or ``/ 448``),
   float32 scales ``[num_pages, page_size, kv_heads]``.
 - int4 (a uint8 pool ``[num_pages, page_size, kv_heads, head_dim // 2]``, two channels a byte):
-  asymmetric per token, KV head and group of 32 channels, float16 scales and zeros
+  asymmetric per token, KV head and group of 16 channels (INT4_GROUP), float16 scales and zeros
   ``[num_pages, page_size, kv_heads, 2 * head_dim // 32]``.
 The scales live with the pages: a page shared by many sequences, or moved between tiers, reads the
 same for all.

@@ -4,7 +4,7 @@ computed in float64. Tests compare the Triton kernels and the CPU path against t
 Shapes (see ``kernels/__init__.py`` for the page-table layout):
     q            [tokens or batch, q_heads, head_dim]
     k/v pool     [num_pages, page_size, kv_heads, head_dim] (head_dim // 2 bytes for int4)
-    k/v scale    [num_pages, page_size, kv_heads] (int8, fp8), [..., 2 * head_dim // 32] (int4)
+    k/v scale    [num_pages, page_size, kv_heads] (int8, fp8), [..., 2 * head_dim // INT4_GROUP] (int4)
     kv_indptr    [batch + 1]  int32, sequence b's pages are kv_indices[kv_indptr[b]:kv_indptr[b+1]]
     kv_indices   [total pages] int32 physical page ids
 """
@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from radixrt.kernels.layout import INT4_GROUP
 
 
 def dequantize_pool(pool: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,8 +118,8 @@ def quantize_token(value: torch.Tensor, pool_dtype: torch.dtype) -> tuple[torch.
     if pool_dtype == torch.float8_e4m3fn:  # the same, saturating at e4m3's largest value
         s = (x.abs().amax(-1) / 448.0).clamp_min(1e-8)
         return (x / s[:, None]).clamp(-448.0, 448.0).to(pool_dtype), s
-    if pool_dtype == torch.uint8:  # int4: per group of 32 channels, float16 scale and zero
-        groups = x.view(x.shape[0], -1, 32)
+    if pool_dtype == torch.uint8:  # int4: per group of INT4_GROUP channels, float16 scale and zero
+        groups = x.view(x.shape[0], -1, INT4_GROUP)
         lo, hi = groups.amin(-1), groups.amax(-1)
         s, z = ((hi - lo) / 15.0).clamp_min(2.0**-14).half(), lo.half()
         q = torch.round(((groups - z.float()[..., None]) / s.float()[..., None]).clamp(0.0, 15.0)).to(torch.uint8)

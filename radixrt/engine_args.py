@@ -56,7 +56,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="how the KV cache stores K and V: the model's dtype (auto, the default), another float dtype, "
         "fp8 (e4m3) or int8 with a scale per token and KV head (about half the bytes of bf16), or int4 with a "
-        "scale and zero per 32 channels (about a third); see docs/kv-compression.md for the quality each keeps",
+        "scale and zero per 16 channels (about 37%% of bf16); see docs/kv-compression.md for the quality each keeps",
     )
     parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page (default 16)")
     parser.add_argument("--max-running", type=int, default=64, help="most requests a worker runs at once (default 64)")

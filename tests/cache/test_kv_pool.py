@@ -46,10 +46,10 @@ ROW_BYTES = {
     torch.float16: 64 * 2,
     torch.int8: 64 + 4,
     FP8: 64 + 4,
-    INT4: 32 + 2 * 2 * 2,  # packed, then 2 groups' float16 scale and zero
+    INT4: 32 + 4 * 2 * 2,  # packed, then 4 groups' float16 scale and zero
 }
 # the scales' trailing shape after [layers, pages, page_size, kv_heads] and their dtype
-SCALES = {torch.int8: ((), torch.float32), FP8: ((), torch.float32), INT4: ((4,), torch.float16)}
+SCALES = {torch.int8: ((), torch.float32), FP8: ((), torch.float32), INT4: ((8,), torch.float16)}
 
 
 @pytest.mark.parametrize("dtype", ROW_BYTES, ids=str)
@@ -68,16 +68,16 @@ def test_every_kv_format_counts_its_bytes_and_keeps_its_scales_with_the_pages(dt
         assert scale.shape == (4, 16, heads, *trailing) and scale.dtype == scale_dtype
 
 
-def test_int4_holds_three_times_the_tokens_of_bf16():
+def test_int4_holds_more_than_two_and_a_half_times_the_tokens_of_bf16():
     budget = 1 << 24
     bf16 = KVPool(**SMOLLM2, page_size=16, dtype=torch.bfloat16, max_bytes=budget)
     int4 = KVPool(**SMOLLM2, page_size=16, dtype=INT4, max_bytes=budget)
-    assert int4.num_tokens >= 3 * bf16.num_tokens and int4.nbytes <= budget
+    assert int4.num_tokens >= 2.6 * bf16.num_tokens and int4.nbytes <= budget  # 256 bytes a head-token against 96
 
 
-def test_int4_needs_a_head_dim_of_32_channels():
-    with pytest.raises(ValueError, match="multiple of 32 .* got head_dim 16"):
-        KVPool(num_layers=2, kv_heads=2, head_dim=16, page_size=1, num_pages=4, dtype=INT4)
+def test_int4_needs_a_head_dim_its_groups_divide():
+    with pytest.raises(ValueError, match="multiple of 16 .* got head_dim 24"):
+        KVPool(num_layers=2, kv_heads=2, head_dim=24, page_size=1, num_pages=4, dtype=INT4)
 
 
 def test_an_unknown_dtype_is_refused():
