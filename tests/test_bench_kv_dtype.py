@@ -10,9 +10,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_kv_dtype as bench  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 from radixrt import Engine, SamplingParams  # noqa: E402
+from testkit.engines import tiny_llama  # noqa: E402
 
 FORMATS = ["fp32", "bf16", "int8", "int4"] + (["fp8"] if hasattr(torch, "float8_e4m3fn") else [])
 
@@ -20,19 +20,7 @@ FORMATS = ["fp32", "bf16", "int8", "int4"] + (["fp8"] if hasattr(torch, "float8_
 @pytest.fixture(scope="module")
 def tiny32(tmp_path_factory) -> str:
     """A 2-layer random Llama with head_dim 32 (two int4 groups a head)."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=128,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    path = tmp_path_factory.mktemp("tiny32")
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
-    return str(path)
+    return tiny_llama(tmp_path_factory.mktemp("tiny32"), head_dim=32, context=256, vocab_size=128)
 
 
 def test_kernel_timing_runs_every_format_and_compares_to_fp32_and_bf16():

@@ -5,12 +5,11 @@ leaves the cache's shared pages shared, and refuses what it cannot do."""
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 from radixrt import Engine, SamplingParams
 from radixrt.engine.window import KVWindow, window_pages
 from radixrt.model.llama import rotate
-from testkit.engines import TINY_VOCAB, check_pages, run_to_end
+from testkit.engines import TINY_VOCAB, check_pages, run_to_end, tiny_llama
 
 CONTEXT = 128
 
@@ -18,19 +17,7 @@ CONTEXT = 128
 @pytest.fixture(scope="module")
 def short(tmp_path_factory) -> str:
     """A 2-layer random Llama with a 128-token context."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=TINY_VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=CONTEXT,
-    )
-    path = tmp_path_factory.mktemp("short")
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
-    return str(path)
+    return tiny_llama(tmp_path_factory.mktemp("short"), context=CONTEXT)
 
 
 def greedy(n: int, **window) -> SamplingParams:

@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 from radixrt import Engine, SamplingParams
 from radixrt.kernels import attention, cpu
@@ -15,6 +14,7 @@ from radixrt.kernels import decode as triton_decode
 from radixrt.kernels import extend as triton_extend
 from radixrt.kernels import kv_write as triton_kv_write
 from radixrt.kernels.attention import attention_backend
+from testkit.engines import tiny_llama
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 pytestmark = pytest.mark.skipif(
@@ -35,20 +35,7 @@ def build_tiny(tmp_path_factory, head_dim: int) -> str:
     """A 2-layer random Llama (4 query heads of ``head_dim``, GQA 2) as tests/engine/conftest.py
     builds it, with weights 5x larger than the default init: sharper attention, so that a kernel
     reading a wrong token or mis-scaling its softmax moves the logits by 1e-3 or more, not 1e-5."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=4 * head_dim,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.1,
-    )
-    path = tmp_path_factory.mktemp("tiny")
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
-    return str(path)
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), head_dim, vocab_size=VOCAB, initializer_range=0.1)
 
 
 @pytest.fixture(scope="module")

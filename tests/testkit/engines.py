@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from radixrt import Engine
 
 TINY_VOCAB = 113
+
+
+def tiny_llama(path: Path, head_dim: int = 16, context: int = 512, **config) -> str:
+    """A random 2-layer Llama saved at ``path`` (4 query heads of ``head_dim``, 2 KV heads, a
+    ``context``-token position limit, no tokenizer), the same weights for the same arguments."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        **{"vocab_size": TINY_VOCAB, **config},
+        hidden_size=4 * head_dim,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+    )
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    return str(path)
 
 
 def prompts(n: int, shared: int, own: int, seed: int = 0) -> list[list[int]]:
