@@ -68,9 +68,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import table  # noqa: E402
+from workloads import working_set_pages  # noqa: E402
 
 from radixrt import Engine, SamplingParams  # noqa: E402
-from radixrt.cache import KVPool, RadixCache  # noqa: E402
+from radixrt.cache import KVPool  # noqa: E402
 from radixrt.engine.model_runner import kv_pool_dtype  # noqa: E402
 from radixrt.kernels.attention import PagedKV, decode_attention, extend_attention, write_kv  # noqa: E402
 
@@ -435,15 +436,6 @@ def kernel_part(dtypes: list[str], batch: int, context: int, repeats: int, devic
 
 
 # ---- 4. hit rate at a byte budget ---------------------------------------------------------------
-
-
-def working_set_pages(prompts: list[np.ndarray]) -> int:
-    """Distinct whole pages over all prompts: what an unbounded cache ends up holding."""
-    tree = RadixCache(PAGE)
-    for p in prompts:
-        n = len(p) // PAGE
-        tree.insert(p[: n * PAGE], np.zeros(n, dtype=np.int32))
-    return tree.total_size()
 
 
 def hit_rate_part(dtypes: list[str], per_token: dict[str, int], args, tokenizer, trace: str) -> tuple[list[dict], dict]:

@@ -36,8 +36,8 @@ from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import table  # noqa: E402
+from workloads import working_set_pages  # noqa: E402
 
-from radixrt.cache import RadixCache  # noqa: E402
 from radixrt.lang import Runtime, RuntimeEndpoint  # noqa: E402
 from radixrt.model.loader import hf_directory  # noqa: E402
 from radixrt.replay.cache_sim import simulate  # noqa: E402
@@ -50,15 +50,6 @@ from radixrt.server.launch import ServerProcess  # noqa: E402
 PAGE = 16
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 DEFAULT_TRACE = TRACES / "lmcache-agent" / "taubench"
-
-
-def working_set_pages(prompts: list[np.ndarray]) -> int:
-    """Distinct whole pages over all prompts: what an unbounded cache ends up holding."""
-    tree = RadixCache(PAGE)
-    for p in prompts:
-        n = len(p) // PAGE
-        tree.insert(p[: n * PAGE], np.zeros(n, dtype=np.int32))
-    return tree.total_size()
 
 
 def replay(backend, requests, args, limit: int | None = None):

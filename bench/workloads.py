@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from radixrt.cache import RadixCache
+
 VOCAB = 49152  # SmolLM2's vocabulary size
+
+
+def working_set_pages(prompts: list[np.ndarray], page_size: int = 16) -> int:
+    """Distinct whole pages over all prompts: what an unbounded cache ends up holding."""
+    tree = RadixCache(page_size)
+    for p in prompts:
+        n = len(p) // page_size
+        tree.insert(p[: n * page_size], np.zeros(n, dtype=np.int32))
+    return tree.total_size()
 
 
 def _text(rng: np.random.Generator, low: int, high: int) -> np.ndarray:
