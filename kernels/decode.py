@@ -39,6 +39,7 @@ def _decode_partial(
     KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -56,11 +57,13 @@ def _decode_partial(
     rows = tl.arange(0, BLOCK_H)
     row_ok = rows < GROUP
     heads = kv_head * GROUP + rows
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=row_ok[:, None], other=0.0)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    mask = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=mask, other=0.0)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     first_page = tl.load(KV_INDPTR + b)
     for n0 in range(start, end, BLOCK_N):
         t = n0 + tl.arange(0, BLOCK_N)
@@ -78,6 +81,7 @@ def _decode_partial(
             q.dtype,
             KV_HEADS,
             HEAD_DIM,
+            BLOCK_D,
             PAGE_SIZE,
             KV_FORMAT,
         )
@@ -87,7 +91,7 @@ def _decode_partial(
     out = acc / tl.where(has_tokens, l_i, 1.0)[:, None]
     lse = tl.where(has_tokens, m_i + tl.log(tl.where(has_tokens, l_i, 1.0)), float("-inf"))
     part = (b * Q_HEADS + heads) * num_splits + split
-    tl.store(PART_O + part[:, None] * HEAD_DIM + d[None, :], out, mask=row_ok[:, None])
+    tl.store(PART_O + part[:, None] * HEAD_DIM + d[None, :], out, mask=mask)
     tl.store(PART_LSE + part, lse, mask=row_ok)
 
 
@@ -101,20 +105,22 @@ def _decode_merge(
     num_splits,
     Q_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
     s_ok = s < num_splits
-    d = tl.arange(0, HEAD_DIM)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
     part = (b * Q_HEADS + h) * num_splits + s
     lse = tl.load(PART_LSE + part, mask=s_ok, other=float("-inf"))
     weight = tl.exp(lse - tl.max(lse, 0))
     weight = weight / tl.sum(weight, 0)
-    o = tl.load(PART_O + part[:, None] * HEAD_DIM + d[None, :], mask=s_ok[:, None], other=0.0)
+    o = tl.load(PART_O + part[:, None] * HEAD_DIM + d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
     out = tl.sum(o * weight[:, None], 0)
-    tl.store(O + b * stride_ob + h * stride_oh + d, out.to(O.dtype.element_ty))
+    tl.store(O + b * stride_ob + h * stride_oh + d, out.to(O.dtype.element_ty), mask=d_ok)
 
 
 def choose_num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device) -> int:
@@ -147,6 +153,7 @@ def decode_attention(
     part_o = torch.empty(batch, q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(batch, q_heads, num_splits, dtype=torch.float32, device=q.device)
     group = q_heads // kv.kv_heads
+    block_d = triton.next_power_of_2(head_dim)  # tl.arange's size; the channels past head_dim are masked
     k_scale, v_scale = kv.scales()
     _decode_partial[(batch, kv.kv_heads, num_splits)](
         q,
@@ -167,6 +174,7 @@ def decode_attention(
         KV_HEADS=kv.kv_heads,
         GROUP=group,
         HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
         PAGE_SIZE=kv.page_size,
         BLOCK_N=64 if q.element_size() < 4 else 32,
         BLOCK_H=max(16, triton.next_power_of_2(group)),
@@ -185,6 +193,7 @@ def decode_attention(
         num_splits,
         Q_HEADS=q_heads,
         HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
         BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
         num_warps=4,
     )

@@ -43,6 +43,7 @@ def _extend(
     KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -59,11 +60,16 @@ def _extend(
     kv_head = h // GROUP
     rows = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < q_len
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + (q_start + rows)[:, None] * stride_qt + h * stride_qh + d[None, :], mask=row_ok[:, None], other=0.0)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    q = tl.load(
+        Q + (q_start + rows)[:, None] * stride_qt + h * stride_qh + d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     prefix_len = tl.load(PREFIX_LENS + b)
     first_page = tl.load(KV_INDPTR + b)
@@ -83,6 +89,7 @@ def _extend(
             q.dtype,
             KV_HEADS,
             HEAD_DIM,
+            BLOCK_D,
             PAGE_SIZE,
             KV_FORMAT,
         )
@@ -92,11 +99,12 @@ def _extend(
     for n0 in range(0, last, BLOCK_N):
         j = n0 + tl.arange(0, BLOCK_N)
         j_ok = j < q_len
+        kv_mask = j_ok[:, None] & d_ok[None, :]
         k = tl.load(
-            K_NEW + (q_start + j)[:, None] * stride_kt + kv_head * stride_kh + d[None, :], mask=j_ok[:, None], other=0.0
+            K_NEW + (q_start + j)[:, None] * stride_kt + kv_head * stride_kh + d[None, :], mask=kv_mask, other=0.0
         ).to(q.dtype)
         v = tl.load(
-            V_NEW + (q_start + j)[:, None] * stride_vt + kv_head * stride_vh + d[None, :], mask=j_ok[:, None], other=0.0
+            V_NEW + (q_start + j)[:, None] * stride_vt + kv_head * stride_vh + d[None, :], mask=kv_mask, other=0.0
         ).to(q.dtype)
         keep = j_ok[None, :] & (j[None, :] <= rows[:, None])
         m_i, l_i, acc = attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE)
@@ -105,7 +113,7 @@ def _extend(
     tl.store(
         O + (q_start + rows)[:, None] * stride_ot + h * stride_oh + d[None, :],
         out.to(O.dtype.element_ty),
-        mask=row_ok[:, None],
+        mask=row_ok[:, None] & d_ok[None, :],
     )
 
 
@@ -169,6 +177,7 @@ def extend_attention(
         KV_HEADS=kv.kv_heads,
         GROUP=q_heads // kv.kv_heads,
         HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim),  # tl.arange's size; the channels past head_dim are masked
         PAGE_SIZE=kv.page_size,
         BLOCK_M=block_m,
         BLOCK_N=block_n,

@@ -32,9 +32,10 @@ INT4_FLOOR = tl.constexpr(INT4_SCALE_FLOOR)
 
 @triton.jit
 def quantize_symmetric(x, SCALES, row, ok, LIMIT: tl.constexpr, ROUND: tl.constexpr):
-    """Rows ``x [BLOCK_H, HEAD_DIM]`` -> ``x / scale`` clamped to +-``LIMIT`` (rounded to integers
+    """Rows ``x [BLOCK_H, BLOCK_D]`` -> ``x / scale`` clamped to +-``LIMIT`` (rounded to integers
     with ``ROUND``, as ``torch.round`` does: the interpreter has no ``rint``), ``scale = max |row|
-    / LIMIT``, which is stored at ``SCALES[row]``."""
+    / LIMIT``, which is stored at ``SCALES[row]``. Padding channels must hold 0: ``|0|`` never
+    raises the max, so only the real channels set the scale."""
     scale = tl.maximum(tl.max(tl.abs(x), 1) / LIMIT, SCALE_FLOOR)
     tl.store(SCALES + row, scale, mask=ok)
     x = tl.clamp(x / scale[:, None], -LIMIT, LIMIT)
@@ -44,37 +45,54 @@ def quantize_symmetric(x, SCALES, row, ok, LIMIT: tl.constexpr, ROUND: tl.conste
 
 
 @triton.jit
-def quantize_int4(x, SCALES, row, ok, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Rows ``x [BLOCK_H, HEAD_DIM]`` -> ``[BLOCK_H, HEAD_DIM // 2]`` bytes, two 4-bit values
-    each (channel 2j low, 2j + 1 high); each group's float16 scale and zero go to ``SCALES[row]``."""
-    groups = tl.reshape(x, [BLOCK_H, HEAD_DIM // GROUP, GROUP])
+def quantize_int4(x, SCALES, row, ok, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows ``x [BLOCK_H, BLOCK_D]`` -> ``[BLOCK_H, BLOCK_D // 2]`` bytes, two 4-bit values
+    each (channel 2j low, 2j + 1 high); each group's float16 scale and zero go to ``SCALES[row]``.
+    ``HEAD_DIM`` is a multiple of ``GROUP`` and ``BLOCK_D`` a power of two >= it, so the padding
+    channels form whole groups of their own, whose scales are not stored (nor their bytes)."""
+    groups = tl.reshape(x, [BLOCK_H, BLOCK_D // GROUP, GROUP])
     low, high = tl.min(groups, 2), tl.max(groups, 2)
     scale = tl.maximum((high - low) / 15.0, INT4_FLOOR).to(tl.float16)
     zero = low.to(tl.float16)
-    at = SCALES + row[:, None] * (2 * HEAD_DIM // GROUP) + tl.arange(0, HEAD_DIM // GROUP)[None, :]
-    tl.store(at, scale, mask=ok[:, None])
-    tl.store(at + HEAD_DIM // GROUP, zero, mask=ok[:, None])
+    g = tl.arange(0, BLOCK_D // GROUP)
+    mask = ok[:, None] & (g < HEAD_DIM // GROUP)[None, :]
+    at = SCALES + row[:, None] * (2 * HEAD_DIM // GROUP) + g[None, :]
+    tl.store(at, scale, mask=mask)
+    tl.store(at + HEAD_DIM // GROUP, zero, mask=mask)
     q = (groups - zero.to(tl.float32)[:, :, None]) / scale.to(tl.float32)[:, :, None]
     q = (tl.clamp(q, 0.0, 15.0) + ROUNDER) - ROUNDER
-    pairs = tl.reshape(q.to(tl.uint8), [BLOCK_H, HEAD_DIM // 2, 2])
+    pairs = tl.reshape(q.to(tl.uint8), [BLOCK_H, BLOCK_D // 2, 2])
     even, odd = tl.split(pairs)
     return even | (odd << 4)
 
 
 @triton.jit
-def store_rows(POOL, SCALES, x, row, ok, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, KV_FORMAT: tl.constexpr):
-    """Store rows ``x [BLOCK_H, HEAD_DIM]`` at pool rows ``row`` (``slot * kv_heads + head``)."""
+def store_rows(
+    POOL,
+    SCALES,
+    x,
+    row,
+    ok,
+    BLOCK_H: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    KV_FORMAT: tl.constexpr,
+):
+    """Store rows ``x [BLOCK_H, BLOCK_D]`` (channels past ``HEAD_DIM`` 0, not stored) at pool rows
+    ``row`` (``slot * kv_heads + head``)."""
     if KV_FORMAT == INT4:
-        j = tl.arange(0, HEAD_DIM // 2)
-        packed = quantize_int4(x.to(tl.float32), SCALES, row, ok, BLOCK_H, HEAD_DIM)
-        tl.store(POOL + row[:, None] * (HEAD_DIM // 2) + j[None, :], packed, mask=ok[:, None])
+        j = tl.arange(0, BLOCK_D // 2)
+        packed = quantize_int4(x.to(tl.float32), SCALES, row, ok, BLOCK_H, HEAD_DIM, BLOCK_D)
+        mask = ok[:, None] & (j < HEAD_DIM // 2)[None, :]
+        tl.store(POOL + row[:, None] * (HEAD_DIM // 2) + j[None, :], packed, mask=mask)
     else:
         if KV_FORMAT == INT8:
             x = quantize_symmetric(x.to(tl.float32), SCALES, row, ok, 127.0, True)
         elif KV_FORMAT == FP8:
             x = quantize_symmetric(x.to(tl.float32), SCALES, row, ok, SATURATE, False)
-        d = tl.arange(0, HEAD_DIM)
-        tl.store(POOL + row[:, None] * HEAD_DIM + d[None, :], x.to(POOL.dtype.element_ty), mask=ok[:, None])
+        d = tl.arange(0, BLOCK_D)
+        mask = ok[:, None] & (d < HEAD_DIM)[None, :]
+        tl.store(POOL + row[:, None] * HEAD_DIM + d[None, :], x.to(POOL.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -92,6 +110,7 @@ def _write_kv(
     stride_vh,
     KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr,
     KV_FORMAT: tl.constexpr,
 ):
@@ -99,12 +118,13 @@ def _write_kv(
     slot = tl.load(SLOTS + i).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     h_ok = h < KV_HEADS
-    d = tl.arange(0, HEAD_DIM)
+    d = tl.arange(0, BLOCK_D)
+    mask = h_ok[:, None] & (d < HEAD_DIM)[None, :]  # padding channels read 0
     row = slot * KV_HEADS + h
-    k = tl.load(K_NEW + i * stride_kt + h[:, None] * stride_kh + d[None, :], mask=h_ok[:, None], other=0.0)
-    v = tl.load(V_NEW + i * stride_vt + h[:, None] * stride_vh + d[None, :], mask=h_ok[:, None], other=0.0)
-    store_rows(K, K_SCALE, k, row, h_ok, BLOCK_H, HEAD_DIM, KV_FORMAT)
-    store_rows(V, V_SCALE, v, row, h_ok, BLOCK_H, HEAD_DIM, KV_FORMAT)
+    k = tl.load(K_NEW + i * stride_kt + h[:, None] * stride_kh + d[None, :], mask=mask, other=0.0)
+    v = tl.load(V_NEW + i * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask, other=0.0)
+    store_rows(K, K_SCALE, k, row, h_ok, BLOCK_H, HEAD_DIM, BLOCK_D, KV_FORMAT)
+    store_rows(V, V_SCALE, v, row, h_ok, BLOCK_H, HEAD_DIM, BLOCK_D, KV_FORMAT)
 
 
 def write_kv(
@@ -139,6 +159,7 @@ def write_kv(
         v_new.stride(1),
         KV_HEADS=kv_heads,
         HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim),  # tl.arange's size; the channels past head_dim are masked
         BLOCK_H=triton.next_power_of_2(kv_heads),
         KV_FORMAT=fmt,
         num_warps=1,

@@ -82,10 +82,19 @@ def scale_spec(fmt: int, head_dim: int) -> tuple[tuple[int, ...], torch.dtype] |
     return (), torch.float32
 
 
+MIN_HEAD_DIM, MAX_HEAD_DIM, HEAD_DIM_MULTIPLE = 16, 256, 8
+
+
 def check_head_dim(head_dim: int) -> None:
-    """The kernels tile the head dimension in powers of two of at least 16."""
-    if head_dim < 16 or head_dim & (head_dim - 1):
-        raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")
+    """The head dims the kernels run: a multiple of 8 from 16 to 256 (64, 80, 96, 112, 128, 192,
+    256 ...). The Triton kernels pad the head dimension to its next power of two (``BLOCK_D``,
+    what ``tl.arange`` needs), masking the channels past ``head_dim``; a multiple of 8 keeps every
+    row 16-byte aligned in a 16-bit dtype (vector loads), at least 16 feeds ``tl.dot``, and past
+    256 a tile no longer fits the registers. (An int4 pool asks more: see ``check_int4_head_dim``.)"""
+    if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM or head_dim % HEAD_DIM_MULTIPLE:
+        raise ValueError(
+            f"head_dim must be a multiple of {HEAD_DIM_MULTIPLE} from {MIN_HEAD_DIM} to {MAX_HEAD_DIM}, got {head_dim}"
+        )
 
 
 def check_int4_head_dim(head_dim: int) -> None:

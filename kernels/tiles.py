@@ -14,20 +14,32 @@ GROUP = tl.constexpr(INT4_GROUP)
 
 
 @triton.jit
-def load_rows(POOL, SCALES, row, ok, dtype: tl.constexpr, HEAD_DIM: tl.constexpr, KV_FORMAT: tl.constexpr):
-    """The vectors at pool rows ``row`` (``slot * kv_heads + head``) as ``[len(row), HEAD_DIM]``
-    in ``dtype``, dequantised in registers; rows not ``ok`` read 0."""
+def load_rows(
+    POOL,
+    SCALES,
+    row,
+    ok,
+    dtype: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    KV_FORMAT: tl.constexpr,
+):
+    """The vectors at pool rows ``row`` (``slot * kv_heads + head``) as ``[len(row), BLOCK_D]``
+    in ``dtype``, dequantised in registers; rows not ``ok`` and the channels past ``HEAD_DIM``
+    (``BLOCK_D`` is its next power of two, what ``tl.arange`` needs) read 0."""
     if KV_FORMAT == INT4:
-        j = tl.arange(0, HEAD_DIM // 2)
-        packed = tl.load(POOL + row[:, None] * (HEAD_DIM // 2) + j[None, :], mask=ok[:, None], other=0)
+        j = tl.arange(0, BLOCK_D // 2)
+        mask = ok[:, None] & (j < HEAD_DIM // 2)[None, :]
+        packed = tl.load(POOL + row[:, None] * (HEAD_DIM // 2) + j[None, :], mask=mask, other=0)
         at = SCALES + row[:, None] * (2 * HEAD_DIM // GROUP) + j[None, :] // (GROUP // 2)
-        scale = tl.load(at, mask=ok[:, None], other=0.0).to(tl.float32)
-        zero = tl.load(at + HEAD_DIM // GROUP, mask=ok[:, None], other=0.0).to(tl.float32)
+        scale = tl.load(at, mask=mask, other=0.0).to(tl.float32)
+        zero = tl.load(at + HEAD_DIM // GROUP, mask=mask, other=0.0).to(tl.float32)
         low = (packed & 15).to(tl.float32) * scale + zero
         high = (packed >> 4).to(tl.float32) * scale + zero
         return tl.interleave(low, high).to(dtype)
-    d = tl.arange(0, HEAD_DIM)
-    x = tl.load(POOL + row[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+    d = tl.arange(0, BLOCK_D)
+    mask = ok[:, None] & (d < HEAD_DIM)[None, :]
+    x = tl.load(POOL + row[:, None] * HEAD_DIM + d[None, :], mask=mask, other=0.0)
     if KV_FORMAT == FLOAT:
         return x.to(dtype)
     scale = tl.load(SCALES + row, mask=ok, other=0.0)
@@ -48,22 +60,24 @@ def load_paged_tile(
     dtype: tl.constexpr,
     KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     KV_FORMAT: tl.constexpr,
 ):
-    """K and V ``[len(t), HEAD_DIM]`` of tokens ``t`` of a sequence whose pages start at
-    ``KV_INDICES + first_page``, for one KV head, in ``dtype``; masked tokens read 0."""
+    """K and V ``[len(t), BLOCK_D]`` of tokens ``t`` of a sequence whose pages start at
+    ``KV_INDICES + first_page``, for one KV head, in ``dtype``; masked tokens and the padding channels read 0."""
     page = tl.load(KV_INDICES + first_page + t // PAGE_SIZE, mask=t_ok, other=0)
     row = (page.to(tl.int64) * PAGE_SIZE + t % PAGE_SIZE) * KV_HEADS + kv_head
-    k = load_rows(K, K_SCALE, row, t_ok, dtype, HEAD_DIM, KV_FORMAT)
-    v = load_rows(V, V_SCALE, row, t_ok, dtype, HEAD_DIM, KV_FORMAT)
+    k = load_rows(K, K_SCALE, row, t_ok, dtype, HEAD_DIM, BLOCK_D, KV_FORMAT)
+    v = load_rows(V, V_SCALE, row, t_ok, dtype, HEAD_DIM, BLOCK_D, KV_FORMAT)
     return k, v
 
 
 @triton.jit
 def attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE: tl.constexpr):
     """One online-softmax step of ``q [M, D]`` over ``k, v [N, D]`` where ``keep [M, N]`` says
-    which keys each query sees. ``IEEE`` keeps float32 products exact (no TF32)."""
+    which keys each query sees (padding channels of ``q`` and ``k`` are 0, so they add nothing
+    to the scores, and those of ``v`` keep ``acc``'s 0). ``IEEE`` keeps float32 products exact (no TF32)."""
     if IEEE:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:

@@ -33,6 +33,8 @@ PAIRS = (
     ("fp32", "u8"),
 )
 """(compute dtype, pool dtype): every format, and float pools read by another float dtype."""
+HEAD_DIMS = (64, 96, 128)
+"""Powers of two, and one the kernels pad (to 128, masking the channels past 96)."""
 
 
 def signature(fn, q_dtype: str, kv_dtype: str) -> dict[str, str]:
@@ -64,14 +66,15 @@ def main() -> None:
     target = GPUTarget("cuda", 90, 32)
     for q_dtype, kv_dtype in PAIRS:
         block = 32 if q_dtype == "fp32" else 64
-        for head_dim in (64, 128):
-            common = dict(KV_HEADS=8, HEAD_DIM=head_dim, KV_FORMAT=FORMATS.get(kv_dtype, KV_FLOAT))
+        for head_dim in HEAD_DIMS:
+            block_d = triton.next_power_of_2(head_dim)
+            common = dict(KV_HEADS=8, HEAD_DIM=head_dim, BLOCK_D=block_d, KV_FORMAT=FORMATS.get(kv_dtype, KV_FLOAT))
             attention = dict(common, GROUP=4, PAGE_SIZE=16, IEEE=q_dtype == "fp32")
             variants = [
                 (decode._decode_partial, dict(attention, Q_HEADS=32, BLOCK_N=block, BLOCK_H=16)),
                 (extend._extend, dict(attention, BLOCK_M=block, BLOCK_N=block)),
                 (kv_write._write_kv, dict(common, BLOCK_H=8)),
-                (decode._decode_merge, dict(Q_HEADS=32, HEAD_DIM=head_dim, BLOCK_S=8)),
+                (decode._decode_merge, dict(Q_HEADS=32, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=8)),
             ]
             for fn, constexprs in variants:
                 name = f"{fn.__name__} q={q_dtype} kv={kv_dtype} head_dim={head_dim}"
