@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from radixrt import Engine, SamplingParams
-from testkit.engines import check_pages, prompts
+from testkit.engines import check_pages, prompts, tiny_llama
 
 SCORE = SamplingParams(max_new_tokens=1, temperature=0)
 
@@ -45,3 +45,11 @@ def test_each_kv_dtype_holds_more_tokens_and_scores_close_to_full_precision(tiny
 def test_an_unknown_kv_dtype_is_refused_naming_the_choices(tiny):
     with pytest.raises(ValueError, match="kv_dtype 'int3' is not one of auto, bf16, fp16, fp32, fp8, int8, int4"):
         Engine(tiny, kv_dtype="int3")
+
+
+def test_int4_refuses_a_head_dim_its_groups_cannot_divide(tmp_path):
+    """The kernels take head_dim 24 (a multiple of 8); int4's groups of 16 channels cannot."""
+    model = tiny_llama(tmp_path, head_dim=24)
+    Engine(model, kv_cache_bytes=1 << 20)
+    with pytest.raises(ValueError, match="int4 KV pool needs head_dim a multiple of 16.*got head_dim 24"):
+        Engine(model, kv_cache_bytes=1 << 20, kv_dtype="int4")
