@@ -27,9 +27,9 @@ class ModelLimits:
     has_tokenizer: bool = True
     page_size: int = 1
 
-    def max_prompt(self, params: SamplingParams) -> int:
+    def max_prompt(self, windowed: bool) -> int:
         """The longest prompt plus one: a window has no context limit (only a sanity cap)."""
-        return MAX_WINDOWED_PROMPT if params.kv_window else min(self.max_context, self.kv_tokens)
+        return MAX_WINDOWED_PROMPT if windowed else min(self.max_context, self.kv_tokens)
 
 
 MAX_WINDOWED_PROMPT = 1 << 22
@@ -47,12 +47,13 @@ def check_prompt(
     bad = tokens[(tokens < 0) | (tokens >= vocab_size)]
     if bad.size:
         raise ValueError(f"token ids {bad[:4].tolist()} are outside the vocabulary (0..{vocab_size - 1})")
-    if windowed and tokens.size >= MAX_WINDOWED_PROMPT:
-        raise ValueError(f"the prompt has {tokens.size} tokens; a windowed one is at most {MAX_WINDOWED_PROMPT - 1}")
-    if not windowed and tokens.size >= min(max_context, kv_tokens):
-        limit = (
-            f"the model's context is {max_context}" if max_context <= kv_tokens else f"the KV cache holds {kv_tokens}"
-        )
+    if tokens.size >= limits.max_prompt(windowed):
+        if windowed:
+            limit = f"a windowed one is at most {MAX_WINDOWED_PROMPT - 1}"
+        elif max_context <= kv_tokens:
+            limit = f"the model's context is {max_context}"
+        else:
+            limit = f"the KV cache holds {kv_tokens}"
         raise ValueError(f"the prompt has {tokens.size} tokens; {limit}")
     if prompt_logprobs_from is not None and (
         isinstance(prompt_logprobs_from, bool)

@@ -65,6 +65,10 @@ class KVWindow:
         """Tokens copied after the sinks into the private pages, from just before the window."""
         return self.sink_pages * self.page_size - self.sinks
 
+    def tree_pages(self, in_tree: int) -> int:
+        """How many of the window's first pages are the cache's (its first ``in_tree`` tokens')."""
+        return max(0, (in_tree - self.start) // self.page_size)
+
     def next_start(self, computed: int) -> int:
         """Where the kept window begins for a chunk that starts at ``computed``: pages are dropped
         while at least ``window`` tokens stay before it; never before the sinks' pages."""
@@ -116,20 +120,15 @@ def plan_slide(w: KVWindow, pages: np.ndarray, in_tree: int, start: int, private
     """The slide to ``start`` of a request holding ``pages`` (its first ``in_tree`` tokens' pages
     are the cache's), given its ``private`` pages (new ones on the first slide)."""
     ps = w.page_size
-    first = w.private  # where the window's pages begin in ``pages``
-    dropped = pages[first : first + (start - w.start) // ps]
-    kept = pages[first + dropped.size :]
-    tree_dropped = max(0, min(dropped.size, in_tree // ps - w.start // ps))
-    offsets = np.arange(ps - w.tail, ps)
-    copy_from = dropped[-1] * ps + offsets if w.tail else offsets[:0]
-    at = w.sinks + np.arange(w.tail)
-    copy_to = private[at // ps] * ps + at % ps if w.tail else at
-    return Slide(
-        np.concatenate([private, kept]), dropped[tree_dropped:], copy_from.astype(np.int64), copy_to.astype(np.int64)
-    )
+    dropped = pages[w.private : w.private + (start - w.start) // ps]
+    kept = pages[w.private + dropped.size :]
+    at = w.sinks + np.arange(w.tail)  # empty without a tail (the sinks fill their pages)
+    copy_from = dropped[-1] * ps + ps - w.tail + np.arange(w.tail)
+    copy_to = private[at // ps] * ps + at % ps
+    free = dropped[min(dropped.size, w.tree_pages(in_tree)) :]
+    return Slide(np.concatenate([private, kept]), free, copy_from.astype(np.int64), copy_to.astype(np.int64))
 
 
 def own_pages(w: KVWindow, pages: np.ndarray, in_tree: int) -> np.ndarray:
     """The pages a request that has slid may free: all but the cache's still in its window."""
-    tree = max(0, (in_tree - w.start) // w.page_size)
-    return np.concatenate([pages[: w.private], pages[w.private + tree :]])
+    return np.concatenate([pages[: w.private], pages[w.private + w.tree_pages(in_tree) :]])

@@ -162,7 +162,7 @@ class Intake:
         )
         params = p.sampling_params(msg.params)
         params.validate(limits.vocab_size)  # before the prompt: parameters are cheap to check
-        self._check_text_size(msg, limits.max_prompt(params))
+        self._check_text_size(msg, limits.max_prompt(params.kv_window is not None))
         chat = [{"role": m.role, "content": m.content} for m in msg.messages] if msg.messages is not None else None
         prompt = prompt_ids(next(v for v in (msg.prompt, msg.input_ids, chat) if v is not None), self.tokenizer)
         if params.constrained and self.tokenizer is not None and self._grammars is None:

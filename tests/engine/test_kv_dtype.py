@@ -53,3 +53,10 @@ def test_int4_refuses_a_head_dim_its_groups_cannot_divide(tmp_path):
     Engine(model, kv_cache_bytes=1 << 20)
     with pytest.raises(ValueError, match="int4 KV pool needs head_dim a multiple of 16.*got head_dim 24"):
         Engine(model, kv_cache_bytes=1 << 20, kv_dtype="int4")
+
+
+def test_the_command_line_offers_every_kv_dtype_the_engine_takes():
+    from radixrt import engine_args
+    from radixrt.engine.model_runner import KV_DTYPES
+
+    assert engine_args.KV_DTYPES == tuple(KV_DTYPES)
