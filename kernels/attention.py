@@ -15,11 +15,14 @@ offset ``t % page_size``. Chosen over a ``[batch, max_pages]`` table because:
   sequence does not pay ``batch x max_pages`` to build, copy or read;
 - a kernel still finds page t of sequence b with one load, ``kv_indices[kv_indptr[b] + t // page_size]``.
 
-Operations (each takes one layer's pools ``[num_pages, page_size, kv_heads, head_dim]``):
+Operations (each takes one layer's pools, K ``[num_pages, page_size, kv_heads, k_dim]`` and V
+``[..., v_dim]``: the head dims may differ, as in DeepSeek's MLA, K 192 / V 128 or K 576 / V 512;
+queries have ``k_dim`` and outputs ``v_dim``, ``sm_scale`` defaults to ``k_dim ** -0.5``):
 - ``decode_attention``: one new token per sequence over its cached tokens (flash-decoding).
+  CUDA-graph capturable when given ``num_splits`` (no device-to-host sync then).
 - ``extend_attention``: the new tokens of a ragged batch over their cached prefix and, causally,
   each other.
-- ``write_kv``: store new tokens' K/V at their slots ``page * page_size + offset``.
+- ``write_kv``: store new tokens' K/V at their slots ``page * page_size + offset`` (capturable).
 
 KV formats (``radixrt.kernels.layout`` has the details; the scales ride along as
 ``PagedKV(k_scale=, v_scale=)`` and ``write_kv(..., k_scale, v_scale)``, ``write_kv`` computes

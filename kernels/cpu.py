@@ -245,10 +245,11 @@ def decode_attention(
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    batch, q_heads, head_dim = q.shape
+    batch, q_heads, k_dim = q.shape
     kv.check(q, batch)
-    scale = head_dim**-0.5 if sm_scale is None else sm_scale
-    result = attend_pool(q, kv, list(range(batch)), seq_lens.tolist(), scale).result().view(batch, q_heads, head_dim)
+    scale = k_dim**-0.5 if sm_scale is None else sm_scale
+    result = attend_pool(q, kv, list(range(batch)), seq_lens.tolist(), scale).result()
+    result = result.view(batch, q_heads, kv.v_dim)
     return result if out is None else out.copy_(result)
 
 
@@ -267,10 +268,11 @@ def extend_attention(
     """Sequences with one new token after a prefix (decode tokens in a mixed batch) as in
     :func:`decode_attention`, merged with the token itself; the others one by one: the prefix
     gathered head by head, then SDPA with the causal mask shifted by the prefix length."""
-    batch, (q_heads, head_dim) = prefix_lens.shape[0], q.shape[1:]
+    batch, (total, q_heads, k_dim) = prefix_lens.shape[0], q.shape
     kv.check(q, batch)
-    out = torch.empty_like(q) if out is None else out
-    scale = head_dim**-0.5 if sm_scale is None else sm_scale
+    v_dim = kv.v_dim
+    out = q.new_empty(total, q_heads, v_dim) if out is None else out
+    scale = k_dim**-0.5 if sm_scale is None else sm_scale
     k_scale, v_scale = _scales(kv)
     bounds, prefixes = qo_indptr.tolist(), prefix_lens.tolist()
     single = [b for b in range(batch) if bounds[b + 1] - bounds[b] == 1 and prefixes[b] > 0]
@@ -278,13 +280,11 @@ def extend_attention(
         at = torch.tensor([bounds[b] for b in single])
         queries = q[at]
         pool = attend_pool(queries, kv, single, [prefixes[b] for b in single], scale)
-        qg, k_own, v_own = (
-            queries.view(*pool.acc.shape),
-            k_new[at][:, :, None],
-            v_new[at][:, :, None],
-        )  # [n, kv_heads, 1|group, head_dim]
-        own = Partial((qg * k_own).sum(-1, keepdim=True).mul_(scale), torch.ones_like(pool.total), v_own.expand_as(qg))
-        out[at] = pool.merge(own).result().view(len(single), q_heads, head_dim)
+        qg = queries.view(*pool.acc.shape[:3], k_dim)  # [n, kv_heads, group, k_dim]
+        k_own, v_own = k_new[at][:, :, None], v_new[at][:, :, None]  # [n, kv_heads, 1, k_dim | v_dim]
+        own_scores = (qg * k_own).sum(-1, keepdim=True).mul_(scale)
+        own = Partial(own_scores, torch.ones_like(pool.total), v_own.expand_as(pool.acc))
+        out[at] = pool.merge(own).result().view(len(single), q_heads, v_dim)
     done = set(single)
     rows = head_rows(page_table(kv, prefix_lens), kv.page_size, kv.kv_heads)
     for b in range(batch):

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from radixrt.kernels.layout import PagedKV
-from radixrt.kernels.tiles import attend_tile, load_paged_tile
+from radixrt.kernels.tiles import attend_tile, head_blocks, key_block, load_paged_tile
 
 MAX_SPLITS = 32
 MIN_TOKENS_PER_SPLIT = 256
@@ -38,8 +38,10 @@ def _decode_partial(
     Q_HEADS: tl.constexpr,
     KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    K_DIM: tl.constexpr,
+    V_DIM: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -57,13 +59,12 @@ def _decode_partial(
     rows = tl.arange(0, BLOCK_H)
     row_ok = rows < GROUP
     heads = kv_head * GROUP + rows
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
-    mask = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=mask, other=0.0)
+    dk = tl.arange(0, BLOCK_DK)
+    q_mask = row_ok[:, None] & (dk < K_DIM)[None, :]
+    q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + dk[None, :], mask=q_mask, other=0.0)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)
     first_page = tl.load(KV_INDPTR + b)
     for n0 in range(start, end, BLOCK_N):
         t = n0 + tl.arange(0, BLOCK_N)
@@ -80,8 +81,10 @@ def _decode_partial(
             V_SCALE,
             q.dtype,
             KV_HEADS,
-            HEAD_DIM,
-            BLOCK_D,
+            K_DIM,
+            V_DIM,
+            BLOCK_DK,
+            BLOCK_DV,
             PAGE_SIZE,
             KV_FORMAT,
         )
@@ -91,7 +94,8 @@ def _decode_partial(
     out = acc / tl.where(has_tokens, l_i, 1.0)[:, None]
     lse = tl.where(has_tokens, m_i + tl.log(tl.where(has_tokens, l_i, 1.0)), float("-inf"))
     part = (b * Q_HEADS + heads) * num_splits + split
-    tl.store(PART_O + part[:, None] * HEAD_DIM + d[None, :], out, mask=mask)
+    dv = tl.arange(0, BLOCK_DV)
+    tl.store(PART_O + part[:, None] * V_DIM + dv[None, :], out, mask=row_ok[:, None] & (dv < V_DIM)[None, :])
     tl.store(PART_LSE + part, lse, mask=row_ok)
 
 
@@ -104,21 +108,21 @@ def _decode_merge(
     stride_oh,
     num_splits,
     Q_HEADS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    V_DIM: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
     s_ok = s < num_splits
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
+    d = tl.arange(0, BLOCK_DV)
+    d_ok = d < V_DIM
     part = (b * Q_HEADS + h) * num_splits + s
     lse = tl.load(PART_LSE + part, mask=s_ok, other=float("-inf"))
     weight = tl.exp(lse - tl.max(lse, 0))
     weight = weight / tl.sum(weight, 0)
-    o = tl.load(PART_O + part[:, None] * HEAD_DIM + d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    o = tl.load(PART_O + part[:, None] * V_DIM + d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
     out = tl.sum(o * weight[:, None], 0)
     tl.store(O + b * stride_ob + h * stride_oh + d, out.to(O.dtype.element_ty), mask=d_ok)
 
@@ -142,18 +146,21 @@ def decode_attention(
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``q [batch, q_heads, head_dim]`` -> ``[batch, q_heads, head_dim]``; sequence b attends to
-    its first ``seq_lens[b]`` (>= 1) tokens in ``kv``. ``max_seq_len`` saves a device sync."""
-    batch, q_heads, head_dim = q.shape
+    """``q [batch, q_heads, k_dim]`` -> ``[batch, q_heads, v_dim]``; sequence b attends to its
+    first ``seq_lens[b]`` (>= 1) tokens in ``kv``. ``max_seq_len`` saves a device sync. Passing
+    ``num_splits`` (``max_seq_len`` is not needed then) makes the call CUDA-graph capturable: no
+    device-to-host sync, every shape known from the arguments' shapes."""
+    batch, q_heads, k_dim = q.shape
     kv.check(q, batch)
-    sm_scale = head_dim**-0.5 if sm_scale is None else sm_scale
+    v_dim = kv.v_dim
+    sm_scale = k_dim**-0.5 if sm_scale is None else sm_scale
     if num_splits is None:
         max_seq_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len
         num_splits = choose_num_splits(batch, kv.kv_heads, max_seq_len, q.device)
-    part_o = torch.empty(batch, q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
+    part_o = torch.empty(batch, q_heads, num_splits, v_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(batch, q_heads, num_splits, dtype=torch.float32, device=q.device)
     group = q_heads // kv.kv_heads
-    block_d = triton.next_power_of_2(head_dim)  # tl.arange's size; the channels past head_dim are masked
+    blocks = head_blocks(k_dim, v_dim)
     k_scale, v_scale = kv.scales()
     _decode_partial[(batch, kv.kv_heads, num_splits)](
         q,
@@ -173,17 +180,18 @@ def decode_attention(
         Q_HEADS=q_heads,
         KV_HEADS=kv.kv_heads,
         GROUP=group,
-        HEAD_DIM=head_dim,
-        BLOCK_D=block_d,
+        K_DIM=k_dim,
+        V_DIM=v_dim,
+        **blocks,
         PAGE_SIZE=kv.page_size,
-        BLOCK_N=64 if q.element_size() < 4 else 32,
+        BLOCK_N=key_block(q.element_size(), k_dim, v_dim),
         BLOCK_H=max(16, triton.next_power_of_2(group)),
         KV_FORMAT=kv.format,
         IEEE=q.dtype == torch.float32,
         num_warps=4,
         num_stages=2,
     )
-    out = torch.empty_like(q) if out is None else out
+    out = q.new_empty(batch, q_heads, v_dim) if out is None else out
     _decode_merge[(batch, q_heads)](
         part_o,
         part_lse,
@@ -192,8 +200,8 @@ def decode_attention(
         out.stride(1),
         num_splits,
         Q_HEADS=q_heads,
-        HEAD_DIM=head_dim,
-        BLOCK_D=block_d,
+        V_DIM=v_dim,
+        BLOCK_DV=blocks["BLOCK_DV"],
         BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
         num_warps=4,
     )

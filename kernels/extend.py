@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from radixrt.kernels.layout import PagedKV
-from radixrt.kernels.tiles import attend_tile, load_paged_tile
+from radixrt.kernels.tiles import attend_tile, head_blocks, key_block, load_paged_tile
 
 
 @triton.jit
@@ -42,8 +42,10 @@ def _extend(
     sm_scale,
     KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    K_DIM: tl.constexpr,
+    V_DIM: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -60,16 +62,18 @@ def _extend(
     kv_head = h // GROUP
     rows = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < q_len
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
+    dk = tl.arange(0, BLOCK_DK)
+    dk_ok = dk < K_DIM
+    dv = tl.arange(0, BLOCK_DV)
+    dv_ok = dv < V_DIM
     q = tl.load(
-        Q + (q_start + rows)[:, None] * stride_qt + h * stride_qh + d[None, :],
-        mask=row_ok[:, None] & d_ok[None, :],
+        Q + (q_start + rows)[:, None] * stride_qt + h * stride_qh + dk[None, :],
+        mask=row_ok[:, None] & dk_ok[None, :],
         other=0.0,
     )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 
     prefix_len = tl.load(PREFIX_LENS + b)
     first_page = tl.load(KV_INDPTR + b)
@@ -88,8 +92,10 @@ def _extend(
             V_SCALE,
             q.dtype,
             KV_HEADS,
-            HEAD_DIM,
-            BLOCK_D,
+            K_DIM,
+            V_DIM,
+            BLOCK_DK,
+            BLOCK_DV,
             PAGE_SIZE,
             KV_FORMAT,
         )
@@ -99,21 +105,19 @@ def _extend(
     for n0 in range(0, last, BLOCK_N):
         j = n0 + tl.arange(0, BLOCK_N)
         j_ok = j < q_len
-        kv_mask = j_ok[:, None] & d_ok[None, :]
-        k = tl.load(
-            K_NEW + (q_start + j)[:, None] * stride_kt + kv_head * stride_kh + d[None, :], mask=kv_mask, other=0.0
-        ).to(q.dtype)
-        v = tl.load(
-            V_NEW + (q_start + j)[:, None] * stride_vt + kv_head * stride_vh + d[None, :], mask=kv_mask, other=0.0
-        ).to(q.dtype)
+        new = q_start + j
+        k_mask, v_mask = j_ok[:, None] & dk_ok[None, :], j_ok[:, None] & dv_ok[None, :]
+        k = tl.load(K_NEW + new[:, None] * stride_kt + kv_head * stride_kh + dk[None, :], mask=k_mask, other=0.0)
+        v = tl.load(V_NEW + new[:, None] * stride_vt + kv_head * stride_vh + dv[None, :], mask=v_mask, other=0.0)
+        k, v = k.to(q.dtype), v.to(q.dtype)
         keep = j_ok[None, :] & (j[None, :] <= rows[:, None])
         m_i, l_i, acc = attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE)
 
     out = acc / l_i[:, None]
     tl.store(
-        O + (q_start + rows)[:, None] * stride_ot + h * stride_oh + d[None, :],
+        O + (q_start + rows)[:, None] * stride_ot + h * stride_oh + dv[None, :],
         out.to(O.dtype.element_ty),
-        mask=row_ok[:, None] & d_ok[None, :],
+        mask=row_ok[:, None] & dv_ok[None, :],
     )
 
 
@@ -129,28 +133,29 @@ def extend_attention(
     max_extend_len: int | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``q [new tokens, q_heads, head_dim]``, ``k_new``/``v_new [new tokens, kv_heads, head_dim]``
-    in the same ragged layout (sequence b's are rows ``qo_indptr[b]:qo_indptr[b+1]``); the first
+    """``q [new tokens, q_heads, k_dim]``, ``k_new [new tokens, kv_heads, k_dim]`` and ``v_new
+    [..., v_dim]`` in the same ragged layout (sequence b's are rows ``qo_indptr[b]:qo_indptr[b+1]``); the first
     ``prefix_lens[b]`` tokens of sequence b are read through ``kv``. ``max_extend_len`` saves a
-    device sync."""
-    total, q_heads, head_dim = q.shape
+    device sync. Returns ``[new tokens, q_heads, v_dim]``."""
+    total, q_heads, k_dim = q.shape
     batch = prefix_lens.shape[0]
     kv.check(q, batch)
-    if k_new.shape != (total, kv.kv_heads, head_dim) or v_new.shape != k_new.shape:
+    v_dim = kv.v_dim
+    if k_new.shape != (total, kv.kv_heads, k_dim) or v_new.shape != (total, kv.kv_heads, v_dim):
         raise ValueError(
-            f"k_new and v_new must be [{total}, {kv.kv_heads}, {head_dim}], "
+            f"k_new and v_new must be [{total}, {kv.kv_heads}, {k_dim}] and [{total}, {kv.kv_heads}, {v_dim}], "
             f"got {tuple(k_new.shape)} and {tuple(v_new.shape)}"
         )
     if qo_indptr.shape != (batch + 1,):
         raise ValueError(f"qo_indptr must have batch + 1 = {batch + 1} entries, got {tuple(qo_indptr.shape)}")
-    sm_scale = head_dim**-0.5 if sm_scale is None else sm_scale
+    sm_scale = k_dim**-0.5 if sm_scale is None else sm_scale
     if max_extend_len is None:
         max_extend_len = int((qo_indptr[1:] - qo_indptr[:-1]).max()) if batch else 0
-    out = torch.empty_like(q) if out is None else out
+    out = q.new_empty(total, q_heads, v_dim) if out is None else out
     if total == 0:
         return out
-    small = q.element_size() < 4
-    block_m, block_n = (64, 64) if small else (32, 32)
+    block_n = key_block(q.element_size(), k_dim, v_dim)
+    block_m = block_n
     k_scale, v_scale = kv.scales()
     _extend[(batch, q_heads, triton.cdiv(max_extend_len, block_m))](
         q,
@@ -176,8 +181,9 @@ def extend_attention(
         sm_scale,
         KV_HEADS=kv.kv_heads,
         GROUP=q_heads // kv.kv_heads,
-        HEAD_DIM=head_dim,
-        BLOCK_D=triton.next_power_of_2(head_dim),  # tl.arange's size; the channels past head_dim are masked
+        K_DIM=k_dim,
+        V_DIM=v_dim,
+        **head_blocks(k_dim, v_dim),
         PAGE_SIZE=kv.page_size,
         BLOCK_M=block_m,
         BLOCK_N=block_n,

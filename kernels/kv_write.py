@@ -18,6 +18,7 @@ from radixrt.kernels.layout import (
     KV_INT8,
     check_write,
 )
+from radixrt.kernels.tiles import head_blocks
 
 FLOAT = tl.constexpr(KV_FLOAT)
 INT8 = tl.constexpr(KV_INT8)
@@ -109,8 +110,10 @@ def _write_kv(
     stride_vt,
     stride_vh,
     KV_HEADS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    K_DIM: tl.constexpr,
+    V_DIM: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
     BLOCK_H: tl.constexpr,
     KV_FORMAT: tl.constexpr,
 ):
@@ -118,13 +121,15 @@ def _write_kv(
     slot = tl.load(SLOTS + i).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     h_ok = h < KV_HEADS
-    d = tl.arange(0, BLOCK_D)
-    mask = h_ok[:, None] & (d < HEAD_DIM)[None, :]  # padding channels read 0
     row = slot * KV_HEADS + h
-    k = tl.load(K_NEW + i * stride_kt + h[:, None] * stride_kh + d[None, :], mask=mask, other=0.0)
-    v = tl.load(V_NEW + i * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask, other=0.0)
-    store_rows(K, K_SCALE, k, row, h_ok, BLOCK_H, HEAD_DIM, BLOCK_D, KV_FORMAT)
-    store_rows(V, V_SCALE, v, row, h_ok, BLOCK_H, HEAD_DIM, BLOCK_D, KV_FORMAT)
+    dk = tl.arange(0, BLOCK_DK)
+    dv = tl.arange(0, BLOCK_DV)
+    k_mask = h_ok[:, None] & (dk < K_DIM)[None, :]  # padding channels read 0
+    v_mask = h_ok[:, None] & (dv < V_DIM)[None, :]
+    k = tl.load(K_NEW + i * stride_kt + h[:, None] * stride_kh + dk[None, :], mask=k_mask, other=0.0)
+    v = tl.load(V_NEW + i * stride_vt + h[:, None] * stride_vh + dv[None, :], mask=v_mask, other=0.0)
+    store_rows(K, K_SCALE, k, row, h_ok, BLOCK_H, K_DIM, BLOCK_DK, KV_FORMAT)
+    store_rows(V, V_SCALE, v, row, h_ok, BLOCK_H, V_DIM, BLOCK_DV, KV_FORMAT)
 
 
 def write_kv(
@@ -136,13 +141,14 @@ def write_kv(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
 ) -> None:
-    """Token i of ``k_new``/``v_new [tokens, kv_heads, head_dim]`` goes to slot ``slots[i]``, cast
-    to a float pool's dtype or quantised, its scales written to ``k_scale``/``v_scale`` at the
-    same slot."""
+    """Token i of ``k_new [tokens, kv_heads, k_dim]``/``v_new [..., v_dim]`` goes to slot
+    ``slots[i]``, cast to a float pool's dtype or quantised, its scales written to
+    ``k_scale``/``v_scale`` at the same slot. No device-to-host sync: CUDA-graph capturable."""
     fmt = check_write(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
     if slots.numel() == 0:
         return
-    kv_heads, head_dim = k_new.shape[1:]
+    kv_heads, k_dim = k_new.shape[1:]
+    v_dim = v_new.shape[2]
     if fmt == KV_FLOAT:
         k_scale = v_scale = slots.new_ones(1, dtype=torch.float32)  # unused pointer
     _write_kv[(slots.numel(),)](
@@ -158,8 +164,9 @@ def write_kv(
         v_new.stride(0),
         v_new.stride(1),
         KV_HEADS=kv_heads,
-        HEAD_DIM=head_dim,
-        BLOCK_D=triton.next_power_of_2(head_dim),  # tl.arange's size; the channels past head_dim are masked
+        K_DIM=k_dim,
+        V_DIM=v_dim,
+        **head_blocks(k_dim, v_dim),
         BLOCK_H=triton.next_power_of_2(kv_heads),
         KV_FORMAT=fmt,
         num_warps=1,

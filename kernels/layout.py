@@ -82,19 +82,28 @@ def scale_spec(fmt: int, head_dim: int) -> tuple[tuple[int, ...], torch.dtype] |
     return (), torch.float32
 
 
-MIN_HEAD_DIM, MAX_HEAD_DIM, HEAD_DIM_MULTIPLE = 16, 256, 8
+MIN_HEAD_DIM, MAX_HEAD_DIM, HEAD_DIM_MULTIPLE = 16, 576, 8
+MAX_V_HEAD_DIM = 512
+"""K head dims go up to 576 and V ones to 512: DeepSeek's MLA in its absorbed form (K 576, V 512)."""
 
 
-def check_head_dim(head_dim: int) -> None:
-    """The head dims the kernels run: a multiple of 8 from 16 to 256 (64, 80, 96, 112, 128, 192,
-    256 ...). The Triton kernels pad the head dimension to its next power of two (``BLOCK_D``,
-    what ``tl.arange`` needs), masking the channels past ``head_dim``; a multiple of 8 keeps every
-    row 16-byte aligned in a 16-bit dtype (vector loads), at least 16 feeds ``tl.dot``, and past
-    256 a tile no longer fits the registers. (An int4 pool asks more: see ``check_int4_head_dim``.)"""
-    if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM or head_dim % HEAD_DIM_MULTIPLE:
-        raise ValueError(
-            f"head_dim must be a multiple of {HEAD_DIM_MULTIPLE} from {MIN_HEAD_DIM} to {MAX_HEAD_DIM}, got {head_dim}"
-        )
+def check_head_dim(head_dim: int, v_dim: int | None = None) -> None:
+    """The head dims the kernels run: a multiple of 8 from 16 to 576 for K (queries), to 512 for V
+    (outputs); ``v_dim`` None means V has ``head_dim`` too. The Triton kernels pad each to its
+    next power of two (``BLOCK_DK``, ``BLOCK_DV``: what ``tl.arange`` needs), masking the channels
+    past it; a multiple of 8 keeps every row 16-byte aligned in a 16-bit dtype (vector loads), at
+    least 16 feeds ``tl.dot``, and past 576 a tile no longer fits on chip even with small key
+    blocks. (An int4 pool asks more: see ``check_int4_head_dim``.)"""
+    checks = (
+        [("head_dim", head_dim, MAX_V_HEAD_DIM)]
+        if v_dim is None
+        else [("K head_dim", head_dim, MAX_HEAD_DIM), ("V head_dim", v_dim, MAX_V_HEAD_DIM)]
+    )
+    for name, dim, most in checks:
+        if not MIN_HEAD_DIM <= dim <= most or dim % HEAD_DIM_MULTIPLE:
+            raise ValueError(
+                f"{name} must be a multiple of {HEAD_DIM_MULTIPLE} from {MIN_HEAD_DIM} to {most}, got {dim}"
+            )
 
 
 def check_int4_head_dim(head_dim: int) -> None:
@@ -106,18 +115,22 @@ def check_int4_head_dim(head_dim: int) -> None:
 
 
 def check_scales(
-    fmt: int, pool: torch.Tensor, head_dim: int, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None
+    fmt: int,
+    pool: torch.Tensor,
+    dims: tuple[int, int],
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
 ) -> None:
-    """A quantised pool ``[num_pages, page_size, kv_heads, ...]`` needs contiguous scales for K and
-    for V of the shape and dtype :func:`scale_spec` gives: raise ``ValueError`` naming what is wrong."""
-    spec = scale_spec(fmt, head_dim)
-    if spec is None:
+    """A quantised pool ``[num_pages, page_size, kv_heads, ...]`` of K and V head dims ``dims``
+    needs contiguous scales for K and for V of the shapes and dtype :func:`scale_spec` gives:
+    raise ``ValueError`` naming what is wrong."""
+    if fmt == KV_FLOAT:
         return
-    shape, dtype = (*pool.shape[:3], *spec[0]), spec[1]
-    dtype_name = str(dtype).removeprefix("torch.")
     what = f"an {FORMAT_NAMES[fmt]} KV pool"
     per = "token, KV head and channel group (scales then zeros)" if fmt == KV_INT4 else "token and KV head"
-    for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
+    for name, scale, head_dim in (("k_scale", k_scale, dims[0]), ("v_scale", v_scale, dims[1])):
+        trailing, dtype = scale_spec(fmt, head_dim)
+        shape, dtype_name = (*pool.shape[:3], *trailing), str(dtype).removeprefix("torch.")
         if scale is None:
             raise ValueError(f"{what} needs {name}: {dtype_name} {list(shape)} (one per {per})")
         if tuple(scale.shape) != shape:
@@ -131,13 +144,14 @@ def check_scales(
 
 
 def check_pools(k: torch.Tensor, v: torch.Tensor) -> int:
-    """K and V pools of one known dtype, 4-d, contiguous: their format, or ``ValueError``."""
+    """K and V pools of one known dtype, 4-d, contiguous, alike but (maybe) in their head dims:
+    their format, or ``ValueError``."""
     fmt = kv_format(k.dtype)
     if v.dtype != k.dtype:
         raise ValueError(f"the K pool is {FORMAT_NAMES[fmt]} but the V pool is {v.dtype}")
-    if k.dim() != 4 or k.shape != v.shape:
+    if k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3]:
         raise ValueError(
-            "K and V pools must both be [num_pages, page_size, kv_heads, head_dim (/ 2 packed int4)], "
+            "K and V pools must be [num_pages, page_size, kv_heads, K / V head_dim (/ 2 packed int4)], "
             f"got {tuple(k.shape)} and {tuple(v.shape)}"
         )
     if not (k.is_contiguous() and v.is_contiguous()):
@@ -147,10 +161,11 @@ def check_pools(k: torch.Tensor, v: torch.Tensor) -> int:
 
 @dataclass(frozen=True)
 class PagedKV:
-    """``k``/``v``: ``[num_pages, page_size, kv_heads, head_dim]`` (``head_dim // 2`` bytes for
-    int4), contiguous (one layer of a :class:`~radixrt.cache.KVPool`), with their scales when
-    quantised (see the module). Sequence b's pages are ``indices[indptr[b]:indptr[b+1]]`` in
-    order; token t of the sequence lives at page ``t // page_size``, offset ``t % page_size``."""
+    """``k``: ``[num_pages, page_size, kv_heads, k_dim]``, ``v``: ``[..., v_dim]`` (``dim // 2``
+    bytes for int4; ``k_dim`` may differ from ``v_dim``, as in DeepSeek's MLA), contiguous (one
+    layer of a :class:`~radixrt.cache.KVPool`), with their scales when quantised (see the module).
+    Sequence b's pages are ``indices[indptr[b]:indptr[b+1]]`` in order; token t of the sequence
+    lives at page ``t // page_size``, offset ``t % page_size``."""
 
     k: torch.Tensor
     v: torch.Tensor
@@ -173,26 +188,37 @@ class PagedKV:
         return kv_format(self.k.dtype)
 
     @property
-    def head_dim(self) -> int:
-        """The logical head dim (twice the stored bytes of an int4 pool)."""
+    def k_dim(self) -> int:
+        """K's logical head dim (twice the stored bytes of an int4 pool): the queries'."""
         return logical_dim(self.k.shape[3], self.k.dtype)
+
+    @property
+    def v_dim(self) -> int:
+        """V's logical head dim: the outputs'."""
+        return logical_dim(self.v.shape[3], self.v.dtype)
+
+    @property
+    def head_dim(self) -> int:
+        """K's head dim (:attr:`k_dim`), the only one when K and V have the same."""
+        return self.k_dim
 
     @property
     def quantized(self) -> bool:
         return self.format != KV_FLOAT
 
     def check(self, q: torch.Tensor, batch: int) -> None:
-        """Raise ``ValueError`` naming the problem unless ``q`` and this page table fit together."""
+        """Raise ``ValueError`` naming the problem unless ``q`` and this page table fit together.
+        Shapes and dtypes only, never the tensors' values: no device sync (CUDA-graph safe)."""
         if q.dtype not in COMPUTE_DTYPES:
             raise ValueError(f"queries must be float32, float16 or bfloat16, got {q.dtype}")
         fmt = check_pools(self.k, self.v)
         q_heads, head_dim = q.shape[-2:]
-        if head_dim != self.head_dim:
-            raise ValueError(f"queries have head_dim {head_dim}, the KV pool {self.head_dim}")
-        check_head_dim(head_dim)
+        if head_dim != self.k_dim:
+            raise ValueError(f"queries have head_dim {head_dim}, the K pool {self.k_dim}")
+        check_head_dim(self.k_dim, self.v_dim)
         if q_heads % self.kv_heads:
             raise ValueError(f"{q_heads} query heads do not divide into {self.kv_heads} KV heads")
-        check_scales(fmt, self.k, head_dim, self.k_scale, self.v_scale)
+        check_scales(fmt, self.k, (self.k_dim, self.v_dim), self.k_scale, self.v_scale)
         if self.indptr.dtype != torch.int32 or self.indices.dtype != torch.int32:
             raise ValueError("kv_indptr and kv_indices must be int32")
         if self.indptr.shape != (batch + 1,):
@@ -215,15 +241,19 @@ def check_write(
     k_scale: torch.Tensor | None,
     v_scale: torch.Tensor | None,
 ) -> int:
-    """Raise ``ValueError`` naming the problem; returns the pool's format (``KV_FLOAT`` ...)."""
+    """Raise ``ValueError`` naming the problem; returns the pool's format (``KV_FLOAT`` ...). Shapes
+    and dtypes only: no device sync (CUDA-graph safe)."""
     fmt = check_pools(k_pool, v_pool)
-    head_dim = logical_dim(k_pool.shape[3], k_pool.dtype)
-    shape = (slots.numel(), k_pool.shape[2], head_dim)
-    if k_new.shape != shape or v_new.shape != shape:
-        raise ValueError(f"new K and V must be {list(shape)}, got {list(k_new.shape)} and {list(v_new.shape)}")
+    dims = logical_dim(k_pool.shape[3], k_pool.dtype), logical_dim(v_pool.shape[3], v_pool.dtype)
+    k_shape, v_shape = ((slots.numel(), k_pool.shape[2], dim) for dim in dims)
+    if k_new.shape != k_shape or v_new.shape != v_shape:
+        raise ValueError(
+            f"new K and V must be {list(k_shape)} and {list(v_shape)}, got {list(k_new.shape)} and {list(v_new.shape)}"
+        )
     if k_new.stride(-1) != 1 or v_new.stride(-1) != 1:
         raise ValueError("new K and V must be contiguous in head_dim")
     if not (k_new.dtype in COMPUTE_DTYPES and v_new.dtype in COMPUTE_DTYPES):
         raise ValueError(f"new K and V must be float32, float16 or bfloat16, got {k_new.dtype} and {v_new.dtype}")
-    check_scales(fmt, k_pool, head_dim, k_scale, v_scale)
+    check_scales(fmt, k_pool, dims, k_scale, v_scale)  # first: int4's own rule on the dims is the more telling
+    check_head_dim(*dims)
     return fmt

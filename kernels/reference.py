@@ -2,9 +2,9 @@
 computed in float64. Tests compare the Triton kernels and the CPU path against these.
 
 Shapes (see ``kernels/__init__.py`` for the page-table layout):
-    q            [tokens or batch, q_heads, head_dim]
-    k/v pool     [num_pages, page_size, kv_heads, head_dim] (head_dim // 2 bytes for int4)
-    k/v scale    [num_pages, page_size, kv_heads] (int8, fp8), [..., 2 * head_dim // INT4_GROUP] (int4)
+    q            [tokens or batch, q_heads, k_dim]; the output [..., v_dim]
+    k/v pool     [num_pages, page_size, kv_heads, k_dim / v_dim] (dim // 2 bytes for int4)
+    k/v scale    [num_pages, page_size, kv_heads] (int8, fp8), [..., 2 * dim // INT4_GROUP] (int4)
     kv_indptr    [batch + 1]  int32, sequence b's pages are kv_indices[kv_indptr[b]:kv_indptr[b+1]]
     kv_indices   [total pages] int32 physical page ids
 """
@@ -43,7 +43,7 @@ def gather_kv(pool: torch.Tensor, pages: torch.Tensor, length: int, scale: torch
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, causal_from: int | None
 ) -> torch.Tensor:
-    """Softmax attention of ``q [m, Hq, D]`` over ``k, v [n, Hkv, D]``; with ``causal_from`` = p,
+    """Softmax attention of ``q [m, Hq, Dk]`` over ``k [n, Hkv, Dk]``, ``v [n, Hkv, Dv]``; with ``causal_from`` = p,
     query i sees keys ``0 .. p + i``. Query heads are grouped onto KV heads in order (GQA)."""
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
@@ -67,7 +67,8 @@ def decode_attention(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One query token per sequence over its ``seq_lens[b]`` cached tokens."""
+    """One query token per sequence over its ``seq_lens[b]`` cached tokens (K and V may differ in
+    head dim; ``sm_scale`` defaults to K's ``** -0.5``)."""
     sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
     out = []
     for b in range(q.shape[0]):

@@ -59,25 +59,28 @@ def load_paged_tile(
     V_SCALE,
     dtype: tl.constexpr,
     KV_HEADS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    K_DIM: tl.constexpr,
+    V_DIM: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     KV_FORMAT: tl.constexpr,
 ):
-    """K and V ``[len(t), BLOCK_D]`` of tokens ``t`` of a sequence whose pages start at
+    """K ``[len(t), BLOCK_DK]`` and V ``[len(t), BLOCK_DV]`` of tokens ``t`` of a sequence whose pages start at
     ``KV_INDICES + first_page``, for one KV head, in ``dtype``; masked tokens and the padding channels read 0."""
     page = tl.load(KV_INDICES + first_page + t // PAGE_SIZE, mask=t_ok, other=0)
     row = (page.to(tl.int64) * PAGE_SIZE + t % PAGE_SIZE) * KV_HEADS + kv_head
-    k = load_rows(K, K_SCALE, row, t_ok, dtype, HEAD_DIM, BLOCK_D, KV_FORMAT)
-    v = load_rows(V, V_SCALE, row, t_ok, dtype, HEAD_DIM, BLOCK_D, KV_FORMAT)
+    k = load_rows(K, K_SCALE, row, t_ok, dtype, K_DIM, BLOCK_DK, KV_FORMAT)
+    v = load_rows(V, V_SCALE, row, t_ok, dtype, V_DIM, BLOCK_DV, KV_FORMAT)
     return k, v
 
 
 @triton.jit
 def attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE: tl.constexpr):
-    """One online-softmax step of ``q [M, D]`` over ``k, v [N, D]`` where ``keep [M, N]`` says
-    which keys each query sees (padding channels of ``q`` and ``k`` are 0, so they add nothing
-    to the scores, and those of ``v`` keep ``acc``'s 0). ``IEEE`` keeps float32 products exact (no TF32)."""
+    """One online-softmax step of ``q [M, DK]`` over ``k [N, DK]``, ``v [N, DV]`` into ``acc [M,
+    DV]``, where ``keep [M, N]`` says which keys each query sees (padding channels of ``q`` and
+    ``k`` are 0, so they add nothing to the scores, and those of ``v`` keep ``acc``'s 0).
+    ``IEEE`` keeps float32 products exact (no TF32)."""
     if IEEE:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
@@ -93,3 +96,18 @@ def attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE: tl.constexpr):
     else:
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return m_new, l_i, acc
+
+
+def head_blocks(k_dim: int, v_dim: int) -> dict[str, int]:
+    """``BLOCK_DK``/``BLOCK_DV``: the head dims padded to powers of two (``tl.arange``'s sizes; the
+    channels past each dim are masked)."""
+    return dict(BLOCK_DK=triton.next_power_of_2(k_dim), BLOCK_DV=triton.next_power_of_2(v_dim))
+
+
+def key_block(element_size: int, k_dim: int, v_dim: int) -> int:
+    """Keys per tile: 64 in a 16-bit compute dtype (``element_size`` 2), 32 in float32, fewer when a padded head dim
+    passes 256 (DeepSeek MLA's 576/512 pad to 1024/512): the K/V tiles and the accumulator stay
+    within the registers and shared memory, and 16 still feeds ``tl.dot``."""
+    block = 64 if element_size < 4 else 32
+    widest = max(head_blocks(k_dim, v_dim).values())
+    return max(16, block * 256 // widest) if widest > 256 else block

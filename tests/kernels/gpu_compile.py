@@ -12,6 +12,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from radixrt.kernels import decode, extend, kv_write  # noqa: E402
 from radixrt.kernels.layout import KV_FLOAT, KV_FP8, KV_INT4, KV_INT8  # noqa: E402
+from radixrt.kernels.tiles import head_blocks, key_block  # noqa: E402
 
 INT32_POINTERS = {"KV_INDPTR", "KV_INDICES", "SEQ_LENS", "QO_INDPTR", "PREFIX_LENS"}
 FP32_POINTERS = {"PART_O", "PART_LSE"}
@@ -33,8 +34,15 @@ PAIRS = (
     ("fp32", "u8"),
 )
 """(compute dtype, pool dtype): every format, and float pools read by another float dtype."""
-HEAD_DIMS = (64, 96, 128)
-"""Powers of two, and one the kernels pad (to 128, masking the channels past 96)."""
+HEAD_DIMS = ((64, 64), (96, 96), (128, 128), (192, 128))
+"""(K, V) head dims: powers of two, one the kernels pad (to 128, masking the channels past 96), and
+K and V apart (DeepSeek MLA's non-absorbed 192 / 128)."""
+LARGE = (("bf16", "bf16"), ("fp32", "fp32"), ("bf16", "u8"))
+LARGE_DIMS = (576, 512)
+"""MLA's absorbed K 576 / V 512 (padded to 1024 / 512, with small key blocks), for a few pairs."""
+
+SM90_SHARED = 227 * 1024
+"""The most shared memory one block of an H100 may use: a kernel asking more compiles but does not launch."""
 
 
 def signature(fn, q_dtype: str, kv_dtype: str) -> dict[str, str]:
@@ -64,26 +72,27 @@ def signature(fn, q_dtype: str, kv_dtype: str) -> dict[str, str]:
 
 def main() -> None:
     target = GPUTarget("cuda", 90, 32)
-    for q_dtype, kv_dtype in PAIRS:
-        block = 32 if q_dtype == "fp32" else 64
-        for head_dim in HEAD_DIMS:
-            block_d = triton.next_power_of_2(head_dim)
-            common = dict(KV_HEADS=8, HEAD_DIM=head_dim, BLOCK_D=block_d, KV_FORMAT=FORMATS.get(kv_dtype, KV_FLOAT))
-            attention = dict(common, GROUP=4, PAGE_SIZE=16, IEEE=q_dtype == "fp32")
-            variants = [
-                (decode._decode_partial, dict(attention, Q_HEADS=32, BLOCK_N=block, BLOCK_H=16)),
-                (extend._extend, dict(attention, BLOCK_M=block, BLOCK_N=block)),
-                (kv_write._write_kv, dict(common, BLOCK_H=8)),
-                (decode._decode_merge, dict(Q_HEADS=32, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=8)),
-            ]
-            for fn, constexprs in variants:
-                name = f"{fn.__name__} q={q_dtype} kv={kv_dtype} head_dim={head_dim}"
-                try:
-                    src = ASTSource(fn=fn, signature=signature(fn, q_dtype, kv_dtype), constexprs=constexprs)
-                    triton.compile(src, target=target, options={"num_warps": 4, "num_stages": 2})
-                    print("OK", name)
-                except Exception as e:  # the compiler's own error, reported per variant
-                    print("FAIL", name, f"{type(e).__name__}: {e}"[:2000])
+    cases = [(pair, dims) for pair in PAIRS for dims in HEAD_DIMS] + [(pair, LARGE_DIMS) for pair in LARGE]
+    for (q_dtype, kv_dtype), (k_dim, v_dim) in cases:
+        block = key_block(4 if q_dtype == "fp32" else 2, k_dim, v_dim)
+        blocks = head_blocks(k_dim, v_dim)
+        common = dict(KV_HEADS=8, K_DIM=k_dim, V_DIM=v_dim, **blocks, KV_FORMAT=FORMATS.get(kv_dtype, KV_FLOAT))
+        attention = dict(common, GROUP=4, PAGE_SIZE=16, IEEE=q_dtype == "fp32")
+        variants = [
+            (decode._decode_partial, dict(attention, Q_HEADS=32, BLOCK_N=block, BLOCK_H=16)),
+            (extend._extend, dict(attention, BLOCK_M=block, BLOCK_N=block)),
+            (kv_write._write_kv, dict(common, BLOCK_H=8)),
+            (decode._decode_merge, dict(Q_HEADS=32, V_DIM=v_dim, BLOCK_DV=blocks["BLOCK_DV"], BLOCK_S=8)),
+        ]
+        for fn, constexprs in variants:
+            name = f"{fn.__name__} q={q_dtype} kv={kv_dtype} k_dim={k_dim} v_dim={v_dim}"
+            try:
+                src = ASTSource(fn=fn, signature=signature(fn, q_dtype, kv_dtype), constexprs=constexprs)
+                kernel = triton.compile(src, target=target, options={"num_warps": 4, "num_stages": 2})
+                shared = kernel.metadata.shared
+                print("OK" if shared <= SM90_SHARED else "FAIL", name, f"shared={shared}")
+            except Exception as e:  # the compiler's own error, reported per variant
+                print("FAIL", name, f"{type(e).__name__}: {e}"[:2000])
 
 
 if __name__ == "__main__":

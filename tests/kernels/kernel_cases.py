@@ -54,31 +54,42 @@ def random_pages(gen: torch.Generator, lens: list[int], page_size: int) -> tuple
     return out, 2 * (sum(counts) + 1)
 
 
-def make_paged(gen, lens, page_size, kv_heads, head_dim, dtype) -> PagedKV:
-    """A pool whose unused pages hold NaN, so reading a wrong page fails the comparison."""
+def make_paged(gen, lens, page_size, kv_heads, head_dim, dtype, v_dim: int | None = None) -> PagedKV:
+    """A pool whose unused pages hold NaN, so reading a wrong page fails the comparison; V has
+    ``v_dim`` channels (``head_dim`` if None)."""
     pages, num_pages = random_pages(gen, lens, page_size)
     shape = (num_pages, page_size, kv_heads, head_dim)
+    v_shape = (*shape[:3], head_dim if v_dim is None else v_dim)
     k = torch.full(shape, float("nan"), dtype=torch.float32)
-    v = torch.full(shape, float("nan"), dtype=torch.float32)
+    v = torch.full(v_shape, float("nan"), dtype=torch.float32)
     for p in pages:
         k[p.long()] = torch.randn(len(p), *shape[1:], generator=gen)
-        v[p.long()] = torch.randn(len(p), *shape[1:], generator=gen)
+        v[p.long()] = torch.randn(len(p), *v_shape[1:], generator=gen)
     indptr = torch.tensor([0] + np.cumsum([len(p) for p in pages]).tolist(), dtype=torch.int32)
     indices = torch.cat(pages) if pages else torch.zeros(0, dtype=torch.int32)
     return PagedKV(k.to(dtype), v.to(dtype), indptr, indices)
 
 
-def empty_pools(num_pages: int, page_size: int, kv_heads: int, head_dim: int, pool_dtype: torch.dtype):
-    """K and V pools of ``pool_dtype`` and their scales (None for a float pool). Float pools and
-    scales start NaN, so that reading a slot that was never written fails the comparison."""
+def empty_pool(num_pages: int, page_size: int, kv_heads: int, head_dim: int, pool_dtype: torch.dtype):
+    """One pool of ``pool_dtype`` and its scales (None for a float pool). Float pools and scales
+    start NaN, so that reading a slot that was never written fails the comparison."""
     fmt = kv_format(pool_dtype)
     shape = (num_pages, page_size, kv_heads, stored_dim(head_dim, pool_dtype))
-    k = torch.full(shape, float("nan"), dtype=pool_dtype) if fmt == KV_FLOAT else torch.zeros(shape, dtype=pool_dtype)
+    pool = (
+        torch.full(shape, float("nan"), dtype=pool_dtype) if fmt == KV_FLOAT else torch.zeros(shape, dtype=pool_dtype)
+    )
     spec = scale_spec(fmt, head_dim)
-    if spec is None:
-        return k, k.clone(), None, None
-    k_scale = torch.full((*shape[:3], *spec[0]), float("nan"), dtype=spec[1])
-    return k, k.clone(), k_scale, k_scale.clone()
+    return pool, None if spec is None else torch.full((*shape[:3], *spec[0]), float("nan"), dtype=spec[1])
+
+
+def empty_pools(
+    num_pages: int, page_size: int, kv_heads: int, head_dim: int, pool_dtype: torch.dtype, v_dim: int | None = None
+):
+    """K and V pools (V of ``v_dim`` channels, ``head_dim`` if None) and their scales, as
+    :func:`empty_pool` makes them: ``k, v, k_scale, v_scale``."""
+    k, k_scale = empty_pool(num_pages, page_size, kv_heads, head_dim, pool_dtype)
+    v, v_scale = empty_pool(num_pages, page_size, kv_heads, head_dim if v_dim is None else v_dim, pool_dtype)
+    return k, v, k_scale, v_scale
 
 
 def stored_copy(kv: PagedKV, pool_dtype: torch.dtype, write) -> PagedKV:
@@ -87,8 +98,8 @@ def stored_copy(kv: PagedKV, pool_dtype: torch.dtype, write) -> PagedKV:
     page_size = kv.page_size
     pages = kv.indices.long().unique()
     slots = (pages[:, None] * page_size + torch.arange(page_size)).flatten()
-    k, v, k_scale, v_scale = empty_pools(kv.k.shape[0], page_size, kv.kv_heads, kv.head_dim, pool_dtype)
-    flat = kv.k.view(-1, kv.kv_heads, kv.head_dim), kv.v.view(-1, kv.kv_heads, kv.head_dim)
+    k, v, k_scale, v_scale = empty_pools(kv.k.shape[0], page_size, kv.kv_heads, kv.k_dim, pool_dtype, kv.v_dim)
+    flat = kv.k.view(-1, kv.kv_heads, kv.k_dim), kv.v.view(-1, kv.kv_heads, kv.v_dim)
     write(k, v, slots.to(torch.int32), flat[0][slots], flat[1][slots], k_scale, v_scale)
     return PagedKV(k, v, kv.indptr, kv.indices, k_scale, v_scale)
 

@@ -183,7 +183,7 @@ def test_plan_follows_the_page_table():
     "change, message",
     [
         (dict(q_heads=5), "do not divide"),
-        (dict(head_dim=44), "head_dim must be a multiple of 8 from 16 to 256, got 44"),
+        (dict(head_dim=44), "K head_dim must be a multiple of 8 from 16 to 576, got 44"),
         (dict(q_dtype=torch.float64), "float32, float16 or bfloat16"),
         (dict(pool_dtype=torch.float64), "a KV pool must be float32"),
         (dict(indptr_dtype=torch.int64), "int32"),

@@ -40,6 +40,6 @@ def test_a_head_dim_the_kernels_cannot_run_is_refused_at_load(tmp_path):
     AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
     with pytest.raises(
         ValueError,
-        match="attention kernels cannot run this model: head_dim must be a multiple of 8 from 16 to 256, got 8",
+        match="attention kernels cannot run this model: head_dim must be a multiple of 8 from 16 to 512, got 8",
     ):
         load_model(tmp_path)
