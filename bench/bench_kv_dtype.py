@@ -172,7 +172,7 @@ class Recorder:
 
     def __init__(self, engine: Engine) -> None:
         runner = engine.runner
-        model, run = runner.model, runner.run
+        model, launch = runner.model, runner.launch
         self.keys: list[tuple[str, int]] = []
         self.logits: torch.Tensor | None = None
 
@@ -180,12 +180,12 @@ class Recorder:
             self.logits = model(batch, pool)
             return self.logits
 
-        def keyed_run(batch, *args, **kwargs):
+        def keyed_launch(batch, *args, **kwargs):
             self.keys = [(req.id, req.computed) if n == 1 else None for req, n in batch]
             self.logits = None
-            return run(batch, *args, **kwargs)
+            return launch(batch, *args, **kwargs)
 
-        runner.model, runner.run = forward, keyed_run
+        runner.model, runner.launch = forward, keyed_launch
 
     def take(self) -> dict[tuple[str, int], torch.Tensor]:
         logits, keys = self.logits, self.keys

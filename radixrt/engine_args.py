@@ -61,6 +61,25 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page (default 16)")
     parser.add_argument("--max-running", type=int, default=64, help="most requests a worker runs at once (default 64)")
     parser.add_argument("--no-cache", action="store_true", help="turn the prefix cache off (to measure what it saves)")
+    parser.add_argument(
+        "--no-cuda-graph",
+        action="store_true",
+        help="run decode steps eagerly on CUDA (by default each decode batch size up to --cuda-graph-max-bs "
+        "replays a CUDA graph captured at start; never on a CPU)",
+    )
+    parser.add_argument(
+        "--cuda-graph-max-bs",
+        type=int,
+        default=256,
+        help="the largest decode batch that replays a CUDA graph (default 256, at most --max-running); larger "
+        "batches and prefill run eagerly",
+    )
+    parser.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="collect each step before scheduling the next (by default on CUDA the host schedules step k+1 and "
+        "files step k's outputs while the GPU runs; a CPU never overlaps)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads per worker (default: the cores shared out)")
     parser.add_argument("--keys", metavar="DIR", help="CURVE key directory written by `radixrt keys DIR`")
 
@@ -69,6 +88,8 @@ def check_engine_options(args: argparse.Namespace) -> None:
     """Refuse contradictory sizes before anything starts (``ValueError``)."""
     if args.host_cache_gb < 0 or args.disk_cache_gb < 0 or (args.retention_cap_gb or 0) < 0:
         raise ValueError("--host-cache-gb, --disk-cache-gb and --retention-cap-gb take sizes >= 0")
+    if args.cuda_graph_max_bs < 1:
+        raise ValueError(f"--cuda-graph-max-bs takes a batch size >= 1, got {args.cuda_graph_max_bs}")
     if (args.disk_cache is None) != (args.disk_cache_gb == 0):
         raise ValueError("--disk-cache DIR and --disk-cache-gb N go together")
 
@@ -87,6 +108,9 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         "retention_cap_bytes": None if args.retention_cap_gb is None else int(args.retention_cap_gb * GIB),
         "eviction": args.eviction,
         "kv_dtype": args.kv_dtype,
+        "cuda_graph": False if args.no_cuda_graph else None,
+        "cuda_graph_max_bs": args.cuda_graph_max_bs,
+        "overlap": False if args.no_overlap else None,
     }
 
 
@@ -94,7 +118,14 @@ def worker_flags(args: argparse.Namespace, threads: int) -> list[str]:
     """The engine options ``serve`` passes on to each local worker; a disk directory becomes one
     subdirectory per worker (``worker_disk``), so that no two share one."""
     flags = ["--page-size", str(args.page_size), "--max-running", str(args.max_running), "--threads", str(threads)]
-    flags += ["--eviction", args.eviction, "--kv-dtype", args.kv_dtype]
+    flags += [
+        "--eviction",
+        args.eviction,
+        "--kv-dtype",
+        args.kv_dtype,
+        "--cuda-graph-max-bs",
+        str(args.cuda_graph_max_bs),
+    ]
     for flag, value in (
         ("--model", args.model),
         ("--kv-cache-mb", args.kv_cache_mb),
@@ -105,9 +136,12 @@ def worker_flags(args: argparse.Namespace, threads: int) -> list[str]:
     ):
         if value is not None:
             flags += [flag, str(value)]
-    if args.no_cache:
-        flags.append("--no-cache")
-    return flags
+    switches = (
+        ("--no-cache", args.no_cache),
+        ("--no-cuda-graph", args.no_cuda_graph),
+        ("--no-overlap", args.no_overlap),
+    )
+    return flags + [flag for flag, on in switches if on]
 
 
 def worker_disk(directory: str | None, name: str) -> list[str]:

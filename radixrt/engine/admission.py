@@ -119,3 +119,18 @@ def check_retention(
             f"{cap} pages ({now} retained now): wait for retentions to expire, or retain less"
         )
     return out
+
+
+def check_resumed(tokens: list[int], resumed: int, constraint) -> None:
+    """``resumed`` counts the prompt's last tokens that are the request's own output so far: never
+    the whole prompt, and its constraint, if any, must take them (they move the matcher on)."""
+    if isinstance(resumed, bool) or not isinstance(resumed, int) or not 0 <= resumed < len(tokens):
+        raise ValueError(
+            f"resumed must be a count of the prompt's last tokens in 0..{len(tokens) - 1}, got {resumed!r}"
+        )
+    if (
+        constraint is not None
+        and resumed
+        and not all(constraint.accept_token(t) for t in tokens[len(tokens) - resumed :])
+    ):
+        raise ValueError("the tokens generated so far do not fit the request's constraint")

@@ -18,19 +18,23 @@ import os
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict
+from functools import partial
 
 import numpy as np
 import torch
 
 from radixrt.cache import KVPool, PageAllocator, RadixCache
 from radixrt.cache.kv_tiers import lower_tiers, tier_stats
-from radixrt.cache.radix_cache import Node
-from radixrt.engine.admission import ModelLimits, admit, check_retention
+from radixrt.engine.admission import ModelLimits, admit, check_resumed, check_retention
 from radixrt.engine.constraints import Grammars
+from radixrt.engine.cuda_graph import DecodeGraphs, estimate_bytes
 from radixrt.engine.detokenizer import IncrementalDetokenizer
+from radixrt.engine.inflight import InFlight
 from radixrt.engine.model_runner import ModelRunner, StepResult, kv_cache_budget, kv_pool_dtype
-from radixrt.engine.output_text import OutputText, text_token_count
+from radixrt.engine.output_text import OutputText
+from radixrt.engine.pins import Pins
 from radixrt.engine.request import Request, State
+from radixrt.engine.sampling import hold_stop_tokens
 from radixrt.engine.scheduler import Scheduler
 from radixrt.engine.window import KVWindow
 from radixrt.model import load_model
@@ -39,7 +43,6 @@ from radixrt.outputs import RequestOutput
 from radixrt.params import MAX_INT32, SamplingParams
 from radixrt.prompts import Prompt, prompt_ids
 
-MAX_PINNED_FRACTION = 0.5  # of the KV pool's pages: the most that pins may hold
 RETENTION_CAP_FRACTION = 0.25  # of every tier's pages: a namespace's retention cap by default
 
 
@@ -66,14 +69,26 @@ class EngineCore:
         retention_cap_bytes: int | None = None,
         eviction: str = "lru",
         kv_dtype: str = "auto",
+        cuda_graph: bool | None = None,
+        cuda_graph_max_bs: int = 256,
+        overlap: bool | None = None,
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        on_cuda = torch.device(device).type == "cuda"
+        if cuda_graph and not on_cuda:
+            raise ValueError(f"CUDA graphs need a CUDA device; this engine runs on {device!r}")
+        cuda_graph = on_cuda if cuda_graph is None else cuda_graph
+        if cuda_graph and cuda_graph_max_bs < 1:
+            raise ValueError(f"cuda_graph_max_bs must be at least 1, got {cuda_graph_max_bs}")
+        self.overlap = on_cuda if overlap is None else bool(overlap)
+        dtype = dtype or (torch.bfloat16 if on_cuda else torch.float32)
         loaded = load_model(model, dtype=dtype, device=device)
         self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, device
         self.model_path = loaded.path
         self.detokenize = detokenize and self.tokenizer is not None
         cfg = self.model.config
+        graph_max_bs = min(cuda_graph_max_bs, max_running)
+        graph_bytes = estimate_bytes(cfg, graph_max_bs, dtype) if cuda_graph and kv_cache_bytes is None else 0
         self.vocab_size = cfg.vocab_size
         self.max_context = self.model.max_context
         self.pool = KVPool(
@@ -83,7 +98,7 @@ class EngineCore:
             page_size=page_size,
             dtype=kv_pool_dtype(kv_dtype, dtype),
             device=device,
-            max_bytes=kv_cache_budget(device, kv_cache_bytes),
+            max_bytes=kv_cache_budget(device, kv_cache_bytes) - graph_bytes,
         )
         self.kv_dtype = kv_dtype
         self.allocator = PageAllocator(self.pool.num_pages)
@@ -96,6 +111,8 @@ class EngineCore:
         if self.disk is not None:
             self.cache.restore(self.disk.entries())  # a warm start: what an earlier run left on disk
         self.runner = ModelRunner(self.model, self.pool, device)
+        if cuda_graph:
+            self.use_decode_graphs(graph_max_bs)
         self.scheduler = Scheduler(
             self.cache,
             self.allocator,
@@ -106,15 +123,15 @@ class EngineCore:
             copy_slots=self.runner.copy_slots,
         )
         self.eos_ids = loaded.eos_ids
-        self.runner.logits_processors.append(self._hold_stop_tokens)
+        self.runner.logits_processors.append(partial(hold_stop_tokens, eos_ids=self.eos_ids))
         self.requests: dict[str, Request] = {}  # queued or running
         self.failed_requests = 0
         self._ids = itertools.count()
         self._undelivered: list[RequestOutput] = []  # outputs the next step() returns
         self._mailboxes: dict[str, list[RequestOutput]] = {}  # outputs of requests an in-process driver added
         self._grammar_cache: Grammars | None = None
-        self.pins: dict[str, tuple[Node, int]] = {}  # request id -> the cache node its pin holds, its pages
-        self.pins_refused = 0
+        self._inflight = InFlight(self.runner, self.scheduler)
+        self.pins = Pins(self.cache, self.pool.num_pages)
 
     # ---- the core --------------------------------------------------------------------------
 
@@ -146,9 +163,7 @@ class EngineCore:
         (a worker that died): its constraint, if any, takes them before it constrains the rest, and
         frequency, presence and repetition penalties count them as output. ``pin`` keeps the
         request's tokens (whole pages of them) in the cache after it finishes, safe from eviction,
-        until ``unpin(request_id)``: a program's shared trunk, say, that branches will reuse. A pin
-        is best-effort: one that would take pinned pages past ``MAX_PINNED_FRACTION`` of the pool
-        is not kept (``stats()["pins_refused"]``), so that pins never starve running requests.
+        until ``unpin(request_id)``, best-effort (engine/pins.py: ``stats()["pins_refused"]``).
         ``score_next`` asks for the log-probability of each of these tokens right after the prompt
         (``next_logprobs`` of the last output): a ``select`` scores the first tokens of all its
         choices in one request. ``retain`` lists (tokens, ttl seconds): when the request ends, its
@@ -182,17 +197,8 @@ class EngineCore:
         room = MAX_INT32 if params.kv_window else min(self.max_context, self.pool.num_tokens) - len(tokens)
         generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
         text = OutputText(IncrementalDetokenizer(self.tokenizer), params.stop) if self.detokenize else None
-        if isinstance(resumed, bool) or not isinstance(resumed, int) or not 0 <= resumed < len(tokens):
-            raise ValueError(
-                f"resumed must be a count of the prompt's last tokens in 0..{len(tokens) - 1}, got {resumed!r}"
-            )
         constraint = self._grammars().matcher(params) if params.constrained else None
-        if (
-            constraint is not None
-            and resumed
-            and not all(constraint.accept_token(t) for t in tokens[len(tokens) - resumed :])
-        ):
-            raise ValueError("the tokens generated so far do not fit the request's constraint")
+        check_resumed(tokens, resumed, constraint)
         req = Request(
             request_id,
             np.asarray(tokens, dtype=np.int32),
@@ -228,6 +234,7 @@ class EngineCore:
         req = self.requests.get(request_id)
         if req is None:
             return False
+        req.settle()
         self.scheduler.remove(req)
         self._deliver(self._end(req, State.ABORTED, "abort"))
         return True
@@ -235,11 +242,7 @@ class EngineCore:
     def unpin(self, request_id: str) -> bool:
         """Release what a ``pin=True`` request kept cached (it becomes evictable, least recently
         used first, like any cached prefix). False if ``request_id`` holds no pin."""
-        pin = self.pins.pop(request_id, None)
-        if pin is None:
-            return False
-        self.cache.unlock(pin[0])
-        return True
+        return self.pins.release(request_id)
 
     def flush_cache(self) -> bool:
         """Drop every cached prefix; refused (False) while requests are queued or running or pins are
@@ -250,7 +253,16 @@ class EngineCore:
         return True
 
     def has_work(self) -> bool:
-        return bool(self.requests or self._undelivered)
+        return bool(self.requests or self._undelivered or self._inflight)
+
+    def use_decode_graphs(self, max_bs: int, capture: bool = True) -> None:
+        """Run decode batches of up to ``max_bs`` requests through static buffers, replaying a CUDA
+        graph captured per batch size (``capture=False`` runs the same buffers eagerly: how a CPU
+        checks them). Takes one page of the pool for the padding's K/V."""
+        pad_page = int(self.allocator.alloc(1)[0])
+        self.runner.graphs = DecodeGraphs(
+            self.model, self.pool, max_bs=max_bs, max_context=self.max_context, pad_page=pad_page, capture=capture
+        )
 
     # ---- misc ------------------------------------------------------------------------------
 
@@ -261,7 +273,7 @@ class EngineCore:
         )
 
     def stats(self) -> dict:
-        s = self.scheduler.stats
+        s, graphs = self.scheduler.stats, self.runner.graphs
         return {
             **asdict(s),
             "hit_rate": s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
@@ -272,85 +284,108 @@ class EngineCore:
             "pages_locked": self.cache.protected_size(),  # by running requests and pins
             **tier_stats(self.cache, self.disk),
             "pins": len(self.pins),
-            "pins_refused": self.pins_refused,
+            "pins_refused": self.pins.refused,
             "pages_retained": self.cache.retained_pages(),
             "max_context": self.max_context,
             "kv_cache_tokens": self.pool.num_tokens,
             "kv_dtype": self.kv_dtype,
             "kv_bytes_per_token": self.pool.bytes_per_token,
+            "overlap": self.overlap,
+            "cuda_graph_max_bs": graphs.max_bs if graphs is not None else 0,  # the largest captured batch
+            "cuda_graph_bytes": graphs.memory_bytes if graphs is not None else 0,
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
         }
 
     def close(self) -> None:
-        """Write out what the disk tier has queued and release its directory."""
+        """Finish the step in flight; write out what the disk tier has queued and release its
+        directory."""
+        while self._inflight:
+            self._collect()
         if self.disk is not None:
             self.disk.close()
 
     # ---- one step --------------------------------------------------------------------------
 
     def _advance(self) -> None:
-        """Run one batch and file its outputs."""
+        """Queue a step and take in the results of the one before it: with ``overlap`` the step
+        just queued runs on the device while the host files the previous one's outputs, and a
+        request that this shows to have finished is settled one step late (``_settle``)."""
+        if self._inflight.must_collect():
+            self._collect()
+        launched = self._launch()
+        while len(self._inflight) > (1 if self.overlap and launched else 0):
+            self._collect()
+
+    def _launch(self) -> bool:
+        """Schedule a batch and queue it on the device; False when there is nothing to run."""
         batch = self.scheduler.schedule()
         failed, self.scheduler.failed = self.scheduler.failed, []
         for req in failed:
             self._deliver(self._end(req, State.FAILED, "error", req.error))
         if not batch:
-            return
+            return False
         try:
-            results = self.runner.run(batch, self.scheduler.sink_refresh)
+            self._inflight.launch(batch)
         except Exception as e:  # the whole forward failed: its requests fail, the engine goes on
-            if torch.device(self.device).type == "cuda":
-                torch.cuda.empty_cache()
-            results = [StepResult(error=f"the forward pass failed: {type(e).__name__}: {e}")] * len(batch)
+            while self._inflight:
+                self._collect()  # what they generated before it counts
+            self._fail_batch(batch, e)
+            return False
+        return True
+
+    def _collect(self) -> None:
+        """Wait for the oldest step in flight and file its outputs."""
+        step = self._inflight.oldest()
+        try:
+            results = step.launched.collect()
+        except Exception as e:  # the device failed while it ran
+            self._fail_batch(step.batch, e)
+            return
         now = time.perf_counter()
-        for (req, n), result in zip(batch, results):
+        for (req, _), (end, retractions), result in zip(step.batch, step.marks, results):
+            if req.done:
+                continue  # it ended since (found finished by the step before, or aborted)
             try:
-                out = self._apply(req, n, result, now)
+                out = self._apply(req, result, now, end, retracted=req.retractions != retractions)
             except Exception as e:  # a fault of this request alone (a tokenizer error, say)
                 req.output_text = None  # its text is what failed, most likely: report token ids alone
                 out = self._fail(req, f"{type(e).__name__}: {e}")
             if out is not None:
                 self._deliver(out)
 
-    def _apply(self, req: Request, n: int, result: StepResult, now: float) -> RequestOutput | None:
-        """Take one step's result into ``req``; its output, if it has one to report."""
+    def _fail_batch(self, batch: Sequence[tuple[Request, int]], e: Exception) -> None:
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.empty_cache()
+        for req, _ in batch:
+            if not req.done:
+                self._deliver(self._fail(req, f"the forward pass failed: {type(e).__name__}: {e}"))
+
+    def _apply(self, req: Request, result: StepResult, now: float, end: int, retracted: bool) -> RequestOutput | None:
+        """Take one step's result into ``req``; its output, if it has one to report. ``end``: the
+        tokens it had computed once the step was queued; ``retracted``: since then (what the step
+        scored of its prompt is computed again)."""
         if result.error is not None:
             return self._fail(req, result.error)
-        self.scheduler.progress(req, n)
-        req.prompt_logprobs += result.prompt_logprobs
-        if result.next_logprobs is not None:
-            req.next_logprobs = result.next_logprobs
+        if not retracted:
+            req.prompt_logprobs += result.prompt_logprobs
+            if result.next_logprobs is not None:
+                req.next_logprobs = result.next_logprobs
         if result.token is None:
-            if req.computed == req.length and req.num_output >= req.max_new_tokens:
+            if end == req.length and req.num_known >= req.max_new_tokens:
                 return self._finish(req, "length")  # max_new_tokens == 0: the prompt is computed (and cached)
             return None
-        p, token = req.params, result.token
-        req.append(token, result.logprob, now, result.top_logprobs)
-        stop_token = token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos)
-        out_of_room = req.num_output >= req.max_new_tokens
-        if req.constraint is not None:
-            if not req.constraint.accept_token(token):
-                return self._fail(req, f"the constraint refused token {token}")
-            stop_token = stop_token or req.constraint.is_terminated()  # it ends on a stop token the grammar allowed
-        if req.output_text is not None and req.output_text.feed(req.output, stop_token, out_of_room) is not None:
-            return self._finish(req, "stop", req.output_text.matched)
-        if stop_token:
-            return self._finish(req, "stop", token)
-        if out_of_room:
-            return self._finish(req, "length")
-        return self._output(req)
+        verdict = req.take(result.token, result.logprob, now, result.top_logprobs, self.eos_ids)
+        if verdict is None:
+            return req.news()
+        reason, detail = verdict
+        return self._fail(req, detail) if reason == "error" else self._finish(req, reason, detail)
 
     def _finish(self, req: Request, reason: str, matched: str | int | None = None) -> RequestOutput:
+        req.settle()
         self.scheduler.remove(req)
         if req.pin and self.scheduler.enable_cache:
-            match = self.cache.match_prefix(req.tokens[: req.computed], req.namespace)
-            pinned = sum(pages for _, pages in self.pins.values())  # overlapping pins count twice: a safe side
-            if pinned + match.pages.size <= MAX_PINNED_FRACTION * self.pool.num_pages:
-                self.cache.lock(match)  # right after remove() committed them: nothing was evicted between
-                self.pins[req.id] = (match.last_node, match.pages.size)
-            else:
-                self.pins_refused += 1
+            self.pins.keep(req)
         if self.scheduler.enable_cache:
             for tokens, ttl in req.retain:
                 self.cache.retain(req.tokens[: min(tokens, req.computed)], ttl, req.namespace)
@@ -358,54 +393,22 @@ class EngineCore:
         return self._end(req, State.FINISHED, reason)
 
     def _fail(self, req: Request, error: str) -> RequestOutput:
+        req.settle()
         self.scheduler.remove(req)
         return self._end(req, State.FAILED, "error", error)
 
     def _end(self, req: Request, state: State, reason: str, error: str | None = None) -> RequestOutput:
         req.state, req.finish_reason, req.error = state, reason, error
+        req.drop_pending()
         self.failed_requests += state is State.FAILED
         self.requests.pop(req.id, None)
-        return self._output(req)
-
-    def _output(self, req: Request) -> RequestOutput:
-        """The request's news since its last output (its last output, if it is done)."""
-        new, req.reported = slice(req.reported, req.num_output), req.num_output
-        out = RequestOutput(
-            req.id,
-            req.output[new].tolist(),
-            req.output_text.take(final=req.done) if req.output_text else "",
-            req.logprobs[new] if req.params.logprobs else None,
-            req.token_times[new],
-            prompt_tokens=req.prompt_len,
-            cached_tokens=req.cached_tokens,
-            top_logprobs=req.top_logprobs[new] if req.params.top_logprobs else None,
-        )
-        if req.done:
-            stop_token = req.finish_reason == "stop" and isinstance(req.matched_stop, int)
-            out.finished, out.finish_reason, out.matched_stop, out.error = (
-                True,
-                req.finish_reason,
-                req.matched_stop,
-                req.error,
-            )
-            out.text_token_count = text_token_count(req.output_text, req.output, stop_token)
-            if req.prompt_logprobs_from is not None:
-                out.prompt_logprobs = req.prompt_logprobs
-            out.next_logprobs = req.next_logprobs
-        return out
+        return req.news()
 
     def _deliver(self, out: RequestOutput) -> None:
         mailbox = self._mailboxes.get(out.request_id)
         (mailbox if mailbox is not None else self._undelivered).append(out)
 
     # ---- input -----------------------------------------------------------------------------
-
-    def _hold_stop_tokens(self, logits: torch.Tensor, requests: Sequence[Request]) -> None:
-        """Refuse end-of-sequence and stop tokens to requests short of their ``min_new_tokens``."""
-        for row, req in enumerate(requests):
-            if req.num_output < req.params.min_new_tokens:
-                held = [*req.params.stop_token_ids, *([] if req.params.ignore_eos else self.eos_ids)]
-                logits[row, held] = -torch.inf
 
     def _grammars(self) -> Grammars:
         """The constraint compiler, made on the first constrained request (it loads xgrammar)."""

@@ -1,5 +1,7 @@
 """The model runner: one forward over the scheduled batch, then the whole batch sampled on the
-device, with one copy to the host per step.
+device, with one copy to the host per step. ``launch`` queues a step and returns at once;
+``Launched.collect`` waits for its results, so that the engine may schedule the next step in
+between (overlap scheduling, engine/core.py).
 
 Between the forward and the sampler, ``logits_processors`` edit the rows about to be sampled in
 place: that is where constrained decoding applies its token bitmasks. The runner knows nothing of
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +21,9 @@ from radixrt.cache import KVPool
 from radixrt.engine.request import Request
 from radixrt.engine.sampling import sample_batch
 from radixrt.model import LlamaForCausalLM, SequenceChunk, build_batch
+
+if TYPE_CHECKING:
+    from radixrt.engine.cuda_graph import DecodeGraphs
 
 CPU_KV_CACHE_BYTES = 512 * 2**20
 GPU_KV_CACHE_FRACTION = 0.8  # of the device memory free once the weights are loaded
@@ -85,50 +91,106 @@ class _Plan:
     top_logprobs: int = 0  # the sampled row's most likely tokens to report
 
 
-class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, pool: KVPool, device: str) -> None:
-        self.model, self.pool, self.device = model, pool, device
-        self.page_size = pool.page_size
-        self.logits_processors: list[LogitsProcessor] = []
+@dataclass
+class Launched:
+    """A step queued on the device: its sampled tokens stay there for the next step to read;
+    ``collect`` waits for the one copy of its results to the host."""
 
-    def run(self, batch: Sequence[tuple[Request, int]], refresh_sinks: Sequence[Request] = ()) -> list[StepResult]:
-        """Feed each request's next ``n`` tokens; sample a token for those whose tokens are now
-        all computed and that may still generate. ``refresh_sinks``: windows that slid, whose
-        sinks are computed again in the same forward (engine/window.py; each layer writes every
-        new token's K/V before it attends, so their chunks read the new sinks)."""
-        chunks, plans, row = [], [], 0
-        for req, n in batch:
-            chunk, plan = self._chunk(req, n, row)
-            chunks.append(chunk)
-            plans.append(plan)
-            row += n - chunk.first_logit
-        chunks += [self._sink_chunk(req) for req in refresh_sinks]  # last: their logit rows go unread
-        with torch.no_grad():
-            logits = self.model(build_batch(chunks, self.page_size, self.device), self.pool)
-            sampled = [(req, p.sample_row) for (req, _), p in zip(batch, plans) if p.sample_row is not None]
-            tokens, logprobs, status, top = self._sample(logits, [r for r, _ in sampled], [i for _, i in sampled])
-            scored = self._score_prompts(logits, plans)
-            values = torch.cat(
-                [tokens.double(), logprobs.double(), status.double(), scored.double()]
-            ).tolist()  # the one host copy
-            tops = iter(zip(top[0].tolist(), top[1].tolist())) if top is not None else None  # a second, when asked for
-        k = len(sampled)
+    plans: list[_Plan]
+    sampled: dict[Request, int]  # the requests that sampled a token: their row in ``tokens``
+    tokens: torch.Tensor  # on the device
+    values: torch.Tensor  # tokens, log-probabilities, status codes, scored prompt tokens: on the host
+    top: tuple[torch.Tensor, torch.Tensor] | None  # the top_logprobs ids and values asked for, on the host
+    ready: torch.cuda.Event | None  # recorded after the copies, on CUDA
+
+    def collect(self) -> list[StepResult]:
+        """What the step computed, request by request in the batch's order."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        k = len(self.sampled)
+        values = self.values.tolist()
         scored_values = iter(values[3 * k :])
         sampled_values = iter(zip(values[:k], values[k : 2 * k], values[2 * k : 3 * k]))
+        tops = iter(zip(self.top[0].tolist(), self.top[1].tolist())) if self.top is not None else None
         results = []
-        for plan in plans:
+        for plan in self.plans:
             result = StepResult(prompt_logprobs=[next(scored_values) for _ in plan.prompt_rows])
             if plan.next_row is not None:
                 result.next_logprobs = [next(scored_values) for _ in plan.next_targets]
             if plan.sample_row is not None:
                 token, result.logprob, code = next(sampled_values)
                 result.token, result.error = int(token), _SAMPLE_ERRORS[int(code)]
-                k = plan.top_logprobs
-                if k:
+                if plan.top_logprobs:
                     ids, lps = next(tops)
-                    result.top_logprobs = list(zip(ids[:k], lps[:k]))
+                    result.top_logprobs = list(zip(ids[: plan.top_logprobs], lps[: plan.top_logprobs]))
             results.append(result)
         return results
+
+
+def _to_host(values: torch.Tensor, top: tuple[torch.Tensor, torch.Tensor] | None):
+    """``values`` and ``top`` copied to the host, and the event that says they have arrived: on
+    CUDA into pinned memory without waiting, so the host goes on while the step runs."""
+    if values.device.type != "cuda":
+        return values, top, None
+    pinned = lambda t: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)  # noqa: E731
+    top = (pinned(top[0]), pinned(top[1])) if top is not None else None
+    values = pinned(values)
+    ready = torch.cuda.Event()
+    ready.record()
+    return values, top, ready
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, pool: KVPool, device: str) -> None:
+        self.model, self.pool, self.device = model, pool, device
+        self.page_size = pool.page_size
+        self.logits_processors: list[LogitsProcessor] = []
+        self.graphs: DecodeGraphs | None = None  # captured decode steps (engine/cuda_graph.py), on CUDA
+
+    def launch(
+        self,
+        batch: Sequence[tuple[Request, int]],
+        refresh_sinks: Sequence[Request] = (),
+        previous: Launched | None = None,
+    ) -> Launched:
+        """Queue one step on the device: feed each request's next ``n`` tokens and sample a token
+        for those whose tokens are then all computed and that may still generate. A request's last
+        token may still be on the device (``Request.pending``): ``previous``, the step that
+        sampled it, hands it over there, with no round trip to the host. ``refresh_sinks``: windows
+        that slid, whose sinks are computed again in the same forward (engine/window.py; each layer
+        writes every new token's K/V before it attends, so their chunks read the new sinks).
+        ``Launched.collect()`` waits for the step and reads its results."""
+        chunks, plans, feeds, row, fed = [], [], [], 0, 0
+        for req, n in batch:
+            chunk, plan = self._chunk(req, n, row)
+            fed += n
+            if req.pending:  # its last token, sampled by ``previous``
+                feeds.append((fed - 1, previous.sampled[req]))
+            chunks.append(chunk)
+            plans.append(plan)
+            row += n - chunk.first_logit
+        chunks += [self._sink_chunk(req) for req in refresh_sinks]  # last: their logit rows go unread
+        with torch.no_grad():
+            logits = self._forward(chunks, feeds, previous)
+            sampled = [(req, p.sample_row) for (req, _), p in zip(batch, plans) if p.sample_row is not None]
+            requests = [r for r, _ in sampled]
+            tokens, logprobs, status, top = self._sample(logits, requests, [i for _, i in sampled])
+            scored = self._score_prompts(logits, plans)
+            values = torch.cat([tokens.double(), logprobs.double(), status.double(), scored.double()])
+            return Launched(plans, {r: i for i, r in enumerate(requests)}, tokens, *_to_host(values, top))
+
+    def _forward(self, chunks: list[SequenceChunk], feeds: list[tuple[int, int]], previous: Launched | None):
+        """The logits of ``chunks``: a captured CUDA graph replayed for a decode batch that has one,
+        else an eager forward. ``feeds`` (input index, row of ``previous.tokens``) are tokens that
+        the previous step sampled, copied device to device."""
+        graphs = self.graphs if self.graphs is not None and self.graphs.can_run(chunks) else None
+        batch = build_batch(graphs.pad(chunks) if graphs else chunks, self.page_size, self.device)
+        if feeds:
+            into, rows = (torch.as_tensor(x, device=batch.input_ids.device) for x in zip(*feeds))
+            batch.input_ids[into] = previous.tokens[rows]
+        if graphs is None:
+            return self.model(batch, self.pool)
+        return graphs.run(batch)[: len(chunks)]
 
     def _chunk(self, req: Request, n: int, first_row: int) -> tuple[SequenceChunk, _Plan]:
         """The chunk that feeds ``req``'s next ``n`` tokens, its logits starting at ``first_row``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -12,12 +12,15 @@ import numpy as np
 
 from radixrt.cache import Node
 from radixrt.cache.ids import ID_DTYPE
-from radixrt.engine.output_text import OutputText
+from radixrt.engine.output_text import OutputText, text_token_count
 from radixrt.engine.window import KVWindow
+from radixrt.outputs import RequestOutput
 from radixrt.params import SamplingParams
 
 if TYPE_CHECKING:
     import torch
+
+PENDING_TOKEN = -1  # a pending token's place: out of every vocabulary, so a forward that read it would fail
 
 
 class State(enum.Enum):
@@ -74,6 +77,7 @@ class Request:
     error: str | None = None
     retractions: int = 0
     reported: int = 0  # generated tokens already reported in an output
+    pending: int = 0  # the last generated tokens, sampled on the device but not yet known here
 
     def __post_init__(self) -> None:
         if self.tenant is None:
@@ -95,7 +99,17 @@ class Request:
 
     @property
     def num_output(self) -> int:
+        """Generated tokens, those still pending included."""
         return self.length - self.prompt_len
+
+    @property
+    def num_known(self) -> int:
+        """Generated tokens whose values have come back from the device."""
+        return self.num_output - self.pending
+
+    @property
+    def known_output(self) -> np.ndarray:
+        return self._buf[self.prompt_len : self.length - self.pending]
 
     @property
     def penalty_split(self) -> int:
@@ -122,12 +136,90 @@ class Request:
     def done(self) -> bool:
         return self.state in (State.FINISHED, State.ABORTED, State.FAILED)
 
-    def append(self, token: int, logprob: float, at: float, top: list[tuple[int, float]] | None = None) -> None:
+    @property
+    def needs_known_tokens(self) -> bool:
+        """Whether sampling its next token reads its earlier ones on the host (a constraint's
+        state, penalties), so that a step cannot be queued before the last one's tokens are back."""
+        p = self.params
+        return (
+            self.constraint is not None or p.repetition_penalty != 1 or bool(p.frequency_penalty or p.presence_penalty)
+        )
+
+    def add_pending(self) -> None:
+        """A token sampled by a step still on the device: it counts (for length and the next step's
+        input) before its value is known; ``resolve`` fills it in."""
         if self.length == self._buf.size:
             self._buf = np.concatenate([self._buf, np.empty(self._buf.size, dtype=ID_DTYPE)])
-        self._buf[self.length] = token
+        self._buf[self.length] = PENDING_TOKEN
         self.length += 1
+        self.pending += 1
+
+    def drop_pending(self) -> None:
+        self.length -= self.pending
+        self.pending = 0
+
+    def resolve(self, token: int, logprob: float, at: float, top: list[tuple[int, float]] | None = None) -> None:
+        """The value of the oldest pending token."""
+        self._buf[self.length - self.pending] = token
+        self.pending -= 1
         self.logprobs.append(logprob)
         self.token_times.append(at)
         if top is not None:
             self.top_logprobs.append(top)
+
+    def take(
+        self, token: int, logprob: float, at: float, top: list | None, eos_ids: Collection[int]
+    ) -> tuple[str, str | int | None] | None:
+        """Its oldest pending token's value, and whether that ends it: ("stop", the stop string or
+        token), ("length", None), ("error", why), or None to go on."""
+        self.resolve(token, logprob, at, top)
+        p = self.params
+        stop_token = token in p.stop_token_ids or (token in eos_ids and not p.ignore_eos)
+        out_of_room = self.num_known >= self.max_new_tokens
+        if self.constraint is not None:
+            if not self.constraint.accept_token(token):
+                return "error", f"the constraint refused token {token}"
+            stop_token = stop_token or self.constraint.is_terminated()  # it ends on a stop token the grammar allowed
+        if (
+            self.output_text is not None
+            and self.output_text.feed(self.known_output, stop_token, out_of_room) is not None
+        ):
+            return "stop", self.output_text.matched
+        if stop_token:
+            return "stop", token
+        return ("length", None) if out_of_room else None
+
+    def settle(self) -> None:
+        """Before it ends: what a step queued after its last known token computed does not count
+        (that step fed the token), so it leaves what it would have left without overlap. The
+        prompt's pages already given to the cache stay there."""
+        if self.num_known:
+            self.computed = max(min(self.computed, self.length - self.pending - 1), self.in_tree)
+
+    def news(self) -> RequestOutput:
+        """What it has to report since its last output: the tokens come back from the device since
+        (its last output, with the totals, once it is done)."""
+        new, self.reported = slice(self.reported, self.num_known), self.num_known
+        out = RequestOutput(
+            self.id,
+            self.output[new].tolist(),
+            self.output_text.take(final=self.done) if self.output_text else "",
+            self.logprobs[new] if self.params.logprobs else None,
+            self.token_times[new],
+            prompt_tokens=self.prompt_len,
+            cached_tokens=self.cached_tokens,
+            top_logprobs=self.top_logprobs[new] if self.params.top_logprobs else None,
+        )
+        if self.done:
+            stop_token = self.finish_reason == "stop" and isinstance(self.matched_stop, int)
+            out.finished, out.finish_reason, out.matched_stop, out.error = (
+                True,
+                self.finish_reason,
+                self.matched_stop,
+                self.error,
+            )
+            out.text_token_count = text_token_count(self.output_text, self.output, stop_token)
+            if self.prompt_logprobs_from is not None:
+                out.prompt_logprobs = self.prompt_logprobs
+            out.next_logprobs = self.next_logprobs
+        return out

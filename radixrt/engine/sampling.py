@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from radixrt.model.batch import to_device
 from radixrt.params import GREEDY_EPS, SamplingParams
 
 __all__ = ["GREEDY_EPS", "SamplingParams", "sample_batch"]
@@ -46,7 +47,7 @@ def sample_batch(
     device = logits.device
     tokens = torch.empty(len(params), dtype=torch.long, device=device)
     logprobs = torch.empty(len(params), dtype=torch.float32, device=device)
-    g_rows, s_rows = _to_device(greedy, torch.long, device), _to_device(sampled, torch.long, device)
+    g_rows, s_rows = to_device(greedy, torch.long, device), to_device(sampled, torch.long, device)
     drawn = _sample(logits.index_select(0, s_rows), [params[b] for b in sampled], [generators[b] for b in sampled])
     parts = ((g_rows, _greedy(logits.index_select(0, g_rows))), (s_rows, drawn))
     for rows, (part_tokens, part_logprobs) in parts:
@@ -83,10 +84,10 @@ def _top_k_top_p(x: torch.Tensor, rows: list[int], params: list[SamplingParams])
     of what is left; one sort of the rows concerned. Ties with the k-th logit are kept (as HF, vLLM)."""
     device, vocab = x.device, x.shape[-1]
     every_row = len(rows) == len(x)
-    index = None if every_row else _to_device(rows, torch.long, device)
+    index = None if every_row else to_device(rows, torch.long, device)
     values, order = (x if every_row else x.index_select(0, index)).sort(-1, descending=True)
     if any(p.top_k for p in params):
-        last = _to_device([min(p.top_k or vocab, vocab) - 1 for p in params], torch.long, device)[:, None]
+        last = to_device([min(p.top_k or vocab, vocab) - 1 for p in params], torch.long, device)[:, None]
         values = values.masked_fill(values < values.gather(1, last), -math.inf)
     if any(p.top_p < 1 for p in params):
         probs = values.softmax(-1)
@@ -128,7 +129,7 @@ def _penalise(
     device, vocab = logits.device, logits.shape[-1]
     chosen = [params[b] for b in rows]
     every_row = len(rows) == len(logits)
-    index = None if every_row else _to_device(rows, torch.long, device)
+    index = None if every_row else to_device(rows, torch.long, device)
     x = logits if every_row else logits.index_select(0, index)
     counts = _counts([output_ids[b] for b in rows], vocab, device)
     if any(p.repetition_penalty != 1 for p in chosen):
@@ -146,20 +147,20 @@ def _counts(sequences: list[TokenIds], vocab: int, device: torch.device) -> torc
     """Per-row token counts ``[len(sequences), vocab]``, float32, scattered on the device."""
     arrays = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
     offsets = np.repeat(np.arange(len(arrays), dtype=np.int64) * vocab, [len(a) for a in arrays])
-    flat = _to_device(np.concatenate(arrays) + offsets, torch.long, device)
+    flat = to_device(np.concatenate(arrays) + offsets, torch.long, device)
     counts = torch.zeros(len(arrays) * vocab, dtype=torch.float32, device=device)
     counts.scatter_add_(0, flat, torch.ones(flat.shape, dtype=torch.float32, device=device))
     return counts.view(len(arrays), vocab)
 
 
 def _column(values: list[float], device: torch.device) -> torch.Tensor:
-    return _to_device(values, torch.float32, device)[:, None]
+    return to_device(values, torch.float32, device)[:, None]
 
 
-def _to_device(values: list | np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A host list on ``device``; from pinned memory on CUDA, so the copy neither blocks the host nor
-    waits for the work already queued (a pageable copy would synchronise the stream)."""
-    host = torch.as_tensor(values, dtype=dtype)
-    if device.type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
+def hold_stop_tokens(logits: torch.Tensor, requests: Sequence, eos_ids: Sequence[int]) -> None:
+    """A logits processor: refuse end-of-sequence and stop tokens to requests short of their
+    ``min_new_tokens`` (tokens still on the device count: they are generated)."""
+    for row, req in enumerate(requests):
+        if req.num_output < req.params.min_new_tokens:
+            held = [*req.params.stop_token_ids, *([] if req.params.ignore_eos else eos_ids)]
+            logits[row, held] = -torch.inf

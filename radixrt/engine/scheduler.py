@@ -81,8 +81,10 @@ class Scheduler:
         batch, budget = [], self.max_batch_tokens
         self.sink_refresh = []
         for req in list(self.running):
-            if req.state is not State.RUNNING or budget <= 0:
-                continue
+            if req.state is not State.RUNNING or budget <= 0 or req.computed == req.length:
+                continue  # (all computed: a step in flight has ended its prompt, its last token or both)
+            if req.pending and req.num_output >= req.max_new_tokens:
+                continue  # its last token is on the device: it ends when that step is collected
             n = min(req.length - req.computed, budget, self._chunk(req))
             if req.window is not None:
                 self._slide(req)
@@ -164,12 +166,13 @@ class Scheduler:
     def _by_priority(self) -> Iterator[tuple[Request, int | None]]:
         """Waiting requests with their cached prefix lengths (None where not looked up), best
         first. Looking up does not touch the tree: a request not admitted changes nothing."""
-        if not self.enable_cache or len(self.waiting) > LPM_MAX_WAITING:
-            ranked = [(req, None) for req in sorted(self.waiting, key=lambda r: r.arrival)]
+        waiting = [r for r in self.waiting if not r.pending]  # retracted while its token was on the device
+        if not self.enable_cache or len(waiting) > LPM_MAX_WAITING:
+            ranked = [(req, None) for req in sorted(waiting, key=lambda r: r.arrival)]
         else:
             now = time.perf_counter()
             looked_up = [
-                (req, self.cache.prefix_length(req.tokens[: req.match_limit], req.namespace)) for req in self.waiting
+                (req, self.cache.prefix_length(req.tokens[: req.match_limit], req.namespace)) for req in waiting
             ]
             ranked = sorted(
                 looked_up, key=lambda rc: rc[1] + AGE_CREDIT_TOKENS_PER_S * (now - rc[0].arrival), reverse=True

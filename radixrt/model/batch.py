@@ -50,7 +50,8 @@ def build_batch(chunks: list[SequenceChunk], page_size: int, device: torch.devic
     positions = np.concatenate([i + c.shift for i, c in zip(at, chunks)])
     qo_indptr = np.concatenate([[0], np.cumsum(new_lens)])
     rows = [np.arange(qo_indptr[b] + c.first_logit % len(c.tokens), qo_indptr[b + 1]) for b, c in enumerate(chunks)]
-    as_tensor = lambda a, dtype: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+    device = torch.device(device)
+    as_tensor = lambda a, dtype: to_device(np.asarray(a), dtype, device)  # noqa: E731
     return ForwardBatch(
         input_ids=as_tensor(np.concatenate([c.tokens for c in chunks]), torch.int64),
         positions=as_tensor(positions, torch.int64),
@@ -63,3 +64,13 @@ def build_batch(chunks: list[SequenceChunk], page_size: int, device: torch.devic
         max_new_tokens=int(new_lens.max()),
         max_seq_len=int((prefix + new_lens).max()),
     )
+
+
+def to_device(values: list | np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host values on ``device``; from pinned memory on CUDA, so the copy neither blocks the host nor
+    waits for the work already queued (a pageable copy would synchronise the stream: the overlap
+    scheduler builds step k+1 while step k runs)."""
+    host = torch.as_tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)

@@ -3,6 +3,7 @@
 import pytest
 
 from radixrt import Engine
+from radixrt.engine.core import EngineCore
 from testkit.engines import tiny_llama
 
 
@@ -15,3 +16,18 @@ def tiny(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def default_engine() -> Engine:
     return Engine(page_size=16)
+
+
+@pytest.fixture(params=["plain", "overlap"])
+def scheduling(request, monkeypatch) -> str:
+    """Engines made in the test schedule plainly (collect each step before the next) or with the
+    overlap scheduler (queue step k+1, then collect step k), as on a GPU; on a CPU both run the
+    same code path, so every guarantee the test checks must hold in both."""
+    if request.param == "overlap":
+        init = EngineCore.__init__
+
+        def overlapped(self, *args, overlap: bool = True, **kwargs) -> None:
+            init(self, *args, overlap=overlap, **kwargs)
+
+        monkeypatch.setattr(EngineCore, "__init__", overlapped)
+    return request.param

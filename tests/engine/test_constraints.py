@@ -10,6 +10,8 @@ from radixrt import Engine, SamplingParams
 from radixrt.engine import constraints
 from radixrt.engine.constraints import strict_json_grammar
 
+pytestmark = pytest.mark.usefixtures("scheduling")  # every test in both modes (conftest.py)
+
 SCHEMA = {
     "type": "object",
     "properties": {

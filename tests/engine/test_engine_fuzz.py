@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from radixrt import Engine, SamplingParams
 from testkit.engines import TINY_VOCAB, check_pages
 
+pytestmark = pytest.mark.usefixtures("scheduling")  # every test in both modes (conftest.py)
+
 GARBAGE = st.one_of(
     st.none(),
     st.booleans(),

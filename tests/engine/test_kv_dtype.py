@@ -8,6 +8,8 @@ import pytest
 from radixrt import Engine, SamplingParams
 from testkit.engines import check_pages, prompts, tiny_llama
 
+pytestmark = pytest.mark.usefixtures("scheduling")  # every test in both modes (conftest.py)
+
 SCORE = SamplingParams(max_new_tokens=1, temperature=0)
 
 

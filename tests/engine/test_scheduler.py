@@ -37,7 +37,8 @@ def step(s: Scheduler) -> list[tuple[Request, int]]:
     for req, n in batch:
         s.progress(req, n)
         if req.computed == req.length:
-            req.append(7, 0.0, 0.0)
+            req.add_pending()
+            req.resolve(7, 0.0, 0.0)
     return batch
 
 

@@ -6,6 +6,8 @@ import pytest
 from radixrt import Engine, SamplingParams
 from testkit.engines import check_pages, prompts, run_to_end
 
+pytestmark = pytest.mark.usefixtures("scheduling")  # every test in both modes (conftest.py)
+
 
 @pytest.mark.parametrize("by", ["tenant", "namespace"])
 def test_a_tenant_behind_anothers_queue_runs_at_the_next_free_slot(tiny, by):

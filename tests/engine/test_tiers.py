@@ -11,6 +11,8 @@ from radixrt import Engine, SamplingParams
 from radixrt.cache.disk_store import DiskCacheBusy
 from testkit.engines import check_pages, prompts
 
+pytestmark = pytest.mark.usefixtures("scheduling")  # every test in both modes (conftest.py)
+
 GREEDY = SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True)
 PAGE = 16
 

@@ -11,6 +11,8 @@ from radixrt.engine.window import KVWindow, window_pages
 from radixrt.model.llama import rotate
 from testkit.engines import TINY_VOCAB, check_pages, run_to_end, tiny_llama
 
+pytestmark = pytest.mark.usefixtures("scheduling")  # every test in both modes (conftest.py)
+
 CONTEXT = 128
 
 

@@ -185,7 +185,7 @@ def test_fork_computes_the_trunk_once_and_branches_batch_together(rt):
     trunk = "Shared context: " + " ".join(f"fact {i} is true." for i in range(40)) + "\n"
     sizes: list[int] = []
     runner = rt.engine.runner
-    original = runner.run
+    original = runner.launch
 
     def recording(batch, *rest):
         sizes.append(len(batch))
@@ -200,12 +200,12 @@ def test_fork_computes_the_trunk_once_and_branches_batch_together(rt):
 
     rt.call(lambda e: e.flush_cache())
     before = rt.stats()
-    rt.call(lambda e: setattr(runner, "run", recording))
+    rt.call(lambda e: setattr(runner, "launch", recording))
     try:
         s = prog.run(backend=rt, **GREEDY)
         answers = s["answer"]
     finally:
-        rt.call(lambda e: setattr(runner, "run", original))
+        rt.call(lambda e: setattr(runner, "launch", original))
     after = rt.stats()
     trunk_tokens = len(rt.encode(trunk))
     computed = after["computed_tokens"] - before["computed_tokens"]
