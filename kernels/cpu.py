@@ -9,6 +9,7 @@ sequence with a causal mask shifted by the prefix length.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -73,6 +74,11 @@ def gather(
     return dequantize(vectors.view(*rows.shape, flat.shape[1]), scale, dtype)
 
 
+def values(kv: PagedKV, keys: torch.Tensor, read: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """V for keys just read: their first channels when V lives in K's rows (MLA), else ``read()``."""
+    return keys[..., : kv.v_dim] if kv.v_in_k else read()
+
+
 def _scales(kv: PagedKV) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     return (kv.k_scale, kv.v_scale) if kv.quantized else (None, None)
 
@@ -93,7 +99,7 @@ class SharedPrefix:
     slots: tuple[int, int] | None = None
 
     def read(self, pool: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype, scratch: str) -> torch.Tensor:
-        """This prefix's K or V, ``[kv_heads, tokens, head_dim]``."""
+        """This prefix's K (or V of its own pool), ``[kv_heads, tokens, head_dim]``."""
         if self.slots is None:
             return gather(pool, self.rows, scale, dtype, scratch)
         lo, hi = self.slots
@@ -223,16 +229,53 @@ def attend_pool(q: torch.Tensor, kv: PagedKV, seqs: list[int], lens: list[int], 
     k_scale, v_scale = _scales(kv)
     qg = q.view(len(seqs), kv.kv_heads, q.shape[1] // kv.kv_heads, q.shape[2])
     k = gather(kv.k, plan.tail_rows, k_scale, q.dtype, scratch="k")  # [n, kv_heads, tokens, head_dim]
-    v = gather(kv.v, plan.tail_rows, v_scale, q.dtype, scratch="v")
+    v = values(kv, k, lambda: gather(kv.v, plan.tail_rows, v_scale, q.dtype, scratch="v"))
     part = Partial.of(qg, k, v, plan.tail_hidden, scale)
     for prefix in plan.shared:
         k = prefix.read(kv.k, k_scale, q.dtype, scratch="k")  # [kv_heads, tokens, head_dim]
-        v = prefix.read(kv.v, v_scale, q.dtype, scratch="v")
+        v = values(kv, k, lambda: prefix.read(kv.v, v_scale, q.dtype, scratch="v"))
         queries = qg[prefix.seqs].transpose(0, 1)  # [kv_heads, seqs, group, head_dim]
         shared = Partial.of(queries.flatten(1, 2), k, v, None, scale)
         shared = Partial(*(x.view(*queries.shape[:3], -1).transpose(0, 1) for x in shared))
         part.set_rows(prefix.seqs, part.rows(prefix.seqs).merge(shared))
     return part
+
+
+def attend_span(
+    q: torch.Tensor,
+    kv: PagedKV,
+    b: int,
+    lo: int,
+    hi: int,
+    first: int,
+    window: int,
+    sm_scale: float | None,
+    k_new: torch.Tensor | None = None,
+    v_new: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Queries ``q [m, q_heads, k_dim]`` of sequence b at positions ``first ..`` over its pool
+    tokens ``lo:hi`` followed by ``k_new``/``v_new`` (its new tokens, at ``hi ..``), causally and
+    within ``window`` positions back (0: no window)."""
+    rows = head_rows(page_table_of(kv, b, hi), kv.page_size, kv.kv_heads)[:, lo:hi]
+    k_scale, v_scale = _scales(kv)
+    k = gather(kv.k, rows, k_scale, q.dtype)
+    v = values(kv, k, lambda: gather(kv.v, rows, v_scale, q.dtype))
+    if k_new is not None:
+        k = torch.cat([k, k_new.transpose(0, 1).to(q.dtype)], dim=1)
+        v = torch.cat([v, v_new.transpose(0, 1).to(q.dtype)], dim=1)
+    distance = first + torch.arange(q.shape[0])[:, None] - (lo + torch.arange(k.shape[1]))[None, :]
+    visible = (distance >= 0) & ((distance < window) if window else True)
+    queries = q.transpose(0, 1).contiguous()  # SDPA is 3x slower on strided input
+    attended = F.scaled_dot_product_attention(
+        queries[None], k[None], v[None], attn_mask=visible, scale=sm_scale, enable_gqa=True
+    )
+    return attended[0].transpose(0, 1)
+
+
+def page_table_of(kv: PagedKV, b: int, tokens: int) -> torch.Tensor:
+    """Sequence b's pages holding its first ``tokens`` tokens."""
+    start = int(kv.indptr[b])
+    return kv.indices[start : start + -(-tokens // kv.page_size)].long()
 
 
 def decode_attention(
@@ -244,10 +287,16 @@ def decode_attention(
     max_seq_len: int | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
     batch, q_heads, k_dim = q.shape
     kv.check(q, batch)
     scale = k_dim**-0.5 if sm_scale is None else sm_scale
+    if window:
+        result = q.new_empty(batch, q_heads, kv.v_dim)
+        for b, n in enumerate(seq_lens.tolist()):
+            result[b] = attend_span(q[b : b + 1], kv, b, max(0, n - window), n, n - 1, window, sm_scale)
+        return result if out is None else out.copy_(result)
     result = attend_pool(q, kv, list(range(batch)), seq_lens.tolist(), scale).result()
     result = result.view(batch, q_heads, kv.v_dim)
     return result if out is None else out.copy_(result)
@@ -264,10 +313,12 @@ def extend_attention(
     sm_scale: float | None = None,
     max_extend_len: int | None = None,
     out: torch.Tensor | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
     """Sequences with one new token after a prefix (decode tokens in a mixed batch) as in
     :func:`decode_attention`, merged with the token itself; the others one by one: the prefix
-    gathered head by head, then SDPA with the causal mask shifted by the prefix length."""
+    gathered head by head, then SDPA with the causal mask shifted by the prefix length. With a
+    sliding ``window``, every sequence goes one by one, reading only the prefix tokens in reach."""
     batch, (total, q_heads, k_dim) = prefix_lens.shape[0], q.shape
     kv.check(q, batch)
     v_dim = kv.v_dim
@@ -275,7 +326,7 @@ def extend_attention(
     scale = k_dim**-0.5 if sm_scale is None else sm_scale
     k_scale, v_scale = _scales(kv)
     bounds, prefixes = qo_indptr.tolist(), prefix_lens.tolist()
-    single = [b for b in range(batch) if bounds[b + 1] - bounds[b] == 1 and prefixes[b] > 0]
+    single = [b for b in range(batch) if bounds[b + 1] - bounds[b] == 1 and prefixes[b] > 0 and not window]
     if single:
         at = torch.tensor([bounds[b] for b in single])
         queries = q[at]
@@ -291,8 +342,14 @@ def extend_attention(
         lo, hi, p = bounds[b], bounds[b + 1], prefixes[b]
         if hi == lo or b in done:
             continue
-        k = torch.cat([gather(kv.k, rows[b, :, :p], k_scale, q.dtype), k_new[lo:hi].transpose(0, 1)], dim=1)
-        v = torch.cat([gather(kv.v, rows[b, :, :p], v_scale, q.dtype), v_new[lo:hi].transpose(0, 1)], dim=1)
+        if window:
+            start = max(0, p + 1 - window)
+            out[lo:hi] = attend_span(q[lo:hi], kv, b, start, p, p, window, sm_scale, k_new[lo:hi], v_new[lo:hi])
+            continue
+        k_old = gather(kv.k, rows[b, :, :p], k_scale, q.dtype)
+        v_old = values(kv, k_old, lambda: gather(kv.v, rows[b, :, :p], v_scale, q.dtype))
+        k = torch.cat([k_old, k_new[lo:hi].transpose(0, 1)], dim=1)
+        v = torch.cat([v_old, v_new[lo:hi].transpose(0, 1)], dim=1)
         if p == 0:
             causal = dict(is_causal=True)
         else:
@@ -311,13 +368,14 @@ def write_kv(
     v_pool: torch.Tensor,
     slots: torch.Tensor,
     k_new: torch.Tensor,
-    v_new: torch.Tensor,
+    v_new: torch.Tensor | None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
 ) -> None:
     check_write(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
     slots = slots.long()
-    for pool, new, scale in ((k_pool, k_new, k_scale), (v_pool, v_new, v_scale)):
+    parts = [(k_pool, k_new, k_scale)] + ([(v_pool, v_new, v_scale)] if v_new is not None else [])
+    for pool, new, scale in parts:
         stored, token_scales = quantize(new, pool.dtype)
         pool.view(-1, *pool.shape[2:])[slots] = stored
         if token_scales is not None:

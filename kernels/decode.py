@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from radixrt.kernels.layout import PagedKV
+from radixrt.kernels.layout import PagedKV, v_row_dim
 from radixrt.kernels.tiles import attend_tile, head_blocks, key_block, load_paged_tile
 
 MAX_SPLITS = 32
@@ -35,11 +35,13 @@ def _decode_partial(
     stride_qh,
     sm_scale,
     num_splits,
+    window,
     Q_HEADS: tl.constexpr,
     KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     K_DIM: tl.constexpr,
     V_DIM: tl.constexpr,
+    V_ROW: tl.constexpr,
     BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
@@ -52,8 +54,9 @@ def _decode_partial(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(SEQ_LENS + b)
-    chunk = tl.cdiv(seq_len, num_splits)
-    start = split * chunk
+    lo = tl.where(window > 0, tl.maximum(seq_len - window, 0), 0)  # a sliding window's first token
+    chunk = tl.cdiv(seq_len - lo, num_splits)
+    start = lo + split * chunk
     end = tl.minimum(start + chunk, seq_len)
 
     rows = tl.arange(0, BLOCK_H)
@@ -83,6 +86,7 @@ def _decode_partial(
             KV_HEADS,
             K_DIM,
             V_DIM,
+            V_ROW,
             BLOCK_DK,
             BLOCK_DV,
             PAGE_SIZE,
@@ -145,9 +149,11 @@ def decode_attention(
     max_seq_len: int | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
     """``q [batch, q_heads, k_dim]`` -> ``[batch, q_heads, v_dim]``; sequence b attends to its
-    first ``seq_lens[b]`` (>= 1) tokens in ``kv``. ``max_seq_len`` saves a device sync. Passing
+    first ``seq_lens[b]`` (>= 1) tokens in ``kv`` (with a sliding ``window``, to the last
+    ``window`` of them: the pages before are not read). ``max_seq_len`` saves a device sync. Passing
     ``num_splits`` (``max_seq_len`` is not needed then) makes the call CUDA-graph capturable: no
     device-to-host sync, every shape known from the arguments' shapes."""
     batch, q_heads, k_dim = q.shape
@@ -156,7 +162,7 @@ def decode_attention(
     sm_scale = k_dim**-0.5 if sm_scale is None else sm_scale
     if num_splits is None:
         max_seq_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len
-        num_splits = choose_num_splits(batch, kv.kv_heads, max_seq_len, q.device)
+        num_splits = choose_num_splits(batch, kv.kv_heads, min(max_seq_len, window or max_seq_len), q.device)
     part_o = torch.empty(batch, q_heads, num_splits, v_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(batch, q_heads, num_splits, dtype=torch.float32, device=q.device)
     group = q_heads // kv.kv_heads
@@ -177,11 +183,13 @@ def decode_attention(
         q.stride(1),
         sm_scale,
         num_splits,
+        window,
         Q_HEADS=q_heads,
         KV_HEADS=kv.kv_heads,
         GROUP=group,
         K_DIM=k_dim,
         V_DIM=v_dim,
+        V_ROW=v_row_dim(kv.k, kv.v),
         **blocks,
         PAGE_SIZE=kv.page_size,
         BLOCK_N=key_block(q.element_size(), k_dim, v_dim),

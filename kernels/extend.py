@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from radixrt.kernels.layout import PagedKV
+from radixrt.kernels.layout import PagedKV, v_row_dim
 from radixrt.kernels.tiles import attend_tile, head_blocks, key_block, load_paged_tile
 
 
@@ -40,10 +40,12 @@ def _extend(
     stride_ot,
     stride_oh,
     sm_scale,
+    window,
     KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     K_DIM: tl.constexpr,
     V_DIM: tl.constexpr,
+    V_ROW: tl.constexpr,
     BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
@@ -77,7 +79,10 @@ def _extend(
 
     prefix_len = tl.load(PREFIX_LENS + b)
     first_page = tl.load(KV_INDPTR + b)
-    for n0 in range(0, prefix_len, BLOCK_N):
+    # a sliding window: row r (at position prefix_len + r) sees keys less than `window` back, so
+    # this block's first row needs none before `reach`, and no tile before it is loaded
+    reach = tl.where(window > 0, tl.maximum(prefix_len + m_block * BLOCK_M - window + 1, 0), 0)
+    for n0 in range(reach, prefix_len, BLOCK_N):
         t = n0 + tl.arange(0, BLOCK_N)
         t_ok = t < prefix_len
         k, v = load_paged_tile(
@@ -94,15 +99,18 @@ def _extend(
             KV_HEADS,
             K_DIM,
             V_DIM,
+            V_ROW,
             BLOCK_DK,
             BLOCK_DV,
             PAGE_SIZE,
             KV_FORMAT,
         )
-        m_i, l_i, acc = attend_tile(q, k, v, t_ok[None, :], m_i, l_i, acc, sm_scale, IEEE)
+        distance = (prefix_len + rows)[:, None] - t[None, :]
+        keep = t_ok[None, :] & ((window <= 0) | (distance < window))
+        m_i, l_i, acc = attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE)
 
     last = tl.minimum((m_block + 1) * BLOCK_M, q_len)
-    for n0 in range(0, last, BLOCK_N):
+    for n0 in range(tl.maximum(reach - prefix_len, 0), last, BLOCK_N):
         j = n0 + tl.arange(0, BLOCK_N)
         j_ok = j < q_len
         new = q_start + j
@@ -111,9 +119,10 @@ def _extend(
         v = tl.load(V_NEW + new[:, None] * stride_vt + kv_head * stride_vh + dv[None, :], mask=v_mask, other=0.0)
         k, v = k.to(q.dtype), v.to(q.dtype)
         keep = j_ok[None, :] & (j[None, :] <= rows[:, None])
+        keep = keep & ((window <= 0) | (rows[:, None] - j[None, :] < window))
         m_i, l_i, acc = attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE)
 
-    out = acc / l_i[:, None]
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # padding rows past a window may see no key
     tl.store(
         O + (q_start + rows)[:, None] * stride_ot + h * stride_oh + dv[None, :],
         out.to(O.dtype.element_ty),
@@ -132,11 +141,13 @@ def extend_attention(
     sm_scale: float | None = None,
     max_extend_len: int | None = None,
     out: torch.Tensor | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
     """``q [new tokens, q_heads, k_dim]``, ``k_new [new tokens, kv_heads, k_dim]`` and ``v_new
     [..., v_dim]`` in the same ragged layout (sequence b's are rows ``qo_indptr[b]:qo_indptr[b+1]``); the first
     ``prefix_lens[b]`` tokens of sequence b are read through ``kv``. ``max_extend_len`` saves a
-    device sync. Returns ``[new tokens, q_heads, v_dim]``."""
+    device sync. With a sliding ``window``, a token sees only keys less than ``window`` positions
+    back, and tiles wholly out of reach are not loaded. Returns ``[new tokens, q_heads, v_dim]``."""
     total, q_heads, k_dim = q.shape
     batch = prefix_lens.shape[0]
     kv.check(q, batch)
@@ -179,10 +190,12 @@ def extend_attention(
         out.stride(0),
         out.stride(1),
         sm_scale,
+        window,
         KV_HEADS=kv.kv_heads,
         GROUP=q_heads // kv.kv_heads,
         K_DIM=k_dim,
         V_DIM=v_dim,
+        V_ROW=v_row_dim(kv.k, kv.v),
         **head_blocks(k_dim, v_dim),
         PAGE_SIZE=kv.page_size,
         BLOCK_M=block_m,

@@ -116,6 +116,7 @@ def _write_kv(
     BLOCK_DV: tl.constexpr,
     BLOCK_H: tl.constexpr,
     KV_FORMAT: tl.constexpr,
+    WRITE_V: tl.constexpr,
 ):
     i = tl.program_id(0)
     slot = tl.load(SLOTS + i).to(tl.int64)
@@ -127,9 +128,10 @@ def _write_kv(
     k_mask = h_ok[:, None] & (dk < K_DIM)[None, :]  # padding channels read 0
     v_mask = h_ok[:, None] & (dv < V_DIM)[None, :]
     k = tl.load(K_NEW + i * stride_kt + h[:, None] * stride_kh + dk[None, :], mask=k_mask, other=0.0)
-    v = tl.load(V_NEW + i * stride_vt + h[:, None] * stride_vh + dv[None, :], mask=v_mask, other=0.0)
     store_rows(K, K_SCALE, k, row, h_ok, BLOCK_H, K_DIM, BLOCK_DK, KV_FORMAT)
-    store_rows(V, V_SCALE, v, row, h_ok, BLOCK_H, V_DIM, BLOCK_DV, KV_FORMAT)
+    if WRITE_V:
+        v = tl.load(V_NEW + i * stride_vt + h[:, None] * stride_vh + dv[None, :], mask=v_mask, other=0.0)
+        store_rows(V, V_SCALE, v, row, h_ok, BLOCK_H, V_DIM, BLOCK_DV, KV_FORMAT)
 
 
 def write_kv(
@@ -137,16 +139,19 @@ def write_kv(
     v_pool: torch.Tensor,
     slots: torch.Tensor,
     k_new: torch.Tensor,
-    v_new: torch.Tensor,
+    v_new: torch.Tensor | None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
 ) -> None:
     """Token i of ``k_new [tokens, kv_heads, k_dim]``/``v_new [..., v_dim]`` goes to slot
     ``slots[i]``, cast to a float pool's dtype or quantised, its scales written to
-    ``k_scale``/``v_scale`` at the same slot. No device-to-host sync: CUDA-graph capturable."""
+    ``k_scale``/``v_scale`` at the same slot (``v_new`` None: V lives in K's rows, MLA). No
+    device-to-host sync: CUDA-graph capturable."""
     fmt = check_write(k_pool, v_pool, slots, k_new, v_new, k_scale, v_scale)
     if slots.numel() == 0:
         return
+    write_v = v_new is not None
+    v_new, v_pool, v_scale = (v_new, v_pool, v_scale) if write_v else (k_new, k_pool, k_scale)
     kv_heads, k_dim = k_new.shape[1:]
     v_dim = v_new.shape[2]
     if fmt == KV_FLOAT:
@@ -169,5 +174,6 @@ def write_kv(
         **head_blocks(k_dim, v_dim),
         BLOCK_H=triton.next_power_of_2(kv_heads),
         KV_FORMAT=fmt,
+        WRITE_V=write_v,
         num_warps=1,
     )

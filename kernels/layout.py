@@ -117,7 +117,7 @@ def check_int4_head_dim(head_dim: int) -> None:
 def check_scales(
     fmt: int,
     pool: torch.Tensor,
-    dims: tuple[int, int],
+    dims: tuple[int, int],  # the logical channels of a stored K row and V row
     k_scale: torch.Tensor | None,
     v_scale: torch.Tensor | None,
 ) -> None:
@@ -143,9 +143,21 @@ def check_scales(
             raise ValueError(f"{name} is on {scale.device}, {what} on {pool.device}")
 
 
+def v_in_k(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the V pool is the first channels of the K pool's rows (``v = k[..., :v_dim]``): MLA
+    caches one latent per token, whose first ``kv_lora_rank`` channels serve as V."""
+    return (
+        v.dim() == k.dim() == 4
+        and v.data_ptr() == k.data_ptr()
+        and v.shape[:3] == k.shape[:3]
+        and v.shape[3] <= k.shape[3]
+        and v.stride() == k.stride()
+    )
+
+
 def check_pools(k: torch.Tensor, v: torch.Tensor) -> int:
-    """K and V pools of one known dtype, 4-d, contiguous, alike but (maybe) in their head dims:
-    their format, or ``ValueError``."""
+    """K and V pools of one known dtype, 4-d, contiguous (or V the first channels of K's rows, see
+    :func:`v_in_k`), alike but (maybe) in their head dims: their format, or ``ValueError``."""
     fmt = kv_format(k.dtype)
     if v.dtype != k.dtype:
         raise ValueError(f"the K pool is {FORMAT_NAMES[fmt]} but the V pool is {v.dtype}")
@@ -154,9 +166,14 @@ def check_pools(k: torch.Tensor, v: torch.Tensor) -> int:
             "K and V pools must be [num_pages, page_size, kv_heads, K / V head_dim (/ 2 packed int4)], "
             f"got {tuple(k.shape)} and {tuple(v.shape)}"
         )
-    if not (k.is_contiguous() and v.is_contiguous()):
-        raise ValueError("K and V pools must be contiguous")
+    if not (k.is_contiguous() and (v.is_contiguous() or v_in_k(k, v))):
+        raise ValueError("K and V pools must be contiguous (or V the first channels of K: k[..., :v_dim])")
     return fmt
+
+
+def v_row_dim(k: torch.Tensor, v: torch.Tensor) -> int:
+    """The logical channels of one stored V row: K's when V lives in K's rows, else V's own."""
+    return logical_dim((k if v_in_k(k, v) else v).shape[3], k.dtype)
 
 
 @dataclass(frozen=True)
@@ -198,6 +215,11 @@ class PagedKV:
         return logical_dim(self.v.shape[3], self.v.dtype)
 
     @property
+    def v_in_k(self) -> bool:
+        """V is the first ``v_dim`` channels of K's rows (MLA's latent), read with K's scales."""
+        return v_in_k(self.k, self.v)
+
+    @property
     def head_dim(self) -> int:
         """K's head dim (:attr:`k_dim`), the only one when K and V have the same."""
         return self.k_dim
@@ -218,7 +240,7 @@ class PagedKV:
         check_head_dim(self.k_dim, self.v_dim)
         if q_heads % self.kv_heads:
             raise ValueError(f"{q_heads} query heads do not divide into {self.kv_heads} KV heads")
-        check_scales(fmt, self.k, (self.k_dim, self.v_dim), self.k_scale, self.v_scale)
+        check_scales(fmt, self.k, (self.k_dim, v_row_dim(self.k, self.v)), self.k_scale, self.v_scale)
         if self.indptr.dtype != torch.int32 or self.indices.dtype != torch.int32:
             raise ValueError("kv_indptr and kv_indices must be int32")
         if self.indptr.shape != (batch + 1,):
@@ -237,14 +259,21 @@ def check_write(
     v_pool: torch.Tensor,
     slots: torch.Tensor,
     k_new: torch.Tensor,
-    v_new: torch.Tensor,
+    v_new: torch.Tensor | None,
     k_scale: torch.Tensor | None,
     v_scale: torch.Tensor | None,
 ) -> int:
     """Raise ``ValueError`` naming the problem; returns the pool's format (``KV_FLOAT`` ...). Shapes
-    and dtypes only: no device sync (CUDA-graph safe)."""
+    and dtypes only: no device sync (CUDA-graph safe). ``v_new`` None: V lives in K's rows (then
+    ``v_pool`` must be such a view, see :func:`v_in_k`) and only K is written."""
     fmt = check_pools(k_pool, v_pool)
-    dims = logical_dim(k_pool.shape[3], k_pool.dtype), logical_dim(v_pool.shape[3], v_pool.dtype)
+    if v_new is None:
+        if not v_in_k(k_pool, v_pool):
+            raise ValueError("v_new may be left out only when V is the first channels of K's rows (MLA)")
+        v_new, v_scale = k_new, k_scale
+    elif v_in_k(k_pool, v_pool):
+        raise ValueError("V lives in K's rows here (MLA's latent): write K alone, with v_new=None")
+    dims = logical_dim(k_pool.shape[3], k_pool.dtype), v_row_dim(k_pool, v_pool)
     k_shape, v_shape = ((slots.numel(), k_pool.shape[2], dim) for dim in dims)
     if k_new.shape != k_shape or v_new.shape != v_shape:
         raise ValueError(
@@ -255,5 +284,5 @@ def check_write(
     if not (k_new.dtype in COMPUTE_DTYPES and v_new.dtype in COMPUTE_DTYPES):
         raise ValueError(f"new K and V must be float32, float16 or bfloat16, got {k_new.dtype} and {v_new.dtype}")
     check_scales(fmt, k_pool, dims, k_scale, v_scale)  # first: int4's own rule on the dims is the more telling
-    check_head_dim(*dims)
+    check_head_dim(dims[0], logical_dim(v_pool.shape[3], v_pool.dtype))
     return fmt

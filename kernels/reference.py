@@ -41,18 +41,20 @@ def gather_kv(pool: torch.Tensor, pages: torch.Tensor, length: int, scale: torch
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, causal_from: int | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, causal_from: int, window: int = 0
 ) -> torch.Tensor:
-    """Softmax attention of ``q [m, Hq, Dk]`` over ``k [n, Hkv, Dk]``, ``v [n, Hkv, Dv]``; with ``causal_from`` = p,
-    query i sees keys ``0 .. p + i``. Query heads are grouped onto KV heads in order (GQA)."""
+    """Softmax attention of ``q [m, Hq, Dk]`` over ``k [n, Hkv, Dk]``, ``v [n, Hkv, Dv]``: query i
+    (at position ``causal_from + i``) sees keys ``0 .. causal_from + i``, and with a sliding
+    ``window`` only those less than ``window`` positions back. Query heads are grouped onto KV
+    heads in order (GQA)."""
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
     scores = torch.einsum("mhd,nhd->hmn", q.double(), k) * sm_scale
-    if causal_from is not None:
-        m, n = q.shape[0], k.shape[0]
-        visible = torch.arange(n)[None, :] <= causal_from + torch.arange(m)[:, None]
-        scores = scores.masked_fill(~visible, -math.inf)
+    m, n = q.shape[0], k.shape[0]
+    distance = causal_from + torch.arange(m)[:, None] - torch.arange(n)[None, :]
+    visible = (distance >= 0) & ((distance < window) if window else True)
+    scores = scores.masked_fill(~visible, -math.inf)
     return torch.einsum("hmn,nhd->mhd", torch.softmax(scores, dim=-1), v)
 
 
@@ -66,9 +68,10 @@ def decode_attention(
     sm_scale: float | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
-    """One query token per sequence over its ``seq_lens[b]`` cached tokens (K and V may differ in
-    head dim; ``sm_scale`` defaults to K's ``** -0.5``)."""
+    """One query token per sequence over its ``seq_lens[b]`` cached tokens (its last ``window``
+    when given; K and V may differ in head dim; ``sm_scale`` defaults to K's ``** -0.5``)."""
     sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
     out = []
     for b in range(q.shape[0]):
@@ -76,7 +79,7 @@ def decode_attention(
         n = int(seq_lens[b])
         k = gather_kv(k_pool, pages, n, k_scale)
         v = gather_kv(v_pool, pages, n, v_scale)
-        out.append(attention(q[b : b + 1], k, v, sm_scale, None))
+        out.append(attention(q[b : b + 1], k, v, sm_scale, n - 1, window))
     return torch.cat(out)
 
 
@@ -93,6 +96,7 @@ def extend_attention(
     sm_scale: float | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
     """New tokens ``q[qo_indptr[b]:qo_indptr[b+1]]`` of sequence b attend to its first
     ``prefix_lens[b]`` cached tokens (read through its pages) and causally to its new tokens
@@ -105,7 +109,7 @@ def extend_attention(
         p = int(prefix_lens[b])
         k = torch.cat([gather_kv(k_pool, pages, p, k_scale), k_new[lo:hi].double()])
         v = torch.cat([gather_kv(v_pool, pages, p, v_scale), v_new[lo:hi].double()])
-        out.append(attention(q[lo:hi], k, v, sm_scale, p))
+        out.append(attention(q[lo:hi], k, v, sm_scale, p, window))
     return torch.cat(out)
 
 

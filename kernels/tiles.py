@@ -21,25 +21,28 @@ def load_rows(
     ok,
     dtype: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    ROW_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     KV_FORMAT: tl.constexpr,
 ):
-    """The vectors at pool rows ``row`` (``slot * kv_heads + head``) as ``[len(row), BLOCK_D]``
-    in ``dtype``, dequantised in registers; rows not ``ok`` and the channels past ``HEAD_DIM``
-    (``BLOCK_D`` is its next power of two, what ``tl.arange`` needs) read 0."""
+    """The first ``HEAD_DIM`` channels of the vectors at pool rows ``row`` (``slot * kv_heads +
+    head``; a stored row has ``ROW_DIM`` channels, more than ``HEAD_DIM`` for MLA's V read out of
+    K's rows) as ``[len(row), BLOCK_D]`` in ``dtype``, dequantised in registers; rows not ``ok``
+    and the channels past ``HEAD_DIM`` (``BLOCK_D`` is its next power of two, what ``tl.arange``
+    needs) read 0."""
     if KV_FORMAT == INT4:
         j = tl.arange(0, BLOCK_D // 2)
         mask = ok[:, None] & (j < HEAD_DIM // 2)[None, :]
-        packed = tl.load(POOL + row[:, None] * (HEAD_DIM // 2) + j[None, :], mask=mask, other=0)
-        at = SCALES + row[:, None] * (2 * HEAD_DIM // GROUP) + j[None, :] // (GROUP // 2)
+        packed = tl.load(POOL + row[:, None] * (ROW_DIM // 2) + j[None, :], mask=mask, other=0)
+        at = SCALES + row[:, None] * (2 * ROW_DIM // GROUP) + j[None, :] // (GROUP // 2)
         scale = tl.load(at, mask=mask, other=0.0).to(tl.float32)
-        zero = tl.load(at + HEAD_DIM // GROUP, mask=mask, other=0.0).to(tl.float32)
+        zero = tl.load(at + ROW_DIM // GROUP, mask=mask, other=0.0).to(tl.float32)
         low = (packed & 15).to(tl.float32) * scale + zero
         high = (packed >> 4).to(tl.float32) * scale + zero
         return tl.interleave(low, high).to(dtype)
     d = tl.arange(0, BLOCK_D)
     mask = ok[:, None] & (d < HEAD_DIM)[None, :]
-    x = tl.load(POOL + row[:, None] * HEAD_DIM + d[None, :], mask=mask, other=0.0)
+    x = tl.load(POOL + row[:, None] * ROW_DIM + d[None, :], mask=mask, other=0.0)
     if KV_FORMAT == FLOAT:
         return x.to(dtype)
     scale = tl.load(SCALES + row, mask=ok, other=0.0)
@@ -61,17 +64,19 @@ def load_paged_tile(
     KV_HEADS: tl.constexpr,
     K_DIM: tl.constexpr,
     V_DIM: tl.constexpr,
+    V_ROW: tl.constexpr,
     BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     KV_FORMAT: tl.constexpr,
 ):
     """K ``[len(t), BLOCK_DK]`` and V ``[len(t), BLOCK_DV]`` of tokens ``t`` of a sequence whose pages start at
-    ``KV_INDICES + first_page``, for one KV head, in ``dtype``; masked tokens and the padding channels read 0."""
+    ``KV_INDICES + first_page``, for one KV head, in ``dtype``; masked tokens and the padding channels read 0.
+    ``V_ROW``: the channels of a stored V row (``K_DIM`` when V is the first channels of K's rows)."""
     page = tl.load(KV_INDICES + first_page + t // PAGE_SIZE, mask=t_ok, other=0)
     row = (page.to(tl.int64) * PAGE_SIZE + t % PAGE_SIZE) * KV_HEADS + kv_head
-    k = load_rows(K, K_SCALE, row, t_ok, dtype, K_DIM, BLOCK_DK, KV_FORMAT)
-    v = load_rows(V, V_SCALE, row, t_ok, dtype, V_DIM, BLOCK_DV, KV_FORMAT)
+    k = load_rows(K, K_SCALE, row, t_ok, dtype, K_DIM, K_DIM, BLOCK_DK, KV_FORMAT)
+    v = load_rows(V, V_SCALE, row, t_ok, dtype, V_DIM, V_ROW, BLOCK_DV, KV_FORMAT)
     return k, v
 
 

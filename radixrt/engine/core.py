@@ -88,13 +88,12 @@ class EngineCore:
         self.detokenize = detokenize and self.tokenizer is not None
         cfg = self.model.config
         graph_max_bs = min(cuda_graph_max_bs, max_running)
-        graph_bytes = estimate_bytes(cfg, graph_max_bs, dtype) if cuda_graph and kv_cache_bytes is None else 0
+        estimate = cuda_graph and kv_cache_bytes is None
+        graph_bytes = estimate_bytes(self.model.arch, graph_max_bs, dtype) if estimate else 0
         self.vocab_size = cfg.vocab_size
         self.max_context = self.model.max_context
         self.pool = KVPool(
-            num_layers=cfg.num_hidden_layers,
-            kv_heads=cfg.num_key_value_heads,
-            head_dim=self.model.head_dim,
+            **self.model.kv_shape,
             page_size=page_size,
             dtype=kv_pool_dtype(kv_dtype, dtype),
             device=device,

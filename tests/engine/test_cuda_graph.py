@@ -34,11 +34,8 @@ def model(checkpoint):
 def prefilled(model):
     """A KV pool holding SEQS prompts (one eager extend), the decode chunk of each, and a snapshot
     of the pool to restore between runs. Page PAD_PAGE belongs to no sequence."""
-    cfg = model.config
     pool = KVPool(
-        num_layers=cfg.num_hidden_layers,
-        kv_heads=cfg.num_key_value_heads,
-        head_dim=model.head_dim,
+        **model.kv_shape,
         page_size=PAGE_SIZE,
         dtype=torch.float32,
         num_pages=NUM_PAGES,
@@ -174,13 +171,13 @@ def test_static_path_reads_nothing_to_the_host(model, prefilled, monkeypatch):
 
 
 def test_estimate_grows_with_batch(model):
-    cfg = model.config
-    sizes = [estimate_bytes(cfg, bs, torch.float32) for bs in (1, 8, 64, 256)]
+    cfg, arch = model.config, model.arch
+    sizes = [estimate_bytes(arch, bs, torch.float32) for bs in (1, 8, 64, 256)]
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
     assert sizes[-1] - sizes[0] > 256 * cfg.vocab_size * 4  # at least the float32 logits
-    assert estimate_bytes(cfg, 8, torch.float32) > estimate_bytes(cfg, 8, torch.bfloat16)
-    assert estimate_bytes(cfg, 8, torch.float32, max_context=4096, page_size=1) > estimate_bytes(
-        cfg, 8, torch.float32, max_context=4096, page_size=16
+    assert estimate_bytes(arch, 8, torch.float32) > estimate_bytes(arch, 8, torch.bfloat16)
+    assert estimate_bytes(arch, 8, torch.float32, max_context=4096, page_size=1) > estimate_bytes(
+        arch, 8, torch.float32, max_context=4096, page_size=16
     )
 
 

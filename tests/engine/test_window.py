@@ -8,7 +8,6 @@ import torch
 
 from radixrt import Engine, SamplingParams
 from radixrt.engine.window import KVWindow, window_pages
-from radixrt.model.llama import rotate
 from testkit.engines import TINY_VOCAB, check_pages, run_to_end, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("scheduling")  # every test in both modes (conftest.py)
@@ -71,13 +70,12 @@ def test_sinks_are_recomputed_at_the_positions_right_before_the_window(short):
     assert req.window.shift > 0 and req.pages[0] != page0
     engine.step()  # a step whose chunk runs after the sinks' recomputation, window unmoved or moved on
     w, model = req.window, engine.model
-    angles = w.shift * model.inv_freq.double()
-    angles = torch.cat([angles, angles])
-    cos, sin = angles.cos().float()[None, None], angles.sin().float()[None, None]
+    rope = model.ropes["default"]
+    cos, sin = rope.angles(torch.tensor([w.shift]), torch.float32)
     for layer in range(model.config.num_hidden_layers):
         k_dense = engine.pool.k[layer, page0, : w.sinks]
         k_sinks = engine.pool.k[layer, req.pages[0], : w.sinks]
-        torch.testing.assert_close(k_sinks, rotate(k_dense, cos, sin), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(k_sinks, rope.rotate(k_dense, cos, sin), atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(
             engine.pool.v[layer, req.pages[0], : w.sinks], engine.pool.v[layer, page0, : w.sinks]
         )

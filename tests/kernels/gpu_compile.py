@@ -77,13 +77,20 @@ def main() -> None:
         block = key_block(4 if q_dtype == "fp32" else 2, k_dim, v_dim)
         blocks = head_blocks(k_dim, v_dim)
         common = dict(KV_HEADS=8, K_DIM=k_dim, V_DIM=v_dim, **blocks, KV_FORMAT=FORMATS.get(kv_dtype, KV_FLOAT))
-        attention = dict(common, GROUP=4, PAGE_SIZE=16, IEEE=q_dtype == "fp32")
+        attention = dict(common, V_ROW=v_dim, GROUP=4, PAGE_SIZE=16, IEEE=q_dtype == "fp32")
         variants = [
             (decode._decode_partial, dict(attention, Q_HEADS=32, BLOCK_N=block, BLOCK_H=16)),
             (extend._extend, dict(attention, BLOCK_M=block, BLOCK_N=block)),
-            (kv_write._write_kv, dict(common, BLOCK_H=8)),
+            (kv_write._write_kv, dict(common, BLOCK_H=8, WRITE_V=True)),
             (decode._decode_merge, dict(Q_HEADS=32, V_DIM=v_dim, BLOCK_DV=blocks["BLOCK_DV"], BLOCK_S=8)),
         ]
+        if (k_dim, v_dim) == LARGE_DIMS:  # MLA's latent pool: V read out of K's rows, K written alone
+            latent = dict(attention, KV_HEADS=1, GROUP=16, V_ROW=k_dim)
+            variants += [
+                (decode._decode_partial, dict(latent, Q_HEADS=16, BLOCK_N=block, BLOCK_H=16)),
+                (extend._extend, dict(latent, BLOCK_M=block, BLOCK_N=block)),
+                (kv_write._write_kv, dict(common, KV_HEADS=1, BLOCK_H=1, WRITE_V=False)),
+            ]
         for fn, constexprs in variants:
             name = f"{fn.__name__} q={q_dtype} kv={kv_dtype} k_dim={k_dim} v_dim={v_dim}"
             try:

@@ -24,6 +24,11 @@ def on_device(kernel):
 
         def to_gpu(x):
             if isinstance(x, PagedKV):
+                if x.v_in_k:  # V stays a view of K's rows on the device too
+                    k = to_gpu(x.k)
+                    view = dict(v=k[..., : x.v.shape[-1]], v_scale=None if x.k_scale is None else to_gpu(x.k_scale))
+                    rest = {f: to_gpu(getattr(x, f)) for f in ("indptr", "indices")}
+                    return PagedKV(k=k, k_scale=view["v_scale"], **view, **rest)
                 return PagedKV(**{f.name: to_gpu(getattr(x, f.name)) for f in dataclasses.fields(x)})
             if isinstance(x, torch.Tensor):
                 moved.append((x, x.cuda()))

@@ -22,11 +22,8 @@ def default():
 
 def greedy(model, prompt: list[int], steps: int) -> list[int]:
     """Prefill, then one decode step at a time, reading everything back through the pool."""
-    cfg = model.config
     pool = KVPool(
-        num_layers=cfg.num_hidden_layers,
-        kv_heads=cfg.num_key_value_heads,
-        head_dim=model.head_dim,
+        **model.kv_shape,
         page_size=PAGE_SIZE,
         dtype=torch.float32,
         num_pages=16,

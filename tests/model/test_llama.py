@@ -78,11 +78,8 @@ def run(model, pool, allocator, chunks_tokens, prefix_len=0, pages=None, first_l
 
 
 def pool_for(model, pages=64):
-    cfg = model.config
     return KVPool(
-        num_layers=cfg.num_hidden_layers,
-        kv_heads=cfg.num_key_value_heads,
-        head_dim=model.head_dim,
+        **model.kv_shape,
         page_size=PAGE_SIZE,
         dtype=torch.float32,
         num_pages=pages,

@@ -1,0 +1,92 @@
+"""Mixture-of-experts MLPs (Mixtral, Qwen3-MoE, DeepSeek-V2/V3): a router picks each token's
+top-k experts, tokens are grouped by expert, and one grouped matmul runs every expert's slice.
+
+The experts' weights are stacked at load (``gate_up [E, hidden, 2 * inter]``, ``down [E, inter,
+hidden]``) for ``torch.nn.functional.grouped_mm``: one call over all experts, on a CPU as on a GPU,
+where it is CUTLASS's grouped GEMM (Hopper). That is used rather than a Triton grouped GEMM of our
+own: it already is the one-launch kernel such a path would be, the same call is tested here on
+the CPU, and a Triton kernel would need tuning on the device to match it. Torch builds without it
+fall back to one matmul per expert over its tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radixrt.model.layers import GatedMLP, activation
+from radixrt.model.spec import MoE, Routing
+
+_GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+class Router(nn.Module):
+    def __init__(self, hidden: int, routing: Routing) -> None:
+        super().__init__()
+        self.routing = routing
+        self.weight = nn.Parameter(torch.zeros(routing.experts, hidden))
+        if routing.score_bias:
+            self.register_buffer("e_score_correction_bias", torch.zeros(routing.experts))
+        else:
+            self.e_score_correction_bias = None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's experts ``[tokens, top_k]`` and their weights (float32)."""
+        r = self.routing
+        logits = F.linear(x.float(), self.weight.float())
+        scores = logits.softmax(-1) if r.scoring == "softmax" else logits.sigmoid()
+        choice = scores if self.e_score_correction_bias is None else scores + self.e_score_correction_bias.float()
+        if r.groups > 1:
+            grouped = choice.view(-1, r.groups, r.experts // r.groups)
+            best = grouped.topk(2, dim=-1)[0].sum(-1) if r.group_score == "top2" else grouped.amax(-1)
+            keep = torch.zeros_like(best).scatter_(1, best.topk(r.topk_groups, dim=-1)[1], 1.0).bool()
+            masked = -torch.inf if r.scoring == "sigmoid" else 0.0
+            choice = choice.masked_fill(~keep.repeat_interleave(r.experts // r.groups, dim=1), masked)
+        experts = choice.topk(r.top_k, dim=-1)[1]
+        weights = scores.gather(1, experts)
+        if r.normalize:
+            weights = weights / (weights.sum(-1, keepdim=True) + (1e-20 if r.scoring == "sigmoid" else 0.0))
+        return experts, weights * r.scale
+
+
+class Experts(nn.Module):
+    def __init__(self, hidden: int, intermediate: int, experts: int, act: str) -> None:
+        super().__init__()
+        self.act = activation(act)
+        self.gate_up = nn.Parameter(torch.zeros(experts, hidden, 2 * intermediate))
+        self.down = nn.Parameter(torch.zeros(experts, intermediate, hidden))
+
+    def forward(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        top_k, num_experts = experts.shape[1], self.gate_up.shape[0]
+        order = experts.flatten().argsort(stable=True)  # token-expert pairs grouped by expert
+        ends = torch.bincount(experts.flatten(), minlength=num_experts).cumsum(0).to(torch.int32)
+        rows = x[order // top_k]
+        gate, up = grouped_matmul(rows, self.gate_up, ends).chunk(2, dim=-1)
+        out = grouped_matmul(self.act(gate) * up, self.down, ends)
+        out = out * weights.flatten()[order, None].to(out.dtype)
+        return torch.zeros_like(x).index_add_(0, order // top_k, out)
+
+
+def grouped_matmul(rows: torch.Tensor, weights: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Rows ``ends[e-1]:ends[e]`` times ``weights[e]``."""
+    if _GROUPED_MM is not None and rows.dtype == weights.dtype:
+        return _GROUPED_MM(rows, weights, offs=ends)
+    out, start = rows.new_empty(rows.shape[0], weights.shape[2]), 0
+    for e, end in enumerate(ends.tolist()):
+        if end > start:
+            out[start:end] = rows[start:end] @ weights[e]
+        start = end
+    return out
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, hidden: int, moe: MoE, act: str) -> None:
+        super().__init__()
+        self.gate = Router(hidden, moe.routing)
+        self.experts = Experts(hidden, moe.intermediate, moe.routing.experts, act)
+        self.shared_experts = GatedMLP(hidden, moe.shared_intermediate, act) if moe.shared_intermediate else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.experts(x, *self.gate(x))
+        return out if self.shared_experts is None else out + self.shared_experts(x)

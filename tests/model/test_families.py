@@ -1,0 +1,161 @@
+"""Each model family against transformers' own implementation of it: a tiny random checkpoint per
+family (``from_config``, ``save_pretrained``, fixed seeds), in float32. The prompt's logits match
+within 1e-4 (relative norm), 32 greedy steps through the pool match ``generate``, prefix sharing
+and chunked prefill give the one-pass logits, and a batch mixing long and short prompts agrees
+with solo runs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from radixrt.cache import KVPool, PageAllocator
+from radixrt.model import SequenceChunk, build_batch, load_model
+from testkit.families import CONFIGS, VOCAB, build
+
+PAGE_SIZE = 4
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def checkpoint(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(request.param)
+    return build(request.param, path), path
+
+
+@pytest.fixture(scope="module")
+def ours(checkpoint):
+    return load_model(checkpoint[1]).model
+
+
+def new_pool(model, pages=96):
+    return KVPool(**model.kv_shape, page_size=PAGE_SIZE, dtype=torch.float32, num_pages=pages), PageAllocator(pages)
+
+
+def forward(model, pool, chunks):
+    with torch.no_grad():
+        return model(build_batch(chunks, PAGE_SIZE), pool)
+
+
+def pages_for(allocator, tokens):
+    return allocator.alloc(-(-tokens // PAGE_SIZE))
+
+
+def prompt(seed, n):
+    return torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def reference_logits(hf, tokens):
+    with torch.no_grad():
+        return hf(torch.tensor([tokens])).logits[0]
+
+
+def test_prompt_logits_match_transformers(checkpoint, ours):
+    hf, _ = checkpoint
+    pool, allocator = new_pool(ours)
+    prompts = [prompt(1, 37), prompt(2, 7)]
+    chunks = [SequenceChunk(np.array(p), 0, pages_for(allocator, len(p)), 0) for p in prompts]
+    expected = torch.cat([reference_logits(hf, p) for p in prompts])
+    assert rel(forward(ours, pool, chunks), expected) < TOLERANCE
+
+
+def test_greedy_steps_match_generate(checkpoint, ours):
+    """32 tokens: a prefill, then one decode step at a time reading everything back through the pool."""
+    hf, _ = checkpoint
+    tokens, steps = prompt(3, 11), 32
+    with torch.no_grad():
+        expected = hf.generate(
+            torch.tensor([tokens]), max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0
+        )[0, len(tokens) :].tolist()
+    pool, allocator = new_pool(ours)
+    pages = pages_for(allocator, len(tokens) + steps)
+    got, new, cached = [], tokens, 0
+    for _ in range(steps):
+        logits = forward(ours, pool, [SequenceChunk(np.array(new), cached, pages)])
+        cached += len(new)
+        new = [int(logits[-1].argmax())]
+        got += new
+    assert got == expected
+
+
+def test_prefix_sharing_and_chunked_prefill_match_one_pass(checkpoint, ours):
+    """A prompt computed in three chunks, each reading the earlier ones through the pool; then a
+    second prompt sharing its first 16 tokens' pages (as the radix cache hands them out) computes
+    only its own tail: both give the one-pass logits."""
+    hf, _ = checkpoint
+    pool, allocator = new_pool(ours)
+    first = prompt(4, 30)
+    pages = pages_for(allocator, len(first))
+    parts = [
+        forward(ours, pool, [SequenceChunk(np.array(first[a:b]), a, pages, 0)]) for a, b in ((0, 9), (9, 22), (22, 30))
+    ]
+    assert rel(torch.cat(parts), reference_logits(hf, first)) < TOLERANCE
+    second = first[:16] + prompt(5, 10)
+    own = np.concatenate([pages[:4], pages_for(allocator, len(second) - 16)])
+    tail = forward(ours, pool, [SequenceChunk(np.array(second[16:]), 16, own, 0)])
+    assert rel(tail, reference_logits(hf, second)[16:]) < TOLERANCE
+
+
+def test_mixed_batch_matches_solo_runs(checkpoint, ours):
+    """Long, short and medium prompts in one extend batch, then a decode step of all three
+    together: each sequence's logits equal its run alone."""
+    pool, allocator = new_pool(ours)
+    prompts = [prompt(6, 41), prompt(7, 3), prompt(8, 17)]
+    pages = [pages_for(allocator, len(p) + 1) for p in prompts]
+    batch = forward(ours, pool, [SequenceChunk(np.array(p), 0, pg) for p, pg in zip(prompts, pages)])
+    nxt = [int(t) for t in batch.argmax(-1)]
+    decode = forward(ours, pool, [SequenceChunk(np.array([t]), len(p), pg) for t, p, pg in zip(nxt, prompts, pages)])
+    for i, p in enumerate(prompts):
+        solo_pool, solo_alloc = new_pool(ours)
+        solo_pages = pages_for(solo_alloc, len(p) + 1)
+        solo = forward(ours, solo_pool, [SequenceChunk(np.array(p), 0, solo_pages)])
+        solo_next = forward(ours, solo_pool, [SequenceChunk(np.array([nxt[i]]), len(p), solo_pages)])
+        assert rel(batch[i : i + 1], solo) < TOLERANCE
+        assert rel(decode[i : i + 1], solo_next) < TOLERANCE
+
+
+def test_a_sharded_checkpoint_loads_whole(tmp_path):
+    """Several safetensors shards and their index: the same logits as the single file."""
+    hf = build("deepseek_v3", tmp_path / "one")
+    hf.save_pretrained(tmp_path / "shards", max_shard_size="100KB")
+    assert len(list((tmp_path / "shards").glob("*.safetensors"))) > 1
+    tokens = prompt(9, 12)
+    logits = []
+    for name in ("one", "shards"):
+        model = load_model(tmp_path / name).model
+        pool, allocator = new_pool(model)
+        logits.append(forward(model, pool, [SequenceChunk(np.array(tokens), 0, pages_for(allocator, 12), 0)]))
+    assert torch.equal(*logits)
+
+
+def test_an_unsupported_model_type_lists_the_supported_ones(tmp_path):
+    build("qwen3", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(ValueError, match=r"model type 'gpt2' is not supported \(supported: deepseek_v2, deepseek_v3, "):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("family", "field", "value", "message"),
+    [
+        ("gemma3_text", "attn_logit_softcapping", 50.0, "attention scores are not soft-capped"),
+        ("deepseek_v3", "topk_method", "greedy", "topk_method='greedy' is not supported"),
+        ("deepseek_v2", "scoring_func", "sigmoid", "deepseek_v2 routes with softmax scores"),
+        ("qwen3", "hidden_act", "relu", "hidden activation 'relu' is not supported"),
+        ("mixtral", "quantization_config", {"quant_method": "fp8"}, r"quantized checkpoints \(fp8\) are not read"),
+        ("qwen3", "rope_parameters", {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}, "rescales with"),
+    ],
+)
+def test_a_config_field_not_computed_is_named(tmp_path, family, field, value, message):
+    """Rather than a silently wrong answer: the field, its value and why, at load."""
+    build(family, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ValueError, match=message):
+        load_model(tmp_path)
