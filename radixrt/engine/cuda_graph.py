@@ -105,6 +105,7 @@ class DecodeGraphs:
             logit_rows=self.logit_rows[:bs],
             max_new_tokens=1,
             max_seq_len=self.max_context,
+            max_prefix_len=self.max_context - 1,
         )
 
     def _forward(self, bs: int) -> None:

@@ -25,6 +25,12 @@ class ForwardBatch:
     logit_rows: torch.Tensor  # [n] int64
     max_new_tokens: int  # the longest run of new tokens in one sequence
     max_seq_len: int  # the longest sequence, prefix + new
+    max_prefix_len: int  # the longest cached prefix: 0 for a batch of fresh prompts
+
+    @property
+    def decode(self) -> bool:
+        """One new token per sequence: the decode kernel's case."""
+        return self.max_new_tokens == 1 and self.input_ids.shape[0] == self.prefix_lens.shape[0]
 
 
 @dataclass
@@ -63,6 +69,7 @@ def build_batch(chunks: list[SequenceChunk], page_size: int, device: torch.devic
         logit_rows=as_tensor(np.concatenate(rows), torch.int64),
         max_new_tokens=int(new_lens.max()),
         max_seq_len=int((prefix + new_lens).max()),
+        max_prefix_len=int(prefix.max()),
     )
 
 

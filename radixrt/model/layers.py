@@ -79,6 +79,15 @@ class GatedMLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
+def store_kv(k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch, pool: KVPool, layer: int) -> PagedKV:
+    """Store the new tokens' ``k``/``v`` (``[tokens, kv_heads, dim]``; with a pool whose V lives in
+    K's rows only K is stored) at their slots: the layer's pages with the batch's page table."""
+    k_pool, v_pool = pool.k[layer], pool.v[layer]
+    scales = pool.scales(layer)  # (None, None) unless the pool is quantized
+    write_kv(k_pool, v_pool, batch.slots, k, None if pool.v_in_k else v, *scales)
+    return PagedKV(k_pool, v_pool, batch.kv_indptr, batch.kv_indices, *scales)
+
+
 def paged_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -92,11 +101,8 @@ def paged_attention(
     """Store the new tokens' ``k``/``v`` (``[tokens, kv_heads, dim]``; with a pool whose V lives in
     K's rows, ``v`` is ``k``'s first channels and only K is stored) and attend ``q [tokens, heads,
     k_dim]`` through the page table (within a sliding ``window`` when not 0): ``[tokens, heads, v_dim]``."""
-    k_pool, v_pool = pool.k[layer], pool.v[layer]
-    scales = pool.scales(layer)  # (None, None) unless the pool is quantized
-    write_kv(k_pool, v_pool, batch.slots, k, None if pool.v_in_k else v, *scales)
-    kv = PagedKV(k_pool, v_pool, batch.kv_indptr, batch.kv_indices, *scales)
-    if batch.max_new_tokens == 1 and q.shape[0] == batch.prefix_lens.shape[0]:  # one decode token per sequence
+    kv = store_kv(k, v, batch, pool, layer)
+    if batch.decode:
         lens = batch.prefix_lens + 1
         return decode_attention(q, kv, lens, max_seq_len=batch.max_seq_len, sm_scale=scale, window=window)
     return extend_attention(

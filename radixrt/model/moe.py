@@ -59,8 +59,12 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         top_k, num_experts = experts.shape[1], self.gate_up.shape[0]
-        order = experts.flatten().argsort(stable=True)  # token-expert pairs grouped by expert
-        ends = torch.bincount(experts.flatten(), minlength=num_experts).cumsum(0).to(torch.int32)
+        flat = experts.flatten()
+        order = flat.argsort(stable=True)  # token-expert pairs grouped by expert
+        counts = torch.zeros(num_experts, dtype=torch.int64, device=x.device).scatter_add_(
+            0, flat, torch.ones_like(flat)
+        )
+        ends = counts.cumsum(0).to(torch.int32)  # no bincount: its size would need a device sync (CUDA graphs)
         rows = x[order // top_k]
         gate, up = grouped_matmul(rows, self.gate_up, ends).chunk(2, dim=-1)
         out = grouped_matmul(self.act(gate) * up, self.down, ends)
@@ -70,8 +74,16 @@ class Experts(nn.Module):
 
 def grouped_matmul(rows: torch.Tensor, weights: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
     """Rows ``ends[e-1]:ends[e]`` times ``weights[e]``."""
-    if _GROUPED_MM is not None and rows.dtype == weights.dtype:
-        return _GROUPED_MM(rows, weights, offs=ends)
+    if _GROUPED_MM is not None:
+        try:
+            return _GROUPED_MM(rows, weights, offs=ends)
+        except (RuntimeError, NotImplementedError):  # a dtype or device this torch's grouped GEMM lacks
+            pass
+    if rows.is_cuda and torch.cuda.is_current_stream_capturing():  # no host sync: every expert, masked
+        at = torch.arange(rows.shape[0], device=rows.device)[:, None]
+        starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+        mask = ((at >= starts) & (at < ends)).to(rows.dtype)  # [rows, experts]
+        return sum((rows @ weights[e]) * mask[:, e : e + 1] for e in range(weights.shape[0]))
     out, start = rows.new_empty(rows.shape[0], weights.shape[2]), 0
     for e, end in enumerate(ends.tolist()):
         if end > start:

@@ -3,6 +3,7 @@ with prompts sharing prefixes through the radix cache, and still equal when a sm
 forces retraction and a host tier takes what the device evicts (MLA's latent pages, MoE layers and
 Gemma's windowed layers move and share like any other)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,4 +68,21 @@ def test_quantized_pages(family, kv_dtype):
     outputs = [engine.generate(p, GREEDY).token_ids for p in batch]
     assert [out[0] for out in outputs] == [e[0] for e in expected]
     assert all(len(out) == STEPS for out in outputs)
+    check_pages(engine)
+
+
+def test_overlap_and_the_decode_graphs_static_path(family):
+    """Overlapped scheduling with decode batches through the CUDA graphs' static buffers (run
+    eagerly here, as on a CPU): the same tokens, with all four requests running at once."""
+    path, batch, expected = family
+    engine = Engine(path, page_size=PAGE, kv_cache_bytes=1 << 22, overlap=True)
+    engine.use_decode_graphs(8, capture=False)
+    graphs, runs = engine.runner.graphs, []
+    replay = graphs.run
+    graphs.run = lambda batch: runs.append(batch) or replay(batch)
+    ids = [engine.add_request(p, GREEDY) for p in batch]
+    outputs = run_to_end(engine)
+    assert [[t for out in outputs[i] for t in out.token_ids] for i in ids] == expected
+    assert len(runs) >= STEPS - 1
+    engine.allocator.free(np.array([graphs.pad_page]))  # the padding's page, for check_pages
     check_pages(engine)

@@ -19,6 +19,9 @@ collect_ignore = (
         "test_gpu_compile.py",
         "test_engine_triton.py",
         "test_head_dims.py",
+        "test_kv_head_dims.py",
+        "test_latent_kv.py",
+        "test_sliding_window.py",
     ]
 )
 

@@ -159,3 +159,41 @@ def test_a_config_field_not_computed_is_named(tmp_path, family, field, value, me
     (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
     with pytest.raises(ValueError, match=message):
         load_model(tmp_path)
+
+
+def test_the_experts_fallback_equals_the_grouped_matmul():
+    """Without torch's grouped GEMM: one matmul per expert's rows (and no expert left empty or
+    overrun), the same products."""
+    from radixrt.model import moe
+
+    gen = torch.Generator().manual_seed(0)
+    rows, weights = torch.randn(10, 16, generator=gen), torch.randn(4, 16, 8, generator=gen)
+    ends = torch.tensor([3, 3, 7, 10], dtype=torch.int32)  # expert 1 has no rows
+    grouped = moe.grouped_matmul(rows, weights, ends)
+    expected = torch.cat([rows[0:3] @ weights[0], rows[3:7] @ weights[2], rows[7:10] @ weights[3]])
+    torch.testing.assert_close(grouped, expected)
+    saved, moe._GROUPED_MM = moe._GROUPED_MM, None
+    try:
+        torch.testing.assert_close(moe.grouped_matmul(rows, weights, ends), expected)
+    finally:
+        moe._GROUPED_MM = saved
+
+
+@pytest.mark.parametrize("family", ["deepseek_v2", "deepseek_v3"])
+def test_mla_fresh_prompts_decompressed_equal_absorbed(family, tmp_path, monkeypatch):
+    """A batch of fresh prompts runs decompressed (per-head K/V from the new latents); absorbed, the
+    same logits, and the same latents in the pool for what follows."""
+    from radixrt.model.mla import LatentAttention
+
+    build(family, tmp_path)
+    model = load_model(tmp_path).model
+    prompts = [prompt(10, 23), prompt(11, 6)]
+    results = []
+    for decompress in (True, False):
+        monkeypatch.setattr(LatentAttention, "decompress_prefill", decompress)
+        pool, allocator = new_pool(model)
+        chunks = [SequenceChunk(np.array(p), 0, pages_for(allocator, len(p)), 0) for p in prompts]
+        results.append((forward(model, pool, chunks), pool.k.clone()))
+    (logits, pages), (absorbed, absorbed_pages) = results
+    assert rel(logits, absorbed) < TOLERANCE
+    torch.testing.assert_close(pages, absorbed_pages)
