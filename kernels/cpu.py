@@ -21,16 +21,6 @@ from radixrt.kernels.layout import PagedKV, check_write
 from radixrt.kernels.quant import dequantize, quantize
 
 
-def page_table(kv: PagedKV, lens: torch.Tensor) -> torch.Tensor:
-    """``[batch, max pages]`` page ids of sequences of ``lens`` tokens; rows are padded with a real
-    page (masked out later), so every entry can be gathered."""
-    counts = -(-lens.long() // kv.page_size)
-    width = int(counts.max()) if counts.numel() else 0
-    at = kv.indptr[:-1, None].long() + torch.arange(width, device=lens.device)[None, :]
-    at = at.masked_fill(torch.arange(width, device=lens.device)[None, :] >= counts[:, None], 0)
-    return kv.indices.long()[at] if kv.indices.numel() else at
-
-
 def head_rows(table: torch.Tensor, page_size: int, kv_heads: int) -> torch.Tensor:
     """Pages ``table [..., pages]`` -> ``[..., kv_heads, pages * page_size]``: the rows of a pool
     viewed as ``[-1, head_dim]`` that hold each token's K (or V) vector, head by head."""
@@ -263,13 +253,31 @@ def attend_span(
     if k_new is not None:
         k = torch.cat([k, k_new.transpose(0, 1).to(q.dtype)], dim=1)
         v = torch.cat([v, v_new.transpose(0, 1).to(q.dtype)], dim=1)
-    distance = first + torch.arange(q.shape[0])[:, None] - (lo + torch.arange(k.shape[1]))[None, :]
-    visible = (distance >= 0) & ((distance < window) if window else True)
+    if hi == 0 and not window and k_new is not None:  # new tokens alone: SDPA's own causal mask
+        mask = dict(is_causal=True)
+    else:
+        distance = first + torch.arange(q.shape[0])[:, None] - (lo + torch.arange(k.shape[1]))[None, :]
+        mask = dict(attn_mask=(distance >= 0) & ((distance < window) if window else True))
     queries = q.transpose(0, 1).contiguous()  # SDPA is 3x slower on strided input
-    attended = F.scaled_dot_product_attention(
-        queries[None], k[None], v[None], attn_mask=visible, scale=sm_scale, enable_gqa=True
-    )
+    attended = F.scaled_dot_product_attention(queries[None], k[None], v[None], scale=sm_scale, enable_gqa=True, **mask)
     return attended[0].transpose(0, 1)
+
+
+def attend_window(q: torch.Tensor, kv: PagedKV, seq_lens: torch.Tensor, window: int, scale: float) -> Partial:
+    """One query per sequence over its last ``window`` tokens: each sequence's window gathered
+    (padded to the longest), head by head, in one batched matmul."""
+    width = min(window, int(seq_lens.max()))
+    at = seq_lens.long()[:, None] - width + torch.arange(width)[None, :]  # [n, width] token positions
+    hidden = at < 0
+    at = at.clamp(min=0)
+    pages = kv.indices.long()[kv.indptr[:-1, None].long() + at // kv.page_size]
+    slots = pages * kv.page_size + at % kv.page_size
+    rows = slots[:, None, :] * kv.kv_heads + torch.arange(kv.kv_heads)[:, None]  # [n, kv_heads, width]
+    k_scale, v_scale = _scales(kv)
+    k = gather(kv.k, rows, k_scale, q.dtype, scratch="k")
+    v = values(kv, k, lambda: gather(kv.v, rows, v_scale, q.dtype, scratch="v"))
+    qg = q.view(q.shape[0], kv.kv_heads, q.shape[1] // kv.kv_heads, q.shape[2])
+    return Partial.of(qg, k, v, hidden[:, None, None, :], scale)
 
 
 def page_table_of(kv: PagedKV, b: int, tokens: int) -> torch.Tensor:
@@ -293,9 +301,7 @@ def decode_attention(
     kv.check(q, batch)
     scale = k_dim**-0.5 if sm_scale is None else sm_scale
     if window:
-        result = q.new_empty(batch, q_heads, kv.v_dim)
-        for b, n in enumerate(seq_lens.tolist()):
-            result[b] = attend_span(q[b : b + 1], kv, b, max(0, n - window), n, n - 1, window, sm_scale)
+        result = attend_window(q, kv, seq_lens, window, scale).result().view(batch, q_heads, kv.v_dim)
         return result if out is None else out.copy_(result)
     result = attend_pool(q, kv, list(range(batch)), seq_lens.tolist(), scale).result()
     result = result.view(batch, q_heads, kv.v_dim)
@@ -324,7 +330,6 @@ def extend_attention(
     v_dim = kv.v_dim
     out = q.new_empty(total, q_heads, v_dim) if out is None else out
     scale = k_dim**-0.5 if sm_scale is None else sm_scale
-    k_scale, v_scale = _scales(kv)
     bounds, prefixes = qo_indptr.tolist(), prefix_lens.tolist()
     single = [b for b in range(batch) if bounds[b + 1] - bounds[b] == 1 and prefixes[b] > 0 and not window]
     if single:
@@ -337,29 +342,12 @@ def extend_attention(
         own = Partial(own_scores, torch.ones_like(pool.total), v_own.expand_as(pool.acc))
         out[at] = pool.merge(own).result().view(len(single), q_heads, v_dim)
     done = set(single)
-    rows = head_rows(page_table(kv, prefix_lens), kv.page_size, kv.kv_heads)
     for b in range(batch):
         lo, hi, p = bounds[b], bounds[b + 1], prefixes[b]
         if hi == lo or b in done:
             continue
-        if window:
-            start = max(0, p + 1 - window)
-            out[lo:hi] = attend_span(q[lo:hi], kv, b, start, p, p, window, sm_scale, k_new[lo:hi], v_new[lo:hi])
-            continue
-        k_old = gather(kv.k, rows[b, :, :p], k_scale, q.dtype)
-        v_old = values(kv, k_old, lambda: gather(kv.v, rows[b, :, :p], v_scale, q.dtype))
-        k = torch.cat([k_old, k_new[lo:hi].transpose(0, 1)], dim=1)
-        v = torch.cat([v_old, v_new[lo:hi].transpose(0, 1)], dim=1)
-        if p == 0:
-            causal = dict(is_causal=True)
-        else:
-            m = hi - lo
-            causal = dict(attn_mask=torch.arange(p + m)[None, :] <= p + torch.arange(m)[:, None])
-        queries = q[lo:hi].transpose(0, 1).contiguous()  # SDPA is 3x slower on strided input
-        attended = F.scaled_dot_product_attention(
-            queries[None], k[None], v[None], scale=sm_scale, enable_gqa=True, **causal
-        )
-        out[lo:hi] = attended[0].transpose(0, 1)
+        start = max(0, p + 1 - window) if window else 0
+        out[lo:hi] = attend_span(q[lo:hi], kv, b, start, p, p, window, sm_scale, k_new[lo:hi], v_new[lo:hi])
     return out
 
 
