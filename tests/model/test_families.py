@@ -4,6 +4,7 @@ within 1e-4 (relative norm), 32 greedy steps through the pool match ``generate``
 and chunked prefill give the one-pass logits, and a batch mixing long and short prompts agrees
 with solo runs."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -197,3 +198,21 @@ def test_mla_fresh_prompts_decompressed_equal_absorbed(family, tmp_path, monkeyp
     (logits, pages), (absorbed, absorbed_pages) = results
     assert rel(logits, absorbed) < TOLERANCE
     torch.testing.assert_close(pages, absorbed_pages)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is installed on Linux only")
+def test_through_the_triton_kernels(checkpoint, ours, monkeypatch):
+    """The Triton kernels (interpreted on a CPU without a GPU: tests/conftest.py sets it) in the
+    model: MLA's latent pool, Gemma's windows; a mixed extend and a decode step, as the CPU path."""
+    from radixrt.kernels import attention
+
+    prompts = [prompt(12, 19), prompt(13, 5)]
+    results = []
+    for backend in ("auto", "triton"):
+        monkeypatch.setattr(attention, "ATTENTION", backend)
+        pool, allocator = new_pool(ours)
+        pages = [pages_for(allocator, len(p) + 1) for p in prompts]
+        first = forward(ours, pool, [SequenceChunk(np.array(p), 0, pg, 0) for p, pg in zip(prompts, pages)])
+        nxt = [SequenceChunk(np.array([7]), len(p), pg) for p, pg in zip(prompts, pages)]
+        results.append(torch.cat([first, forward(ours, pool, nxt)]))
+    assert rel(results[1], results[0]) < TOLERANCE
