@@ -1,9 +1,10 @@
 """Decode attention in Triton: one query token per sequence over its paged KV (flash-decoding).
 
-Stage 1 splits each sequence's tokens into ``num_splits`` chunks; program (sequence, KV head,
-split) runs an online softmax over its chunk for all the query heads of that KV head at once (GQA:
-each K/V tile is loaded once for the whole group, padded to 16 rows for ``tl.dot``) and writes a
-partial output with its log-sum-exp. Stage 2 merges the partials of each (sequence, head).
+Stage 1 splits each sequence's tokens into ``num_splits`` chunks; program (sequence, KV head and
+block of its query heads, split) runs an online softmax over its chunk for those query heads at
+once (GQA: each K/V tile is loaded once for the whole block, padded to 16 rows for ``tl.dot``;
+:func:`heads_per_program`) and writes a partial output with its log-sum-exp. Stage 2 merges the
+partials of each (sequence, head).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _decode_partial(
     IEEE: tl.constexpr,
 ):
     b = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    kv_head = tl.program_id(1) // tl.cdiv(GROUP, BLOCK_H)
+    head_block = tl.program_id(1) % tl.cdiv(GROUP, BLOCK_H)
     split = tl.program_id(2)
     seq_len = tl.load(SEQ_LENS + b)
     lo = tl.where(window > 0, tl.maximum(seq_len - window, 0), 0)  # a sliding window's first token
@@ -59,7 +61,7 @@ def _decode_partial(
     start = lo + split * chunk
     end = tl.minimum(start + chunk, seq_len)
 
-    rows = tl.arange(0, BLOCK_H)
+    rows = head_block * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok = rows < GROUP
     heads = kv_head * GROUP + rows
     dk = tl.arange(0, BLOCK_DK)
@@ -131,6 +133,15 @@ def _decode_merge(
     tl.store(O + b * stride_ob + h * stride_oh + d, out.to(O.dtype.element_ty), mask=d_ok)
 
 
+def heads_per_program(group: int, k_dim: int, v_dim: int) -> int:
+    """Query heads one program attends for its KV head, padded to 16 for ``tl.dot``: the whole
+    group (each K/V tile loaded once for all of it) up to 64 heads, and 16 when the heads are wide
+    (MLA's 576/512: DeepSeek-V3's 128 heads on one latent would need 300 KB of shared memory in one
+    program; in blocks of 16 the latent is read 8 times, from L2 after the first)."""
+    cap = 16 if max(head_blocks(k_dim, v_dim).values()) > 256 else 64
+    return min(max(16, triton.next_power_of_2(group)), cap)
+
+
 def choose_num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device) -> int:
     """Enough (sequence, KV head, split) programs to fill the GPU about twice over, but no split
     shorter than ``MIN_TOKENS_PER_SPLIT`` tokens: a small batch with long contexts gets many
@@ -168,7 +179,8 @@ def decode_attention(
     group = q_heads // kv.kv_heads
     blocks = head_blocks(k_dim, v_dim)
     k_scale, v_scale = kv.scales()
-    _decode_partial[(batch, kv.kv_heads, num_splits)](
+    block_h = heads_per_program(group, k_dim, v_dim)
+    _decode_partial[(batch, kv.kv_heads * triton.cdiv(group, block_h), num_splits)](
         q,
         kv.k,
         kv.v,
@@ -193,7 +205,7 @@ def decode_attention(
         **blocks,
         PAGE_SIZE=kv.page_size,
         BLOCK_N=key_block(q.element_size(), k_dim, v_dim),
-        BLOCK_H=max(16, triton.next_power_of_2(group)),
+        BLOCK_H=block_h,
         KV_FORMAT=kv.format,
         IEEE=q.dtype == torch.float32,
         num_warps=4,

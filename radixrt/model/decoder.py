@@ -9,6 +9,8 @@ table with ``radixrt.kernels``.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from transformers import PretrainedConfig
@@ -25,7 +27,7 @@ from radixrt.model.spec import Arch
 class DecoderLayer(nn.Module):
     def __init__(self, arch: Arch, layer: int) -> None:
         super().__init__()
-        norm = lambda: RMSNorm(arch.hidden, arch.eps, arch.norm_offset)  # noqa: E731
+        norm = partial(RMSNorm, arch.hidden, arch.eps, arch.norm_offset)
         self.rope_kind, self.sandwich = arch.rope_kinds[layer], arch.sandwich_norms
         self.input_layernorm = norm()
         self.self_attn = (LatentAttention if arch.latent is not None else Attention)(arch, layer)
@@ -69,8 +71,7 @@ class CausalLM(nn.Module):
 
     @property
     def max_context(self) -> int:
-        """The longest sequence computed exactly: the position limit, or a sliding attention window
-        (Mistral, Qwen2 with ``use_sliding_window``) when shorter, where the kernels are not told of it."""
+        """The longest sequence: the position limit (sliding windows are masks in the kernels)."""
         return self.arch.max_context
 
     def forward(self, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:

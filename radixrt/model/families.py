@@ -45,14 +45,15 @@ def check_common(config: PretrainedConfig) -> None:
         refuse(config, "rope_parameters", f"RoPE type {rope_type!r} rescales with the sequence length; not computed")
 
 
-def window_of(config: PretrainedConfig) -> int | None:
-    """A sliding window the kernels are not told of (Mistral, Mixtral, Qwen with use_sliding_window):
-    the context is bounded by it instead. Gemma 3's windows are masks in the kernels."""
-    if config.model_type in GEMMA:
-        return None
+def layer_windows(config: PretrainedConfig) -> tuple[int | None, ...]:
+    """Each layer's sliding window (None: global attention), a mask in the kernels: every layer
+    for Mistral and Mixtral, the ``layer_types`` marked "sliding_attention" for Gemma 3 and for
+    Qwen with ``use_sliding_window``."""
+    window = getattr(config, "sliding_window", None)
     if config.model_type.startswith("qwen") and not getattr(config, "use_sliding_window", False):
-        return None
-    return getattr(config, "sliding_window", None)
+        window = None
+    types = getattr(config, "layer_types", None) or ["sliding_attention"] * config.num_hidden_layers
+    return tuple(window if window and kind == "sliding_attention" else None for kind in types)
 
 
 def read_arch(config: PretrainedConfig, names: set[str]) -> Arch:
@@ -66,8 +67,7 @@ def read_arch(config: PretrainedConfig, names: set[str]) -> Arch:
         )
     check_common(config)
     layers = config.num_hidden_layers
-    has = lambda suffix: f"model.layers.0.{suffix}" in names  # noqa: E731
-    window = window_of(config)
+    layer0 = {name.removeprefix("model.layers.0.") for name in names if name.startswith("model.layers.0.")}
     common = dict(
         model_type=kind,
         layers=layers,
@@ -79,15 +79,15 @@ def read_arch(config: PretrainedConfig, names: set[str]) -> Arch:
         intermediate=config.intermediate_size,
         eps=config.rms_norm_eps,
         act=getattr(config, "hidden_activation", None) or config.hidden_act,
-        qkv_bias=has("self_attn.q_proj.bias"),
-        o_bias=has("self_attn.o_proj.bias"),
-        mlp_bias=has("mlp.gate_proj.bias"),
-        qk_norm=has("self_attn.q_norm.weight"),
+        qkv_bias="self_attn.q_proj.bias" in layer0,
+        o_bias="self_attn.o_proj.bias" in layer0,
+        mlp_bias="mlp.gate_proj.bias" in layer0,
+        qk_norm="self_attn.q_norm.weight" in layer0,
         tied=bool(getattr(config, "tie_word_embeddings", False)),
         moe_layers=(False,) * layers,
-        windows=(None,) * layers,
+        windows=layer_windows(config),
         rope_kinds=("default",) * layers,
-        max_context=min(config.max_position_embeddings, window or config.max_position_embeddings),
+        max_context=config.max_position_embeddings,
     )
     if kind in MOE:
         routing = Routing(
@@ -123,7 +123,6 @@ def gemma3(config: PretrainedConfig) -> dict:
         embed_scale=config.hidden_size**0.5,
         attn_scale=config.query_pre_attn_scalar**-0.5,
         final_softcap=getattr(config, "final_logit_softcapping", None),
-        windows=tuple(config.sliding_window if kind == "sliding_attention" else None for kind in kinds),
         rope_kinds=kinds,
     )
 

@@ -85,9 +85,9 @@ def main() -> None:
             (decode._decode_merge, dict(Q_HEADS=32, V_DIM=v_dim, BLOCK_DV=blocks["BLOCK_DV"], BLOCK_S=8)),
         ]
         if (k_dim, v_dim) == LARGE_DIMS:  # MLA's latent pool: V read out of K's rows, K written alone
-            latent = dict(attention, KV_HEADS=1, GROUP=16, V_ROW=k_dim)
+            latent = dict(attention, KV_HEADS=1, GROUP=128, V_ROW=k_dim)  # DeepSeek-V3's 128 heads on one GPU
             variants += [
-                (decode._decode_partial, dict(latent, Q_HEADS=16, BLOCK_N=block, BLOCK_H=16)),
+                (decode._decode_partial, dict(latent, Q_HEADS=128, BLOCK_N=block, BLOCK_H=16)),
                 (extend._extend, dict(latent, BLOCK_M=block, BLOCK_N=block)),
                 (kv_write._write_kv, dict(common, KV_HEADS=1, BLOCK_H=1, WRITE_V=False)),
             ]

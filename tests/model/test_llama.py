@@ -117,11 +117,13 @@ def test_prefix_then_extend_then_decode_match(checkpoint):
     assert rel(torch.cat([first, second, *steps]), expected) < 1e-4
 
 
-def test_a_sliding_window_bounds_the_context(checkpoint):
-    """Attention here always sees the whole sequence, which is exact up to the window."""
+def test_a_sliding_window_is_a_mask_not_a_bound(checkpoint):
+    """Mistral's window is each layer's mask in the kernels (tests/model/test_families.py checks it
+    past the window): the context is the position limit."""
     hf, path = checkpoint
+    model = load_model(path).model
     window = hf.config.sliding_window if hf.config.model_type == "mistral" else None
-    assert load_model(path).model.max_context == (window or 256)
+    assert model.max_context == 256 and model.arch.windows == (window, window)
 
 
 def test_unsupported_activation_is_named(tmp_path):

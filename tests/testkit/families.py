@@ -11,6 +11,7 @@ from transformers import (
     DeepseekV2Config,
     DeepseekV3Config,
     Gemma3TextConfig,
+    MistralConfig,
     MixtralConfig,
     PreTrainedModel,
     Qwen3Config,
@@ -49,7 +50,19 @@ CONFIGS = {
             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
         },
     ),
-    "qwen3": Qwen3Config(**SMALL, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=24),
+    "qwen3": Qwen3Config(  # the second layer windowed (use_sliding_window from max_window_layers on)
+        **SMALL,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=1,
+    ),
+    "mistral": MistralConfig(  # every layer windowed, shorter than the prompts
+        **SMALL, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, sliding_window=8
+    ),
     "qwen3_moe": Qwen3MoeConfig(
         **SMALL,
         intermediate_size=96,
