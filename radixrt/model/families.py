@@ -95,13 +95,10 @@ def read_arch(config: PretrainedConfig, names: set[str]) -> Arch:
             top_k=config.num_experts_per_tok,
             normalize=kind == "mixtral" or bool(config.norm_topk_prob),
         )
-        sparse = (
-            tuple(True for _ in range(layers))
-            if kind == "mixtral"
-            else tuple(
-                i not in config.mlp_only_layers and (i + 1) % config.decoder_sparse_step == 0 for i in range(layers)
-            )
-        )
+        sparse = (True,) * layers  # Qwen3-MoE may keep some layers dense
+        if kind == "qwen3_moe":
+            step, dense = config.decoder_sparse_step, set(config.mlp_only_layers)
+            sparse = tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))
         inter = config.intermediate_size if kind == "mixtral" else config.moe_intermediate_size
         return Arch(**{**common, "moe": MoE(routing, inter), "moe_layers": sparse})
     if kind in MLA:
@@ -192,8 +189,8 @@ MIXTRAL_NAMES = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 def prepare_state(config: PretrainedConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under the modules' names: Mixtral's ``block_sparse_moe.experts.i.w1``
     become ``mlp.experts.i.gate_proj``, each layer's experts are stacked into ``mlp.experts.gate_up
-    [E, hidden, 2 * inter]`` and ``mlp.experts.down [E, inter, hidden]`` (from per-expert tensors or
-    transformers' fused ones), and tensors no module uses (DeepSeek-V3's multi-token-prediction
+    [E, 2 * inter, hidden]`` and ``mlp.experts.down [E, hidden, inter]`` (from per-expert tensors, or
+    transformers' fused ones, which are these), and tensors no module uses (DeepSeek-V3's multi-token-prediction
     layers past ``num_hidden_layers``, cached RoPE tables) are dropped."""
     layers = config.num_hidden_layers
     out, experts = {}, {}
@@ -208,16 +205,14 @@ def prepare_state(config: PretrainedConfig, state: dict[str, torch.Tensor]) -> d
             lambda m: f".mlp.experts.{m.group(1)}.{MIXTRAL_NAMES[m.group(2)]}.",
             name,
         ).replace(".block_sparse_moe.", ".mlp.")
-        if name.endswith("mlp.experts.gate_up_proj"):  # fused [E, 2 * inter, hidden]
-            out[name.removesuffix("_proj")] = tensor.transpose(1, 2).contiguous()
-        elif name.endswith("mlp.experts.down_proj"):  # fused [E, hidden, inter]
-            out[name.removesuffix("_proj")] = tensor.transpose(1, 2).contiguous()
+        if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):  # fused already
+            out[name.removesuffix("_proj")] = tensor
         elif m := EXPERT.match(name):
             experts.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = tensor
         else:
             out[name] = tensor
     for prefix, by_index in experts.items():
         ordered = [by_index[e] for e in sorted(by_index)]
-        out[f"{prefix}.gate_up"] = torch.stack([torch.cat([w["gate_proj"], w["up_proj"]]).T for w in ordered])
-        out[f"{prefix}.down"] = torch.stack([w["down_proj"].T for w in ordered])
+        out[f"{prefix}.gate_up"] = torch.stack([torch.cat([w["gate_proj"], w["up_proj"]]) for w in ordered])
+        out[f"{prefix}.down"] = torch.stack([w["down_proj"] for w in ordered])
     return out

@@ -1,12 +1,14 @@
 """Mixture-of-experts MLPs (Mixtral, Qwen3-MoE, DeepSeek-V2/V3): a router picks each token's
 top-k experts, tokens are grouped by expert, and one grouped matmul runs every expert's slice.
 
-The experts' weights are stacked at load (``gate_up [E, hidden, 2 * inter]``, ``down [E, inter,
-hidden]``) for ``torch.nn.functional.grouped_mm``: one call over all experts, on a CPU as on a GPU,
-where it is CUTLASS's grouped GEMM (Hopper). That is used rather than a Triton grouped GEMM of our
-own: it already is the one-launch kernel such a path would be, the same call is tested here on
-the CPU, and a Triton kernel would need tuning on the device to match it. Torch builds without it
-fall back to one matmul per expert over its tokens.
+The experts' weights are stacked at load, each expert's as a linear layer holds it (``gate_up [E,
+2 * inter, hidden]``, ``down [E, hidden, inter]``: transformers' fused layout), and multiplied
+through transposed views (column-major, what CUTLASS's grouped GEMM takes on Hopper) by
+``torch.nn.functional.grouped_mm``: one call over all experts, on a CPU as on a GPU. That is used
+rather than a Triton grouped GEMM of our own: it already is the one-launch kernel such a path
+would be, the same call is tested here on the CPU, and a Triton kernel would need tuning on the
+device to match it. A torch without it, or without it for a dtype, falls back to one matmul per
+expert over its tokens.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ class Experts(nn.Module):
     def __init__(self, hidden: int, intermediate: int, experts: int, act: str) -> None:
         super().__init__()
         self.act = activation(act)
-        self.gate_up = nn.Parameter(torch.zeros(experts, hidden, 2 * intermediate))
-        self.down = nn.Parameter(torch.zeros(experts, intermediate, hidden))
+        self.gate_up = nn.Parameter(torch.zeros(experts, 2 * intermediate, hidden))
+        self.down = nn.Parameter(torch.zeros(experts, hidden, intermediate))
 
     def forward(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         top_k, num_experts = experts.shape[1], self.gate_up.shape[0]
@@ -66,14 +68,14 @@ class Experts(nn.Module):
         )
         ends = counts.cumsum(0).to(torch.int32)  # no bincount: its size would need a device sync (CUDA graphs)
         rows = x[order // top_k]
-        gate, up = grouped_matmul(rows, self.gate_up, ends).chunk(2, dim=-1)
-        out = grouped_matmul(self.act(gate) * up, self.down, ends)
+        gate, up = grouped_matmul(rows, self.gate_up.transpose(1, 2), ends).chunk(2, dim=-1)
+        out = grouped_matmul(self.act(gate) * up, self.down.transpose(1, 2), ends)
         out = out * weights.flatten()[order, None].to(out.dtype)
         return torch.zeros_like(x).index_add_(0, order // top_k, out)
 
 
 def grouped_matmul(rows: torch.Tensor, weights: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """Rows ``ends[e-1]:ends[e]`` times ``weights[e]``."""
+    """Rows ``ends[e-1]:ends[e]`` times ``weights[e]`` (``[E, in, out]``)."""
     if _GROUPED_MM is not None:
         try:
             return _GROUPED_MM(rows, weights, offs=ends)

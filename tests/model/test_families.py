@@ -216,3 +216,25 @@ def test_through_the_triton_kernels(checkpoint, ours, monkeypatch):
         nxt = [SequenceChunk(np.array([7]), len(p), pg) for p, pg in zip(prompts, pages)]
         results.append(torch.cat([first, forward(ours, pool, nxt)]))
     assert rel(results[1], results[0]) < TOLERANCE
+
+
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3"])
+def test_fused_expert_tensors_load_too(family, tmp_path):
+    """transformers' own state dict fuses each layer's experts (``experts.gate_up_proj [E, 2 *
+    inter, hidden]``, ``experts.down_proj``): what a converted GGUF file holds. It loads to the
+    same logits as the per-expert tensors of ``save_pretrained``."""
+    from safetensors.torch import save_file
+
+    hf = build(family, tmp_path / "per_expert")
+    assert any(name.endswith("experts.gate_up_proj") for name in hf.state_dict())
+    (tmp_path / "fused").mkdir()
+    save_file({n: t.contiguous() for n, t in hf.state_dict().items()}, tmp_path / "fused" / "model.safetensors")
+    hf.config.save_pretrained(tmp_path / "fused")
+    tokens = prompt(14, 15)
+    logits = []
+    for name in ("per_expert", "fused"):
+        model = load_model(tmp_path / name).model
+        pool, allocator = new_pool(model)
+        logits.append(forward(model, pool, [SequenceChunk(np.array(tokens), 0, pages_for(allocator, 15), 0)]))
+    assert torch.equal(*logits)
+    assert rel(logits[1], reference_logits(hf, tokens)) < TOLERANCE
