@@ -34,6 +34,7 @@ from transformers import (  # noqa: E402
     DeepseekV2Config,
     DeepseekV3Config,
     Gemma3TextConfig,
+    GptOssConfig,
     MixtralConfig,
     Qwen3Config,
     Qwen3MoeConfig,
@@ -65,6 +66,9 @@ REAL = {  # the published shapes
                                                 qk_nope_head_dim=128, v_head_dim=128, n_routed_experts=64,
                                                 num_experts_per_tok=6, n_shared_experts=2, first_k_dense_replace=1,
                                                 vocab_size=102400)),
+    "gpt-oss-20b": (GptOssConfig, dict(hidden_size=2880, intermediate_size=2880, num_hidden_layers=24,
+                                       num_attention_heads=64, num_key_value_heads=8, head_dim=64, num_local_experts=32,
+                                       num_experts_per_tok=4, sliding_window=128, vocab_size=201088)),
     "deepseek-v3": (DeepseekV3Config, dict(hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
                                            num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=128,
                                            q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
@@ -87,6 +91,8 @@ SMALL_FAMILY = {  # the same families, CPU-sized
                                            qk_rope_head_dim=32, qk_nope_head_dim=64, v_head_dim=64,
                                            n_routed_experts=16, num_experts_per_tok=4, n_shared_experts=1,
                                            first_k_dense_replace=1)),
+    "gpt_oss": (GptOssConfig, dict(intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                   num_local_experts=16, num_experts_per_tok=4, sliding_window=32)),
     "deepseek_v3": (DeepseekV3Config, dict(intermediate_size=768, moe_intermediate_size=128, num_attention_heads=4,
                                            num_key_value_heads=4, q_lora_rank=96, kv_lora_rank=128,
                                            qk_rope_head_dim=32, qk_nope_head_dim=64, v_head_dim=64,
@@ -94,7 +100,7 @@ SMALL_FAMILY = {  # the same families, CPU-sized
                                            n_shared_experts=1, first_k_dense_replace=1)),
 }  # fmt: skip
 REAL_OF = {"qwen3": "qwen3-8b", "gemma3_text": "gemma3-27b", "mixtral": "mixtral-8x7b", "qwen3_moe": "qwen3-30b-a3b",
-           "deepseek_v2": "deepseek-v2-lite", "deepseek_v3": "deepseek-v3"}  # fmt: skip
+           "deepseek_v2": "deepseek-v2-lite", "deepseek_v3": "deepseek-v3", "gpt_oss": "gpt-oss-20b"}  # fmt: skip
 GIB = 1 << 30
 
 

@@ -242,10 +242,12 @@ def attend_span(
     sm_scale: float | None,
     k_new: torch.Tensor | None = None,
     v_new: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Queries ``q [m, q_heads, k_dim]`` of sequence b at positions ``first ..`` over its pool
     tokens ``lo:hi`` followed by ``k_new``/``v_new`` (its new tokens, at ``hi ..``), causally and
-    within ``window`` positions back (0: no window)."""
+    within ``window`` positions back (0: no window). Sinks are a key of zeros whose score is
+    set through the mask (SDPA adds a float mask to the scores), with a value of zeros."""
     rows = head_rows(page_table_of(kv, b, hi), kv.page_size, kv.kv_heads)[:, lo:hi]
     k_scale, v_scale = _scales(kv)
     k = gather(kv.k, rows, k_scale, q.dtype)
@@ -253,11 +255,18 @@ def attend_span(
     if k_new is not None:
         k = torch.cat([k, k_new.transpose(0, 1).to(q.dtype)], dim=1)
         v = torch.cat([v, v_new.transpose(0, 1).to(q.dtype)], dim=1)
-    if hi == 0 and not window and k_new is not None:  # new tokens alone: SDPA's own causal mask
+    if hi == 0 and not window and k_new is not None and sinks is None:  # new tokens alone: SDPA's causal mask
         mask = dict(is_causal=True)
     else:
         distance = first + torch.arange(q.shape[0])[:, None] - (lo + torch.arange(k.shape[1]))[None, :]
         mask = dict(attn_mask=(distance >= 0) & ((distance < window) if window else True))
+    if sinks is not None:
+        heads, m = q.shape[1], q.shape[0]
+        bias = torch.zeros(heads, m, k.shape[1] + 1, dtype=q.dtype)
+        bias[:, :, :-1].masked_fill_(~mask["attn_mask"], float("-inf"))
+        bias[:, :, -1] = sinks.to(q.dtype)[:, None]
+        mask = dict(attn_mask=bias[None])
+        k, v = (torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], dim=1) for x in (k, v))
     queries = q.transpose(0, 1).contiguous()  # SDPA is 3x slower on strided input
     attended = F.scaled_dot_product_attention(queries[None], k[None], v[None], scale=sm_scale, enable_gqa=True, **mask)
     return attended[0].transpose(0, 1)
@@ -296,16 +305,26 @@ def decode_attention(
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
     window: int = 0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     batch, q_heads, k_dim = q.shape
     kv.check(q, batch)
     scale = k_dim**-0.5 if sm_scale is None else sm_scale
     if window:
-        result = attend_window(q, kv, seq_lens, window, scale).result().view(batch, q_heads, kv.v_dim)
-        return result if out is None else out.copy_(result)
-    result = attend_pool(q, kv, list(range(batch)), seq_lens.tolist(), scale).result()
-    result = result.view(batch, q_heads, kv.v_dim)
+        part = attend_window(q, kv, seq_lens, window, scale)
+    else:
+        part = attend_pool(q, kv, list(range(batch)), seq_lens.tolist(), scale)
+    result = with_sinks(part, sinks).result().view(batch, q_heads, kv.v_dim)
     return result if out is None else out.copy_(result)
+
+
+def with_sinks(part: Partial, sinks: torch.Tensor | None) -> Partial:
+    """``part [n, kv_heads, group, ...]`` with one more logit per query head in its softmax and no
+    value (gpt-oss's attention sinks): a part of its own, merged exactly."""
+    if sinks is None:
+        return part
+    top = sinks.to(part.top.dtype).view(1, *part.top.shape[1:3], 1).expand_as(part.top)
+    return part.merge(Partial(top, torch.ones_like(part.total), torch.zeros_like(part.acc)))
 
 
 def extend_attention(
@@ -320,6 +339,7 @@ def extend_attention(
     max_extend_len: int | None = None,
     out: torch.Tensor | None = None,
     window: int = 0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sequences with one new token after a prefix (decode tokens in a mixed batch) as in
     :func:`decode_attention`, merged with the token itself; the others one by one: the prefix
@@ -340,14 +360,14 @@ def extend_attention(
         k_own, v_own = k_new[at][:, :, None], v_new[at][:, :, None]  # [n, kv_heads, 1, k_dim | v_dim]
         own_scores = (qg * k_own).sum(-1, keepdim=True).mul_(scale)
         own = Partial(own_scores, torch.ones_like(pool.total), v_own.expand_as(pool.acc))
-        out[at] = pool.merge(own).result().view(len(single), q_heads, v_dim)
+        out[at] = with_sinks(pool.merge(own), sinks).result().view(len(single), q_heads, v_dim)
     done = set(single)
     for b in range(batch):
         lo, hi, p = bounds[b], bounds[b + 1], prefixes[b]
         if hi == lo or b in done:
             continue
         start = max(0, p + 1 - window) if window else 0
-        out[lo:hi] = attend_span(q[lo:hi], kv, b, start, p, p, window, sm_scale, k_new[lo:hi], v_new[lo:hi])
+        out[lo:hi] = attend_span(q[lo:hi], kv, b, start, p, p, window, sm_scale, k_new[lo:hi], v_new[lo:hi], sinks)
     return out
 
 

@@ -109,6 +109,7 @@ def _decode_partial(
 def _decode_merge(
     PART_O,
     PART_LSE,
+    SINKS,
     O,
     stride_ob,
     stride_oh,
@@ -117,6 +118,7 @@ def _decode_merge(
     V_DIM: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -126,8 +128,15 @@ def _decode_merge(
     d_ok = d < V_DIM
     part = (b * Q_HEADS + h) * num_splits + s
     lse = tl.load(PART_LSE + part, mask=s_ok, other=float("-inf"))
-    weight = tl.exp(lse - tl.max(lse, 0))
-    weight = weight / tl.sum(weight, 0)
+    top = tl.max(lse, 0)
+    if HAS_SINKS:  # a sink: one more logit in the softmax, with no value (gpt-oss)
+        sink = tl.load(SINKS + h).to(tl.float32)
+        top = tl.maximum(top, sink)
+        extra = tl.exp(sink - top)
+    else:
+        extra = 0.0
+    weight = tl.exp(lse - top)
+    weight = weight / (tl.sum(weight, 0) + extra)
     o = tl.load(PART_O + part[:, None] * V_DIM + d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
     out = tl.sum(o * weight[:, None], 0)
     tl.store(O + b * stride_ob + h * stride_oh + d, out.to(O.dtype.element_ty), mask=d_ok)
@@ -161,12 +170,14 @@ def decode_attention(
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
     window: int = 0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``q [batch, q_heads, k_dim]`` -> ``[batch, q_heads, v_dim]``; sequence b attends to its
     first ``seq_lens[b]`` (>= 1) tokens in ``kv`` (with a sliding ``window``, to the last
-    ``window`` of them: the pages before are not read). ``max_seq_len`` saves a device sync. Passing
-    ``num_splits`` (``max_seq_len`` is not needed then) makes the call CUDA-graph capturable: no
-    device-to-host sync, every shape known from the arguments' shapes."""
+    ``window`` of them: the pages before are not read). ``sinks [q_heads]`` (float32): a logit per
+    query head that joins the softmax with no value (gpt-oss's attention sinks). ``max_seq_len``
+    saves a device sync. Passing ``num_splits`` (``max_seq_len`` is not needed then) makes the call
+    CUDA-graph capturable: no device-to-host sync, every shape known from the arguments' shapes."""
     batch, q_heads, k_dim = q.shape
     kv.check(q, batch)
     v_dim = kv.v_dim
@@ -215,6 +226,7 @@ def decode_attention(
     _decode_merge[(batch, q_heads)](
         part_o,
         part_lse,
+        part_lse if sinks is None else sinks,
         out,
         out.stride(0),
         out.stride(1),
@@ -223,6 +235,7 @@ def decode_attention(
         V_DIM=v_dim,
         BLOCK_DV=blocks["BLOCK_DV"],
         BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+        HAS_SINKS=sinks is not None,
         num_warps=4,
     )
     return out

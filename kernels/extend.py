@@ -30,6 +30,7 @@ def _extend(
     PREFIX_LENS,
     K_SCALE,
     V_SCALE,
+    SINKS,
     O,
     stride_qt,
     stride_qh,
@@ -53,6 +54,7 @@ def _extend(
     BLOCK_N: tl.constexpr,
     KV_FORMAT: tl.constexpr,
     IEEE: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -122,6 +124,12 @@ def _extend(
         keep = keep & ((window <= 0) | (rows[:, None] - j[None, :] < window))
         m_i, l_i, acc = attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE)
 
+    if HAS_SINKS:  # a sink: one more logit in the softmax, with no value (gpt-oss)
+        sink = tl.load(SINKS + h).to(tl.float32)
+        m_new = tl.maximum(m_i, sink)
+        alpha = tl.exp(m_i - m_new)
+        acc = acc * alpha[:, None]
+        l_i = l_i * alpha + tl.exp(sink - m_new)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # padding rows past a window may see no key
     tl.store(
         O + (q_start + rows)[:, None] * stride_ot + h * stride_oh + dv[None, :],
@@ -142,12 +150,14 @@ def extend_attention(
     max_extend_len: int | None = None,
     out: torch.Tensor | None = None,
     window: int = 0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``q [new tokens, q_heads, k_dim]``, ``k_new [new tokens, kv_heads, k_dim]`` and ``v_new
     [..., v_dim]`` in the same ragged layout (sequence b's are rows ``qo_indptr[b]:qo_indptr[b+1]``); the first
     ``prefix_lens[b]`` tokens of sequence b are read through ``kv``. ``max_extend_len`` saves a
     device sync. With a sliding ``window``, a token sees only keys less than ``window`` positions
-    back, and tiles wholly out of reach are not loaded. Returns ``[new tokens, q_heads, v_dim]``."""
+    back, and tiles wholly out of reach are not loaded. ``sinks [q_heads]``: as in decode. Returns
+    ``[new tokens, q_heads, v_dim]``."""
     total, q_heads, k_dim = q.shape
     batch = prefix_lens.shape[0]
     kv.check(q, batch)
@@ -180,6 +190,7 @@ def extend_attention(
         prefix_lens,
         k_scale,
         v_scale,
+        k_scale if sinks is None else sinks,
         out,
         q.stride(0),
         q.stride(1),
@@ -202,6 +213,7 @@ def extend_attention(
         BLOCK_N=block_n,
         KV_FORMAT=kv.format,
         IEEE=q.dtype == torch.float32,
+        HAS_SINKS=sinks is not None,
         num_warps=4,
         num_stages=2,
     )

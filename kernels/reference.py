@@ -41,12 +41,18 @@ def gather_kv(pool: torch.Tensor, pages: torch.Tensor, length: int, scale: torch
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, causal_from: int, window: int = 0
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sm_scale: float,
+    causal_from: int,
+    window: int = 0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention of ``q [m, Hq, Dk]`` over ``k [n, Hkv, Dk]``, ``v [n, Hkv, Dv]``: query i
     (at position ``causal_from + i``) sees keys ``0 .. causal_from + i``, and with a sliding
     ``window`` only those less than ``window`` positions back. Query heads are grouped onto KV
-    heads in order (GQA)."""
+    heads in order (GQA). ``sinks [Hq]``: one more logit per head in the softmax, with no value."""
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
@@ -55,6 +61,9 @@ def attention(
     distance = causal_from + torch.arange(m)[:, None] - torch.arange(n)[None, :]
     visible = (distance >= 0) & ((distance < window) if window else True)
     scores = scores.masked_fill(~visible, -math.inf)
+    if sinks is not None:
+        scores = torch.cat([scores, sinks.double()[:, None, None].expand(-1, m, 1)], dim=-1)
+        return torch.einsum("hmn,nhd->mhd", torch.softmax(scores, dim=-1)[..., :-1], v)
     return torch.einsum("hmn,nhd->mhd", torch.softmax(scores, dim=-1), v)
 
 
@@ -69,6 +78,7 @@ def decode_attention(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
     window: int = 0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One query token per sequence over its ``seq_lens[b]`` cached tokens (its last ``window``
     when given; K and V may differ in head dim; ``sm_scale`` defaults to K's ``** -0.5``)."""
@@ -79,7 +89,7 @@ def decode_attention(
         n = int(seq_lens[b])
         k = gather_kv(k_pool, pages, n, k_scale)
         v = gather_kv(v_pool, pages, n, v_scale)
-        out.append(attention(q[b : b + 1], k, v, sm_scale, n - 1, window))
+        out.append(attention(q[b : b + 1], k, v, sm_scale, n - 1, window, sinks))
     return torch.cat(out)
 
 
@@ -97,6 +107,7 @@ def extend_attention(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
     window: int = 0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """New tokens ``q[qo_indptr[b]:qo_indptr[b+1]]`` of sequence b attend to its first
     ``prefix_lens[b]`` cached tokens (read through its pages) and causally to its new tokens
@@ -109,7 +120,7 @@ def extend_attention(
         p = int(prefix_lens[b])
         k = torch.cat([gather_kv(k_pool, pages, p, k_scale), k_new[lo:hi].double()])
         v = torch.cat([gather_kv(v_pool, pages, p, v_scale), v_new[lo:hi].double()])
-        out.append(attention(q[lo:hi], k, v, sm_scale, p, window))
+        out.append(attention(q[lo:hi], k, v, sm_scale, p, window, sinks))
     return torch.cat(out)
 
 

@@ -1,6 +1,6 @@
-"""Multi-head attention with grouped KV heads (Llama, Qwen2/3, Mistral, Mixtral, Gemma 3):
+"""Multi-head attention with grouped KV heads (Llama, Qwen2/3, Mistral, Mixtral, Gemma 3, gpt-oss):
 per-head q/k norms where the family has them (Qwen3, Gemma 3), the family's query scaling, and
-Gemma 3's sliding windows on its local layers (a mask in the kernels)."""
+sliding windows (a mask in the kernels), and gpt-oss's attention sinks."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, arch.eps, arch.norm_offset)
         else:
             self.q_norm = self.k_norm = None
+        self.sinks = nn.Parameter(torch.zeros(self.heads)) if arch.sinks else None
 
     def forward(self, x: torch.Tensor, rope: Rotary, cos_sin: tuple, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         tokens = x.shape[0]
@@ -37,5 +38,6 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope.rotate(q, *cos_sin), rope.rotate(k, *cos_sin)
-        out = paged_attention(q, k, v, batch, pool, self.layer, self.scale, self.window)
+        sinks = None if self.sinks is None else self.sinks.float()
+        out = paged_attention(q, k, v, batch, pool, self.layer, self.scale, self.window, sinks)
         return self.o_proj(out.reshape(tokens, self.heads * self.head_dim))

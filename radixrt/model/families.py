@@ -5,6 +5,7 @@ compute is refused by name here, rather than run to a silently wrong answer."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import torch
 from transformers import PretrainedConfig
@@ -19,7 +20,8 @@ LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
 MOE = ("mixtral", "qwen3_moe")
 MLA = ("deepseek_v2", "deepseek_v3")
 GEMMA = ("gemma3_text",)
-SUPPORTED = (*LLAMA_LIKE, *MOE, *MLA, *GEMMA)
+GPT_OSS = ("gpt_oss",)
+SUPPORTED = (*LLAMA_LIKE, *MOE, *MLA, *GEMMA, *GPT_OSS)
 
 
 class UnsupportedConfig(ValueError):
@@ -105,6 +107,11 @@ def read_arch(config: PretrainedConfig, names: set[str]) -> Arch:
         return Arch(**{**common, **deepseek(config)})
     if kind in GEMMA:
         return Arch(**{**common, **gemma3(config)})
+    if kind in GPT_OSS:
+        routing = Routing(config.num_local_experts, config.num_experts_per_tok, "topk_softmax", router_bias=True)
+        moe = MoE(routing, config.intermediate_size, expert_bias=True, swiglu_limit=float(config.swiglu_limit))
+        moe = replace(moe, swiglu_alpha=float(config.swiglu_alpha))
+        return Arch(**{**common, "moe": moe, "moe_layers": (True,) * layers, "sinks": True})
     return Arch(**common)
 
 
@@ -182,6 +189,30 @@ def read_ropes(config: PretrainedConfig, arch: Arch) -> dict[str, Rotary]:
     return {"default": Rotary(rope.inv_freq, rope.attention_scaling, interleaved)}
 
 
+def gpt_oss_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """gpt-oss's MoE tensors as the other families': ``router`` is ``gate``; ``gate_up_proj [E,
+    hidden, 2 * inter]`` with gate and up in alternate columns becomes ``gate_up [E, 2 * inter,
+    hidden]``, gates first (its bias alike), and ``down_proj [E, inter, hidden]`` becomes ``down``."""
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # [..., 2 * inter] interleaved -> gates, then ups
+        return torch.cat([t[..., 0::2], t[..., 1::2]], dim=-1)
+
+    out = {}
+    for name, tensor in state.items():
+        name = name.replace(".mlp.router.", ".mlp.gate.")
+        if name.endswith("mlp.experts.gate_up_proj"):
+            out[name.removesuffix("_proj")] = split(tensor).transpose(1, 2).contiguous()
+        elif name.endswith("mlp.experts.gate_up_proj_bias"):
+            out[name.replace("gate_up_proj_bias", "gate_up_bias")] = split(tensor)
+        elif name.endswith("mlp.experts.down_proj"):
+            out[name.removesuffix("_proj")] = tensor.transpose(1, 2).contiguous()
+        elif name.endswith("mlp.experts.down_proj_bias"):
+            out[name.replace("down_proj_bias", "down_bias")] = tensor
+        else:
+            out[name] = tensor
+    return out
+
+
 EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 MIXTRAL_NAMES = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
@@ -191,7 +222,10 @@ def prepare_state(config: PretrainedConfig, state: dict[str, torch.Tensor]) -> d
     become ``mlp.experts.i.gate_proj``, each layer's experts are stacked into ``mlp.experts.gate_up
     [E, 2 * inter, hidden]`` and ``mlp.experts.down [E, hidden, inter]`` (from per-expert tensors, or
     transformers' fused ones, which are these), and tensors no module uses (DeepSeek-V3's multi-token-prediction
-    layers past ``num_hidden_layers``, cached RoPE tables) are dropped."""
+    layers past ``num_hidden_layers``, cached RoPE tables) are dropped. gpt-oss's experts, stored
+    ``[E, in, out]`` with gate and up interleaved, are brought to the same layout (:func:`gpt_oss_state`)."""
+    if config.model_type in GPT_OSS:
+        state = gpt_oss_state(state)
     layers = config.num_hidden_layers
     out, experts = {}, {}
     for name, tensor in state.items():

@@ -97,14 +97,17 @@ def paged_attention(
     layer: int,
     scale: float | None = None,
     window: int = 0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Store the new tokens' ``k``/``v`` (``[tokens, kv_heads, dim]``; with a pool whose V lives in
     K's rows, ``v`` is ``k``'s first channels and only K is stored) and attend ``q [tokens, heads,
-    k_dim]`` through the page table (within a sliding ``window`` when not 0): ``[tokens, heads, v_dim]``."""
+    k_dim]`` through the page table (within a sliding ``window`` when not 0; with attention
+    ``sinks``, a float32 logit per head): ``[tokens, heads, v_dim]``."""
     kv = store_kv(k, v, batch, pool, layer)
     if batch.decode:
         lens = batch.prefix_lens + 1
-        return decode_attention(q, kv, lens, max_seq_len=batch.max_seq_len, sm_scale=scale, window=window)
+        options = dict(max_seq_len=batch.max_seq_len, sm_scale=scale, window=window, sinks=sinks)
+        return decode_attention(q, kv, lens, **options)
     return extend_attention(
         q,
         k,
@@ -115,4 +118,5 @@ def paged_attention(
         max_extend_len=batch.max_new_tokens,
         sm_scale=scale,
         window=window,
+        sinks=sinks,
     )

@@ -1,4 +1,4 @@
-"""Mixture-of-experts MLPs (Mixtral, Qwen3-MoE, DeepSeek-V2/V3): a router picks each token's
+"""Mixture-of-experts MLPs (Mixtral, Qwen3-MoE, DeepSeek-V2/V3, gpt-oss): a router picks each token's
 top-k experts, tokens are grouped by expert, and one grouped matmul runs every expert's slice.
 
 The experts' weights are stacked at load, each expert's as a linear layer holds it (``gate_up [E,
@@ -28,6 +28,7 @@ class Router(nn.Module):
         super().__init__()
         self.routing = routing
         self.weight = nn.Parameter(torch.zeros(routing.experts, hidden))
+        self.bias = nn.Parameter(torch.zeros(routing.experts)) if routing.router_bias else None
         if routing.score_bias:
             self.register_buffer("e_score_correction_bias", torch.zeros(routing.experts))
         else:
@@ -36,7 +37,10 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each token's experts ``[tokens, top_k]`` and their weights (float32)."""
         r = self.routing
-        logits = F.linear(x.float(), self.weight.float())
+        logits = F.linear(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
+        if r.scoring == "topk_softmax":
+            top, experts = logits.topk(r.top_k, dim=-1)
+            return experts, top.softmax(-1)
         scores = logits.softmax(-1) if r.scoring == "softmax" else logits.sigmoid()
         choice = scores if self.e_score_correction_bias is None else scores + self.e_score_correction_bias.float()
         if r.groups > 1:
@@ -53,11 +57,17 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, experts: int, act: str) -> None:
+    def __init__(self, hidden: int, moe: MoE, act: str) -> None:
         super().__init__()
-        self.act = activation(act)
+        experts, intermediate = moe.routing.experts, moe.intermediate
+        self.act, self.limit, self.alpha = activation(act), moe.swiglu_limit, moe.swiglu_alpha
         self.gate_up = nn.Parameter(torch.zeros(experts, 2 * intermediate, hidden))
         self.down = nn.Parameter(torch.zeros(experts, hidden, intermediate))
+        if moe.expert_bias:
+            self.gate_up_bias = nn.Parameter(torch.zeros(experts, 2 * intermediate))
+            self.down_bias = nn.Parameter(torch.zeros(experts, hidden))
+        else:
+            self.gate_up_bias = self.down_bias = None
 
     def forward(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         top_k, num_experts = experts.shape[1], self.gate_up.shape[0]
@@ -68,8 +78,18 @@ class Experts(nn.Module):
         )
         ends = counts.cumsum(0).to(torch.int32)  # no bincount: its size would need a device sync (CUDA graphs)
         rows = x[order // top_k]
-        gate, up = grouped_matmul(rows, self.gate_up.transpose(1, 2), ends).chunk(2, dim=-1)
-        out = grouped_matmul(self.act(gate) * up, self.down.transpose(1, 2), ends)
+        gate_up = grouped_matmul(rows, self.gate_up.transpose(1, 2), ends)
+        if self.gate_up_bias is not None:
+            gate_up = gate_up + self.gate_up_bias[flat[order]]
+        gate, up = gate_up.chunk(2, dim=-1)
+        if self.limit is None:
+            hidden = self.act(gate) * up
+        else:  # gpt-oss
+            gate, up = gate.clamp(max=self.limit), up.clamp(-self.limit, self.limit)
+            hidden = (up + 1) * gate * torch.sigmoid(gate * self.alpha)
+        out = grouped_matmul(hidden, self.down.transpose(1, 2), ends)
+        if self.down_bias is not None:
+            out = out + self.down_bias[flat[order]]
         out = out * weights.flatten()[order, None].to(out.dtype)
         return torch.zeros_like(x).index_add_(0, order // top_k, out)
 
@@ -98,7 +118,7 @@ class SparseMoE(nn.Module):
     def __init__(self, hidden: int, moe: MoE, act: str) -> None:
         super().__init__()
         self.gate = Router(hidden, moe.routing)
-        self.experts = Experts(hidden, moe.intermediate, moe.routing.experts, act)
+        self.experts = Experts(hidden, moe, act)
         self.shared_experts = GatedMLP(hidden, moe.shared_intermediate, act) if moe.shared_intermediate else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

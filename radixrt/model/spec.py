@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Routing:
-    """How a token picks its experts. ``scoring`` "softmax" (Mixtral, Qwen3-MoE, DeepSeek-V2) or
+    """How a token picks its experts. ``scoring`` "softmax" (Mixtral, Qwen3-MoE, DeepSeek-V2),
     "sigmoid" (DeepSeek-V3, which chooses by score plus ``e_score_correction_bias`` and weighs by
-    the score alone); with ``groups``, experts are chosen from the best ``topk_groups`` groups only,
+    the score alone) or "topk_softmax" (gpt-oss: the top-k logits, then a softmax over them alone;
+    its router has a bias); with ``groups``, experts are chosen from the best ``topk_groups`` groups only,
     a group scored by its best expert ("max", V2) or its best two ("top2", V3)."""
 
     experts: int
@@ -22,6 +23,7 @@ class Routing:
     topk_groups: int = 1
     group_score: str = "max"
     score_bias: bool = False
+    router_bias: bool = False
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class MoE:
     routing: Routing
     intermediate: int  # each expert's
     shared_intermediate: int = 0  # the always-on shared experts', fused into one MLP (DeepSeek)
+    expert_bias: bool = False  # gpt-oss: biases on each expert's projections
+    swiglu_limit: float | None = None  # gpt-oss: gate and up clamped, act (up + 1) * gate * sigmoid(alpha gate)
+    swiglu_alpha: float = 1.702
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class Arch:
     embed_scale: float | None = None  # Gemma: embeddings times sqrt(hidden)
     attn_scale: float | None = None  # None: head_dim ** -0.5
     final_softcap: float | None = None  # logits = cap * tanh(logits / cap)
+    sinks: bool = False  # gpt-oss: a learned logit per head joins each softmax, with no value
     tied: bool = False
     latent: Latent | None = None
     moe: MoE | None = None

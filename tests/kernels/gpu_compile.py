@@ -15,7 +15,7 @@ from radixrt.kernels.layout import KV_FLOAT, KV_FP8, KV_INT4, KV_INT8  # noqa: E
 from radixrt.kernels.tiles import head_blocks, key_block  # noqa: E402
 
 INT32_POINTERS = {"KV_INDPTR", "KV_INDICES", "SEQ_LENS", "QO_INDPTR", "PREFIX_LENS"}
-FP32_POINTERS = {"PART_O", "PART_LSE"}
+FP32_POINTERS = {"PART_O", "PART_LSE", "SINKS"}
 SCALE_POINTERS = {"K_SCALE", "V_SCALE"}
 FORMATS = {"i8": KV_INT8, "fp8e4nv": KV_FP8, "u8": KV_INT4}
 """Pool dtypes that are not float, by their format (a uint8 pool is packed int4)."""
@@ -78,17 +78,23 @@ def main() -> None:
         blocks = head_blocks(k_dim, v_dim)
         common = dict(KV_HEADS=8, K_DIM=k_dim, V_DIM=v_dim, **blocks, KV_FORMAT=FORMATS.get(kv_dtype, KV_FLOAT))
         attention = dict(common, V_ROW=v_dim, GROUP=4, PAGE_SIZE=16, IEEE=q_dtype == "fp32")
+        merge = dict(Q_HEADS=32, V_DIM=v_dim, BLOCK_DV=blocks["BLOCK_DV"], BLOCK_S=8)
         variants = [
             (decode._decode_partial, dict(attention, Q_HEADS=32, BLOCK_N=block, BLOCK_H=16)),
-            (extend._extend, dict(attention, BLOCK_M=block, BLOCK_N=block)),
+            (extend._extend, dict(attention, BLOCK_M=block, BLOCK_N=block, HAS_SINKS=False)),
             (kv_write._write_kv, dict(common, BLOCK_H=8, WRITE_V=True)),
-            (decode._decode_merge, dict(Q_HEADS=32, V_DIM=v_dim, BLOCK_DV=blocks["BLOCK_DV"], BLOCK_S=8)),
+            (decode._decode_merge, dict(merge, HAS_SINKS=False)),
         ]
+        if (k_dim, v_dim) == (64, 64):  # gpt-oss's attention sinks
+            variants += [
+                (extend._extend, dict(attention, BLOCK_M=block, BLOCK_N=block, HAS_SINKS=True)),
+                (decode._decode_merge, dict(merge, HAS_SINKS=True)),
+            ]
         if (k_dim, v_dim) == LARGE_DIMS:  # MLA's latent pool: V read out of K's rows, K written alone
             latent = dict(attention, KV_HEADS=1, GROUP=128, V_ROW=k_dim)  # DeepSeek-V3's 128 heads on one GPU
             variants += [
                 (decode._decode_partial, dict(latent, Q_HEADS=128, BLOCK_N=block, BLOCK_H=16)),
-                (extend._extend, dict(latent, BLOCK_M=block, BLOCK_N=block)),
+                (extend._extend, dict(latent, BLOCK_M=block, BLOCK_N=block, HAS_SINKS=False)),
                 (kv_write._write_kv, dict(common, KV_HEADS=1, BLOCK_H=1, WRITE_V=False)),
             ]
         for fn, constexprs in variants:

@@ -68,3 +68,28 @@ def test_pages_out_of_reach_are_not_read(impl, gen):
     out = ATTEND[impl][1](qs, *new, kv, indptr, prefix, window=4)
     exact = reference.extend_attention(qs, *new, *exact_kv, indptr, kv.indptr, kv.indices, prefix, window=4)
     assert rel_err(out, exact) < EXACT[torch.float32]
+
+
+@pytest.mark.parametrize("impl", ATTEND)
+@pytest.mark.parametrize("window", [0, 6])
+def test_attention_sinks(impl, window, gen):
+    """gpt-oss's sinks, a logit per query head that joins the softmax with no value, in decode
+    (several splits merged) and extend (prefixes, none, a lone token), with and without a window."""
+    sinks = torch.randn(KV_HEADS * GROUP, generator=gen) * 2
+    lens = [13, 40, 1]
+    kv = make_paged(gen, lens, PAGE_SIZE, KV_HEADS, DIM, torch.float32)
+    q = torch.randn(len(lens), KV_HEADS * GROUP, DIM, generator=gen)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    out = ATTEND[impl][0](q, kv, seq_lens, window=window, sinks=sinks, num_splits=3)
+    exact = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens, window=window, sinks=sinks)
+    assert rel_err(out, exact) < EXACT[torch.float32]
+    prefix_lens, new_lens = [9, 30, 0], [5, 1, 4]  # within each sequence's pages
+    total = sum(new_lens)
+    qs = torch.randn(total, KV_HEADS * GROUP, DIM, generator=gen)
+    new = [torch.randn(total, KV_HEADS, DIM, generator=gen) for _ in range(2)]
+    qo_indptr = torch.tensor([0, *torch.tensor(new_lens).cumsum(0).tolist()], dtype=torch.int32)
+    prefix = torch.tensor(prefix_lens, dtype=torch.int32)
+    out = ATTEND[impl][1](qs, *new, kv, qo_indptr, prefix, window=window, sinks=sinks)
+    table = qo_indptr, kv.indptr, kv.indices, prefix
+    exact = reference.extend_attention(qs, *new, kv.k, kv.v, *table, window=window, sinks=sinks)
+    assert rel_err(out, exact) < EXACT[torch.float32]

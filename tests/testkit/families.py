@@ -11,6 +11,7 @@ from transformers import (
     DeepseekV2Config,
     DeepseekV3Config,
     Gemma3TextConfig,
+    GptOssConfig,
     MistralConfig,
     MixtralConfig,
     PreTrainedModel,
@@ -60,6 +61,25 @@ CONFIGS = {
         sliding_window=8,
         max_window_layers=1,
     ),
+    "gpt_oss": GptOssConfig(  # sinks, alternating windows, biased experts with the clamped SwiGLU
+        **{**SMALL, "max_position_embeddings": 4096},
+        intermediate_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=8,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 150000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 1024,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "truncate": False,
+        },
+    ),
     "mistral": MistralConfig(  # every layer windowed, shorter than the prompts
         **SMALL, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, sliding_window=8
     ),
@@ -101,15 +121,18 @@ CONFIGS = {
 def build(family: str, path: Path) -> PreTrainedModel:
     """The family's checkpoint saved at ``path``, and transformers' model of it. Weights are wider
     than the default init so logits and routing are decisive (no near-ties for argmax or top-k to
-    flip on rounding); norms and DeepSeek-V3's routing bias are random too."""
+    flip on rounding); norms, gpt-oss's sinks and DeepSeek-V3's routing bias are random too."""
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(CONFIGS[family], dtype=torch.float32)
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
+            elif name.endswith("sinks"):
+                p.normal_(0, 1.0)
             else:
-                p.normal_(0, 0.5 if "gate" in name and "proj" not in name else 0.1)
+                routers = ("gate" in name and "proj" not in name) or "router" in name
+                p.normal_(0, 0.5 if routers else 0.1)
         for name, b in hf.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 b.normal_(0, 0.1)
