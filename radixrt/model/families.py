@@ -17,7 +17,7 @@ from radixrt.model.layers import ACTIVATIONS, Rotary
 from radixrt.model.spec import Arch, Latent, MoE, Routing
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
-MOE = ("mixtral", "qwen3_moe")
+MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 MLA = ("deepseek_v2", "deepseek_v3")
 GEMMA = ("gemma3_text",)
 GPT_OSS = ("gpt_oss",)
@@ -93,16 +93,18 @@ def read_arch(config: PretrainedConfig, names: set[str]) -> Arch:
     )
     if kind in MOE:
         routing = Routing(
-            experts=config.num_local_experts,
+            experts=config.num_experts if kind == "qwen2_moe" else config.num_local_experts,
             top_k=config.num_experts_per_tok,
             normalize=kind == "mixtral" or bool(config.norm_topk_prob),
         )
-        sparse = (True,) * layers  # Qwen3-MoE may keep some layers dense
-        if kind == "qwen3_moe":
+        sparse = (True,) * layers  # Qwen-MoE may keep some layers dense
+        if kind != "mixtral":
             step, dense = config.decoder_sparse_step, set(config.mlp_only_layers)
             sparse = tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))
         inter = config.intermediate_size if kind == "mixtral" else config.moe_intermediate_size
-        return Arch(**{**common, "moe": MoE(routing, inter), "moe_layers": sparse})
+        shared = config.shared_expert_intermediate_size if kind == "qwen2_moe" else 0
+        moe = MoE(routing, inter, shared_intermediate=shared, shared_gate=bool(shared))
+        return Arch(**{**common, "moe": moe, "moe_layers": sparse})
     if kind in MLA:
         return Arch(**{**common, **deepseek(config)})
     if kind in GEMMA:
@@ -239,6 +241,7 @@ def prepare_state(config: PretrainedConfig, state: dict[str, torch.Tensor]) -> d
             lambda m: f".mlp.experts.{m.group(1)}.{MIXTRAL_NAMES[m.group(2)]}.",
             name,
         ).replace(".block_sparse_moe.", ".mlp.")
+        name = name.replace(".mlp.shared_expert.", ".mlp.shared_experts.")  # Qwen2-MoE's one shared expert
         if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):  # fused already
             out[name.removesuffix("_proj")] = tensor
         elif m := EXPERT.match(name):

@@ -1,4 +1,4 @@
-"""Mixture-of-experts MLPs (Mixtral, Qwen3-MoE, DeepSeek-V2/V3, gpt-oss): a router picks each token's
+"""Mixture-of-experts MLPs (Mixtral, Qwen2/3-MoE, DeepSeek-V2/V3, gpt-oss): a router picks each token's
 top-k experts, tokens are grouped by expert, and one grouped matmul runs every expert's slice.
 
 The experts' weights are stacked at load, each expert's as a linear layer holds it (``gate_up [E,
@@ -120,7 +120,13 @@ class SparseMoE(nn.Module):
         self.gate = Router(hidden, moe.routing)
         self.experts = Experts(hidden, moe, act)
         self.shared_experts = GatedMLP(hidden, moe.shared_intermediate, act) if moe.shared_intermediate else None
+        self.shared_expert_gate = nn.Linear(hidden, 1, bias=False) if moe.shared_gate else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.experts(x, *self.gate(x))
-        return out if self.shared_experts is None else out + self.shared_experts(x)
+        if self.shared_experts is None:
+            return out
+        shared = self.shared_experts(x)
+        if self.shared_expert_gate is not None:
+            shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
+        return out + shared

@@ -31,6 +31,7 @@ class MoE:
     routing: Routing
     intermediate: int  # each expert's
     shared_intermediate: int = 0  # the always-on shared experts', fused into one MLP (DeepSeek)
+    shared_gate: bool = False  # Qwen2-MoE: the shared expert's output times sigmoid(a linear of x)
     expert_bias: bool = False  # gpt-oss: biases on each expert's projections
     swiglu_limit: float | None = None  # gpt-oss: gate and up clamped, act (up + 1) * gate * sigmoid(alpha gate)
     swiglu_alpha: float = 1.702

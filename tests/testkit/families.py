@@ -15,6 +15,7 @@ from transformers import (
     MistralConfig,
     MixtralConfig,
     PreTrainedModel,
+    Qwen2MoeConfig,
     Qwen3Config,
     Qwen3MoeConfig,
 )
@@ -94,6 +95,16 @@ CONFIGS = {
         num_experts_per_tok=2,
         norm_topk_prob=True,
         mlp_only_layers=[1],  # one dense layer among the sparse
+    ),
+    "qwen2_moe": Qwen2MoeConfig(  # q/k/v biases, a gated shared expert
+        **SMALL,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        num_experts=4,
+        num_experts_per_tok=2,
     ),
     "mixtral": MixtralConfig(
         **SMALL, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, num_local_experts=4
