@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from radixrt.cache import KVPool, PageAllocator
 from radixrt.model import SequenceChunk, build_batch, load_model
@@ -238,3 +239,20 @@ def test_fused_expert_tensors_load_too(family, tmp_path):
         logits.append(forward(model, pool, [SequenceChunk(np.array(tokens), 0, pages_for(allocator, 15), 0)]))
     assert torch.equal(*logits)
     assert rel(logits[1], reference_logits(hf, tokens)) < TOLERANCE
+
+
+def test_bf16_weights_stay_as_close_as_transformers_bf16(checkpoint):
+    """Served in bf16 (weights and pool): the logits of a prompt and of decode steps after it are
+    no further from the float32 reference than transformers' own bf16 forward is, give or take
+    half of that again (rounding falls differently in different kernels)."""
+    hf, path = checkpoint
+    model = load_model(path, dtype=torch.bfloat16).model
+    pool = KVPool(**model.kv_shape, page_size=PAGE_SIZE, dtype=torch.bfloat16, num_pages=32)
+    tokens = prompt(15, 30)
+    pages = PageAllocator(32).alloc(-(-len(tokens) // PAGE_SIZE))
+    ours = [forward(model, pool, [SequenceChunk(np.array(tokens[:24]), 0, pages, 0)])]
+    ours += [forward(model, pool, [SequenceChunk(np.array([t]), 24 + i, pages)]) for i, t in enumerate(tokens[24:])]
+    exact = reference_logits(hf, tokens)
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)(torch.tensor([tokens])).logits[0]
+    assert rel(torch.cat(ours), exact) < 1.5 * rel(theirs.float(), exact) + 2e-3
