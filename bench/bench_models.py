@@ -36,6 +36,7 @@ from transformers import (  # noqa: E402
     Gemma3TextConfig,
     GptOssConfig,
     MixtralConfig,
+    Qwen2MoeConfig,
     Qwen3Config,
     Qwen3MoeConfig,
 )
@@ -56,6 +57,10 @@ REAL = {  # the published shapes
     "mixtral-8x7b": (MixtralConfig, dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                          num_attention_heads=32, num_key_value_heads=8, num_local_experts=8,
                                          num_experts_per_tok=2, vocab_size=32000)),
+    "qwen1.5-moe-a2.7b": (Qwen2MoeConfig, dict(hidden_size=2048, intermediate_size=5632, moe_intermediate_size=1408,
+                                               shared_expert_intermediate_size=5632, num_hidden_layers=24,
+                                               num_attention_heads=16, num_key_value_heads=16, num_experts=60,
+                                               num_experts_per_tok=4, vocab_size=151936)),
     "qwen3-30b-a3b": (Qwen3MoeConfig, dict(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
                                            num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
                                            head_dim=128, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
@@ -83,6 +88,9 @@ SMALL_FAMILY = {  # the same families, CPU-sized
                                            head_dim=64, sliding_window=32, query_pre_attn_scalar=64)),
     "mixtral": (MixtralConfig, dict(intermediate_size=384, num_attention_heads=4, num_key_value_heads=2,
                                     num_local_experts=8, num_experts_per_tok=2)),
+    "qwen2_moe": (Qwen2MoeConfig, dict(intermediate_size=768, moe_intermediate_size=128,
+                                       shared_expert_intermediate_size=256, num_attention_heads=4,
+                                       num_key_value_heads=4, num_experts=16, num_experts_per_tok=4)),
     "qwen3_moe": (Qwen3MoeConfig, dict(intermediate_size=768, moe_intermediate_size=128, num_attention_heads=4,
                                        num_key_value_heads=2, head_dim=64, num_experts=16, num_experts_per_tok=4,
                                        norm_topk_prob=True)),
@@ -99,8 +107,16 @@ SMALL_FAMILY = {  # the same families, CPU-sized
                                            n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2,
                                            n_shared_experts=1, first_k_dense_replace=1)),
 }  # fmt: skip
-REAL_OF = {"qwen3": "qwen3-8b", "gemma3_text": "gemma3-27b", "mixtral": "mixtral-8x7b", "qwen3_moe": "qwen3-30b-a3b",
-           "deepseek_v2": "deepseek-v2-lite", "deepseek_v3": "deepseek-v3", "gpt_oss": "gpt-oss-20b"}  # fmt: skip
+REAL_OF = {  # each small family's real shape, for --device cuda
+    "qwen3": "qwen3-8b",
+    "gemma3_text": "gemma3-27b",
+    "mixtral": "mixtral-8x7b",
+    "qwen2_moe": "qwen1.5-moe-a2.7b",
+    "qwen3_moe": "qwen3-30b-a3b",
+    "gpt_oss": "gpt-oss-20b",
+    "deepseek_v2": "deepseek-v2-lite",
+    "deepseek_v3": "deepseek-v3",
+}
 GIB = 1 << 30
 
 
