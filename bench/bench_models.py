@@ -33,6 +33,7 @@ from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     DeepseekV2Config,
     DeepseekV3Config,
+    Gemma2Config,
     Gemma3TextConfig,
     GptOssConfig,
     MixtralConfig,
@@ -51,6 +52,9 @@ from radixrt.model.families import read_arch  # noqa: E402
 REAL = {  # the published shapes
     "qwen3-8b": (Qwen3Config, dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
                                    num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936)),
+    "gemma2-9b": (Gemma2Config, dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+                                     num_attention_heads=16, num_key_value_heads=8, head_dim=256, vocab_size=256000,
+                                     sliding_window=4096, query_pre_attn_scalar=256)),
     "gemma3-27b": (Gemma3TextConfig, dict(hidden_size=5376, intermediate_size=21504, num_hidden_layers=62,
                                           num_attention_heads=32, num_key_value_heads=16, head_dim=128,
                                           vocab_size=262208, sliding_window=1024, query_pre_attn_scalar=168)),
@@ -84,6 +88,8 @@ REAL = {  # the published shapes
 SMALL = dict(hidden_size=256, num_hidden_layers=4, vocab_size=1024, max_position_embeddings=4096)
 SMALL_FAMILY = {  # the same families, CPU-sized
     "qwen3": (Qwen3Config, dict(intermediate_size=768, num_attention_heads=4, num_key_value_heads=2, head_dim=64)),
+    "gemma2": (Gemma2Config, dict(intermediate_size=768, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                  sliding_window=32, query_pre_attn_scalar=64)),
     "gemma3_text": (Gemma3TextConfig, dict(intermediate_size=768, num_attention_heads=4, num_key_value_heads=2,
                                            head_dim=64, sliding_window=32, query_pre_attn_scalar=64)),
     "mixtral": (MixtralConfig, dict(intermediate_size=384, num_attention_heads=4, num_key_value_heads=2,
@@ -109,6 +115,7 @@ SMALL_FAMILY = {  # the same families, CPU-sized
 }  # fmt: skip
 REAL_OF = {  # each small family's real shape, for --device cuda
     "qwen3": "qwen3-8b",
+    "gemma2": "gemma2-9b",
     "gemma3_text": "gemma3-27b",
     "mixtral": "mixtral-8x7b",
     "qwen2_moe": "qwen1.5-moe-a2.7b",

@@ -25,7 +25,7 @@ queries have ``k_dim`` and outputs ``v_dim``, ``sm_scale`` defaults to ``k_dim *
 - Both take ``window``: a sliding window (Gemma 3's local layers), where a token sees only the keys
   less than ``window`` positions back; tiles wholly behind it are never read. 0 (the default): none.
   And ``sinks`` (float32 ``[q_heads]``, gpt-oss): a logit per query head that joins the softmax
-  with no value.
+  with no value; and ``softcap`` (Gemma 2): scores become ``softcap * tanh(score / softcap)``.
 - ``write_kv``: store new tokens' K/V at their slots ``page * page_size + offset`` (capturable).
 
 KV formats (``radixrt.kernels.layout`` has the details; the scales ride along as

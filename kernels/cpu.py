@@ -175,6 +175,11 @@ class PlanCache:
 PLANS = PlanCache()
 
 
+def capped(scores: torch.Tensor, softcap: float) -> torch.Tensor:
+    """``softcap * tanh(scores / softcap)`` in place (Gemma 2's attention); 0: as they are."""
+    return scores.div_(softcap).tanh_().mul_(softcap) if softcap else scores
+
+
 class Partial(NamedTuple):
     """Unnormalised attention over part of the keys, ``[..., rows, 1 | 1 | head_dim]``: the row
     maxima of the scores, the sums of ``exp(score - max)`` and the so weighted sums of values.
@@ -185,9 +190,16 @@ class Partial(NamedTuple):
     acc: torch.Tensor
 
     @staticmethod
-    def of(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hidden: torch.Tensor | None, scale: float) -> Partial:
+    def of(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        hidden: torch.Tensor | None,
+        scale: float,
+        softcap: float = 0.0,
+    ) -> Partial:
         """``q [..., rows, dim]`` over ``k``/``v [..., tokens, dim]``, ``hidden`` tokens masked."""
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+        scores = capped(torch.matmul(q, k.transpose(-1, -2)).mul_(scale), softcap)
         if hidden is not None:
             scores.masked_fill_(hidden, float("-inf"))
         top = scores.amax(-1, keepdim=True)
@@ -210,7 +222,9 @@ class Partial(NamedTuple):
         return self.acc / self.total
 
 
-def attend_pool(q: torch.Tensor, kv: PagedKV, seqs: list[int], lens: list[int], scale: float) -> Partial:
+def attend_pool(
+    q: torch.Tensor, kv: PagedKV, seqs: list[int], lens: list[int], scale: float, softcap: float = 0.0
+) -> Partial:
     """Cascade attention of ``q [n, q_heads, head_dim]`` (one query per sequence ``seqs``) over the
     first ``lens`` tokens of each sequence in the pool: each shared prefix once for all the query
     heads of its sequences, then every sequence's own pages, gathered head by head with padding, in
@@ -220,12 +234,12 @@ def attend_pool(q: torch.Tensor, kv: PagedKV, seqs: list[int], lens: list[int], 
     qg = q.view(len(seqs), kv.kv_heads, q.shape[1] // kv.kv_heads, q.shape[2])
     k = gather(kv.k, plan.tail_rows, k_scale, q.dtype, scratch="k")  # [n, kv_heads, tokens, head_dim]
     v = values(kv, k, lambda: gather(kv.v, plan.tail_rows, v_scale, q.dtype, scratch="v"))
-    part = Partial.of(qg, k, v, plan.tail_hidden, scale)
+    part = Partial.of(qg, k, v, plan.tail_hidden, scale, softcap)
     for prefix in plan.shared:
         k = prefix.read(kv.k, k_scale, q.dtype, scratch="k")  # [kv_heads, tokens, head_dim]
         v = values(kv, k, lambda: prefix.read(kv.v, v_scale, q.dtype, scratch="v"))
         queries = qg[prefix.seqs].transpose(0, 1)  # [kv_heads, seqs, group, head_dim]
-        shared = Partial.of(queries.flatten(1, 2), k, v, None, scale)
+        shared = Partial.of(queries.flatten(1, 2), k, v, None, scale, softcap)
         shared = Partial(*(x.view(*queries.shape[:3], -1).transpose(0, 1) for x in shared))
         part.set_rows(prefix.seqs, part.rows(prefix.seqs).merge(shared))
     return part
@@ -239,15 +253,16 @@ def attend_span(
     hi: int,
     first: int,
     window: int,
-    sm_scale: float | None,
+    scale: float,
     k_new: torch.Tensor | None = None,
     v_new: torch.Tensor | None = None,
     sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Queries ``q [m, q_heads, k_dim]`` of sequence b at positions ``first ..`` over its pool
     tokens ``lo:hi`` followed by ``k_new``/``v_new`` (its new tokens, at ``hi ..``), causally and
-    within ``window`` positions back (0: no window). Sinks are a key of zeros whose score is
-    set through the mask (SDPA adds a float mask to the scores), with a value of zeros."""
+    within ``window`` positions back (0: no window): SDPA, or, with sinks or a soft-cap (which
+    SDPA has not), the same as a :class:`Partial`."""
     rows = head_rows(page_table_of(kv, b, hi), kv.page_size, kv.kv_heads)[:, lo:hi]
     k_scale, v_scale = _scales(kv)
     k = gather(kv.k, rows, k_scale, q.dtype)
@@ -255,24 +270,26 @@ def attend_span(
     if k_new is not None:
         k = torch.cat([k, k_new.transpose(0, 1).to(q.dtype)], dim=1)
         v = torch.cat([v, v_new.transpose(0, 1).to(q.dtype)], dim=1)
-    if hi == 0 and not window and k_new is not None and sinks is None:  # new tokens alone: SDPA's causal mask
-        mask = dict(is_causal=True)
-    else:
-        distance = first + torch.arange(q.shape[0])[:, None] - (lo + torch.arange(k.shape[1]))[None, :]
-        mask = dict(attn_mask=(distance >= 0) & ((distance < window) if window else True))
-    if sinks is not None:
-        heads, m = q.shape[1], q.shape[0]
-        bias = torch.zeros(heads, m, k.shape[1] + 1, dtype=q.dtype)
-        bias[:, :, :-1].masked_fill_(~mask["attn_mask"], float("-inf"))
-        bias[:, :, -1] = sinks.to(q.dtype)[:, None]
-        mask = dict(attn_mask=bias[None])
-        k, v = (torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], dim=1) for x in (k, v))
+    distance = first + torch.arange(q.shape[0])[:, None] - (lo + torch.arange(k.shape[1]))[None, :]
+    visible = (distance >= 0) & ((distance < window) if window else True)
+    if sinks is not None or softcap:
+        m, kv_heads = q.shape[0], kv.kv_heads
+        qg = q.view(m, kv_heads, -1, q.shape[2]).permute(1, 2, 0, 3)  # [kv_heads, group, m, k_dim]
+        part = Partial.of(qg, k[:, None], v[:, None], ~visible, scale, softcap)
+        if sinks is not None:
+            top = sinks.to(q.dtype).view(kv_heads, -1, 1, 1).expand_as(part.top)
+            part = part.merge(Partial(top, torch.ones_like(part.total), torch.zeros_like(part.acc)))
+        return part.result().permute(2, 0, 1, 3).reshape(m, q.shape[1], -1)
+    causal = hi == 0 and not window and k_new is not None  # new tokens alone: SDPA's own causal mask
+    mask = dict(is_causal=True) if causal else dict(attn_mask=visible)
     queries = q.transpose(0, 1).contiguous()  # SDPA is 3x slower on strided input
-    attended = F.scaled_dot_product_attention(queries[None], k[None], v[None], scale=sm_scale, enable_gqa=True, **mask)
+    attended = F.scaled_dot_product_attention(queries[None], k[None], v[None], scale=scale, enable_gqa=True, **mask)
     return attended[0].transpose(0, 1)
 
 
-def attend_window(q: torch.Tensor, kv: PagedKV, seq_lens: torch.Tensor, window: int, scale: float) -> Partial:
+def attend_window(
+    q: torch.Tensor, kv: PagedKV, seq_lens: torch.Tensor, window: int, scale: float, softcap: float = 0.0
+) -> Partial:
     """One query per sequence over its last ``window`` tokens: each sequence's window gathered
     (padded to the longest), head by head, in one batched matmul."""
     width = min(window, int(seq_lens.max()))
@@ -286,7 +303,7 @@ def attend_window(q: torch.Tensor, kv: PagedKV, seq_lens: torch.Tensor, window: 
     k = gather(kv.k, rows, k_scale, q.dtype, scratch="k")
     v = values(kv, k, lambda: gather(kv.v, rows, v_scale, q.dtype, scratch="v"))
     qg = q.view(q.shape[0], kv.kv_heads, q.shape[1] // kv.kv_heads, q.shape[2])
-    return Partial.of(qg, k, v, hidden[:, None, None, :], scale)
+    return Partial.of(qg, k, v, hidden[:, None, None, :], scale, softcap)
 
 
 def page_table_of(kv: PagedKV, b: int, tokens: int) -> torch.Tensor:
@@ -306,14 +323,15 @@ def decode_attention(
     out: torch.Tensor | None = None,
     window: int = 0,
     sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     batch, q_heads, k_dim = q.shape
     kv.check(q, batch)
     scale = k_dim**-0.5 if sm_scale is None else sm_scale
     if window:
-        part = attend_window(q, kv, seq_lens, window, scale)
+        part = attend_window(q, kv, seq_lens, window, scale, softcap)
     else:
-        part = attend_pool(q, kv, list(range(batch)), seq_lens.tolist(), scale)
+        part = attend_pool(q, kv, list(range(batch)), seq_lens.tolist(), scale, softcap)
     result = with_sinks(part, sinks).result().view(batch, q_heads, kv.v_dim)
     return result if out is None else out.copy_(result)
 
@@ -340,6 +358,7 @@ def extend_attention(
     out: torch.Tensor | None = None,
     window: int = 0,
     sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Sequences with one new token after a prefix (decode tokens in a mixed batch) as in
     :func:`decode_attention`, merged with the token itself; the others one by one: the prefix
@@ -355,10 +374,10 @@ def extend_attention(
     if single:
         at = torch.tensor([bounds[b] for b in single])
         queries = q[at]
-        pool = attend_pool(queries, kv, single, [prefixes[b] for b in single], scale)
+        pool = attend_pool(queries, kv, single, [prefixes[b] for b in single], scale, softcap)
         qg = queries.view(*pool.acc.shape[:3], k_dim)  # [n, kv_heads, group, k_dim]
         k_own, v_own = k_new[at][:, :, None], v_new[at][:, :, None]  # [n, kv_heads, 1, k_dim | v_dim]
-        own_scores = (qg * k_own).sum(-1, keepdim=True).mul_(scale)
+        own_scores = capped((qg * k_own).sum(-1, keepdim=True).mul_(scale), softcap)
         own = Partial(own_scores, torch.ones_like(pool.total), v_own.expand_as(pool.acc))
         out[at] = with_sinks(pool.merge(own), sinks).result().view(len(single), q_heads, v_dim)
     done = set(single)
@@ -367,7 +386,8 @@ def extend_attention(
         if hi == lo or b in done:
             continue
         start = max(0, p + 1 - window) if window else 0
-        out[lo:hi] = attend_span(q[lo:hi], kv, b, start, p, p, window, sm_scale, k_new[lo:hi], v_new[lo:hi], sinks)
+        new = k_new[lo:hi], v_new[lo:hi]
+        out[lo:hi] = attend_span(q[lo:hi], kv, b, start, p, p, window, scale, *new, sinks, softcap)
     return out
 
 

@@ -37,6 +37,7 @@ def _decode_partial(
     sm_scale,
     num_splits,
     window,
+    softcap,
     Q_HEADS: tl.constexpr,
     KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
@@ -50,6 +51,7 @@ def _decode_partial(
     BLOCK_H: tl.constexpr,
     KV_FORMAT: tl.constexpr,
     IEEE: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1) // tl.cdiv(GROUP, BLOCK_H)
@@ -94,7 +96,7 @@ def _decode_partial(
             PAGE_SIZE,
             KV_FORMAT,
         )
-        m_i, l_i, acc = attend_tile(q, k, v, t_ok[None, :], m_i, l_i, acc, sm_scale, IEEE)
+        m_i, l_i, acc = attend_tile(q, k, v, t_ok[None, :], m_i, l_i, acc, sm_scale, softcap, IEEE, SOFTCAP)
 
     has_tokens = l_i > 0
     out = acc / tl.where(has_tokens, l_i, 1.0)[:, None]
@@ -171,11 +173,13 @@ def decode_attention(
     out: torch.Tensor | None = None,
     window: int = 0,
     sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """``q [batch, q_heads, k_dim]`` -> ``[batch, q_heads, v_dim]``; sequence b attends to its
     first ``seq_lens[b]`` (>= 1) tokens in ``kv`` (with a sliding ``window``, to the last
     ``window`` of them: the pages before are not read). ``sinks [q_heads]`` (float32): a logit per
-    query head that joins the softmax with no value (gpt-oss's attention sinks). ``max_seq_len``
+    query head that joins the softmax with no value (gpt-oss's attention sinks). ``softcap`` (not
+    0): scores become ``softcap * tanh(score / softcap)`` (Gemma 2). ``max_seq_len``
     saves a device sync. Passing ``num_splits`` (``max_seq_len`` is not needed then) makes the call
     CUDA-graph capturable: no device-to-host sync, every shape known from the arguments' shapes."""
     batch, q_heads, k_dim = q.shape
@@ -207,6 +211,7 @@ def decode_attention(
         sm_scale,
         num_splits,
         window,
+        float(softcap),
         Q_HEADS=q_heads,
         KV_HEADS=kv.kv_heads,
         GROUP=group,
@@ -219,6 +224,7 @@ def decode_attention(
         BLOCK_H=block_h,
         KV_FORMAT=kv.format,
         IEEE=q.dtype == torch.float32,
+        SOFTCAP=bool(softcap),
         num_warps=4,
         num_stages=2,
     )

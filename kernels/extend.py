@@ -42,6 +42,7 @@ def _extend(
     stride_oh,
     sm_scale,
     window,
+    softcap,
     KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     K_DIM: tl.constexpr,
@@ -55,6 +56,7 @@ def _extend(
     KV_FORMAT: tl.constexpr,
     IEEE: tl.constexpr,
     HAS_SINKS: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -109,7 +111,7 @@ def _extend(
         )
         distance = (prefix_len + rows)[:, None] - t[None, :]
         keep = t_ok[None, :] & ((window <= 0) | (distance < window))
-        m_i, l_i, acc = attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE)
+        m_i, l_i, acc = attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, softcap, IEEE, SOFTCAP)
 
     last = tl.minimum((m_block + 1) * BLOCK_M, q_len)
     for n0 in range(tl.maximum(reach - prefix_len, 0), last, BLOCK_N):
@@ -122,7 +124,7 @@ def _extend(
         k, v = k.to(q.dtype), v.to(q.dtype)
         keep = j_ok[None, :] & (j[None, :] <= rows[:, None])
         keep = keep & ((window <= 0) | (rows[:, None] - j[None, :] < window))
-        m_i, l_i, acc = attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE)
+        m_i, l_i, acc = attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, softcap, IEEE, SOFTCAP)
 
     if HAS_SINKS:  # a sink: one more logit in the softmax, with no value (gpt-oss)
         sink = tl.load(SINKS + h).to(tl.float32)
@@ -151,12 +153,13 @@ def extend_attention(
     out: torch.Tensor | None = None,
     window: int = 0,
     sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """``q [new tokens, q_heads, k_dim]``, ``k_new [new tokens, kv_heads, k_dim]`` and ``v_new
     [..., v_dim]`` in the same ragged layout (sequence b's are rows ``qo_indptr[b]:qo_indptr[b+1]``); the first
     ``prefix_lens[b]`` tokens of sequence b are read through ``kv``. ``max_extend_len`` saves a
     device sync. With a sliding ``window``, a token sees only keys less than ``window`` positions
-    back, and tiles wholly out of reach are not loaded. ``sinks [q_heads]``: as in decode. Returns
+    back, and tiles wholly out of reach are not loaded. ``sinks [q_heads]`` and ``softcap``: as in decode. Returns
     ``[new tokens, q_heads, v_dim]``."""
     total, q_heads, k_dim = q.shape
     batch = prefix_lens.shape[0]
@@ -202,6 +205,7 @@ def extend_attention(
         out.stride(1),
         sm_scale,
         window,
+        float(softcap),
         KV_HEADS=kv.kv_heads,
         GROUP=q_heads // kv.kv_heads,
         K_DIM=k_dim,
@@ -214,6 +218,7 @@ def extend_attention(
         KV_FORMAT=kv.format,
         IEEE=q.dtype == torch.float32,
         HAS_SINKS=sinks is not None,
+        SOFTCAP=bool(softcap),
         num_warps=4,
         num_stages=2,
     )

@@ -48,15 +48,19 @@ def attention(
     causal_from: int,
     window: int = 0,
     sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Softmax attention of ``q [m, Hq, Dk]`` over ``k [n, Hkv, Dk]``, ``v [n, Hkv, Dv]``: query i
     (at position ``causal_from + i``) sees keys ``0 .. causal_from + i``, and with a sliding
     ``window`` only those less than ``window`` positions back. Query heads are grouped onto KV
-    heads in order (GQA). ``sinks [Hq]``: one more logit per head in the softmax, with no value."""
+    heads in order (GQA). ``sinks [Hq]``: one more logit per head in the softmax, with no value;
+    ``softcap``: scores become ``softcap * tanh(score / softcap)``."""
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
     scores = torch.einsum("mhd,nhd->hmn", q.double(), k) * sm_scale
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
     m, n = q.shape[0], k.shape[0]
     distance = causal_from + torch.arange(m)[:, None] - torch.arange(n)[None, :]
     visible = (distance >= 0) & ((distance < window) if window else True)
@@ -79,6 +83,7 @@ def decode_attention(
     v_scale: torch.Tensor | None = None,
     window: int = 0,
     sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """One query token per sequence over its ``seq_lens[b]`` cached tokens (its last ``window``
     when given; K and V may differ in head dim; ``sm_scale`` defaults to K's ``** -0.5``)."""
@@ -89,7 +94,7 @@ def decode_attention(
         n = int(seq_lens[b])
         k = gather_kv(k_pool, pages, n, k_scale)
         v = gather_kv(v_pool, pages, n, v_scale)
-        out.append(attention(q[b : b + 1], k, v, sm_scale, n - 1, window, sinks))
+        out.append(attention(q[b : b + 1], k, v, sm_scale, n - 1, window, sinks, softcap))
     return torch.cat(out)
 
 
@@ -108,6 +113,7 @@ def extend_attention(
     v_scale: torch.Tensor | None = None,
     window: int = 0,
     sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """New tokens ``q[qo_indptr[b]:qo_indptr[b+1]]`` of sequence b attend to its first
     ``prefix_lens[b]`` cached tokens (read through its pages) and causally to its new tokens
@@ -120,7 +126,7 @@ def extend_attention(
         p = int(prefix_lens[b])
         k = torch.cat([gather_kv(k_pool, pages, p, k_scale), k_new[lo:hi].double()])
         v = torch.cat([gather_kv(v_pool, pages, p, v_scale), v_new[lo:hi].double()])
-        out.append(attention(q[lo:hi], k, v, sm_scale, p, window, sinks))
+        out.append(attention(q[lo:hi], k, v, sm_scale, p, window, sinks, softcap))
     return torch.cat(out)
 
 

@@ -81,16 +81,27 @@ def load_paged_tile(
 
 
 @triton.jit
-def attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, IEEE: tl.constexpr):
+def tanh(x):
+    """tanh from one exp (the interpreter and every GPU have exp), exact in sign and saturation."""
+    t = tl.exp(-2.0 * tl.abs(x))
+    return tl.where(x >= 0, 1.0, -1.0) * (1.0 - t) / (1.0 + t)
+
+
+@triton.jit
+def attend_tile(q, k, v, keep, m_i, l_i, acc, sm_scale, softcap, IEEE: tl.constexpr, SOFTCAP: tl.constexpr):
     """One online-softmax step of ``q [M, DK]`` over ``k [N, DK]``, ``v [N, DV]`` into ``acc [M,
     DV]``, where ``keep [M, N]`` says which keys each query sees (padding channels of ``q`` and
     ``k`` are 0, so they add nothing to the scores, and those of ``v`` keep ``acc``'s 0).
-    ``IEEE`` keeps float32 products exact (no TF32)."""
+    ``IEEE`` keeps float32 products exact (no TF32). ``SOFTCAP``: scores become ``softcap *
+    tanh(score / softcap)`` (Gemma 2)."""
     if IEEE:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
         s = tl.dot(q, tl.trans(k))
-    s = tl.where(keep, s * sm_scale, float("-inf"))
+    s = s * sm_scale
+    if SOFTCAP:
+        s = softcap * tanh(s / softcap)
+    s = tl.where(keep, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet
     alpha = tl.exp(m_i - m_safe)

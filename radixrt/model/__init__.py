@@ -1,4 +1,4 @@
-"""The model runner: decoder families (Llama, Qwen, Mistral, Mixtral, DeepSeek, Gemma, gpt-oss) over the paged
+"""The model runner: decoder families (Llama, Qwen, Mistral, Mixtral, DeepSeek, Gemma 2/3, gpt-oss) over the paged
 KV pool, and checkpoint loading."""
 
 from radixrt.model.batch import ForwardBatch, SequenceChunk, build_batch

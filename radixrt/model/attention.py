@@ -1,6 +1,6 @@
-"""Multi-head attention with grouped KV heads (Llama, Qwen2/3, Mistral, Mixtral, Gemma 3, gpt-oss):
+"""Multi-head attention with grouped KV heads (Llama, Qwen2/3, Mistral, Mixtral, Gemma 2/3, gpt-oss):
 per-head q/k norms where the family has them (Qwen3, Gemma 3), the family's query scaling, and
-sliding windows (a mask in the kernels), and gpt-oss's attention sinks."""
+sliding windows (a mask in the kernels), gpt-oss's attention sinks and Gemma 2's soft-capped scores."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class Attention(nn.Module):
     def __init__(self, arch: Arch, layer: int) -> None:
         super().__init__()
         self.layer, self.heads, self.kv_heads, self.head_dim = layer, arch.heads, arch.kv_heads, arch.head_dim
-        self.scale, self.window = arch.attn_scale, arch.windows[layer] or 0
+        self.scale, self.window, self.softcap = arch.attn_scale, arch.windows[layer] or 0, arch.attn_softcap or 0.0
         hidden, bias = arch.hidden, arch.qkv_bias
         self.q_proj = nn.Linear(hidden, self.heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=bias)
@@ -39,5 +39,5 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope.rotate(q, *cos_sin), rope.rotate(k, *cos_sin)
         sinks = None if self.sinks is None else self.sinks.float()
-        out = paged_attention(q, k, v, batch, pool, self.layer, self.scale, self.window, sinks)
+        out = paged_attention(q, k, v, batch, pool, self.layer, self.scale, self.window, sinks, self.softcap)
         return self.o_proj(out.reshape(tokens, self.heads * self.head_dim))

@@ -19,7 +19,7 @@ from radixrt.model.spec import Arch, Latent, MoE, Routing
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 MLA = ("deepseek_v2", "deepseek_v3")
-GEMMA = ("gemma3_text",)
+GEMMA = ("gemma2", "gemma3_text")
 GPT_OSS = ("gpt_oss",)
 SUPPORTED = (*LLAMA_LIKE, *MOE, *MLA, *GEMMA, *GPT_OSS)
 
@@ -108,7 +108,7 @@ def read_arch(config: PretrainedConfig, names: set[str]) -> Arch:
     if kind in MLA:
         return Arch(**{**common, **deepseek(config)})
     if kind in GEMMA:
-        return Arch(**{**common, **gemma3(config)})
+        return Arch(**{**common, **gemma(config)})
     if kind in GPT_OSS:
         routing = Routing(config.num_local_experts, config.num_experts_per_tok, "topk_softmax", router_bias=True)
         moe = MoE(routing, config.intermediate_size, expert_bias=True, swiglu_limit=float(config.swiglu_limit))
@@ -117,19 +117,21 @@ def read_arch(config: PretrainedConfig, names: set[str]) -> Arch:
     return Arch(**common)
 
 
-def gemma3(config: PretrainedConfig) -> dict:
-    if getattr(config, "attn_logit_softcapping", None) is not None:
-        refuse(config, "attn_logit_softcapping", "attention scores are not soft-capped in the kernels (Gemma 2's)")
+def gemma(config: PretrainedConfig) -> dict:
+    """Gemma 2 and 3: (1 + w) norms around attention and the MLP, scaled embeddings, a query scale
+    of its own, soft-capped logits (and attention scores, Gemma 2); Gemma 3's local layers rotate
+    with a base of their own."""
     if getattr(config, "use_bidirectional_attention", False):
         refuse(config, "use_bidirectional_attention", "attention here is causal")
-    kinds = tuple(config.layer_types)
+    v3 = config.model_type == "gemma3_text"
     return dict(
         norm_offset=1.0,
         sandwich_norms=True,
         embed_scale=config.hidden_size**0.5,
         attn_scale=config.query_pre_attn_scalar**-0.5,
         final_softcap=getattr(config, "final_logit_softcapping", None),
-        rope_kinds=kinds,
+        attn_softcap=getattr(config, "attn_logit_softcapping", None),
+        rope_kinds=tuple(config.layer_types) if v3 else ("default",) * config.num_hidden_layers,
     )
 
 
@@ -178,7 +180,7 @@ def deepseek(config: PretrainedConfig) -> dict:
 def read_ropes(config: PretrainedConfig, arch: Arch) -> dict[str, Rotary]:
     """The rotary tables the layers use, by ``arch.rope_kinds``; transformers computes the
     frequencies, so every RoPE scaling variant it knows reads the same here."""
-    if arch.model_type in GEMMA:  # local and global layers rotate with different bases
+    if arch.model_type == "gemma3_text":  # local and global layers rotate with different bases
         rope = Gemma3RotaryEmbedding(config)
         return {
             kind: Rotary(getattr(rope, f"{kind}_inv_freq"), getattr(rope, f"{kind}_attention_scaling"))

@@ -98,15 +98,17 @@ def paged_attention(
     scale: float | None = None,
     window: int = 0,
     sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Store the new tokens' ``k``/``v`` (``[tokens, kv_heads, dim]``; with a pool whose V lives in
     K's rows, ``v`` is ``k``'s first channels and only K is stored) and attend ``q [tokens, heads,
     k_dim]`` through the page table (within a sliding ``window`` when not 0; with attention
-    ``sinks``, a float32 logit per head): ``[tokens, heads, v_dim]``."""
+    ``sinks``, a float32 logit per head; scores soft-capped at ``softcap`` when not 0): ``[tokens,
+    heads, v_dim]``."""
     kv = store_kv(k, v, batch, pool, layer)
     if batch.decode:
         lens = batch.prefix_lens + 1
-        options = dict(max_seq_len=batch.max_seq_len, sm_scale=scale, window=window, sinks=sinks)
+        options = dict(max_seq_len=batch.max_seq_len, sm_scale=scale, window=window, sinks=sinks, softcap=softcap)
         return decode_attention(q, kv, lens, **options)
     return extend_attention(
         q,
@@ -119,4 +121,5 @@ def paged_attention(
         sm_scale=scale,
         window=window,
         sinks=sinks,
+        softcap=softcap,
     )

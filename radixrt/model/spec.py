@@ -72,6 +72,7 @@ class Arch:
     embed_scale: float | None = None  # Gemma: embeddings times sqrt(hidden)
     attn_scale: float | None = None  # None: head_dim ** -0.5
     final_softcap: float | None = None  # logits = cap * tanh(logits / cap)
+    attn_softcap: float | None = None  # Gemma 2: attention scores soft-capped alike
     sinks: bool = False  # gpt-oss: a learned logit per head joins each softmax, with no value
     tied: bool = False
     latent: Latent | None = None

@@ -21,7 +21,7 @@ collect_ignore = (
         "test_head_dims.py",
         "test_kv_head_dims.py",
         "test_latent_kv.py",
-        "test_sliding_window.py",
+        "test_attention_options.py",
     ]
 )
 

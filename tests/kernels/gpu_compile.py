@@ -66,7 +66,7 @@ def signature(fn, q_dtype: str, kv_dtype: str) -> dict[str, str]:
         elif name.isupper():
             sig[name] = f"*{q_dtype}"
         else:
-            sig[name] = "fp32" if name == "sm_scale" else "i32"
+            sig[name] = "fp32" if name in ("sm_scale", "softcap") else "i32"
     return sig
 
 
@@ -77,7 +77,7 @@ def main() -> None:
         block = key_block(4 if q_dtype == "fp32" else 2, k_dim, v_dim)
         blocks = head_blocks(k_dim, v_dim)
         common = dict(KV_HEADS=8, K_DIM=k_dim, V_DIM=v_dim, **blocks, KV_FORMAT=FORMATS.get(kv_dtype, KV_FLOAT))
-        attention = dict(common, V_ROW=v_dim, GROUP=4, PAGE_SIZE=16, IEEE=q_dtype == "fp32")
+        attention = dict(common, V_ROW=v_dim, GROUP=4, PAGE_SIZE=16, IEEE=q_dtype == "fp32", SOFTCAP=False)
         merge = dict(Q_HEADS=32, V_DIM=v_dim, BLOCK_DV=blocks["BLOCK_DV"], BLOCK_S=8)
         variants = [
             (decode._decode_partial, dict(attention, Q_HEADS=32, BLOCK_N=block, BLOCK_H=16)),
@@ -85,10 +85,12 @@ def main() -> None:
             (kv_write._write_kv, dict(common, BLOCK_H=8, WRITE_V=True)),
             (decode._decode_merge, dict(merge, HAS_SINKS=False)),
         ]
-        if (k_dim, v_dim) == (64, 64):  # gpt-oss's attention sinks
+        if (k_dim, v_dim) == (64, 64):  # gpt-oss's attention sinks; Gemma 2's soft-capped scores
             variants += [
                 (extend._extend, dict(attention, BLOCK_M=block, BLOCK_N=block, HAS_SINKS=True)),
                 (decode._decode_merge, dict(merge, HAS_SINKS=True)),
+                (decode._decode_partial, dict(attention, Q_HEADS=32, BLOCK_N=block, BLOCK_H=16, SOFTCAP=True)),
+                (extend._extend, dict(attention, BLOCK_M=block, BLOCK_N=block, HAS_SINKS=False, SOFTCAP=True)),
             ]
         if (k_dim, v_dim) == LARGE_DIMS:  # MLA's latent pool: V read out of K's rows, K written alone
             latent = dict(attention, KV_HEADS=1, GROUP=128, V_ROW=k_dim)  # DeepSeek-V3's 128 heads on one GPU

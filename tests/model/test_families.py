@@ -146,7 +146,7 @@ def test_an_unsupported_model_type_lists_the_supported_ones(tmp_path):
 @pytest.mark.parametrize(
     ("family", "field", "value", "message"),
     [
-        ("gemma3_text", "attn_logit_softcapping", 50.0, "attention scores are not soft-capped"),
+        ("gemma3_text", "use_bidirectional_attention", True, "attention here is causal"),
         ("deepseek_v3", "topk_method", "greedy", "topk_method='greedy' is not supported"),
         ("deepseek_v2", "scoring_func", "sigmoid", "deepseek_v2 routes with softmax scores"),
         ("qwen3", "hidden_act", "relu", "hidden activation 'relu' is not supported"),

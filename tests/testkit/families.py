@@ -10,6 +10,7 @@ from transformers import (
     AutoModelForCausalLM,
     DeepseekV2Config,
     DeepseekV3Config,
+    Gemma2Config,
     Gemma3TextConfig,
     GptOssConfig,
     MistralConfig,
@@ -37,6 +38,17 @@ DEEPSEEK = dict(
     first_k_dense_replace=1,
 )
 CONFIGS = {
+    "gemma2": Gemma2Config(  # soft-capped attention scores and logits, every other layer windowed
+        **{**SMALL, "num_hidden_layers": 3},
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        sliding_window=8,
+        attn_logit_softcapping=1.5,  # low enough that the cap bends these scores
+        final_logit_softcapping=3.0,
+    ),
     "gemma3_text": Gemma3TextConfig(
         **{**SMALL, "num_hidden_layers": 3},
         intermediate_size=96,

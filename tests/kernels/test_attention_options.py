@@ -1,7 +1,8 @@
-"""A sliding window in the kernels (Gemma 3's local layers): a token sees only the keys less than
-``window`` positions back. Decode and extend, Triton (interpreted on a CPU) and the CPU path,
-against the float64 reference, for windows shorter than, about and longer than the sequences,
-through pages shared between sequences too; and pages out of every window are not read."""
+"""What some families ask of attention, in the kernels: a sliding window (Mistral, Gemma's local
+layers: a token sees only the keys less than ``window`` positions back), attention sinks (gpt-oss)
+and a soft-cap on the scores (Gemma 2). Decode and extend, Triton (interpreted on a CPU) and the
+CPU path, against the float64 reference: windows shorter than, about and longer than the
+sequences; pages out of every window are not read; sinks and soft-caps alone and together."""
 
 import pytest
 import torch
@@ -72,16 +73,20 @@ def test_pages_out_of_reach_are_not_read(impl, gen):
 
 @pytest.mark.parametrize("impl", ATTEND)
 @pytest.mark.parametrize("window", [0, 6])
-def test_attention_sinks(impl, window, gen):
-    """gpt-oss's sinks, a logit per query head that joins the softmax with no value, in decode
-    (several splits merged) and extend (prefixes, none, a lone token), with and without a window."""
-    sinks = torch.randn(KV_HEADS * GROUP, generator=gen) * 2
+@pytest.mark.parametrize(("with_sinks", "softcap"), [(True, 0.0), (False, 2.0), (True, 2.0)])
+def test_sinks_and_softcap(impl, window, with_sinks, softcap, gen):
+    """gpt-oss's sinks, a logit per query head that joins the softmax with no value, and Gemma 2's
+    soft-cap (2.0: most scores here are bent), in decode (several splits merged) and extend
+    (prefixes, none, a lone token), with and without a window."""
+    sinks = torch.randn(KV_HEADS * GROUP, generator=gen) * 2 if with_sinks else None
+    options = dict(window=window, sinks=sinks, softcap=softcap)
     lens = [13, 40, 1]
     kv = make_paged(gen, lens, PAGE_SIZE, KV_HEADS, DIM, torch.float32)
     q = torch.randn(len(lens), KV_HEADS * GROUP, DIM, generator=gen)
     seq_lens = torch.tensor(lens, dtype=torch.int32)
-    out = ATTEND[impl][0](q, kv, seq_lens, window=window, sinks=sinks, num_splits=3)
-    exact = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens, window=window, sinks=sinks)
+    q = q * 3  # scores of a few units: the cap bends them
+    out = ATTEND[impl][0](q, kv, seq_lens, num_splits=3, **options)
+    exact = reference.decode_attention(q, kv.k, kv.v, kv.indptr, kv.indices, seq_lens, **options)
     assert rel_err(out, exact) < EXACT[torch.float32]
     prefix_lens, new_lens = [9, 30, 0], [5, 1, 4]  # within each sequence's pages
     total = sum(new_lens)
@@ -89,7 +94,8 @@ def test_attention_sinks(impl, window, gen):
     new = [torch.randn(total, KV_HEADS, DIM, generator=gen) for _ in range(2)]
     qo_indptr = torch.tensor([0, *torch.tensor(new_lens).cumsum(0).tolist()], dtype=torch.int32)
     prefix = torch.tensor(prefix_lens, dtype=torch.int32)
-    out = ATTEND[impl][1](qs, *new, kv, qo_indptr, prefix, window=window, sinks=sinks)
+    qs = qs * 3
+    out = ATTEND[impl][1](qs, *new, kv, qo_indptr, prefix, **options)
     table = qo_indptr, kv.indptr, kv.indices, prefix
-    exact = reference.extend_attention(qs, *new, kv.k, kv.v, *table, window=window, sinks=sinks)
+    exact = reference.extend_attention(qs, *new, kv.k, kv.v, *table, **options)
     assert rel_err(out, exact) < EXACT[torch.float32]
