@@ -52,6 +52,13 @@ def rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
+def prompt_logits(path, tokens) -> torch.Tensor:
+    """Every position's logits of ``tokens``, one pass, from the checkpoint at ``path``."""
+    model = load_model(path).model
+    pool, allocator = new_pool(model)
+    return forward(model, pool, [SequenceChunk(np.array(tokens), 0, pages_for(allocator, len(tokens)), 0)])
+
+
 def reference_logits(hf, tokens):
     with torch.no_grad():
         return hf(torch.tensor([tokens])).logits[0]
@@ -127,12 +134,7 @@ def test_a_sharded_checkpoint_loads_whole(tmp_path):
     hf.save_pretrained(tmp_path / "shards", max_shard_size="100KB")
     assert len(list((tmp_path / "shards").glob("*.safetensors"))) > 1
     tokens = prompt(9, 12)
-    logits = []
-    for name in ("one", "shards"):
-        model = load_model(tmp_path / name).model
-        pool, allocator = new_pool(model)
-        logits.append(forward(model, pool, [SequenceChunk(np.array(tokens), 0, pages_for(allocator, 12), 0)]))
-    assert torch.equal(*logits)
+    assert torch.equal(prompt_logits(tmp_path / "one", tokens), prompt_logits(tmp_path / "shards", tokens))
 
 
 def test_an_unsupported_model_type_lists_the_supported_ones(tmp_path):
@@ -232,11 +234,7 @@ def test_fused_expert_tensors_load_too(family, tmp_path):
     save_file({n: t.contiguous() for n, t in hf.state_dict().items()}, tmp_path / "fused" / "model.safetensors")
     hf.config.save_pretrained(tmp_path / "fused")
     tokens = prompt(14, 15)
-    logits = []
-    for name in ("per_expert", "fused"):
-        model = load_model(tmp_path / name).model
-        pool, allocator = new_pool(model)
-        logits.append(forward(model, pool, [SequenceChunk(np.array(tokens), 0, pages_for(allocator, 15), 0)]))
+    logits = [prompt_logits(tmp_path / name, tokens) for name in ("per_expert", "fused")]
     assert torch.equal(*logits)
     assert rel(logits[1], reference_logits(hf, tokens)) < TOLERANCE
 
