@@ -275,10 +275,7 @@ def attend_span(
     if sinks is not None or softcap:
         m, kv_heads = q.shape[0], kv.kv_heads
         qg = q.view(m, kv_heads, -1, q.shape[2]).permute(1, 2, 0, 3)  # [kv_heads, group, m, k_dim]
-        part = Partial.of(qg, k[:, None], v[:, None], ~visible, scale, softcap)
-        if sinks is not None:
-            top = sinks.to(q.dtype).view(kv_heads, -1, 1, 1).expand_as(part.top)
-            part = part.merge(Partial(top, torch.ones_like(part.total), torch.zeros_like(part.acc)))
+        part = with_sinks(Partial.of(qg, k[:, None], v[:, None], ~visible, scale, softcap), sinks, (kv_heads, -1, 1, 1))
         return part.result().permute(2, 0, 1, 3).reshape(m, q.shape[1], -1)
     causal = hi == 0 and not window and k_new is not None  # new tokens alone: SDPA's own causal mask
     mask = dict(is_causal=True) if causal else dict(attn_mask=visible)
@@ -332,16 +329,17 @@ def decode_attention(
         part = attend_window(q, kv, seq_lens, window, scale, softcap)
     else:
         part = attend_pool(q, kv, list(range(batch)), seq_lens.tolist(), scale, softcap)
-    result = with_sinks(part, sinks).result().view(batch, q_heads, kv.v_dim)
+    result = with_sinks(part, sinks, (1, kv.kv_heads, -1, 1)).result().view(batch, q_heads, kv.v_dim)
     return result if out is None else out.copy_(result)
 
 
-def with_sinks(part: Partial, sinks: torch.Tensor | None) -> Partial:
-    """``part [n, kv_heads, group, ...]`` with one more logit per query head in its softmax and no
-    value (gpt-oss's attention sinks): a part of its own, merged exactly."""
+def with_sinks(part: Partial, sinks: torch.Tensor | None, heads: tuple[int, ...]) -> Partial:
+    """``part`` with one more logit per query head in its softmax and no value (gpt-oss's attention
+    sinks): a part of its own, merged exactly. ``heads``: the view of ``sinks [q_heads]`` that
+    lines its heads up with the part's (``(1, kv_heads, -1, 1)`` for ``[n, kv_heads, group, 1]``)."""
     if sinks is None:
         return part
-    top = sinks.to(part.top.dtype).view(1, *part.top.shape[1:3], 1).expand_as(part.top)
+    top = sinks.to(part.top.dtype).view(heads).expand_as(part.top)
     return part.merge(Partial(top, torch.ones_like(part.total), torch.zeros_like(part.acc)))
 
 
@@ -379,7 +377,7 @@ def extend_attention(
         k_own, v_own = k_new[at][:, :, None], v_new[at][:, :, None]  # [n, kv_heads, 1, k_dim | v_dim]
         own_scores = capped((qg * k_own).sum(-1, keepdim=True).mul_(scale), softcap)
         own = Partial(own_scores, torch.ones_like(pool.total), v_own.expand_as(pool.acc))
-        out[at] = with_sinks(pool.merge(own), sinks).result().view(len(single), q_heads, v_dim)
+        out[at] = with_sinks(pool.merge(own), sinks, (1, kv.kv_heads, -1, 1)).result().view(len(single), q_heads, v_dim)
     done = set(single)
     for b in range(batch):
         lo, hi, p = bounds[b], bounds[b + 1], prefixes[b]

@@ -5,7 +5,6 @@ compute is refused by name here, rather than run to a silently wrong answer."""
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 import torch
 from transformers import PretrainedConfig
@@ -111,8 +110,8 @@ def read_arch(config: PretrainedConfig, names: set[str]) -> Arch:
         return Arch(**{**common, **gemma(config)})
     if kind in GPT_OSS:
         routing = Routing(config.num_local_experts, config.num_experts_per_tok, "topk_softmax", router_bias=True)
-        moe = MoE(routing, config.intermediate_size, expert_bias=True, swiglu_limit=float(config.swiglu_limit))
-        moe = replace(moe, swiglu_alpha=float(config.swiglu_alpha))
+        limits = dict(swiglu_limit=float(config.swiglu_limit), swiglu_alpha=float(config.swiglu_alpha))
+        moe = MoE(routing, config.intermediate_size, expert_bias=True, **limits)
         return Arch(**{**common, "moe": moe, "moe_layers": (True,) * layers, "sinks": True})
     return Arch(**common)
 

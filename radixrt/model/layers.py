@@ -106,20 +106,9 @@ def paged_attention(
     ``sinks``, a float32 logit per head; scores soft-capped at ``softcap`` when not 0): ``[tokens,
     heads, v_dim]``."""
     kv = store_kv(k, v, batch, pool, layer)
+    options = dict(sm_scale=scale, window=window, sinks=sinks, softcap=softcap)
     if batch.decode:
-        lens = batch.prefix_lens + 1
-        options = dict(max_seq_len=batch.max_seq_len, sm_scale=scale, window=window, sinks=sinks, softcap=softcap)
-        return decode_attention(q, kv, lens, **options)
+        return decode_attention(q, kv, batch.prefix_lens + 1, max_seq_len=batch.max_seq_len, **options)
     return extend_attention(
-        q,
-        k,
-        v,
-        kv,
-        batch.qo_indptr,
-        batch.prefix_lens,
-        max_extend_len=batch.max_new_tokens,
-        sm_scale=scale,
-        window=window,
-        sinks=sinks,
-        softcap=softcap,
+        q, k, v, kv, batch.qo_indptr, batch.prefix_lens, max_extend_len=batch.max_new_tokens, **options
     )
